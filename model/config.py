@@ -1,0 +1,46 @@
+"""Typed configuration of the model side: which checkpoint, how chunks are compressed, how they are retrieved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ALPHAS = (2, 4, 8, 16)
+
+
+@dataclass
+class ModelConfig:
+    """How the decoder is loaded and how it compresses and answers.
+
+    path: a local HF-format VideoLLaMA3 folder; None builds (once) and loads the tiny random
+        model kept in the state folder.
+    adapter: summary-token adapter folder (safetensors + JSON); None initialises the summary
+        projections as copies of the base ones (what an untrained adapter is).
+    mode: "summary" keeps only summary-token K/V per chunk (Video-XL); "raw" keeps every
+        token's K/V and lets each chunk see all earlier ones (the exactness oracle).
+    alpha: raw visual tokens per summary token, one of 2, 4, 8, 16.
+    keep_timestamp_tokens: also keep the K/V of the `Time t.ts:` text tokens (Video-XL-2 does);
+        costs a few tokens per frame.
+    retrieval_layers: decoder layers whose pre-RoPE keys/queries form retrieval vectors;
+        None picks the middle third.
+    """
+
+    path: Path | None = None
+    adapter: Path | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    mode: str = "summary"
+    alpha: int = 16
+    keep_timestamp_tokens: bool = False
+    retrieval_layers: list[int] | None = None
+    system_prompt: str = "You are a helpful assistant watching a video."
+    attn_implementation: str = "sdpa"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("summary", "raw"):
+            raise ValueError(f"mode must be 'summary' or 'raw', got {self.mode!r}")
+        if self.mode == "summary" and self.alpha not in ALPHAS:
+            raise ValueError(f"alpha must be one of {ALPHAS}, got {self.alpha}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
