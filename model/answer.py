@@ -1,0 +1,131 @@
+"""Answering a question from a list of chunk caches, positions re-packed after the system prefix."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from longwatch.memory.chunk import ChunkCache
+from longwatch.model.loading import LoadedModel, question_suffix
+from longwatch.model.retrieval import capture_projections, query_vector
+from longwatch.model.rope import shift_keys
+
+
+@dataclass
+class AnswerStats:
+    tokens_generated: int = 0
+    prefill_ms: float = 0.0
+    first_token_ms: float = 0.0  # from the start of prefill
+    generate_ms: float = 0.0
+    context_tokens: int = 0  # prefix + chunk tokens the question attended to
+
+
+def _head_dim(lm: LoadedModel) -> int:
+    tc = lm.text_config
+    return getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+
+
+@torch.no_grad()
+def question_vector(lm: LoadedModel, question: str) -> torch.Tensor:
+    """The question's retrieval vector (retrieval_dim,) float32, from its queries after the system prefix."""
+    ids = lm.tokenize(question_suffix(question))
+    positions = torch.arange(lm.prefix_len, lm.prefix_len + len(ids), device=lm.device).unsqueeze(0)
+    tc = lm.text_config
+    with capture_projections(lm.language_model, "q_proj", lm.retrieval_layers) as queries:
+        lm.language_model(
+            inputs_embeds=lm.embed(ids).unsqueeze(0),
+            past_key_values=lm.prefix_cache(),
+            use_cache=True,
+            position_ids=positions,
+        )
+    return query_vector(queries, lm.retrieval_layers, tc.num_attention_heads, tc.num_key_value_heads, _head_dim(lm))
+
+
+def assemble_cache(lm: LoadedModel, chunks: Sequence[ChunkCache]) -> DynamicCache:
+    """Prefix cache + the chunks' K/V in the given order, re-packed to contiguous positions.
+
+    Each chunk's keys are rotated once, from the positions they were computed at to their new
+    ones; every layer gets the same number of tokens, as attention requires.
+    """
+    per_layer_k = [[k] for k, _ in lm.prefix_kv]
+    per_layer_v = [[v] for _, v in lm.prefix_kv]
+    next_pos = lm.prefix_len
+    for chunk in chunks:
+        n = chunk.n_kept
+        shift = torch.arange(next_pos, next_pos + n) - chunk.positions  # (n,)
+        keys = shift_keys(chunk.keys.to(lm.device), shift, lm.language_model.rotary_emb)
+        keys = keys.to(lm.dtype)  # (layers, kv_heads, n, head_dim)
+        values = chunk.values.to(lm.device, lm.dtype)
+        for i in range(len(per_layer_k)):
+            per_layer_k[i].append(keys[i].unsqueeze(0))
+            per_layer_v[i].append(values[i].unsqueeze(0))
+        next_pos += n
+    data = [(torch.cat(k, dim=2), torch.cat(v, dim=2)) for k, v in zip(per_layer_k, per_layer_v)]
+    return DynamicCache(ddp_cache_data=data, config=lm.text_config)
+
+
+@torch.no_grad()
+def prefill(lm: LoadedModel, chunks: Sequence[ChunkCache], question: str) -> tuple[DynamicCache, torch.Tensor]:
+    """Run the question after the re-packed chunks; returns the cache and the question's logits (1, Lq, vocab)."""
+    cache = assemble_cache(lm, chunks)
+    ids = lm.tokenize(question_suffix(question))
+    start = cache.get_seq_length()
+    positions = torch.arange(start, start + len(ids), device=lm.device).unsqueeze(0)
+    out = lm.language_model(
+        inputs_embeds=lm.embed(ids).unsqueeze(0), past_key_values=cache, use_cache=True, position_ids=positions
+    )
+    return cache, lm.model.lm_head(out.last_hidden_state)
+
+
+class AnswerStream:
+    """Greedy decoding as an iterator of text deltas; `stats` and `text` are complete once exhausted."""
+
+    def __init__(self, lm: LoadedModel, chunks: Sequence[ChunkCache], question: str, max_new_tokens: int) -> None:
+        self.lm = lm
+        self.chunks = list(chunks)
+        self.question = question
+        self.max_new_tokens = max_new_tokens
+        self.stats = AnswerStats()
+        self.text = ""
+
+    def __iter__(self) -> Iterator[str]:
+        return self._run()
+
+    @torch.no_grad()
+    def _run(self) -> Iterator[str]:
+        lm, stats = self.lm, self.stats
+        t0 = time.perf_counter()
+        cache, logits = prefill(lm, self.chunks, self.question)
+        stats.prefill_ms = (time.perf_counter() - t0) * 1e3
+        stats.context_tokens = cache.get_seq_length() - logits.shape[1]
+        generated: list[int] = []
+        next_id = int(logits[0, -1].argmax())
+        while next_id not in lm.eos_token_ids and len(generated) < self.max_new_tokens:
+            generated.append(next_id)
+            if len(generated) == 1:
+                stats.first_token_ms = (time.perf_counter() - t0) * 1e3
+            text = lm.tokenizer.decode(generated, skip_special_tokens=True)
+            # Hold back a trailing partial UTF-8 sequence until its last byte arrives.
+            if not text.endswith("\ufffd") and len(text) > len(self.text):
+                delta, self.text = text[len(self.text) :], text
+                yield delta
+            if len(generated) == self.max_new_tokens:
+                break
+            position = torch.tensor([[cache.get_seq_length()]], device=lm.device)
+            out = lm.language_model(
+                inputs_embeds=lm.embed([next_id]).unsqueeze(0),
+                past_key_values=cache,
+                use_cache=True,
+                position_ids=position,
+            )
+            next_id = int(lm.model.lm_head(out.last_hidden_state[:, -1]).argmax())
+        final = lm.tokenizer.decode(generated, skip_special_tokens=True)
+        if len(final) > len(self.text):
+            yield final[len(self.text) :]
+        self.text = final
+        stats.tokens_generated = len(generated)
+        stats.generate_ms = (time.perf_counter() - t0) * 1e3 - stats.prefill_ms

@@ -1,0 +1,154 @@
+"""Compressing a chunk of frames into the K/V the decoder keeps (Video-XL's visual summary tokens).
+
+A chunk's sequence is, per frame, the `Time t.ts:` label then its visual tokens (those DiffFP
+kept), with one `<vs>` summary token after every `alpha` visual tokens (a trailing partial group
+gets one too). One forward pass over the chunk, after the system prefix's cache, computes every
+token's K/V; only the summary tokens' (and optionally the labels') are kept, with the positions
+they were computed at. In keep-raw mode there are no summary tokens, every token's K/V is kept,
+and each chunk sees all earlier chunks of its stream: the exact, uncompressed oracle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from longwatch.memory.chunk import ChunkCache
+from longwatch.model.loading import LoadedModel, frame_label
+from longwatch.model.retrieval import capture_projections, key_vector
+
+TEXT, VISUAL, SUMMARY = 0, 1, 2
+
+
+@dataclass
+class ChunkFrames:
+    """One chunk's frames after the vision tower and DiffFP."""
+
+    frame_times: list[float]  # seconds, stream time of each frame
+    features: torch.Tensor  # (n_kept, hidden): projected visual tokens DiffFP kept, frame by frame
+    tokens_per_frame: list[int]  # tokens each frame kept; sums to features.shape[0]
+    first_in_stream: bool  # the stream's first chunk has no "," before its first label
+    tokens_seen: int  # visual tokens before DiffFP
+    end_s: float  # end of the span this chunk covers (last frame + one sampling interval)
+
+    def __post_init__(self) -> None:
+        if len(self.frame_times) != len(self.tokens_per_frame) or not self.frame_times:
+            raise ValueError("a chunk needs one token count per frame and at least one frame")
+        if sum(self.tokens_per_frame) != self.features.shape[0]:
+            raise ValueError(f"{self.features.shape[0]} features for {sum(self.tokens_per_frame)} kept tokens")
+
+
+@dataclass
+class ChunkSequence:
+    ids: list[int]  # token ids; visual and summary rows hold placeholder ids
+    kinds: list[int]  # TEXT, VISUAL or SUMMARY per token
+
+
+def build_chunk_sequence(lm: LoadedModel, frames: ChunkFrames, alpha: int | None) -> ChunkSequence:
+    """Lay out a chunk's tokens; alpha=None lays out no summary tokens (keep-raw mode)."""
+    seq = ChunkSequence(ids=[], kinds=[])
+    since_summary = 0
+    for f, (t, n) in enumerate(zip(frames.frame_times, frames.tokens_per_frame)):
+        label = lm.tokenize(frame_label(t, first_in_stream=frames.first_in_stream and f == 0))
+        seq.ids += label
+        seq.kinds += [TEXT] * len(label)
+        for _ in range(n):
+            seq.ids.append(lm.video_token_id)
+            seq.kinds.append(VISUAL)
+            since_summary += 1
+            if alpha is not None and since_summary == alpha:
+                seq.ids.append(lm.vs_token_id)
+                seq.kinds.append(SUMMARY)
+                since_summary = 0
+    if alpha is not None and (since_summary > 0 or SUMMARY not in seq.kinds):
+        seq.ids.append(lm.vs_token_id)
+        seq.kinds.append(SUMMARY)
+    return seq
+
+
+def chunk_embeddings(lm: LoadedModel, seq: ChunkSequence, features: torch.Tensor) -> torch.Tensor:
+    """Input embeddings (1, L, hidden): text embedded, visual rows from the vision tower, `<vs>` learned."""
+    kinds = torch.tensor(seq.kinds, device=lm.device)
+    embeds = lm.embed(seq.ids)
+    embeds = embeds.masked_scatter((kinds == VISUAL)[:, None], features.to(embeds.dtype))
+    embeds = torch.where((kinds == SUMMARY)[:, None], lm.summary.vs_embedding.to(embeds.dtype), embeds)
+    return embeds.unsqueeze(0)
+
+
+@dataclass
+class RawStreamContext:
+    """Keep-raw mode's running cache of a stream: the prefix plus every earlier chunk."""
+
+    cache: DynamicCache
+    next_position: int
+    chunks: int = 0
+
+
+@dataclass
+class SummaryCompressor:
+    """Turns ChunkFrames into ChunkCache, in the mode the model was loaded with."""
+
+    lm: LoadedModel
+    raw_contexts: dict[str, RawStreamContext] = field(default_factory=dict)
+
+    def start_stream(self, stream_id: str) -> None:
+        """Forget per-stream state (keep-raw mode's running cache)."""
+        self.raw_contexts.pop(stream_id, None)
+
+    def end_stream(self, stream_id: str) -> None:
+        self.raw_contexts.pop(stream_id, None)
+
+    @torch.no_grad()
+    def compress(self, stream_id: str, index: int, frames: ChunkFrames) -> ChunkCache:
+        lm = self.lm
+        raw = lm.config.mode == "raw"
+        seq = build_chunk_sequence(lm, frames, alpha=None if raw else lm.config.alpha)
+        embeds = chunk_embeddings(lm, seq, frames.features)  # (1, L, hidden)
+        kinds = torch.tensor(seq.kinds, device=lm.device)
+        if raw:
+            ctx = self.raw_contexts.get(stream_id)
+            if ctx is None:
+                ctx = RawStreamContext(cache=lm.prefix_cache(), next_position=lm.prefix_len)
+                self.raw_contexts[stream_id] = ctx
+            cache, start = ctx.cache, ctx.next_position
+        else:
+            cache, start = lm.prefix_cache(), lm.prefix_len
+        past = cache.get_seq_length()
+        positions = torch.arange(start, start + len(seq.ids), device=lm.device)
+        with capture_projections(lm.language_model, "k_proj", lm.retrieval_layers) as keys_pre_rope:
+            lm.language_model(
+                inputs_embeds=embeds,
+                past_key_values=cache,
+                use_cache=True,
+                position_ids=positions.unsqueeze(0),
+                summary_mask=(kinds == SUMMARY).unsqueeze(0),
+            )
+        retrieval = key_vector(keys_pre_rope, lm.retrieval_layers, kinds == VISUAL)
+        if raw:
+            keep = torch.ones_like(kinds, dtype=torch.bool)
+            ctx.next_position = start + len(seq.ids)
+            ctx.chunks += 1
+        else:
+            keep = kinds == SUMMARY
+            if lm.config.keep_timestamp_tokens:
+                keep |= kinds == TEXT
+        # cache layers: (1, kv_heads, past + L, head_dim); this chunk's tokens are the last L.
+        keys = torch.stack([layer.keys[0, :, past:][:, keep] for layer in cache.layers])
+        values = torch.stack([layer.values[0, :, past:][:, keep] for layer in cache.layers])
+        return ChunkCache(
+            stream_id=stream_id,
+            index=index,
+            start_s=frames.frame_times[0],
+            end_s=frames.end_s,
+            keys=keys.cpu(),  # (layers, kv_heads, n_kept, head_dim)
+            values=values.cpu(),
+            positions=positions[keep].cpu(),
+            retrieval=retrieval.cpu(),
+            frame_times=list(frames.frame_times),
+            tokens_seen=frames.tokens_seen,
+            tokens_kept=int(frames.features.shape[0]),
+            mode=lm.config.mode,
+            alpha=0 if raw else lm.config.alpha,
+        )

@@ -1,0 +1,58 @@
+"""In-model retrieval vectors (ReKV): chunks and questions scored with the decoder's own projections.
+
+A chunk's vector is the mean of its visual tokens' pre-RoPE keys at a few layers (KV heads
+concatenated); a question's is the mean of its pre-RoPE queries at the same layers, with the
+query heads of each GQA group summed onto their KV head. Their inner product equals the sum
+over layers and query heads of ReKV's mean-query . mean-key score, at kv_heads x head_dim floats
+per layer instead of heads x head_dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def capture_projections(language_model: nn.Module, which: str, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the output of `which` ("q_proj" or "k_proj") at `layers` during the forward passes inside.
+
+    Yields a dict layer -> (batch, seq, heads * head_dim), pre-RoPE (projections run before RoPE).
+    """
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for i in layers:
+        proj = getattr(language_model.layers[i].self_attn, which)
+
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor, layer: int = i) -> None:
+            captured[layer] = output.detach()
+
+        handles.append(proj.register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def key_vector(captured: dict[int, torch.Tensor], layers: list[int], rows: torch.Tensor) -> torch.Tensor:
+    """Mean pre-RoPE key over `rows` (bool (seq,)) at each layer, concatenated: (layers * kv_dim,) float32."""
+    parts = [captured[i][0, rows].float().mean(dim=0) for i in layers]  # each (kv_heads * head_dim,)
+    return torch.cat(parts)
+
+
+def query_vector(
+    captured: dict[int, torch.Tensor], layers: list[int], num_heads: int, num_kv_heads: int, head_dim: int
+) -> torch.Tensor:
+    """Mean pre-RoPE query over all captured tokens, GQA groups summed onto KV heads: (layers * kv_dim,)."""
+    groups = num_heads // num_kv_heads
+    parts = []
+    for i in layers:
+        q = captured[i][0].float()  # (seq, heads * head_dim)
+        # Query heads are laid out head-major and head h attends with KV head h // groups.
+        q = q.view(q.shape[0], num_kv_heads, groups, head_dim).sum(dim=2)  # (seq, kv_heads, head_dim)
+        parts.append(q.mean(dim=0).reshape(-1))
+    return torch.cat(parts)
