@@ -1,0 +1,306 @@
+"""The `longwatch` command: run the server, ingest video, ask questions, manage streams.
+
+Settings come from flags (defaulting to LONGWATCH_* variables) and are read here, once; the
+handlers below turn them into client calls and print what comes back. Client errors end as
+`error: <message>` on stderr with exit status 1; usage errors exit 2 (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from longwatch.clients.client import (
+    DEFAULT_TARGET,
+    LongWatchClient,
+    LongWatchError,
+    StreamSummary,
+    is_loopback_target,
+)
+from longwatch.clients.format import (
+    answer_json,
+    format_answer,
+    format_evidence,
+    format_ingest_summary,
+    format_stream,
+    format_streams_table,
+)
+from longwatch.proto import longwatch_pb2 as pb
+from longwatch.stream.settings import add_service_arguments, settings_from_args
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "ask":
+        _check_time_range(parser, args)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except LongWatchError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", code=130)
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """`longwatch streams | head`: the reader left; point stdout at /dev/null so exit is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    server_default = os.environ.get("LONGWATCH_SERVER", DEFAULT_TARGET)
+    parser = argparse.ArgumentParser(prog="longwatch", description="Ask questions about long videos.")
+    _add_connection_arguments(parser, server_default, None)
+    # The same flags after the subcommand; SUPPRESS keeps a subcommand from resetting the global value.
+    connection = argparse.ArgumentParser(add_help=False)
+    _add_connection_arguments(connection, argparse.SUPPRESS, argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    _add_ingest(commands, connection)
+    _add_ask(commands, connection)
+    _add_streams(commands, connection)
+    _add_show(commands, connection)
+    _add_delete(commands, connection)
+    _add_demo(commands)
+    return parser
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser, server: Any, timeout: Any) -> None:
+    parser.add_argument(
+        "--server",
+        default=server,
+        metavar="HOST:PORT",
+        help=f"server address (LONGWATCH_SERVER, default {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        metavar="S",
+        help="deadline per call in seconds (default: none)",
+    )
+
+
+def _command(
+    commands: Any, name: str, handler: Handler, summary: str, *parents: argparse.ArgumentParser
+) -> Any:
+    sub = commands.add_parser(name, help=summary, description=summary, parents=list(parents))
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _add_serve(commands: Any) -> None:
+    sub = _command(commands, "serve", _cmd_serve, "run the gRPC server")
+    add_service_arguments(sub)
+
+
+def _add_demo(commands: Any) -> None:
+    sub = _command(commands, "demo", _cmd_demo, "start a server, ingest a sample clip and ask about it")
+    add_service_arguments(sub)
+    sub.add_argument("--keep", action="store_true", help="keep the state dir afterwards")
+
+
+def _add_ingest(commands: Any, connection: argparse.ArgumentParser) -> None:
+    sub = _command(commands, "ingest", _cmd_ingest, "ingest a video file into a new stream", connection)
+    sub.add_argument("path", type=Path, metavar="PATH", help="video file")
+    sub.add_argument("--stream", required=True, metavar="ID", help="id of the new stream")
+    sub.add_argument("--fps", type=float, default=0.0, help="sampling rate (default: the server's)")
+    sub.add_argument(
+        "--upload",
+        action="store_true",
+        help="send the file's bytes even to a local server (remote servers always get the bytes)",
+    )
+
+
+def _add_ask(commands: Any, connection: argparse.ArgumentParser) -> None:
+    sub = _command(commands, "ask", _cmd_ask, "ask a question about a stream", connection)
+    sub.add_argument("stream_id", metavar="ID")
+    sub.add_argument("question", metavar="QUESTION")
+    sub.add_argument("--top-k", type=int, metavar="K", help="chunks to retrieve (default: the server's)")
+    sub.add_argument(
+        "--from", dest="start_s", type=parse_seconds, metavar="S", help="start of the time range"
+    )
+    sub.add_argument("--to", dest="end_s", type=parse_seconds, metavar="S", help="end of the time range")
+    sub.add_argument("--max-new-tokens", type=int, default=0, metavar="N", help="default: the server's")
+    output = sub.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the answer as JSON")
+    output.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+
+
+def _add_streams(commands: Any, connection: argparse.ArgumentParser) -> None:
+    sub = _command(commands, "streams", _cmd_streams, "list the streams", connection)
+    sub.add_argument("--json", action="store_true")
+
+
+def _add_show(commands: Any, connection: argparse.ArgumentParser) -> None:
+    sub = _command(commands, "show", _cmd_show, "show one stream", connection)
+    sub.add_argument("stream_id", metavar="ID")
+    sub.add_argument("--json", action="store_true")
+
+
+def _add_delete(commands: Any, connection: argparse.ArgumentParser) -> None:
+    sub = _command(
+        commands, "delete", _cmd_delete, "delete a stream and everything stored for it", connection
+    )
+    sub.add_argument("stream_id", metavar="ID")
+
+
+def parse_seconds(text: str) -> float:
+    """Seconds as "90", "1:30" or "1:02:03.5" (the form the CLI prints timestamps in)."""
+    parts = text.strip().split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 3 or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected seconds, M:SS or H:MM:SS, got {text!r}")
+    seconds = 0.0
+    for value in values:
+        seconds = seconds * 60 + value
+    return seconds
+
+
+def _check_time_range(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.start_s is None) != (args.end_s is None):
+        parser.error("ask: --from and --to go together")
+    if args.start_s is not None and args.start_s > args.end_s:
+        parser.error(f"ask: --from ({args.start_s:g}s) is after --to ({args.end_s:g}s)")
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> LongWatchClient:
+    return LongWatchClient(args.server, timeout=args.timeout)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        return _fail(str(exc), code=2)
+    from longwatch.stream.server import serve_forever  # imports torch: only when serving
+
+    return int(serve_forever(settings))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from longwatch.clients.demo import run_demo  # starts a server, so imports torch
+
+    return int(run_demo(args))
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    if not path.is_file():
+        return _fail(f"no such file: {path}")
+    source = _ingest_source(path, local=is_loopback_target(args.server) and not args.upload)
+    started = time.monotonic()
+    with _client(args) as client:
+        last = _follow_ingest(client.ingest_file(args.stream, fps=args.fps, **source), args.stream)
+    if last is None or not last.done:
+        return _fail(f"ingest of {args.stream} ended before the server reported it done")
+    print(format_ingest_summary(StreamSummary.from_proto(last.stream), time.monotonic() - started))
+    return 0
+
+
+def _ingest_source(path: Path, local: bool) -> dict[str, Any]:
+    """A local server reads the file itself; a remote one gets its bytes (read into memory)."""
+    if local:
+        return {"path": str(path.resolve())}
+    try:
+        return {"data": path.read_bytes()}
+    except OSError as exc:
+        raise LongWatchError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _follow_ingest(progress: Iterator[pb.IngestProgress], label: str) -> pb.IngestProgress | None:
+    """Drive a progress bar over stream time; returns the last message (None if there was none)."""
+    from tqdm import tqdm
+
+    last = None
+    with tqdm(desc=label, unit="s", disable=None, dynamic_ncols=True) as bar:
+        for last in progress:
+            _update_bar(bar, last)
+    return last
+
+
+def _update_bar(bar: Any, p: pb.IngestProgress) -> None:
+    if p.duration_s > 0:
+        bar.total = round(p.duration_s, 1)
+    bar.n = round(p.duration_s if p.done and p.duration_s > 0 else p.position_s, 1)
+    bar.set_postfix(chunks=p.chunks_committed, tokens=f"{p.tokens_kept}/{p.tokens_seen}", refresh=False)
+    bar.refresh()
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    time_range = None if args.start_s is None else (args.start_s, args.end_s)
+    query = dict(top_k=args.top_k, time_range=time_range, max_new_tokens=args.max_new_tokens)
+    with _client(args) as client:
+        if args.stream:
+            return _ask_streaming(client, args.stream_id, args.question, query)
+        result = client.ask(args.stream_id, args.question, **query)
+    print(_json(answer_json(result)) if args.json else format_answer(result))
+    return 0
+
+
+def _ask_streaming(client: LongWatchClient, stream_id: str, question: str, query: dict[str, Any]) -> int:
+    with client.ask_stream(stream_id, question, **query) as stream:
+        for delta in stream:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    print()
+    evidence = format_evidence(stream.result.evidence)
+    if evidence:
+        print(evidence)
+    return 0
+
+
+def _cmd_streams(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        streams = client.list_streams()
+    print(_json([s.to_json_dict() for s in streams]) if args.json else format_streams_table(streams))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        summary = client.get_stream(args.stream_id)
+    print(_json(summary.to_json_dict()) if args.json else format_stream(summary))
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        keys = client.delete_stream(args.stream_id)
+    print(f"deleted {args.stream_id} ({keys} keys)")
+    return 0
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

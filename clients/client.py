@@ -1,0 +1,483 @@
+"""A small typed client for the longwatch gRPC service.
+
+Everything that crosses this module's boundary is a plain Python value: results are
+dataclasses, and every gRPC failure becomes a `LongWatchError` carrying the server's one-line
+message, so callers never handle `grpc.RpcError` or protobuf messages (except the raw
+`IngestProgress` stream, whose fields are already flat).
+
+    with LongWatchClient("localhost:50051") as client:
+        for progress in client.ingest_file("cam1", path="/videos/cam1.mp4"):
+            ...
+        print(client.ask("cam1", "What colour is the car?").answer)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from longwatch.proto import longwatch_pb2 as pb
+from longwatch.proto import longwatch_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "localhost:50051"
+
+T = TypeVar("T")
+M = TypeVar("M")
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class LongWatchError(Exception):
+    """Any failure of a longwatch call; `.code` is the gRPC status the server (or channel) gave."""
+
+    default_code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code: grpc.StatusCode = code or self.default_code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class NotFound(LongWatchError):
+    """No stream with that id."""
+
+    default_code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidArgument(LongWatchError, ValueError):
+    """The request was rejected as malformed; also a ValueError, since it is one."""
+
+    default_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class AlreadyExists(LongWatchError):
+    """A stream with that id exists already (ingest never overwrites)."""
+
+    default_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Unavailable(LongWatchError):
+    """The server could not be reached or is not serving; the only error that is retried."""
+
+    default_code = grpc.StatusCode.UNAVAILABLE
+
+
+_ERROR_TYPES: dict[grpc.StatusCode, type[LongWatchError]] = {
+    cls.default_code: cls for cls in (NotFound, InvalidArgument, AlreadyExists, Unavailable)
+}
+
+
+def error_from_rpc(err: grpc.RpcError, target: str) -> LongWatchError:
+    """Map a grpc.RpcError to the exception tree, keeping only the first line of its details.
+
+    Connection failures name the target, since grpc's own text does not say which server.
+    """
+    code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = err.details() if isinstance(err, grpc.Call) else str(err)
+    message = _first_line(details or "") or code.name.lower().replace("_", " ")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        message = f"{target}: {message}"
+    return _ERROR_TYPES.get(code, LongWatchError)(message, code)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0].strip()
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often an idempotent call is retried after UNAVAILABLE, and how long to wait between.
+
+    attempts: total tries including the first (1 disables retries).
+    backoff_s: wait before the first retry; each later wait is `multiplier` times longer,
+        capped at max_backoff_s.
+    sleep: injectable so tests need not wait.
+    """
+
+    attempts: int = 3
+    backoff_s: float = 0.25
+    multiplier: float = 2.0
+    max_backoff_s: float = 2.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if self.backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
+            raise ValueError(
+                f"expected backoff_s >= 0, max_backoff_s >= 0, multiplier >= 1; got "
+                f"{self.backoff_s}, {self.max_backoff_s}, {self.multiplier}"
+            )
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (0 for the first retry)."""
+        return min(self.max_backoff_s, self.backoff_s * self.multiplier**retry)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run fn, retrying on Unavailable until attempts are used up; other errors pass through."""
+        failures = 0
+        while True:
+            try:
+                return fn()
+            except Unavailable:
+                failures += 1
+                if failures >= self.attempts:
+                    raise
+                self.sleep(self.delay(failures - 1))
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvidenceSpan:
+    """A stretch of stream time the answer was decoded from."""
+
+    start_s: float
+    end_s: float
+    score: float
+    chunk_index: int
+
+    @classmethod
+    def from_proto(cls, evidence: pb.Evidence) -> EvidenceSpan:
+        # score is a float32 on the wire; 7 significant digits show 0.83, not 0.8299999833.
+        score = float(f"{evidence.score:.7g}")
+        return cls(evidence.start_s, evidence.end_s, score, evidence.chunk_index)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AskResult:
+    """An answer, the evidence it cites, and where the time went (timings in milliseconds)."""
+
+    answer: str
+    evidence: list[EvidenceSpan]
+    timings: dict[str, float]
+    tokens_generated: int
+    model: str
+    stream_id: str = ""
+
+    @classmethod
+    def from_proto(cls, response: pb.AskResponse) -> AskResult:
+        timings = {f.name: getattr(response.timings, f.name) for f in pb.AskTimings.DESCRIPTOR.fields}
+        return cls(
+            answer=response.answer,
+            evidence=[EvidenceSpan.from_proto(e) for e in response.evidence],
+            timings=timings,
+            tokens_generated=response.tokens_generated,
+            model=response.model,
+            stream_id=response.stream_id,
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """Everything the server reports about one stream (StreamInfo), state as "ingesting"/"ready"."""
+
+    stream_id: str
+    state: str
+    source: str
+    duration_s: float
+    frames_decoded: int
+    frames_sampled: int
+    frames_kept: int
+    tokens_seen: int
+    tokens_kept: int
+    chunks: int
+    bytes_stored: int
+    fps: float
+    model: str
+    created_unix: float
+    updated_unix: float
+    frames_dropped: int
+
+    @classmethod
+    def from_proto(cls, info: pb.StreamInfo) -> StreamSummary:
+        values = {f.name: getattr(info, f.name) for f in pb.StreamInfo.DESCRIPTOR.fields}
+        values["state"] = state_name(info.state)
+        return cls(**values)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def state_name(state: int) -> str:
+    """STREAM_STATE_READY -> "ready"; a value newer than these stubs -> "unknown(7)"."""
+    try:
+        name = str(pb.StreamState.Name(state))
+    except ValueError:
+        return f"unknown({state})"
+    return name.removeprefix("STREAM_STATE_").lower()
+
+
+class AskStream(Iterator[str]):
+    """The answer's text deltas as they are generated; `.result` is the full AskResult after the end.
+
+    Closing it (or breaking out of a `with` block) cancels the call on the server.
+    """
+
+    def __init__(self, messages: Iterator[pb.AskStreamResponse]) -> None:
+        self._messages = messages
+        self._result: AskResult | None = None
+
+    def __iter__(self) -> AskStream:
+        return self
+
+    def __next__(self) -> str:
+        for message in self._messages:
+            if message.HasField("response"):
+                self._result = AskResult.from_proto(message.response)
+            if message.delta:
+                return message.delta
+        if self._result is None:
+            raise LongWatchError("AskStream ended without its final response", grpc.StatusCode.INTERNAL)
+        raise StopIteration
+
+    @property
+    def result(self) -> AskResult:
+        if self._result is None:
+            raise RuntimeError("AskStream.result is known only once the stream is iterated to its end")
+        return self._result
+
+    def close(self) -> None:
+        self._messages.close()  # type: ignore[attr-defined]  # a generator; closing cancels the call
+
+    def __enter__(self) -> AskStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+def ingest_request(
+    stream_id: str, path: str | os.PathLike[str] | None, data: bytes | None, fps: float
+) -> pb.IngestFileRequest:
+    """Exactly one of path (read by the server) and data (the file's bytes) names the video."""
+    if (path is None) == (data is None):
+        raise InvalidArgument("ingest_file needs exactly one of path= or data=")
+    if path is not None:
+        return pb.IngestFileRequest(stream_id=stream_id, path=os.fspath(path), fps=fps)
+    return pb.IngestFileRequest(stream_id=stream_id, data=data, fps=fps)
+
+
+def ask_request(
+    stream_id: str,
+    question: str,
+    top_k: int | None = None,
+    time_range: tuple[float, float] | None = None,
+    max_new_tokens: int = 0,
+) -> pb.AskRequest:
+    """top_k None and max_new_tokens 0 leave the choice to the server's defaults."""
+    request = pb.AskRequest(stream_id=stream_id, question=question, max_new_tokens=max_new_tokens)
+    if top_k is not None:
+        request.top_k = top_k
+    if time_range is not None:
+        start_s, end_s = time_range
+        request.time_range.CopyFrom(pb.TimeRange(start_s=start_s, end_s=end_s))
+    return request
+
+
+def is_loopback_target(target: str) -> bool:
+    """Whether a gRPC target names this machine (so the server can read our file paths).
+
+    Understands host:port, [v6]:port, bare hosts, and the dns:///, ipv4:, ipv6: and unix: schemes.
+    """
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme) :]
+            break
+    host = _target_host(target)
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _target_host(target: str) -> str:
+    if target.startswith("["):
+        return target[1 : target.find("]")] if "]" in target else target
+    if target.count(":") == 1:
+        return target.split(":", 1)[0]
+    return target  # a bare host, or a bare IPv6 address
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class LongWatchClient:
+    """A connection to one longwatch server.
+
+    timeout: deadline in seconds for each unary call and AskStream (None waits as long as it
+        takes). IngestFile has no deadline: it lasts as long as decoding the video does.
+    retry: applied to UNAVAILABLE on the idempotent calls (Ask, GetStream, ListStreams) only;
+        ingest and delete are never repeated behind the caller's back.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry if retry is not None else RetryPolicy()
+        # Uploads (IngestFileRequest.data) can be large; the server enforces its own limit.
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)])
+        self._stub = pb_grpc.LongWatchStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __repr__(self) -> str:
+        return f"LongWatchClient(target={self.target!r}, timeout={self.timeout!r})"
+
+    def __enter__(self) -> LongWatchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # --- calls ---
+
+    def ingest_file(
+        self,
+        stream_id: str,
+        path: str | os.PathLike[str] | None = None,
+        data: bytes | None = None,
+        fps: float = 0.0,
+    ) -> Iterator[pb.IngestProgress]:
+        """Progress messages of a new stream's ingest; the last has done=True and `.stream` set.
+
+        The call starts when iteration does; abandoning the iterator cancels it.
+        """
+        request = ingest_request(stream_id, path, data, fps)
+        return self._server_stream(self._stub.IngestFile, request, timeout=None)
+
+    def ask(
+        self,
+        stream_id: str,
+        question: str,
+        top_k: int | None = None,
+        time_range: tuple[float, float] | None = None,
+        max_new_tokens: int = 0,
+    ) -> AskResult:
+        request = ask_request(stream_id, question, top_k, time_range, max_new_tokens)
+        return AskResult.from_proto(self._unary(self._stub.Ask, request, idempotent=True))
+
+    def ask_stream(
+        self,
+        stream_id: str,
+        question: str,
+        top_k: int | None = None,
+        time_range: tuple[float, float] | None = None,
+        max_new_tokens: int = 0,
+    ) -> AskStream:
+        """Like ask, yielding text as it is generated; not retried, as text may already be shown."""
+        request = ask_request(stream_id, question, top_k, time_range, max_new_tokens)
+        return AskStream(self._server_stream(self._stub.AskStream, request, timeout=self.timeout))
+
+    def get_stream(self, stream_id: str) -> StreamSummary:
+        request = pb.GetStreamRequest(stream_id=stream_id)
+        return StreamSummary.from_proto(self._unary(self._stub.GetStream, request, idempotent=True))
+
+    def list_streams(self) -> list[StreamSummary]:
+        response = self._unary(self._stub.ListStreams, pb.ListStreamsRequest(), idempotent=True)
+        return [StreamSummary.from_proto(info) for info in response.streams]
+
+    def delete_stream(self, stream_id: str) -> int:
+        """Remove a stream; returns the number of Redis keys deleted."""
+        request = pb.DeleteStreamRequest(stream_id=stream_id)
+        return int(self._unary(self._stub.DeleteStream, request, idempotent=False).keys_deleted)
+
+    def wait_ready(self, timeout: float, service: str = "", poll_s: float = 0.1) -> None:
+        """Block until the standard health service reports SERVING; Unavailable after timeout.
+
+        service "" asks about the server as a whole. A server without the health service,
+        or one that does not know `service`, fails at once instead of waiting out the timeout.
+        """
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while (remaining := deadline - time.monotonic()) > 0:
+            status = self._health_status(service, remaining)
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            last = (
+                "not connected"
+                if status is None
+                else health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            )
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        raise Unavailable(f"{self.target}: not serving after {timeout:g}s ({last})")
+
+    # --- plumbing ---
+
+    def _health_status(self, service: str, remaining: float) -> int | None:
+        """The health status, or None while the server cannot be reached yet."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            return int(self._health.Check(request, timeout=remaining, wait_for_ready=True).status)
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.Call) else None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return None
+            raise error_from_rpc(err, self.target) from err
+
+    @contextmanager
+    def _rpc_errors(self) -> Iterator[None]:
+        """The one place grpc.RpcError becomes a LongWatchError."""
+        try:
+            yield
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, self.target) from err
+
+    def _unary(self, method: Callable[..., T], request: Any, *, idempotent: bool) -> T:
+        def once() -> T:
+            with self._rpc_errors():
+                return method(request, timeout=self.timeout)
+
+        return self.retry.call(once) if idempotent else once()
+
+    def _server_stream(
+        self, method: Callable[..., Iterator[M]], request: Any, timeout: float | None
+    ) -> Iterator[M]:
+        """Start a server-streaming call lazily; stopping early cancels it on the server."""
+        call = None
+        try:
+            with self._rpc_errors():
+                call = method(request, timeout=timeout)
+                yield from call
+        finally:
+            if call is not None:
+                call.cancel()  # type: ignore[attr-defined]  # a no-op once the call has finished

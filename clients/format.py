@@ -1,0 +1,146 @@
+"""Pure functions that turn client results into text and JSON for the CLI.
+
+Kept apart from the CLI so that each rendering is a function of its input alone and can be
+tested on exact strings without a server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from longwatch.clients.client import AskResult, EvidenceSpan, StreamSummary
+
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def format_timestamp(seconds: float) -> str:
+    """3723.5 -> "1:02:03.5", 12 -> "0:12": M:SS under an hour, H:MM:SS from there.
+
+    Rounded to tenths first, so 59.96 reads "1:00" rather than "0:60.0"; the tenth is shown
+    only when it is not zero.
+    """
+    if not math.isfinite(seconds):
+        return "?"
+    sign = "-" if seconds < 0 else ""
+    tenths = round(abs(seconds) * 10)
+    hours, rest = divmod(tenths, 36000)
+    minutes, rest = divmod(rest, 600)
+    secs, tenth = divmod(rest, 10)
+    text = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    return f"{sign}{text}.{tenth}" if tenth else f"{sign}{text}"
+
+
+def format_bytes(n: int) -> str:
+    """512 -> "512 B", 1258291 -> "1.2 MiB": binary units with one decimal."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in _BYTE_UNITS:
+        value /= 1024
+        if round(value, 1) < 1024 or unit == _BYTE_UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")  # the loop returns on its last unit
+
+
+def format_span(start_s: float, end_s: float) -> str:
+    return f"[{format_timestamp(start_s)} - {format_timestamp(end_s)}]"
+
+
+def format_evidence(evidence: Sequence[EvidenceSpan]) -> str:
+    """One line per span, "  [0:12 - 0:20] score 0.83"; empty when there is no evidence."""
+    return "\n".join(f"  {format_span(e.start_s, e.end_s)} score {e.score:.2f}" for e in evidence)
+
+
+def format_answer(result: AskResult) -> str:
+    """The answer, then the evidence it cites, one span per line."""
+    evidence = format_evidence(result.evidence)
+    return f"{result.answer}\n{evidence}" if evidence else result.answer
+
+
+def answer_json(result: AskResult) -> dict[str, Any]:
+    """What `ask --json` prints: answer, evidence [{start_s, end_s, score, chunk_index}], timings, model."""
+    return {
+        "stream_id": result.stream_id,
+        "answer": result.answer,
+        "evidence": [e.to_json_dict() for e in result.evidence],
+        "timings": dict(result.timings),
+        "tokens_generated": result.tokens_generated,
+        "model": result.model,
+    }
+
+
+_TABLE_HEADERS = (
+    "id",
+    "state",
+    "duration",
+    "frames kept/sampled",
+    "tokens kept/seen",
+    "chunks",
+    "bytes",
+    "dropped",
+)
+_LEFT_ALIGNED = 2  # id and state read left to right; the numbers line up on the right
+
+
+def _stream_row(s: StreamSummary) -> tuple[str, ...]:
+    return (
+        s.stream_id,
+        s.state,
+        format_timestamp(s.duration_s),
+        f"{s.frames_kept}/{s.frames_sampled}",
+        f"{s.tokens_kept}/{s.tokens_seen}",
+        str(s.chunks),
+        format_bytes(s.bytes_stored),
+        str(s.frames_dropped),
+    )
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left_aligned: int) -> str:
+    """Columns separated by two spaces; the first `left_aligned` columns are left-aligned."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            c.ljust(w) if i < left_aligned else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return "\n".join(line(r) for r in [headers, *rows])
+
+
+def format_streams_table(streams: Sequence[StreamSummary]) -> str:
+    if not streams:
+        return "no streams"
+    return format_table(_TABLE_HEADERS, [_stream_row(s) for s in streams], _LEFT_ALIGNED)
+
+
+def format_stream(s: StreamSummary) -> str:
+    """`longwatch show`: one "key: value" line per field, counts paired the way the table pairs them."""
+    fields = [
+        ("stream", s.stream_id),
+        ("state", s.state),
+        ("source", s.source or "-"),
+        ("duration", format_timestamp(s.duration_s)),
+        ("fps", f"{s.fps:g}"),
+        ("frames", f"{s.frames_kept} kept / {s.frames_sampled} sampled / {s.frames_decoded} decoded"),
+        ("dropped", str(s.frames_dropped)),
+        ("tokens", f"{s.tokens_kept} kept / {s.tokens_seen} seen"),
+        ("chunks", str(s.chunks)),
+        ("stored", format_bytes(s.bytes_stored)),
+        ("model", s.model or "-"),
+    ]
+    width = max(len(k) for k, _ in fields) + 1
+    return "\n".join(f"{(k + ':').ljust(width)} {v}" for k, v in fields)
+
+
+def format_ingest_summary(s: StreamSummary, elapsed_s: float) -> str:
+    """The line `longwatch ingest` ends with."""
+    return (
+        f"{s.stream_id}: {s.state}, {format_timestamp(s.duration_s)} of video in {elapsed_s:.1f}s, "
+        f"{s.chunks} chunks, {s.frames_kept}/{s.frames_sampled} frames kept, "
+        f"{s.tokens_kept}/{s.tokens_seen} tokens kept, {format_bytes(s.bytes_stored)} stored"
+    )

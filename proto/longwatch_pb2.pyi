@@ -1,0 +1,191 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StreamState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STREAM_STATE_UNSPECIFIED: _ClassVar[StreamState]
+    STREAM_STATE_INGESTING: _ClassVar[StreamState]
+    STREAM_STATE_READY: _ClassVar[StreamState]
+STREAM_STATE_UNSPECIFIED: StreamState
+STREAM_STATE_INGESTING: StreamState
+STREAM_STATE_READY: StreamState
+
+class IngestFileRequest(_message.Message):
+    __slots__ = ("stream_id", "path", "data", "fps")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    path: str
+    data: bytes
+    fps: float
+    def __init__(self, stream_id: _Optional[str] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ..., fps: _Optional[float] = ...) -> None: ...
+
+class IngestProgress(_message.Message):
+    __slots__ = ("stream_id", "position_s", "duration_s", "frames_decoded", "frames_sampled", "tokens_seen", "tokens_kept", "chunks_committed", "done", "stream")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_S_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_DECODED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SEEN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_KEPT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    position_s: float
+    duration_s: float
+    frames_decoded: int
+    frames_sampled: int
+    tokens_seen: int
+    tokens_kept: int
+    chunks_committed: int
+    done: bool
+    stream: StreamInfo
+    def __init__(self, stream_id: _Optional[str] = ..., position_s: _Optional[float] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks_committed: _Optional[int] = ..., done: _Optional[bool] = ..., stream: _Optional[_Union[StreamInfo, _Mapping]] = ...) -> None: ...
+
+class TimeRange(_message.Message):
+    __slots__ = ("start_s", "end_s")
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    start_s: float
+    end_s: float
+    def __init__(self, start_s: _Optional[float] = ..., end_s: _Optional[float] = ...) -> None: ...
+
+class AskRequest(_message.Message):
+    __slots__ = ("stream_id", "question", "top_k", "time_range", "max_new_tokens")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TIME_RANGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    question: str
+    top_k: int
+    time_range: TimeRange
+    max_new_tokens: int
+    def __init__(self, stream_id: _Optional[str] = ..., question: _Optional[str] = ..., top_k: _Optional[int] = ..., time_range: _Optional[_Union[TimeRange, _Mapping]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+
+class Evidence(_message.Message):
+    __slots__ = ("start_s", "end_s", "score", "chunk_index")
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    start_s: float
+    end_s: float
+    score: float
+    chunk_index: int
+    def __init__(self, start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., chunk_index: _Optional[int] = ...) -> None: ...
+
+class AskTimings(_message.Message):
+    __slots__ = ("retrieve_ms", "load_ms", "prefill_ms", "first_token_ms", "generate_ms", "total_ms")
+    RETRIEVE_MS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    retrieve_ms: float
+    load_ms: float
+    prefill_ms: float
+    first_token_ms: float
+    generate_ms: float
+    total_ms: float
+    def __init__(self, retrieve_ms: _Optional[float] = ..., load_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class AskResponse(_message.Message):
+    __slots__ = ("stream_id", "answer", "evidence", "timings", "tokens_generated", "model")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    answer: str
+    evidence: _containers.RepeatedCompositeFieldContainer[Evidence]
+    timings: AskTimings
+    tokens_generated: int
+    model: str
+    def __init__(self, stream_id: _Optional[str] = ..., answer: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[Evidence, _Mapping]]] = ..., timings: _Optional[_Union[AskTimings, _Mapping]] = ..., tokens_generated: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+
+class AskStreamResponse(_message.Message):
+    __slots__ = ("delta", "response")
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    delta: str
+    response: AskResponse
+    def __init__(self, delta: _Optional[str] = ..., response: _Optional[_Union[AskResponse, _Mapping]] = ...) -> None: ...
+
+class GetStreamRequest(_message.Message):
+    __slots__ = ("stream_id",)
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
+
+class StreamInfo(_message.Message):
+    __slots__ = ("stream_id", "state", "source", "duration_s", "frames_decoded", "frames_sampled", "frames_kept", "tokens_seen", "tokens_kept", "chunks", "bytes_stored", "fps", "model", "created_unix", "updated_unix", "frames_dropped")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_DECODED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_KEPT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SEEN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_KEPT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_STORED_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    state: StreamState
+    source: str
+    duration_s: float
+    frames_decoded: int
+    frames_sampled: int
+    frames_kept: int
+    tokens_seen: int
+    tokens_kept: int
+    chunks: int
+    bytes_stored: int
+    fps: float
+    model: str
+    created_unix: float
+    updated_unix: float
+    frames_dropped: int
+    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., source: _Optional[str] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_kept: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., fps: _Optional[float] = ..., model: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., frames_dropped: _Optional[int] = ...) -> None: ...
+
+class ListStreamsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListStreamsResponse(_message.Message):
+    __slots__ = ("streams",)
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    streams: _containers.RepeatedCompositeFieldContainer[StreamInfo]
+    def __init__(self, streams: _Optional[_Iterable[_Union[StreamInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteStreamRequest(_message.Message):
+    __slots__ = ("stream_id",)
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
+
+class DeleteStreamResponse(_message.Message):
+    __slots__ = ("keys_deleted",)
+    KEYS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    keys_deleted: int
+    def __init__(self, keys_deleted: _Optional[int] = ...) -> None: ...
