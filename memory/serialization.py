@@ -1,0 +1,222 @@
+"""ChunkCache <-> bytes, as safetensors: tensors by name, scalars as one JSON object in the header metadata.
+
+Nothing here is ever pickled or unpickled: a blob from Redis is parsed as a safetensors header
+(JSON) plus raw little-endian tensor data, and every field is checked before a ChunkCache is built,
+so a corrupt or foreign blob fails with CorruptChunk instead of surfacing later as a shape error
+inside attention.
+
+The scalars sit under a single metadata key on purpose: safetensors writes a multi-entry metadata
+map in random (hash) order, and one entry keeps the bytes deterministic, so the same chunk always
+serialises to the same blob (the store relies on that to recognise a retried commit).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from longwatch.memory.chunk import ChunkCache
+from longwatch.memory.records import CorruptChunk
+
+META_KEY = "longwatch.chunk"  # the one safetensors metadata entry: JSON of the scalars and "version"
+FORMAT_VERSION = 1
+# K/V dtypes a blob may carry, stored as given (no up-cast: bf16 stays 2 bytes per value).
+# int8 with per-channel scales is planned; it would add scale tensors and bump FORMAT_VERSION.
+KV_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TENSORS = ("keys", "values", "positions", "retrieval")
+_SCALARS = (
+    "stream_id",
+    "index",
+    "start_s",
+    "end_s",
+    "frame_times",
+    "tokens_seen",
+    "tokens_kept",
+    "mode",
+    "alpha",
+)
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def chunk_to_bytes(chunk: ChunkCache) -> bytes:
+    """Serialise a chunk; tensors are moved to CPU and made contiguous (a copy if they were not)."""
+    if chunk.keys.dtype not in KV_DTYPES:
+        raise ValueError(f"K/V dtype must be one of {_dtype_names()}, got {chunk.keys.dtype}")
+    if chunk.values.dtype != chunk.keys.dtype:
+        raise ValueError(f"keys are {chunk.keys.dtype} but values are {chunk.values.dtype}")
+    if chunk.retrieval.dim() != 1:
+        raise ValueError(f"retrieval must be 1-D (retrieval_dim,), got {tuple(chunk.retrieval.shape)}")
+    tensors = {
+        "keys": _cpu(chunk.keys),  # (layers, kv_heads, n_kept, head_dim)
+        "values": _cpu(chunk.values),  # (layers, kv_heads, n_kept, head_dim)
+        "positions": _cpu(chunk.positions).to(torch.int64),  # (n_kept,)
+        "retrieval": _cpu(chunk.retrieval).to(torch.float32),  # (retrieval_dim,)
+    }
+    scalars = {
+        "stream_id": chunk.stream_id,
+        "index": int(chunk.index),
+        "start_s": float(chunk.start_s),
+        "end_s": float(chunk.end_s),
+        "frame_times": [float(t) for t in chunk.frame_times],
+        "tokens_seen": int(chunk.tokens_seen),
+        "tokens_kept": int(chunk.tokens_kept),
+        "mode": chunk.mode,
+        "alpha": int(chunk.alpha),
+    }
+    meta = json.dumps({"version": FORMAT_VERSION, **scalars}, sort_keys=True)
+    return safetensors.torch.save(tensors, metadata={META_KEY: meta})
+
+
+def chunk_from_bytes(data: bytes, *, name: str = "chunk") -> ChunkCache:
+    """Parse and validate a blob written by chunk_to_bytes; ``name`` (e.g. the Redis key) goes in errors."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CorruptChunk(f"{name}: expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    metadata = _read_metadata(data, name)
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as e:  # any parse failure of foreign bytes is corruption, whatever its type
+        raise CorruptChunk(f"{name}: not a valid safetensors blob ({_one_line(e)})") from None
+    missing = [t for t in _TENSORS if t not in tensors]
+    if missing:
+        raise CorruptChunk(f"{name}: missing tensors {missing}, has {sorted(tensors)}")
+    _check_tensors(tensors, name)
+    scalars = _parse_scalars(metadata, name)
+    try:
+        return ChunkCache(
+            keys=tensors["keys"],
+            values=tensors["values"],
+            positions=tensors["positions"],
+            retrieval=tensors["retrieval"],
+            **scalars,
+        )
+    except (ValueError, TypeError) as e:
+        raise CorruptChunk(f"{name}: fields do not form a chunk ({_one_line(e)})") from None
+
+
+def vector_to_bytes(vector: np.ndarray | torch.Tensor) -> bytes:
+    """A 1-D retrieval vector as little-endian float32 bytes (4 bytes per dimension)."""
+    if isinstance(vector, torch.Tensor):
+        vector = vector.detach().to("cpu", torch.float32).numpy()
+    arr = np.asarray(vector)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"retrieval vector must be 1-D and non-empty, got shape {arr.shape}")
+    arr = arr.astype("<f4", copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError("retrieval vector has NaN or inf entries")
+    return arr.tobytes()
+
+
+def vector_from_bytes(data: bytes, *, name: str = "vector") -> np.ndarray:
+    """Inverse of vector_to_bytes: a writable (dim,) float32 array in native byte order."""
+    if len(data) == 0 or len(data) % 4:
+        raise CorruptChunk(f"{name}: expected a non-empty multiple of 4 bytes (float32), got {len(data)}")
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu").contiguous()
+
+
+def _dtype_names() -> list[str]:
+    return [str(d).removeprefix("torch.") for d in KV_DTYPES]
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def _read_metadata(data: bytes, name: str) -> dict[str, object]:
+    """The safetensors header is an 8-byte little-endian length and that many bytes of JSON."""
+    if len(data) < 8:
+        raise CorruptChunk(f"{name}: {len(data)} bytes is too short for a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > min(_MAX_HEADER, len(data) - 8):
+        raise CorruptChunk(f"{name}: header length {n} exceeds the {len(data) - 8} bytes that follow")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptChunk(f"{name}: header is not JSON ({_one_line(e)})") from None
+    entries = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(entries, dict) or not isinstance(entries.get(META_KEY), str):
+        raise CorruptChunk(f"{name}: safetensors metadata has no {META_KEY!r} entry (not a longwatch chunk)")
+    try:
+        meta = json.loads(entries[META_KEY])
+    except json.JSONDecodeError as e:
+        raise CorruptChunk(f"{name}: {META_KEY!r} metadata is not JSON ({_one_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise CorruptChunk(
+            f"{name}: {META_KEY!r} metadata should be a JSON object, got {type(meta).__name__}"
+        )
+    if meta.get("version") != FORMAT_VERSION:
+        raise CorruptChunk(
+            f"{name}: chunk format version {meta.get('version')!r} is not the supported {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def _check_tensors(t: dict[str, torch.Tensor], name: str) -> None:
+    keys, values, positions, retrieval = (t[k] for k in _TENSORS)
+    if keys.dtype not in KV_DTYPES or values.dtype != keys.dtype:
+        raise CorruptChunk(
+            f"{name}: K/V dtypes should be one of {_dtype_names()} and equal, got {keys.dtype}/{values.dtype}"
+        )
+    if positions.dtype != torch.int64 or positions.dim() != 1:
+        raise CorruptChunk(
+            f"{name}: positions should be 1-D int64, got {positions.dtype} {tuple(positions.shape)}"
+        )
+    if retrieval.dtype != torch.float32 or retrieval.dim() != 1:
+        raise CorruptChunk(
+            f"{name}: retrieval should be 1-D float32, got {retrieval.dtype} {tuple(retrieval.shape)}"
+        )
+
+
+_SCALAR_TYPES: dict[str, type] = {
+    "stream_id": str,
+    "index": int,
+    "start_s": float,
+    "end_s": float,
+    "frame_times": list,
+    "tokens_seen": int,
+    "tokens_kept": int,
+    "mode": str,
+    "alpha": int,
+}
+
+
+def _parse_scalars(meta: dict[str, object], name: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for field in _SCALARS:
+        if field not in meta:
+            raise CorruptChunk(f"{name}: metadata has no {field!r}")
+        out[field] = _coerce(field, meta[field], name)
+    return out
+
+
+def _coerce(field: str, value: object, name: str) -> object:
+    want = _SCALAR_TYPES[field]
+    bad = CorruptChunk(f"{name}: metadata {field!r} should be {want.__name__}, got {value!r:.60}")
+    if want is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if want is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if want is list:
+        if not isinstance(value, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise bad
+        return [float(v) for v in value]
+    if not isinstance(value, want):
+        raise bad
+    return value

@@ -1,0 +1,459 @@
+"""The chunk store: a narrow interface (streams, chunks, vectors) and its Redis backend.
+
+Key layout (every per-stream key carries the stream in a Redis Cluster hash tag, so one stream's
+keys share a slot and one MULTI/EXEC can cover them):
+
+    lw:{<id>}:stream     hash   the StreamRecord, counters as integers (HINCRBY-able)
+    lw:{<id>}:chunk:<i>  string safetensors bytes of ChunkCache i
+    lw:{<id>}:vectors    hash   i -> retrieval vector, little-endian float32
+    lw:{<id>}:spans      hash   i -> JSON [start_s, end_s]
+    lw:streams           set    ids of all streams (another slot: never inside a stream's transaction)
+
+The record hash is the truth about whether a stream exists; ``lw:streams`` is an index of it that
+may briefly hold an id without a record (create adds the id first, delete removes it last), which
+list_streams skips. A chunk is committed when its blob, vector and span land in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlparse
+
+import numpy as np
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
+from redis.retry import Retry
+
+from longwatch.memory.chunk import ChunkCache
+from longwatch.memory.records import (
+    ChunkExists,
+    ChunkNotFound,
+    ChunkSpan,
+    CorruptChunk,
+    IngestCounters,
+    StoreError,
+    StoreUnavailable,
+    StreamExists,
+    StreamNotFound,
+    StreamRecord,
+    StreamState,
+    validate_stream_id,
+)
+from longwatch.memory.serialization import (
+    chunk_from_bytes,
+    chunk_to_bytes,
+    vector_from_bytes,
+    vector_to_bytes,
+)
+
+STREAMS_KEY = "lw:streams"
+URL_SCHEMES = ("redis", "rediss", "unix")
+_MAX_TXN_ATTEMPTS = 64  # optimistic-lock retries before giving up on a hot key
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamKeys:
+    """The Redis keys of one stream; constructing it validates the id, so no bad id reaches a key."""
+
+    stream_id: str
+
+    def __post_init__(self) -> None:
+        validate_stream_id(self.stream_id)
+
+    @property
+    def prefix(self) -> str:
+        return f"lw:{{{self.stream_id}}}"
+
+    @property
+    def record(self) -> str:
+        return f"{self.prefix}:stream"
+
+    @property
+    def vectors(self) -> str:
+        return f"{self.prefix}:vectors"
+
+    @property
+    def spans(self) -> str:
+        return f"{self.prefix}:spans"
+
+    def chunk(self, index: int) -> str:
+        return f"{self.prefix}:chunk:{int(index)}"
+
+
+class ChunkStore(ABC):
+    """Where streams and their committed chunks live; the service and Ask path see only this.
+
+    Batched reads default to loops over single ones; a backend overrides them when it can do
+    better (Redis: one MGET).
+    """
+
+    @abstractmethod
+    def create_stream(self, record: StreamRecord) -> None:
+        """Create a stream record; raises StreamExists if the id is taken."""
+
+    @abstractmethod
+    def get_stream(self, stream_id: str) -> StreamRecord | None: ...
+
+    @abstractmethod
+    def list_streams(self) -> list[StreamRecord]:
+        """All streams, sorted by id."""
+
+    @abstractmethod
+    def set_state(self, stream_id: str, state: StreamState) -> None: ...
+
+    @abstractmethod
+    def add_counters(self, stream_id: str, counters: IngestCounters) -> None: ...
+
+    @abstractmethod
+    def commit_chunk(self, chunk: ChunkCache, counters: IngestCounters | None = None) -> int:
+        """Write chunk, vector, span and counters atomically; return the bytes stored."""
+
+    @abstractmethod
+    def chunk_spans(self, stream_id: str) -> list[ChunkSpan]:
+        """Committed chunks' time spans, sorted by index."""
+
+    @abstractmethod
+    def get_chunk(self, stream_id: str, index: int) -> ChunkCache: ...
+
+    def get_chunks(self, stream_id: str, indices: Sequence[int]) -> list[ChunkCache]:
+        """Chunks in the order asked; raises ChunkNotFound if any is not committed."""
+        return [self.get_chunk(stream_id, i) for i in indices]
+
+    @abstractmethod
+    def retrieval_vectors(self, stream_id: str) -> tuple[list[int], np.ndarray]:
+        """(chunk indices sorted, (n, dim) float32 vectors in the same order)."""
+
+    @abstractmethod
+    def delete_stream(self, stream_id: str) -> int:
+        """Remove every key of the stream; return how many keys were deleted (0 if none)."""
+
+    @abstractmethod
+    def ping(self) -> bool: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ChunkStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _unavailable_as_store_error(fn: Callable[P, T]) -> Callable[P, T]:
+    """Map transport failures to StoreUnavailable so callers handle one exception tree."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise StoreUnavailable(f"redis unavailable during {fn.__name__}: {e}") from e
+
+    return wrapper
+
+
+class RedisChunkStore(ChunkStore):
+    """ChunkStore on one Redis (standalone; the hash-tagged keys are Cluster-ready).
+
+    The client must use decode_responses=False: chunk blobs and vectors are raw bytes.
+    Thread-safe as far as redis-py's connection pool is: each call takes its own connection.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("RedisChunkStore needs a client with decode_responses=False (blobs are bytes)")
+        self._r = client
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._r
+
+    # --- streams ---------------------------------------------------------------------------------------
+
+    @_unavailable_as_store_error
+    def create_stream(self, record: StreamRecord) -> None:
+        keys = StreamKeys(record.stream_id)
+        now = time.time()
+        if not record.created_unix:
+            record = dataclasses.replace(record, created_unix=now)
+        if not record.updated_unix:
+            record = dataclasses.replace(record, updated_unix=record.created_unix)
+        # The id goes into the global set first: a crash between the two leaves an id without a
+        # record (skipped by list_streams), never a record that list_streams cannot see.
+        self._r.sadd(STREAMS_KEY, record.stream_id)
+
+        def body(pipe: Pipeline) -> None:
+            if pipe.exists(keys.record):
+                raise StreamExists(f"stream {record.stream_id!r} already exists")
+            pipe.multi()
+            pipe.hset(keys.record, mapping=record.to_hash())
+
+        self._transact([keys.record], body)
+
+    @_unavailable_as_store_error
+    def get_stream(self, stream_id: str) -> StreamRecord | None:
+        data = self._r.hgetall(StreamKeys(stream_id).record)
+        return StreamRecord.from_hash(data) if data else None
+
+    @_unavailable_as_store_error
+    def list_streams(self) -> list[StreamRecord]:
+        ids = sorted(
+            sid
+            for sid in (m.decode("utf-8", "replace") for m in self._r.smembers(STREAMS_KEY))
+            if _valid(sid)
+        )
+        pipe = self._r.pipeline(transaction=False)  # the records are in different slots
+        for sid in ids:
+            pipe.hgetall(StreamKeys(sid).record)
+        return [StreamRecord.from_hash(data) for data in pipe.execute() if data]
+
+    @_unavailable_as_store_error
+    def set_state(self, stream_id: str, state: StreamState) -> None:
+        keys = StreamKeys(stream_id)
+        fields = {"state": StreamState(state).value, "updated_unix": repr(time.time())}
+
+        def body(pipe: Pipeline) -> None:
+            self._require_stream(pipe, keys)
+            pipe.multi()
+            pipe.hset(keys.record, mapping=fields)
+
+        self._transact([keys.record], body)
+
+    @_unavailable_as_store_error
+    def add_counters(self, stream_id: str, counters: IngestCounters) -> None:
+        """HINCRBY each non-zero counter; checked under WATCH so a deleted stream is not resurrected."""
+        keys = StreamKeys(stream_id)
+
+        def body(pipe: Pipeline) -> None:
+            self._require_stream(pipe, keys)
+            pipe.multi()
+            for name, delta in counters.items():
+                pipe.hincrby(keys.record, name, delta)
+            pipe.hset(keys.record, "updated_unix", repr(time.time()))
+
+        self._transact([keys.record], body)
+
+    @_unavailable_as_store_error
+    def delete_stream(self, stream_id: str) -> int:
+        keys = StreamKeys(stream_id)
+
+        def body(pipe: Pipeline) -> None:
+            # Chunk keys are named by the indices in spans and vectors (written together, but the
+            # union costs nothing and survives a hand-edited hash).
+            fields = set(pipe.hkeys(keys.spans)) | set(pipe.hkeys(keys.vectors))
+            chunk_keys = sorted({keys.chunk(i) for i in (_int_or_none(f) for f in fields) if i is not None})
+            pipe.multi()
+            pipe.unlink(keys.record, keys.spans, keys.vectors, *chunk_keys)
+
+        results = self._transact([keys.record, keys.spans, keys.vectors], body)
+        self._r.srem(STREAMS_KEY, stream_id)  # last: see the module docstring
+        return int(results[0])
+
+    # --- chunks ----------------------------------------------------------------------------------------
+
+    @_unavailable_as_store_error
+    def commit_chunk(self, chunk: ChunkCache, counters: IngestCounters | None = None) -> int:
+        """One MULTI/EXEC writes the blob, the vector, the span and the record's counters.
+
+        Raises StreamNotFound (nothing written) without a record, ChunkExists if the index is
+        already committed with different bytes, ValueError if the retrieval dim differs from the
+        stream's earlier chunks. Committing identical bytes again writes nothing and returns 0, so a
+        commit retried after a lost reply is not counted twice. duration_s becomes the largest end_s
+        committed so far.
+        """
+        keys = StreamKeys(chunk.stream_id)
+        _check_chunk(chunk)
+        blob = chunk_to_bytes(chunk)
+        vector = vector_to_bytes(chunk.retrieval)
+        span = json.dumps([float(chunk.start_s), float(chunk.end_s)]).encode()
+        nbytes = len(blob) + len(vector) + len(span)
+        field = str(chunk.index)
+        written = nbytes
+
+        def body(pipe: Pipeline) -> None:
+            nonlocal written
+            duration = self._check_commit(pipe, keys, chunk, blob, vector)
+            pipe.multi()
+            if duration is None:  # the identical chunk is already committed
+                written = 0
+                return
+            pipe.set(keys.chunk(chunk.index), blob)
+            pipe.hset(keys.vectors, field, vector)
+            pipe.hset(keys.spans, field, span)
+            pipe.hincrby(keys.record, "chunks", 1)
+            pipe.hincrby(keys.record, "bytes_stored", nbytes)
+            for name, delta in (counters or IngestCounters()).items():
+                pipe.hincrby(keys.record, name, delta)
+            end = max(float(chunk.end_s), duration)
+            pipe.hset(keys.record, mapping={"duration_s": repr(end), "updated_unix": repr(time.time())})
+
+        self._transact([keys.record, keys.spans], body)
+        return written
+
+    @staticmethod
+    def _check_commit(
+        pipe: Pipeline, keys: StreamKeys, chunk: ChunkCache, blob: bytes, vector: bytes
+    ) -> float | None:
+        """Reads under WATCH before a commit: the stream's duration_s, or None for a replayed commit."""
+        sid, duration = pipe.hmget(keys.record, ["stream_id", "duration_s"])
+        if sid is None:
+            raise StreamNotFound(f"stream {chunk.stream_id!r} does not exist; create it before committing")
+        if pipe.hexists(keys.spans, str(chunk.index)):
+            # The same bytes again is a retried commit whose reply was lost: succeed, write nothing.
+            if pipe.get(keys.chunk(chunk.index)) == blob:
+                return None
+            raise ChunkExists(f"chunk {chunk.index} of stream {chunk.stream_id!r} is already committed")
+        sample = pipe.hrandfield(keys.vectors, 1, withvalues=True)  # [field, value] or []
+        if sample and len(sample[1]) != len(vector):
+            raise ValueError(
+                f"retrieval dim of stream {chunk.stream_id!r} is {len(sample[1]) // 4}, "
+                f"chunk {chunk.index} has {len(vector) // 4}"
+            )
+        return float(duration or 0.0)
+
+    @_unavailable_as_store_error
+    def chunk_spans(self, stream_id: str) -> list[ChunkSpan]:
+        """Committed chunks' spans sorted by index; empty for a stream without chunks or record."""
+        keys = StreamKeys(stream_id)
+        spans = []
+        for field, raw in self._r.hgetall(keys.spans).items():
+            index = _int_or_none(field)
+            if index is None:
+                raise CorruptChunk(f"{keys.spans}: field {field!r} is not a chunk index")
+            try:
+                start, end = json.loads(raw)
+                spans.append(ChunkSpan(index=index, start_s=float(start), end_s=float(end)))
+            except (TypeError, ValueError) as e:
+                raise CorruptChunk(
+                    f"{keys.spans}[{index}]: not a [start, end] span: {raw[:60]!r} ({e})"
+                ) from None
+        return sorted(spans, key=lambda s: s.index)
+
+    @_unavailable_as_store_error
+    def get_chunk(self, stream_id: str, index: int) -> ChunkCache:
+        return self.get_chunks(stream_id, [index])[0]
+
+    @_unavailable_as_store_error
+    def get_chunks(self, stream_id: str, indices: Sequence[int]) -> list[ChunkCache]:
+        """One MGET for all of them; each blob is validated and checked against its key."""
+        keys = StreamKeys(stream_id)
+        indices = [int(i) for i in indices]
+        if not indices:
+            return []
+        names = [keys.chunk(i) for i in indices]
+        blobs = self._r.mget(names)
+        missing = [i for i, b in zip(indices, blobs, strict=True) if b is None]
+        if missing:
+            if not self._r.exists(keys.record):
+                raise StreamNotFound(f"stream {stream_id!r} does not exist")
+            raise ChunkNotFound(f"stream {stream_id!r} has no committed chunk(s) {missing[:16]}")
+        out = []
+        for i, name, blob in zip(indices, names, blobs, strict=True):
+            chunk = chunk_from_bytes(blob, name=name)
+            if chunk.stream_id != stream_id or chunk.index != i:
+                raise CorruptChunk(f"{name}: holds chunk {chunk.index} of stream {chunk.stream_id!r}")
+            out.append(chunk)
+        return out
+
+    @_unavailable_as_store_error
+    def retrieval_vectors(self, stream_id: str) -> tuple[list[int], np.ndarray]:
+        """Every committed chunk's vector; (n, dim) float32, or (0, 0) for a stream without chunks."""
+        keys = StreamKeys(stream_id)
+        items = []
+        for field, raw in self._r.hgetall(keys.vectors).items():
+            index = _int_or_none(field)
+            if index is None:
+                raise CorruptChunk(f"{keys.vectors}: field {field!r} is not a chunk index")
+            items.append((index, vector_from_bytes(raw, name=f"{keys.vectors}[{index}]")))
+        if not items:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        items.sort(key=lambda item: item[0])
+        dims = {v.shape[0] for _, v in items}
+        if len(dims) != 1:
+            raise CorruptChunk(f"{keys.vectors}: vectors of different dims {sorted(dims)}")
+        return [i for i, _ in items], np.stack([v for _, v in items])  # (n, dim)
+
+    # --- connection ------------------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._r.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self._r.close()
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    def _transact(self, watch: list[str], body: Callable[[Pipeline], None]) -> list[Any]:
+        """Optimistic transaction: WATCH, let ``body`` read and queue writes after multi(), EXEC.
+
+        A concurrent write to a watched key aborts EXEC (WatchError) and the body runs again on
+        fresh reads; an exception from the body aborts with nothing written.
+        """
+        with self._r.pipeline(transaction=True) as pipe:
+            for _ in range(_MAX_TXN_ATTEMPTS):
+                try:
+                    pipe.watch(*watch)
+                    body(pipe)
+                    return pipe.execute()
+                except redis.WatchError:
+                    continue
+        raise StoreError(f"transaction on {watch[0]} lost {_MAX_TXN_ATTEMPTS} races in a row; giving up")
+
+    @staticmethod
+    def _require_stream(pipe: Pipeline, keys: StreamKeys) -> None:
+        if not pipe.exists(keys.record):
+            raise StreamNotFound(f"stream {keys.stream_id!r} does not exist")
+
+
+def open_store(url: str, *, retry: Retry | None = None) -> RedisChunkStore:
+    """A store for a Redis URL: redis://host:port/db, rediss:// (TLS) or unix:///path/to.sock.
+
+    ``retry`` is handed to redis-py (reconnect/backoff policy lives in the client, not in callers);
+    the default retries a failed command 3 times with exponential backoff.
+    """
+    scheme = urlparse(url).scheme
+    if scheme not in URL_SCHEMES:
+        raise ValueError(
+            f"redis URL scheme must be one of {', '.join(s + '://' for s in URL_SCHEMES)}, got {url!r}"
+        )
+    if retry is None:
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.01), 3)
+    client = redis.Redis.from_url(url, decode_responses=False, retry=retry)
+    return RedisChunkStore(client)
+
+
+def _check_chunk(chunk: ChunkCache) -> None:
+    if chunk.index < 0:
+        raise ValueError(f"chunk index must be >= 0, got {chunk.index}")
+    if not (math.isfinite(chunk.start_s) and math.isfinite(chunk.end_s) and chunk.start_s <= chunk.end_s):
+        raise ValueError(f"chunk span must be finite with start <= end, got [{chunk.start_s}, {chunk.end_s}]")
+
+
+def _int_or_none(field: bytes | str) -> int | None:
+    try:
+        return int(field)
+    except ValueError:
+        return None
+
+
+def _valid(stream_id: str) -> bool:
+    try:
+        validate_stream_id(stream_id)
+    except ValueError:
+        return False
+    return True
