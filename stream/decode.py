@@ -1,0 +1,293 @@
+"""Decoding video files and byte blobs with PyAV, sampled by presentation time.
+
+The archive path of ingest starts here: open a file (or the bytes of one), check that it
+holds a decodable video stream, decode it once front to back, and keep the first frame at
+or after each 1/fps grid point. Sampling is by presentation time, never by frame count, so
+variable-frame-rate files and dropped frames still give evenly spaced samples, and the same
+`TimeSampler` serves live streams whose frames arrive one by one.
+
+Every way a source can be unusable ends in one `VideoDecodeError` with a one-line reason;
+the frames already yielded before a mid-file failure are good and stay usable.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import av.container
+import av.error
+import av.video.stream
+import numpy as np
+
+# A path, the whole file in memory, or a seekable binary file object (read from its start).
+Source = str | os.PathLike[str] | bytes | BinaryIO
+
+# Tolerance on "decoding ended early" when the video stream records its own duration (mp4,
+# mov): a few frame intervals cover rounding and the last frame's display time.
+_SHORT_BY_FRAMES = 3
+_SHORT_MIN_S = 0.5
+# Containers that only know an overall duration (mkv, webm, ts) may count a longer audio
+# track in it: allow more before calling the video truncated.
+_LOOSE_MIN_S = 2.0
+_LOOSE_FRACTION = 0.02
+
+
+class VideoDecodeError(ValueError):
+    """A source that is not a usable video; the message is one line saying why."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about its first video stream, before decoding it."""
+
+    duration_s: float | None  # of the video stream where recorded, else of the container
+    width: int
+    height: int
+    avg_fps: float | None
+    codec: str
+    frames_estimate: int | None  # from the container's index, else duration x fps
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    """One kept frame: its sample number, its time, its pixels."""
+
+    index: int  # sample number within the stream, from 0, contiguous
+    pts_s: float  # seconds from the stream's first decoded frame
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+class TimeSampler:
+    """Keeps the first frame at or after each grid point k / fps (k = 0, 1, 2, ...).
+
+    Online and stateful, so one sampler serves an archive decoded front to back and a live
+    stream whose frames arrive one at a time. Each grid slot gets at most one frame; a frame
+    whose timestamp jumps over several slots fills one and sampling moves past the rest
+    (no duplicated frames to pad the gap). Frames going back in time are refused.
+    """
+
+    # Timestamps are rationals rounded to float: 0.3 s at 10 fps must count as slot 3.
+    _EPS = 1e-6
+
+    def __init__(self, fps: float) -> None:
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a positive number, got {fps}")
+        self.fps = fps
+        self._next_slot = 0  # the lowest grid slot that has no frame yet
+
+    @property
+    def next_time_s(self) -> float:
+        """The earliest timestamp the next kept frame may have."""
+        return self._next_slot / self.fps
+
+    def offer(self, t_s: float) -> bool:
+        """Whether the frame at `t_s` (seconds from the stream's start) is kept."""
+        slot = math.floor(t_s * self.fps + self._EPS)
+        if slot < self._next_slot:
+            return False
+        self._next_slot = slot + 1
+        return True
+
+    def reset(self) -> None:
+        self._next_slot = 0
+
+
+def probe_video(source: Source) -> VideoInfo:
+    """Open `source` (a path or the bytes of a file), read its header, describe its video."""
+    container = _open_container(source)
+    try:
+        return _video_info(_video_stream(container, _source_name(source)), container)
+    finally:
+        container.close()
+
+
+class VideoFileReader:
+    """Decodes a whole file or blob once, yielding the frames sampled at `fps`.
+
+    `info` is read when the reader is made (so a bad source fails here, before any work);
+    each iteration opens the source afresh. `frames_decoded` and `position_s` follow the
+    decoder for progress reports. A decode error, or decoding that ends well before the
+    recorded duration, raises `VideoDecodeError` after the frames decoded so far.
+    """
+
+    def __init__(self, source: Source, fps: float = 1.0) -> None:
+        self._source = source
+        self.name = _source_name(source)
+        self.fps = fps
+        TimeSampler(fps)  # validates fps now rather than at the first iteration
+        self.info = probe_video(source)
+        self.frames_decoded = 0
+        self.position_s = 0.0  # time of the last decoded frame, from the first one
+
+    def __iter__(self) -> Iterator[SampledFrame]:
+        container = _open_container(self._source)
+        try:
+            yield from self._decode(container)
+        finally:
+            container.close()
+
+    def _decode(self, container: av.container.InputContainer) -> Iterator[SampledFrame]:
+        stream = _video_stream(container, self.name)
+        # Frame threads decode ahead on the second core: about 20-30% faster on h264 here.
+        stream.thread_type = "AUTO"
+        sampler = TimeSampler(self.fps)
+        self.frames_decoded, self.position_s = 0, 0.0
+        origin: float | None = None  # the first frame's own time: pts_s counts from it
+        kept = 0
+        try:
+            for frame in container.decode(stream):
+                t = self._frame_time(frame.time, origin)
+                origin = t if origin is None else origin
+                self.frames_decoded += 1
+                self.position_s = t - origin
+                if sampler.offer(self.position_s):
+                    # Colour conversion costs a third of the decoding again: kept frames only.
+                    yield SampledFrame(kept, self.position_s, frame.to_ndarray(format="rgb24"))
+                    kept += 1
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(
+                f"truncated or corrupt: decode error at {self._where()} in {self.name}: {_ffmpeg_reason(e)}"
+            ) from e
+        self._check_complete(stream)
+
+    def _frame_time(self, t: float | None, origin: float | None) -> float:
+        """A frame's own time in seconds; a frame without a timestamp follows the previous one."""
+        if t is not None:
+            return t
+        if origin is None:
+            return 0.0
+        step = 1.0 / self.info.avg_fps if self.info.avg_fps else 0.0
+        return origin + self.position_s + step
+
+    def _where(self) -> str:
+        total = self.info.duration_s
+        of = f" of {total:.1f} s" if total is not None else ""
+        return f"{self.position_s:.1f} s{of}"
+
+    def _check_complete(self, stream: av.video.stream.VideoStream) -> None:
+        """Raise if decoding ended well short of the duration the container recorded."""
+        total = self.info.duration_s
+        if total is None:
+            return
+        if self.frames_decoded == 0:
+            raise VideoDecodeError(f"truncated: no frame could be decoded from {self.name} ({total:.1f} s)")
+        interval = 1.0 / self.info.avg_fps if self.info.avg_fps else 0.0
+        end = self.position_s + interval
+        if stream.duration:
+            slack = max(_SHORT_MIN_S, _SHORT_BY_FRAMES * interval)
+        else:
+            slack = max(_LOOSE_MIN_S, _LOOSE_FRACTION * total)
+        if end < total - slack:
+            raise VideoDecodeError(
+                f"truncated: decoding stopped at {end:.1f} s of {total:.1f} s in {self.name}"
+            )
+
+
+def _source_name(source: Source) -> str:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if hasattr(source, "read"):
+        name = getattr(source, "name", None)
+        return Path(name).name if isinstance(name, str) else "<file object>"
+    return Path(source).name
+
+
+def _as_file(source: Source) -> tuple[str | BinaryIO, int]:
+    """What `av.open` takes for `source`, positioned at its start, and its size in bytes."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source)), len(source)
+    if hasattr(source, "read"):
+        size = source.seek(0, io.SEEK_END)
+        source.seek(0)
+        return source, size
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such video file: {path}")
+    return str(path), path.stat().st_size
+
+
+def _open_container(source: Source) -> av.container.InputContainer:
+    """Open for reading, turning every FFmpeg refusal into a one-line `VideoDecodeError`."""
+    name = _source_name(source)
+    file, size = _as_file(source)
+    if size == 0:
+        raise VideoDecodeError(f"not a decodable video: {name} is empty (0 bytes)")
+    try:
+        return av.open(file, mode="r")
+    except av.error.FFmpegError as e:
+        cut = _mp4_cut_short(file, size)
+        if cut is not None:
+            raise VideoDecodeError(f"truncated: {cut} in {name}") from e
+        raise VideoDecodeError(f"not a decodable video: {name}: {_ffmpeg_reason(e)}") from e
+
+
+def _ffmpeg_reason(e: av.error.FFmpegError) -> str:
+    return str(e.strerror or e).strip().splitlines()[0]
+
+
+def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        found = ", ".join(f"{s.type} {s.codec_context.name}" for s in container.streams) or "none"
+        raise VideoDecodeError(f"no video stream in {name} (streams: {found})")
+    return container.streams.video[0]
+
+
+def _video_info(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> VideoInfo:
+    duration: float | None = None
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / av.time_base
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else None
+    frames: int | None = stream.frames or None
+    if frames is None and duration is not None and fps is not None:
+        frames = round(duration * fps)
+    ctx = stream.codec_context
+    return VideoInfo(duration, ctx.width, ctx.height, fps, ctx.name, frames)
+
+
+def _mp4_cut_short(file: str | BinaryIO, size: int) -> str | None:
+    """Why an mp4/mov that FFmpeg refused looks cut short, or None when it does not.
+
+    A file cut while being written (moov index at the end, the default) has no index, so
+    FFmpeg says only "invalid data". Walking the top-level boxes tells the two apart.
+    """
+    if isinstance(file, str):
+        with open(file, "rb") as f:
+            return _walk_mp4_boxes(f, size)
+    file.seek(0)
+    return _walk_mp4_boxes(file, size)
+
+
+def _walk_mp4_boxes(f: BinaryIO, size: int) -> str | None:
+    head = f.read(8)
+    if len(head) < 8 or head[4:8] != b"ftyp":
+        return None  # not an ISO base media file: no opinion
+    pos, kinds = 0, []
+    while pos + 8 <= size:
+        f.seek(pos)
+        header = f.read(16)
+        box_size, kind = struct.unpack(">I4s", header[:8])
+        if box_size == 1 and len(header) == 16:
+            box_size = struct.unpack(">Q", header[8:16])[0]
+        elif box_size == 0:
+            box_size = size - pos  # the last box runs to the end of the file
+        if box_size < 8:
+            return None  # garbage rather than a cut: no opinion
+        name = kind.decode("latin-1")
+        if pos + box_size > size:
+            return f"mp4 box '{name}' needs {box_size} bytes at offset {pos} but the file ends at {size}"
+        kinds.append(kind)
+        pos += box_size
+    if b"moov" not in kinds:
+        return "mp4 has no index (moov box); the file was probably cut before it was finished"
+    return None

