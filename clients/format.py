@@ -54,10 +54,24 @@ def format_evidence(evidence: Sequence[EvidenceSpan]) -> str:
     return "\n".join(f"  {format_span(e.start_s, e.end_s)} score {e.score:.2f}" for e in evidence)
 
 
+def printable(text: str) -> str:
+    """Text safe for a terminal: control characters (other than newline and tab) shown escaped.
+
+    An untrained model emits arbitrary bytes; printed raw they clear lines and move the cursor.
+    """
+    return "".join(
+        ch
+        if ch in "\n\t" or (ch.isprintable() and ch != "\ufffd")
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def format_answer(result: AskResult) -> str:
     """The answer, then the evidence it cites, one span per line."""
+    answer = printable(result.answer)
     evidence = format_evidence(result.evidence)
-    return f"{result.answer}\n{evidence}" if evidence else result.answer
+    return f"{answer}\n{evidence}" if evidence else answer
 
 
 def answer_json(result: AskResult) -> dict[str, Any]:

@@ -35,9 +35,13 @@ class ChunkCache:
         if self.keys.shape != self.values.shape:
             raise ValueError(f"keys {tuple(self.keys.shape)} and values {tuple(self.values.shape)} differ")
         if self.keys.dim() != 4:
-            raise ValueError(f"keys must be (layers, kv_heads, n_kept, head_dim), got {tuple(self.keys.shape)}")
+            raise ValueError(
+                f"keys must be (layers, kv_heads, n_kept, head_dim), got {tuple(self.keys.shape)}"
+            )
         if self.positions.shape != (self.keys.shape[2],):
-            raise ValueError(f"positions {tuple(self.positions.shape)} do not match {self.keys.shape[2]} kept tokens")
+            raise ValueError(
+                f"positions {tuple(self.positions.shape)} do not match {self.keys.shape[2]} kept tokens"
+            )
 
     @property
     def n_kept(self) -> int:

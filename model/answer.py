@@ -42,7 +42,9 @@ def question_vector(lm: LoadedModel, question: str) -> torch.Tensor:
             use_cache=True,
             position_ids=positions,
         )
-    return query_vector(queries, lm.retrieval_layers, tc.num_attention_heads, tc.num_key_value_heads, _head_dim(lm))
+    return query_vector(
+        queries, lm.retrieval_layers, tc.num_attention_heads, tc.num_key_value_heads, _head_dim(lm)
+    )
 
 
 def assemble_cache(lm: LoadedModel, chunks: Sequence[ChunkCache]) -> DynamicCache:
@@ -64,19 +66,24 @@ def assemble_cache(lm: LoadedModel, chunks: Sequence[ChunkCache]) -> DynamicCach
             per_layer_k[i].append(keys[i].unsqueeze(0))
             per_layer_v[i].append(values[i].unsqueeze(0))
         next_pos += n
-    data = [(torch.cat(k, dim=2), torch.cat(v, dim=2)) for k, v in zip(per_layer_k, per_layer_v)]
+    data = [(torch.cat(k, dim=2), torch.cat(v, dim=2)) for k, v in zip(per_layer_k, per_layer_v, strict=True)]
     return DynamicCache(ddp_cache_data=data, config=lm.text_config)
 
 
 @torch.no_grad()
-def prefill(lm: LoadedModel, chunks: Sequence[ChunkCache], question: str) -> tuple[DynamicCache, torch.Tensor]:
+def prefill(
+    lm: LoadedModel, chunks: Sequence[ChunkCache], question: str
+) -> tuple[DynamicCache, torch.Tensor]:
     """Run the question after the re-packed chunks; returns the cache and the question's logits (1, Lq, vocab)."""
     cache = assemble_cache(lm, chunks)
     ids = lm.tokenize(question_suffix(question))
     start = cache.get_seq_length()
     positions = torch.arange(start, start + len(ids), device=lm.device).unsqueeze(0)
     out = lm.language_model(
-        inputs_embeds=lm.embed(ids).unsqueeze(0), past_key_values=cache, use_cache=True, position_ids=positions
+        inputs_embeds=lm.embed(ids).unsqueeze(0),
+        past_key_values=cache,
+        use_cache=True,
+        position_ids=positions,
     )
     return cache, lm.model.lm_head(out.last_hidden_state)
 
@@ -84,7 +91,9 @@ def prefill(lm: LoadedModel, chunks: Sequence[ChunkCache], question: str) -> tup
 class AnswerStream:
     """Greedy decoding as an iterator of text deltas; `stats` and `text` are complete once exhausted."""
 
-    def __init__(self, lm: LoadedModel, chunks: Sequence[ChunkCache], question: str, max_new_tokens: int) -> None:
+    def __init__(
+        self, lm: LoadedModel, chunks: Sequence[ChunkCache], question: str, max_new_tokens: int
+    ) -> None:
         self.lm = lm
         self.chunks = list(chunks)
         self.question = question
@@ -128,4 +137,6 @@ class AnswerStream:
             yield final[len(self.text) :]
         self.text = final
         stats.tokens_generated = len(generated)
+        if not generated:  # the answer ended at once: its first "token" is the end of prefill
+            stats.first_token_ms = stats.prefill_ms
         stats.generate_ms = (time.perf_counter() - t0) * 1e3 - stats.prefill_ms

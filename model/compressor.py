@@ -37,7 +37,9 @@ class ChunkFrames:
         if len(self.frame_times) != len(self.tokens_per_frame) or not self.frame_times:
             raise ValueError("a chunk needs one token count per frame and at least one frame")
         if sum(self.tokens_per_frame) != self.features.shape[0]:
-            raise ValueError(f"{self.features.shape[0]} features for {sum(self.tokens_per_frame)} kept tokens")
+            raise ValueError(
+                f"{self.features.shape[0]} features for {sum(self.tokens_per_frame)} kept tokens"
+            )
 
 
 @dataclass
@@ -50,7 +52,7 @@ def build_chunk_sequence(lm: LoadedModel, frames: ChunkFrames, alpha: int | None
     """Lay out a chunk's tokens; alpha=None lays out no summary tokens (keep-raw mode)."""
     seq = ChunkSequence(ids=[], kinds=[])
     since_summary = 0
-    for f, (t, n) in enumerate(zip(frames.frame_times, frames.tokens_per_frame)):
+    for f, (t, n) in enumerate(zip(frames.frame_times, frames.tokens_per_frame, strict=True)):
         label = lm.tokenize(frame_label(t, first_in_stream=frames.first_in_stream and f == 0))
         seq.ids += label
         seq.kinds += [TEXT] * len(label)

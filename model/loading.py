@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, DynamicCache, PreTrainedTokenizerBase, VideoLlama3ForConditionalGeneration
+from transformers import (
+    AutoTokenizer,
+    DynamicCache,
+    PreTrainedTokenizerBase,
+    VideoLlama3ForConditionalGeneration,
+)
 
 from longwatch.model.config import ModelConfig
 from longwatch.model.summary import SummaryModules, adapter_fingerprint, install_summary_tokens, load_adapter
@@ -61,7 +66,7 @@ class LoadedModel:
     config: ModelConfig
     summary: SummaryModules
     name: str
-    fingerprint: str  # identifies base + summary parameters + compression mode; caches depend on all three
+    fingerprint: str  # name@base-adapter-mode: caches made under another fingerprint do not fit this model
     prefix_ids: list[int]
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (1, kv_heads, prefix_len, head_dim)
     retrieval_layers: list[int]
@@ -125,7 +130,9 @@ def _default_retrieval_layers(num_layers: int) -> list[int]:
 
 
 @torch.no_grad()
-def _prefill_prefix(model: VideoLlama3ForConditionalGeneration, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _prefill_prefix(
+    model: VideoLlama3ForConditionalGeneration, ids: list[int]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     lm = model.model.language_model
     cache = DynamicCache(config=model.config.text_config)
     ids_t = torch.tensor([ids], device=model.lm_head.weight.device)
@@ -168,8 +175,10 @@ def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedMode
     layers = config.retrieval_layers or _default_retrieval_layers(num_layers)
     if any(not 0 <= i < num_layers for i in layers):
         raise ModelLoadError(f"retrieval layers {layers} outside the decoder's {num_layers} layers")
-    mode_tag = f"raw" if config.mode == "raw" else f"vs{config.alpha}{'t' if config.keep_timestamp_tokens else ''}"
-    fingerprint = f"{base_fp}-{adapter_fingerprint(summary)}-{mode_tag}"
+    mode_tag = (
+        "raw" if config.mode == "raw" else f"vs{config.alpha}{'t' if config.keep_timestamp_tokens else ''}"
+    )
+    fingerprint = f"{name}@{base_fp}-{adapter_fingerprint(summary)}-{mode_tag}"
 
     tokenizer_eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
     prefix_ids = list(tokenizer(system_prefix(config.system_prompt), add_special_tokens=False)["input_ids"])

@@ -17,7 +17,9 @@ from torch import nn
 
 
 @contextmanager
-def capture_projections(language_model: nn.Module, which: str, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+def capture_projections(
+    language_model: nn.Module, which: str, layers: list[int]
+) -> Iterator[dict[int, torch.Tensor]]:
     """Record the output of `which` ("q_proj" or "k_proj") at `layers` during the forward passes inside.
 
     Yields a dict layer -> (batch, seq, heads * head_dim), pre-RoPE (projections run before RoPE).

@@ -78,7 +78,7 @@ class SummaryModules:
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {"vs_embedding": self.vs_embedding.detach()}
         for i, trio in enumerate(self.projections):
-            for name, proj in zip(("q", "k", "v"), trio):
+            for name, proj in zip(("q", "k", "v"), trio, strict=True):
                 state[f"layers.{i}.{name}.weight"] = proj.summary.weight.detach()
                 if proj.summary.bias is not None:
                     state[f"layers.{i}.{name}.bias"] = proj.summary.bias.detach()
@@ -89,11 +89,15 @@ class SummaryModules:
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise ValueError(f"adapter does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise ValueError(
+                f"adapter does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         with torch.no_grad():
             for name, tensor in expected.items():
                 if tuple(state[name].shape) != tuple(tensor.shape):
-                    raise ValueError(f"adapter tensor {name}: expected {tuple(tensor.shape)}, got {tuple(state[name].shape)}")
+                    raise ValueError(
+                        f"adapter tensor {name}: expected {tuple(tensor.shape)}, got {tuple(state[name].shape)}"
+                    )
                 tensor.copy_(state[name])
 
 
@@ -117,7 +121,9 @@ def install_summary_tokens(language_model: nn.Module, vs_init: torch.Tensor) -> 
     return SummaryModules(vs_embedding=vs, projections=projections)
 
 
-def save_adapter(modules: SummaryModules, folder: Path, base_name: str, base_fingerprint: str, extra: dict | None = None) -> Path:
+def save_adapter(
+    modules: SummaryModules, folder: Path, base_name: str, base_fingerprint: str, extra: dict | None = None
+) -> Path:
     """Write the summary-token parameters and the base they belong to (safetensors + JSON)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

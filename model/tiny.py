@@ -39,7 +39,9 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_config(vocab_size: int, video_token_id: int, image_token_id: int, **text_overrides: object) -> VideoLlama3Config:
+def tiny_config(
+    vocab_size: int, video_token_id: int, image_token_id: int, **text_overrides: object
+) -> VideoLlama3Config:
     """A VideoLLaMA3 config small enough to run anywhere: 2-layer vision tower, 2-layer Qwen2 decoder."""
     text = {
         "model_type": "qwen2",

@@ -10,7 +10,9 @@ MERGE_SIZE = 2  # VideoLLaMA3 merges 2x2 patches into one token for video
 
 
 @torch.no_grad()
-def encode_frames(lm: LoadedModel, pixel_values: torch.Tensor, n_frames: int, grid_h: int, grid_w: int) -> torch.Tensor:
+def encode_frames(
+    lm: LoadedModel, pixel_values: torch.Tensor, n_frames: int, grid_h: int, grid_w: int
+) -> torch.Tensor:
     """Projected visual tokens of `n_frames` frames: (n_frames * grid_h * grid_w / 4, hidden).
 
     pixel_values: (n_frames * grid_h * grid_w, 3 * patch^2), normalised, in the native patch order.

@@ -86,7 +86,9 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=int(_env("TOP_K", "4")), help="chunks retrieved per question")
     g.add_argument("--max-new-tokens", type=int, default=int(_env("MAX_NEW_TOKENS", "32")))
     g = parser.add_argument_group("ingest")
-    g.add_argument("--fps", type=float, default=float(_env("FPS", "1.0")), help="sampling rate (LONGWATCH_FPS)")
+    g.add_argument(
+        "--fps", type=float, default=float(_env("FPS", "1.0")), help="sampling rate (LONGWATCH_FPS)"
+    )
     g.add_argument("--frames-per-chunk", type=int, default=int(_env("FRAMES_PER_CHUNK", "8")))
     g.add_argument("--max-tokens-per-frame", type=int, default=int(_env("MAX_TOKENS_PER_FRAME", "16")))
     g.add_argument("--diff-threshold", type=float, default=float(_env("DIFF_THRESHOLD", "0.1")))

@@ -566,3 +566,11 @@ def test_cli_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_error_messages_are_one_line() -> None:
     assert str(LongWatchError("x")) == "x" and LongWatchError("x").code == grpc.StatusCode.UNKNOWN
+
+
+def test_printable_escapes_control_characters_but_keeps_text() -> None:
+    from longwatch.clients.format import printable
+
+    assert printable("a red car\nat 0:12\t(left)") == "a red car\nat 0:12\t(left)"
+    assert printable("x\x1b[2Jy\x00z\r") == "x\\x1b[2Jy\\x00z\\r"
+    assert printable("caf\u00e9 \ufffd") == "caf\u00e9 \\ufffd"

@@ -68,7 +68,9 @@ def native_question_logits(lm: LoadedModel, video: tuple) -> torch.Tensor:
     pixels, mask, times = video
     ids = list(lm.prefix_ids)
     for f in range(T):
-        ids += lm.tokenize(frame_label(times[f], f == 0)) + [lm.video_token_id] * int(mask[f * TPF : (f + 1) * TPF].sum())
+        ids += lm.tokenize(frame_label(times[f], f == 0)) + [lm.video_token_id] * int(
+            mask[f * TPF : (f + 1) * TPF].sum()
+        )
     q_ids = lm.tokenize(question_suffix(QUESTION))
     with torch.no_grad():
         out = lm.model(

@@ -1,0 +1,132 @@
+"""Ask: retrieve a stream's relevant chunks and decode an answer from their caches."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from longwatch.memory.index import IndexRegistry
+from longwatch.memory.records import StreamRecord
+from longwatch.memory.store import ChunkStore
+from longwatch.model.answer import AnswerStream, question_vector
+from longwatch.stream.errors import BadRequest, NotReady, StreamMissing
+from longwatch.stream.pipeline import ModelRunner
+
+MAX_TOP_K = 64
+MAX_NEW_TOKENS = 512
+
+
+@dataclass
+class AskParams:
+    stream_id: str
+    question: str
+    top_k: int
+    max_new_tokens: int
+    time_range: tuple[float, float] | None = None
+
+
+@dataclass
+class EvidenceChunk:
+    index: int
+    start_s: float
+    end_s: float
+    score: float
+
+
+@dataclass
+class AskOutcome:
+    answer: str = ""
+    evidence: list[EvidenceChunk] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    tokens_generated: int = 0
+    model: str = ""
+
+
+def validate_question(question: str, max_chars: int) -> str:
+    q = question.strip()
+    if not q:
+        raise BadRequest("question is empty")
+    if len(q) > max_chars:
+        raise BadRequest(f"question is {len(q)} characters, the limit is {max_chars}")
+    return q
+
+
+class QuestionAnswerer:
+    """Runs Ask against the store, the stream indexes and the model."""
+
+    def __init__(
+        self, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry, max_question_chars: int
+    ) -> None:
+        self.runner = runner
+        self.store = store
+        self.indexes = indexes
+        self.max_question_chars = max_question_chars
+
+    def check(self, params: AskParams) -> StreamRecord:
+        """Validate a request before any work; returns the stream's record."""
+        params.question = validate_question(params.question, self.max_question_chars)
+        if not 1 <= params.top_k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be in 1..{MAX_TOP_K}, got {params.top_k}")
+        if not 1 <= params.max_new_tokens <= MAX_NEW_TOKENS:
+            raise BadRequest(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, got {params.max_new_tokens}")
+        if params.time_range is not None:
+            start, end = params.time_range
+            if not 0 <= start < end:
+                raise BadRequest(f"time range must satisfy 0 <= start < end, got {start}..{end}")
+        record = self.store.get_stream(params.stream_id)
+        if record is None:
+            raise StreamMissing(f"no stream {params.stream_id!r}")
+        if record.chunks == 0:
+            raise NotReady(f"stream {params.stream_id!r} has no committed chunks yet")
+        if record.model != self.runner.lm.fingerprint:
+            raise NotReady(
+                f"stream {params.stream_id!r} was ingested with model {record.model}, "
+                f"this server runs {self.runner.lm.fingerprint}: ingest it again"
+            )
+        return record
+
+    def _candidates(self, stream_id: str, time_range: tuple[float, float] | None) -> set[int] | None:
+        if time_range is None:
+            return None
+        start, end = time_range
+        allowed = {s.index for s in self.store.chunk_spans(stream_id) if s.end_s > start and s.start_s < end}
+        if not allowed:
+            raise BadRequest(f"no chunk of stream {stream_id!r} overlaps {start:.1f}-{end:.1f} s")
+        return allowed
+
+    def ask(self, params: AskParams) -> tuple[Iterator[str], AskOutcome]:
+        """Returns (text deltas, outcome); the outcome is complete once the deltas are exhausted."""
+        t0 = time.perf_counter()
+        self.check(params)
+        outcome = AskOutcome(model=self.runner.lm.fingerprint)
+        allowed = self._candidates(params.stream_id, params.time_range)
+        with self.runner.lock:
+            qvec = question_vector(self.runner.lm, params.question)
+        hits = self.indexes.get(params.stream_id).search(qvec.numpy(), params.top_k, allowed)
+        t1 = time.perf_counter()
+        hits.sort(key=lambda hit: hit[0])  # time order: chunk indices increase with time
+        chunks = self.store.get_chunks(params.stream_id, [i for i, _ in hits])
+        t2 = time.perf_counter()
+        outcome.evidence = [
+            EvidenceChunk(c.index, c.start_s, c.end_s, score)
+            for c, (_, score) in zip(chunks, hits, strict=True)
+        ]
+        stream = AnswerStream(self.runner.lm, chunks, params.question, params.max_new_tokens)
+
+        def deltas() -> Iterator[str]:
+            with self.runner.lock:
+                yield from stream
+            s = stream.stats
+            outcome.answer = stream.text
+            outcome.tokens_generated = s.tokens_generated
+            outcome.timings_ms = {
+                "retrieve_ms": (t1 - t0) * 1e3,
+                "load_ms": (t2 - t1) * 1e3,
+                "prefill_ms": s.prefill_ms,
+                "first_token_ms": (t2 - t0) * 1e3 + s.first_token_ms,
+                "generate_ms": s.generate_ms,
+                "total_ms": (time.perf_counter() - t0) * 1e3,
+            }
+
+        return deltas(), outcome

@@ -1,0 +1,49 @@
+"""The service's own errors, and their one mapping to gRPC status codes (applied only at the edge)."""
+
+from __future__ import annotations
+
+import grpc
+
+from longwatch.memory.records import CorruptChunk, InvalidStreamId, StreamExists, StreamNotFound
+from longwatch.stream.decode import VideoDecodeError
+
+
+class ServiceError(Exception):
+    """Base of errors raised while serving a request."""
+
+
+class BadRequest(ServiceError, ValueError):
+    """The request itself is wrong: the client must change it."""
+
+
+class StreamMissing(ServiceError):
+    """The named stream does not exist."""
+
+
+class NotReady(ServiceError):
+    """The stream exists but cannot serve this request yet (or any more, with this model)."""
+
+
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidStreamId, grpc.StatusCode.INVALID_ARGUMENT),
+    (VideoDecodeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (StreamMissing, grpc.StatusCode.NOT_FOUND),
+    (StreamNotFound, grpc.StatusCode.NOT_FOUND),
+    (StreamExists, grpc.StatusCode.ALREADY_EXISTS),
+    (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
+    (CorruptChunk, grpc.StatusCode.DATA_LOSS),
+]
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status for an expected error; None for a bug (reported as INTERNAL)."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

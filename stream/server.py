@@ -1,0 +1,155 @@
+"""Lifecycle of the service: Redis (embedded or given), model, gRPC server, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from types import FrameType, TracebackType
+
+import grpc
+import transformers
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from longwatch.memory.index import IndexRegistry
+from longwatch.memory.records import StreamState
+from longwatch.memory.redis_server import EmbeddedRedis
+from longwatch.memory.store import ChunkStore, open_store
+from longwatch.model.compressor import SummaryCompressor
+from longwatch.model.loading import load_model
+from longwatch.proto import longwatch_pb2 as pb
+from longwatch.proto import longwatch_pb2_grpc as pb_grpc
+from longwatch.stream.pipeline import ModelRunner
+from longwatch.stream.service import LongWatchService
+from longwatch.stream.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name
+
+
+def drop_interrupted_archives(store: ChunkStore) -> list[str]:
+    """Archives left mid-ingest by a previous process are incomplete: remove them whole."""
+    dropped = []
+    for record in store.list_streams():
+        if record.state == StreamState.INGESTING and record.source.startswith("file:"):
+            store.delete_stream(record.stream_id)
+            dropped.append(record.stream_id)
+    return dropped
+
+
+class LongWatchServer:
+    """Owns every resource of a running service; `stop()` releases them all, errors collected."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.redis: EmbeddedRedis | None = None
+        self.store: ChunkStore | None = None
+        self.grpc_server: grpc.Server | None = None
+        self.health: health.HealthServicer | None = None
+        self.port: int = 0
+        self.redis_url: str = ""
+
+    def start(self) -> LongWatchServer:
+        s = self.settings
+        transformers.utils.logging.disable_progress_bar()  # the service logs; it does not draw bars
+        try:
+            s.state_dir.mkdir(parents=True, exist_ok=True)
+            self.redis_url = s.redis_url or self._start_embedded_redis()
+            self.store = open_store(self.redis_url)
+            dropped = drop_interrupted_archives(self.store)
+            if dropped:
+                log.warning("removed archives interrupted by an earlier stop: %s", ", ".join(dropped))
+            lm = load_model(s.model, state_dir=s.state_dir)
+            runner = ModelRunner(lm=lm, compressor=SummaryCompressor(lm))
+            service = LongWatchService(s, runner, self.store, IndexRegistry(self.store))
+            self._start_grpc(service)
+        except BaseException:
+            self.stop()
+            raise
+        log.info(
+            "longwatch serving on %s:%d (model %s, redis %s)", s.host, self.port, lm.name, self.redis_url
+        )
+        return self
+
+    def _start_embedded_redis(self) -> str:
+        self.redis = EmbeddedRedis(self.settings.state_dir / "redis")
+        return self.redis.start()
+
+    def _start_grpc(self, service: LongWatchService) -> None:
+        s = self.settings
+        limit = s.max_message_mb * 1024 * 1024
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="longwatch-rpc"),
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
+        pb_grpc.add_LongWatchServicer_to_server(service, server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {s.host}:{s.port}")
+        server.start()
+        self.grpc_server = server
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop serving (in-flight calls get `grace` seconds), then close Redis; safe to call twice."""
+        errors: list[BaseException] = []
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace).wait()
+            self.grpc_server = None
+        for close in (self._close_store, self._stop_redis):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - collected, reported below
+                errors.append(exc)
+        for exc in errors:
+            log.error("error while stopping: %s", exc)
+
+    def _close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def _stop_redis(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self) -> LongWatchServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve_forever(settings: ServiceSettings) -> int:
+    """`longwatch serve`: run until SIGINT or SIGTERM, then stop gracefully."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = LongWatchServer(settings)
+    try:
+        server.start()
+        print(f"longwatch listening on {settings.host}:{server.port}", flush=True)
+        stop.wait()
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,207 @@
+"""The gRPC face of longwatch: request validation, status codes, protobuf conversion. No logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from longwatch.memory.index import IndexRegistry
+from longwatch.memory.records import StreamRecord, StreamState, validate_stream_id
+from longwatch.memory.store import ChunkStore
+from longwatch.proto import longwatch_pb2 as pb
+from longwatch.proto import longwatch_pb2_grpc as pb_grpc
+from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
+from longwatch.stream.archive import ArchiveProgress, ingest_archive
+from longwatch.stream.errors import BadRequest, StreamMissing, one_line, status_for
+from longwatch.stream.pipeline import ModelRunner
+from longwatch.stream.settings import IngestConfig, ServiceSettings
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STATES = {StreamState.INGESTING: pb.STREAM_STATE_INGESTING, StreamState.READY: pb.STREAM_STATE_READY}
+
+
+def _abort_on_error(method: F) -> F:
+    """Map expected errors to their status with a one-line message; anything else is INTERNAL."""
+
+    def handle(context: grpc.ServicerContext, exc: Exception) -> None:
+        code = status_for(exc)
+        if code is None:
+            log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {one_line(exc)}")
+        context.abort(code, one_line(exc))
+
+    if _is_generator(method):
+
+        @functools.wraps(method)
+        def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status
+                handle(context, exc)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status
+            handle(context, exc)
+
+    return unary_wrapper  # type: ignore[return-value]
+
+
+def _is_generator(fn: Callable[..., Any]) -> bool:
+    return bool(fn.__code__.co_flags & 0x20)
+
+
+def stream_info(record: StreamRecord) -> pb.StreamInfo:
+    return pb.StreamInfo(
+        stream_id=record.stream_id,
+        state=_STATES.get(record.state, pb.STREAM_STATE_UNSPECIFIED),
+        source=record.source,
+        duration_s=record.duration_s,
+        frames_decoded=record.frames_decoded,
+        frames_sampled=record.frames_sampled,
+        frames_kept=record.frames_kept,
+        tokens_seen=record.tokens_seen,
+        tokens_kept=record.tokens_kept,
+        chunks=record.chunks,
+        bytes_stored=record.bytes_stored,
+        fps=record.fps,
+        model=record.model,
+        created_unix=record.created_unix,
+        updated_unix=record.updated_unix,
+        frames_dropped=record.frames_dropped,
+    )
+
+
+def _progress(stream_id: str, p: ArchiveProgress) -> pb.IngestProgress:
+    return pb.IngestProgress(
+        stream_id=stream_id,
+        position_s=p.position_s,
+        duration_s=p.duration_s,
+        frames_decoded=p.frames_decoded,
+        frames_sampled=p.frames_sampled,
+        tokens_seen=p.tokens_seen,
+        tokens_kept=p.tokens_kept,
+        chunks_committed=p.chunks_committed,
+        done=p.done,
+    )
+
+
+def _ask_response(stream_id: str, outcome: AskOutcome) -> pb.AskResponse:
+    return pb.AskResponse(
+        stream_id=stream_id,
+        answer=outcome.answer,
+        evidence=[
+            pb.Evidence(start_s=e.start_s, end_s=e.end_s, score=e.score, chunk_index=e.index)
+            for e in outcome.evidence
+        ],
+        timings=pb.AskTimings(**outcome.timings_ms),
+        tokens_generated=outcome.tokens_generated,
+        model=outcome.model,
+    )
+
+
+class LongWatchService(pb_grpc.LongWatchServicer):
+    def __init__(
+        self, settings: ServiceSettings, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry
+    ) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.store = store
+        self.indexes = indexes
+        self.answerer = QuestionAnswerer(runner, store, indexes, settings.max_question_chars)
+
+    def _record(self, stream_id: str) -> StreamRecord:
+        validate_stream_id(stream_id)
+        record = self.store.get_stream(stream_id)
+        if record is None:
+            raise StreamMissing(f"no stream {stream_id!r}")
+        return record
+
+    @_abort_on_error
+    def IngestFile(
+        self, request: pb.IngestFileRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.IngestProgress]:
+        base = self.settings.ingest
+        if request.fps < 0:
+            raise BadRequest(f"fps must be >= 0, got {request.fps}")
+        config = IngestConfig(
+            fps=request.fps or base.fps,
+            frames_per_chunk=base.frames_per_chunk,
+            max_tokens_per_frame=base.max_tokens_per_frame,
+            diff_threshold=base.diff_threshold,
+        )
+        source = request.WhichOneof("source")
+        progress = ingest_archive(
+            request.stream_id,
+            request.path if source == "path" else None,
+            request.data if source == "data" else None,
+            config,
+            self.runner,
+            self.store,
+            self.indexes,
+            is_cancelled=lambda: not context.is_active(),
+        )
+        for p in progress:
+            msg = _progress(request.stream_id, p)
+            if p.done:
+                msg.stream.CopyFrom(stream_info(self._record(request.stream_id)))
+            yield msg
+
+    def _ask_params(self, request: pb.AskRequest) -> AskParams:
+        validate_stream_id(request.stream_id)
+        time_range = None
+        if request.HasField("time_range"):
+            time_range = (request.time_range.start_s, request.time_range.end_s)
+        return AskParams(
+            stream_id=request.stream_id,
+            question=request.question,
+            top_k=request.top_k if request.HasField("top_k") else self.settings.top_k,
+            max_new_tokens=request.max_new_tokens or self.settings.max_new_tokens,
+            time_range=time_range,
+        )
+
+    @_abort_on_error
+    def Ask(self, request: pb.AskRequest, context: grpc.ServicerContext) -> pb.AskResponse:
+        deltas, outcome = self.answerer.ask(self._ask_params(request))
+        for _ in deltas:
+            pass
+        return _ask_response(request.stream_id, outcome)
+
+    @_abort_on_error
+    def AskStream(
+        self, request: pb.AskRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AskStreamResponse]:
+        deltas, outcome = self.answerer.ask(self._ask_params(request))
+        for delta in deltas:
+            yield pb.AskStreamResponse(delta=delta)
+        yield pb.AskStreamResponse(response=_ask_response(request.stream_id, outcome))
+
+    @_abort_on_error
+    def GetStream(self, request: pb.GetStreamRequest, context: grpc.ServicerContext) -> pb.StreamInfo:
+        return stream_info(self._record(request.stream_id))
+
+    @_abort_on_error
+    def ListStreams(
+        self, request: pb.ListStreamsRequest, context: grpc.ServicerContext
+    ) -> pb.ListStreamsResponse:
+        return pb.ListStreamsResponse(streams=[stream_info(r) for r in self.store.list_streams()])
+
+    @_abort_on_error
+    def DeleteStream(
+        self, request: pb.DeleteStreamRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteStreamResponse:
+        self._record(request.stream_id)
+        deleted = self.store.delete_stream(request.stream_id)
+        self.indexes.drop(request.stream_id)
+        self.runner.compressor.end_stream(request.stream_id)
+        return pb.DeleteStreamResponse(keys_deleted=deleted)
