@@ -68,10 +68,14 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def add_service_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `longwatch serve` (and `demo`); each defaults to its LONGWATCH_* variable."""
+    """Flags of `longwatch serve` (and `demo`); each defaults to its LONGWATCH_* variable.
+
+    Defaults stay strings where a type is set: argparse converts them like typed-in values, so a
+    malformed variable gets the same one-line usage error as a malformed flag.
+    """
     g = parser.add_argument_group("service")
     g.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind (LONGWATCH_HOST)")
-    g.add_argument("--port", type=int, default=int(_env("PORT", "50051")), help="gRPC port (LONGWATCH_PORT)")
+    g.add_argument("--port", type=int, default=_env("PORT", "50051"), help="gRPC port (LONGWATCH_PORT)")
     g.add_argument(
         "--redis-url",
         default=_env("REDIS_URL", os.environ.get("REDIS_URL")),
@@ -83,15 +87,13 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path(_env("STATE_DIR") or default_state_dir()),
         help="embedded Redis data and generated models (LONGWATCH_STATE_DIR)",
     )
-    g.add_argument("--top-k", type=int, default=int(_env("TOP_K", "4")), help="chunks retrieved per question")
-    g.add_argument("--max-new-tokens", type=int, default=int(_env("MAX_NEW_TOKENS", "32")))
+    g.add_argument("--top-k", type=int, default=_env("TOP_K", "4"), help="chunks retrieved per question")
+    g.add_argument("--max-new-tokens", type=int, default=_env("MAX_NEW_TOKENS", "32"))
     g = parser.add_argument_group("ingest")
-    g.add_argument(
-        "--fps", type=float, default=float(_env("FPS", "1.0")), help="sampling rate (LONGWATCH_FPS)"
-    )
-    g.add_argument("--frames-per-chunk", type=int, default=int(_env("FRAMES_PER_CHUNK", "8")))
-    g.add_argument("--max-tokens-per-frame", type=int, default=int(_env("MAX_TOKENS_PER_FRAME", "16")))
-    g.add_argument("--diff-threshold", type=float, default=float(_env("DIFF_THRESHOLD", "0.1")))
+    g.add_argument("--fps", type=float, default=_env("FPS", "1.0"), help="sampling rate (LONGWATCH_FPS)")
+    g.add_argument("--frames-per-chunk", type=int, default=_env("FRAMES_PER_CHUNK", "8"))
+    g.add_argument("--max-tokens-per-frame", type=int, default=_env("MAX_TOKENS_PER_FRAME", "16"))
+    g.add_argument("--diff-threshold", type=float, default=_env("DIFF_THRESHOLD", "0.1"))
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -103,7 +105,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=_env("DEVICE", "cpu"))
     g.add_argument("--dtype", default=_env("DTYPE", "float32"), choices=["float32", "bfloat16", "float16"])
     g.add_argument("--mode", default=_env("MODE", "summary"), choices=["summary", "raw"])
-    g.add_argument("--alpha", type=int, default=int(_env("ALPHA", "16")), choices=[2, 4, 8, 16])
+    g.add_argument("--alpha", type=int, default=_env("ALPHA", "16"), choices=[2, 4, 8, 16])
 
 
 def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
