@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from longwatch.clients.client import LongWatchClient, NotFound
-from longwatch.clients.format import format_answer, format_streams_table
+from longwatch.clients.format import format_evidence, format_streams_table, printable
 
 DEMO_STREAM = "demo"
 DEMO_SECONDS = 600
@@ -93,8 +93,10 @@ def run_demo(args: argparse.Namespace) -> int:
             print(UNTRAINED_NOTE)
             for question in DEMO_QUESTIONS:
                 result = client.ask(DEMO_STREAM, question)
-                print(f"\nQ: {question}")
-                print(format_answer(result))
+                # One line per answer: an untrained model's output is mostly control bytes and newlines.
+                answer = printable(result.answer).replace("\n", "\\n")
+                print(f"\nQ: {question}\nA: {answer[:160]}")
+                print(format_evidence(result.evidence))
                 print(
                     f"   ({result.timings.get('total_ms', 0.0):.0f} ms, first token {result.timings.get('first_token_ms', 0.0):.0f} ms)"
                 )

@@ -10,7 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from longwatch.memory.chunk import ChunkCache
-from longwatch.model.loading import LoadedModel, question_suffix
+from longwatch.model.loading import LoadedModel, question_suffix, question_text
 from longwatch.model.retrieval import capture_projections, query_vector
 from longwatch.model.rope import shift_keys
 
@@ -31,8 +31,13 @@ def _head_dim(lm: LoadedModel) -> int:
 
 @torch.no_grad()
 def question_vector(lm: LoadedModel, question: str) -> torch.Tensor:
-    """The question's retrieval vector (retrieval_dim,) float32, from its queries after the system prefix."""
-    ids = lm.tokenize(question_suffix(question))
+    """The question's retrieval vector (retrieval_dim,) float32, from its queries after the system prefix.
+
+    Only the question's own tokens count: the chat template after it is the same for every
+    question and would pull all questions towards one vector. (Attention is causal, so the
+    tokens after the question cannot change its queries: they need not run at all.)
+    """
+    ids = lm.tokenize(question_text(question))
     positions = torch.arange(lm.prefix_len, lm.prefix_len + len(ids), device=lm.device).unsqueeze(0)
     tc = lm.text_config
     with capture_projections(lm.language_model, "q_proj", lm.retrieval_layers) as queries:

@@ -38,8 +38,14 @@ def frame_label(t: float, first_in_stream: bool) -> str:
     return ("" if first_in_stream else ",") + f"Time {t:.1f}s:"
 
 
+def question_text(question: str) -> str:
+    """The question as it follows the video inside the user turn."""
+    return f"\n{question}"
+
+
 def question_suffix(question: str) -> str:
-    return f"\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    """Everything after the video: the question, the end of the user turn, the assistant's start."""
+    return f"{question_text(question)}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def checkpoint_fingerprint(folder: Path) -> str:

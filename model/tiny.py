@@ -106,7 +106,8 @@ def ensure_default_model(state_dir: Path) -> Path:
     """The built-in model's folder under the state directory, built on first use (seed 0)."""
     folder = Path(state_dir) / "models" / TINY_MODEL_NAME
     if not (folder / "config.json").exists():
-        tmp = folder.with_name(folder.name + ".tmp")
+        # Built aside and renamed into place, so a crash mid-build never leaves a half model.
+        tmp = folder.with_name(folder.name + ".partial")
         build_tiny_model(tmp, seed=0)
-        tmp.replace(folder) if not folder.exists() else None
+        tmp.replace(folder)
     return folder

@@ -208,3 +208,22 @@ def test_answer_stream_is_greedy_and_bounded(summary_lm: LoadedModel, video: tup
     assert 0 < stream.stats.tokens_generated <= 5
     again = AnswerStream(summary_lm, chunks, QUESTION, max_new_tokens=5)
     assert "".join(again) == text  # greedy: deterministic
+
+
+def test_retrieval_inner_product_equals_rekv_score() -> None:
+    """Summing query heads onto their KV head preserves ReKV's per-head mean-query . mean-key score."""
+    from longwatch.model.retrieval import key_vector, query_vector
+
+    g = torch.Generator().manual_seed(1)
+    heads, kv_heads, head_dim, layers = 4, 2, 8, [0, 1]
+    queries = {i: torch.randn(1, 5, heads * head_dim, generator=g) for i in layers}
+    keys = {i: torch.randn(1, 9, kv_heads * head_dim, generator=g) for i in layers}
+    rows = torch.tensor([True, False, True, True, False, True, True, True, False])
+    ours = query_vector(queries, layers, heads, kv_heads, head_dim) @ key_vector(keys, layers, rows)
+    rekv = 0.0
+    for i in layers:
+        mean_q = queries[i][0].view(5, heads, head_dim).mean(0)  # (heads, head_dim)
+        mean_k = keys[i][0, rows].view(-1, kv_heads, head_dim).mean(0)  # (kv_heads, head_dim)
+        for h in range(heads):
+            rekv += float(mean_q[h] @ mean_k[h // (heads // kv_heads)])
+    assert abs(float(ours) - rekv) < 1e-4
