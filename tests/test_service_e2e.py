@@ -278,3 +278,16 @@ def test_errors_carry_grpc_status(client: LongWatchClient) -> None:
     with pytest.raises(LongWatchError) as err:
         client.get_stream("nope")
     assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_and_reflection_are_served(server: LongWatchServer) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {"longwatch.v1.LongWatch", "grpc.health.v1.Health"} <= services
+        check = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="longwatch.v1.LongWatch"), timeout=5
+        )
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
