@@ -17,11 +17,11 @@ from longwatch.memory.index import IndexRegistry
 from longwatch.memory.records import IngestCounters
 from longwatch.memory.store import ChunkStore
 from longwatch.model.compressor import ChunkFrames, SummaryCompressor
+from longwatch.model.diffp import DiffFramePruner, frames_kept
+from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
 from longwatch.model.loading import LoadedModel
 from longwatch.model.vision import encode_frames
 from longwatch.stream.decode import SampledFrame
-from longwatch.stream.diffp import DiffFramePruner, frames_kept
-from longwatch.stream.frames import FrameGrid, frames_to_pixel_values, grid_for
 from longwatch.stream.settings import IngestConfig
 
 

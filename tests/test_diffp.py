@@ -11,11 +11,10 @@ import torch
 from footage import real_clip
 from native_videollama3 import native_compression_mask
 
+from longwatch.model.diffp import DiffFramePruner, GridChangedError, frames_kept
+from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
 from longwatch.model.synthetic import SyntheticFootage
 from longwatch.stream.decode import VideoFileReader
-from longwatch.stream.diffp import DiffFramePruner, GridChangedError, frames_kept
-from longwatch.stream.frames import FrameGrid, frames_to_pixel_values, grid_for
-from longwatch.stream.settings import IngestConfig
 
 CHUNKS = (1, 3, 2, 5, 4, 1, 7)
 FPS = 10
@@ -220,8 +219,7 @@ def test_push_checks_its_input() -> None:
     assert pruner.state() is None  # an empty push changes nothing
 
 
-def test_from_config_and_bad_arguments() -> None:
-    assert DiffFramePruner.from_config(IngestConfig(diff_threshold=0.5)).threshold == 0.5
+def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="threshold"):
         DiffFramePruner(threshold=-1)
     with pytest.raises(ValueError, match="min_tokens"):

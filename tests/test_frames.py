@@ -7,7 +7,8 @@ import pytest
 import torch
 from native_videollama3 import native_patchify, native_smart_resize
 
-from longwatch.stream.frames import FrameGrid, frame_time_text, frames_to_pixel_values, grid_for, patchify
+from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for, patchify
+from longwatch.model.loading import frame_label
 
 SIZES = [
     (180, 320),  # 16:9
@@ -145,5 +146,5 @@ def test_pixel_values_reject_wrong_frames() -> None:
 
 
 def test_frame_time_text_matches_the_native_prompt() -> None:
-    assert frame_time_text(0) == "Time 0.0s:"
-    assert frame_time_text(12.345) == "Time 12.3s:"
+    assert frame_label(0, first_in_stream=True) == "Time 0.0s:"
+    assert frame_label(12.345, first_in_stream=False) == ",Time 12.3s:"

@@ -22,10 +22,10 @@ from longwatch.memory.store import RedisChunkStore
 from longwatch.model.answer import prefill
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.config import ModelConfig
+from longwatch.model.frames import frames_to_pixel_values, grid_for
 from longwatch.model.loading import frame_label, load_model, question_suffix
 from longwatch.model.tiny import build_tiny_model
 from longwatch.stream.decode import VideoFileReader
-from longwatch.stream.frames import frames_to_pixel_values, grid_for
 from longwatch.stream.pipeline import ModelRunner, StreamIngestor
 from longwatch.stream.settings import IngestConfig
 
