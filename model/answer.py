@@ -29,21 +29,15 @@ def _head_dim(lm: LoadedModel) -> int:
     return getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
 
 
-@torch.no_grad()
-def question_vector(lm: LoadedModel, question: str) -> torch.Tensor:
-    """The question's retrieval vector (retrieval_dim,) float32, from its queries after the system prefix.
-
-    Only the question's own tokens count: the chat template after it is the same for every
-    question and would pull all questions towards one vector. (Attention is causal, so the
-    tokens after the question cannot change its queries: they need not run at all.)
-    """
-    ids = lm.tokenize(question_text(question))
-    positions = torch.arange(lm.prefix_len, lm.prefix_len + len(ids), device=lm.device).unsqueeze(0)
+def question_queries(lm: LoadedModel, ids: list[int], cache: DynamicCache) -> torch.Tensor:
+    """Retrieval vector (retrieval_dim,) of `ids` run after `cache` (the system prefix); differentiable."""
+    start = cache.get_seq_length()
+    positions = torch.arange(start, start + len(ids), device=lm.device).unsqueeze(0)
     tc = lm.text_config
-    with capture_projections(lm.language_model, "q_proj", lm.retrieval_layers) as queries:
+    with capture_projections(lm.language_model, "q_proj", lm.retrieval_layers, detach=False) as queries:
         lm.language_model(
             inputs_embeds=lm.embed(ids).unsqueeze(0),
-            past_key_values=lm.prefix_cache(),
+            past_key_values=cache,
             use_cache=True,
             position_ids=positions,
         )
@@ -52,21 +46,36 @@ def question_vector(lm: LoadedModel, question: str) -> torch.Tensor:
     )
 
 
-def assemble_cache(lm: LoadedModel, chunks: Sequence[ChunkCache]) -> DynamicCache:
-    """Prefix cache + the chunks' K/V in the given order, re-packed to contiguous positions.
+@torch.no_grad()
+def question_vector(lm: LoadedModel, question: str) -> torch.Tensor:
+    """The question's retrieval vector (retrieval_dim,) float32, from its queries after the system prefix.
+
+    Only the question's own tokens count: the chat template after it is the same for every
+    question and would pull all questions towards one vector. (Attention is causal, so the
+    tokens after the question cannot change its queries: they need not run at all.)
+    """
+    return question_queries(lm, lm.tokenize(question_text(question)), lm.prefix_cache())
+
+
+KVParts = Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (keys, values, positions) per chunk
+
+
+def repack(
+    lm: LoadedModel, prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]], parts: KVParts
+) -> DynamicCache:
+    """Prefix cache + chunks' K/V in the given order, re-packed to contiguous positions after the prefix.
 
     Each chunk's keys are rotated once, from the positions they were computed at to their new
-    ones; every layer gets the same number of tokens, as attention requires.
+    ones; every layer gets the same number of tokens, as attention requires. Differentiable.
     """
-    per_layer_k = [[k] for k, _ in lm.prefix_kv]
-    per_layer_v = [[v] for _, v in lm.prefix_kv]
-    next_pos = lm.prefix_len
-    for chunk in chunks:
-        n = chunk.n_kept
-        shift = torch.arange(next_pos, next_pos + n) - chunk.positions  # (n,)
-        keys = shift_keys(chunk.keys.to(lm.device), shift, lm.language_model.rotary_emb)
-        keys = keys.to(lm.dtype)  # (layers, kv_heads, n, head_dim)
-        values = chunk.values.to(lm.device, lm.dtype)
+    per_layer_k = [[k] for k, _ in prefix_kv]
+    per_layer_v = [[v] for _, v in prefix_kv]
+    next_pos = prefix_kv[0][0].shape[2]
+    for keys, values, positions in parts:
+        n = keys.shape[2]
+        shift = torch.arange(next_pos, next_pos + n, device=positions.device) - positions  # (n,)
+        keys = shift_keys(keys.to(lm.device), shift, lm.language_model.rotary_emb).to(lm.dtype)
+        values = values.to(lm.device, lm.dtype)  # (layers, kv_heads, n, head_dim)
         for i in range(len(per_layer_k)):
             per_layer_k[i].append(keys[i].unsqueeze(0))
             per_layer_v[i].append(values[i].unsqueeze(0))
@@ -75,13 +84,13 @@ def assemble_cache(lm: LoadedModel, chunks: Sequence[ChunkCache]) -> DynamicCach
     return DynamicCache(ddp_cache_data=data, config=lm.text_config)
 
 
-@torch.no_grad()
-def prefill(
-    lm: LoadedModel, chunks: Sequence[ChunkCache], question: str
-) -> tuple[DynamicCache, torch.Tensor]:
-    """Run the question after the re-packed chunks; returns the cache and the question's logits (1, Lq, vocab)."""
-    cache = assemble_cache(lm, chunks)
-    ids = lm.tokenize(question_suffix(question))
+def assemble_cache(lm: LoadedModel, chunks: Sequence[ChunkCache]) -> DynamicCache:
+    """The serving path's context: the system prefix and the stored chunks, re-packed."""
+    return repack(lm, lm.prefix_kv, [(c.keys, c.values, c.positions) for c in chunks])
+
+
+def continue_logits(lm: LoadedModel, cache: DynamicCache, ids: list[int]) -> torch.Tensor:
+    """Logits (1, len(ids), vocab) of `ids` run after everything in `cache` (appended to it)."""
     start = cache.get_seq_length()
     positions = torch.arange(start, start + len(ids), device=lm.device).unsqueeze(0)
     out = lm.language_model(
@@ -90,7 +99,16 @@ def prefill(
         use_cache=True,
         position_ids=positions,
     )
-    return cache, lm.model.lm_head(out.last_hidden_state)
+    return lm.model.lm_head(out.last_hidden_state)
+
+
+@torch.no_grad()
+def prefill(
+    lm: LoadedModel, chunks: Sequence[ChunkCache], question: str
+) -> tuple[DynamicCache, torch.Tensor]:
+    """Run the question after the re-packed chunks; returns the cache and the question's logits (1, Lq, vocab)."""
+    cache = assemble_cache(lm, chunks)
+    return cache, continue_logits(lm, cache, lm.tokenize(question_suffix(question)))
 
 
 class AnswerStream:

@@ -80,6 +80,56 @@ def chunk_embeddings(lm: LoadedModel, seq: ChunkSequence, features: torch.Tensor
 
 
 @dataclass
+class ChunkKV:
+    """A chunk's kept K/V, as tensors that may carry gradients (the trainer's view of a ChunkCache)."""
+
+    keys: torch.Tensor  # (layers, kv_heads, n_kept, head_dim), rotated at `positions`
+    values: torch.Tensor  # (layers, kv_heads, n_kept, head_dim)
+    positions: torch.Tensor  # (n_kept,) int64
+    retrieval: torch.Tensor  # (retrieval_dim,) float32: mean pre-RoPE key of the visual tokens
+
+
+def run_chunk(
+    lm: LoadedModel,
+    frames: ChunkFrames,
+    alpha: int | None,
+    cache: DynamicCache,
+    start: int,
+    keep_timestamp_tokens: bool = False,
+) -> ChunkKV:
+    """One pass of a chunk after whatever `cache` holds, at positions start..; appends to `cache`.
+
+    alpha=None is keep-raw: no summary tokens, every token kept. Runs with gradients if enabled.
+    """
+    seq = build_chunk_sequence(lm, frames, alpha)
+    embeds = chunk_embeddings(lm, seq, frames.features)  # (1, L, hidden)
+    kinds = torch.tensor(seq.kinds, device=lm.device)
+    past = cache.get_seq_length()
+    positions = torch.arange(start, start + len(seq.ids), device=lm.device)
+    with capture_projections(lm.language_model, "k_proj", lm.retrieval_layers, detach=False) as keys_pre_rope:
+        lm.language_model(
+            inputs_embeds=embeds,
+            past_key_values=cache,
+            use_cache=True,
+            position_ids=positions.unsqueeze(0),
+            summary_mask=(kinds == SUMMARY).unsqueeze(0),
+        )
+    if alpha is None:
+        keep = torch.ones_like(kinds, dtype=torch.bool)
+    else:
+        keep = kinds == SUMMARY
+        if keep_timestamp_tokens:
+            keep |= kinds == TEXT
+    # cache layers: (1, kv_heads, past + L, head_dim); this chunk's tokens are the last L.
+    return ChunkKV(
+        keys=torch.stack([layer.keys[0, :, past:][:, keep] for layer in cache.layers]),
+        values=torch.stack([layer.values[0, :, past:][:, keep] for layer in cache.layers]),
+        positions=positions[keep],
+        retrieval=key_vector(keys_pre_rope, lm.retrieval_layers, kinds == VISUAL),
+    )
+
+
+@dataclass
 class RawStreamContext:
     """Keep-raw mode's running cache of a stream: the prefix plus every earlier chunk."""
 
@@ -106,48 +156,27 @@ class SummaryCompressor:
     def compress(self, stream_id: str, index: int, frames: ChunkFrames) -> ChunkCache:
         lm = self.lm
         raw = lm.config.mode == "raw"
-        seq = build_chunk_sequence(lm, frames, alpha=None if raw else lm.config.alpha)
-        embeds = chunk_embeddings(lm, seq, frames.features)  # (1, L, hidden)
-        kinds = torch.tensor(seq.kinds, device=lm.device)
         if raw:
             ctx = self.raw_contexts.get(stream_id)
             if ctx is None:
                 ctx = RawStreamContext(cache=lm.prefix_cache(), next_position=lm.prefix_len)
                 self.raw_contexts[stream_id] = ctx
-            cache, start = ctx.cache, ctx.next_position
-        else:
-            cache, start = lm.prefix_cache(), lm.prefix_len
-        past = cache.get_seq_length()
-        positions = torch.arange(start, start + len(seq.ids), device=lm.device)
-        with capture_projections(lm.language_model, "k_proj", lm.retrieval_layers) as keys_pre_rope:
-            lm.language_model(
-                inputs_embeds=embeds,
-                past_key_values=cache,
-                use_cache=True,
-                position_ids=positions.unsqueeze(0),
-                summary_mask=(kinds == SUMMARY).unsqueeze(0),
-            )
-        retrieval = key_vector(keys_pre_rope, lm.retrieval_layers, kinds == VISUAL)
-        if raw:
-            keep = torch.ones_like(kinds, dtype=torch.bool)
-            ctx.next_position = start + len(seq.ids)
+            kv = run_chunk(lm, frames, None, ctx.cache, ctx.next_position)
+            ctx.next_position = ctx.cache.get_seq_length()
             ctx.chunks += 1
         else:
-            keep = kinds == SUMMARY
-            if lm.config.keep_timestamp_tokens:
-                keep |= kinds == TEXT
-        # cache layers: (1, kv_heads, past + L, head_dim); this chunk's tokens are the last L.
-        keys = torch.stack([layer.keys[0, :, past:][:, keep] for layer in cache.layers])
-        values = torch.stack([layer.values[0, :, past:][:, keep] for layer in cache.layers])
+            kv = run_chunk(
+                lm, frames, lm.config.alpha, lm.prefix_cache(), lm.prefix_len, lm.config.keep_timestamp_tokens
+            )
         return ChunkCache(
             stream_id=stream_id,
             index=index,
             start_s=frames.frame_times[0],
             end_s=frames.end_s,
-            keys=keys.cpu(),  # (layers, kv_heads, n_kept, head_dim)
-            values=values.cpu(),
-            positions=positions[keep].cpu(),
-            retrieval=retrieval.cpu(),
+            keys=kv.keys.cpu(),  # (layers, kv_heads, n_kept, head_dim)
+            values=kv.values.cpu(),
+            positions=kv.positions.cpu(),
+            retrieval=kv.retrieval.cpu(),
             frame_times=list(frames.frame_times),
             tokens_seen=frames.tokens_seen,
             tokens_kept=int(frames.features.shape[0]),

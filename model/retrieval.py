@@ -18,11 +18,12 @@ from torch import nn
 
 @contextmanager
 def capture_projections(
-    language_model: nn.Module, which: str, layers: list[int]
+    language_model: nn.Module, which: str, layers: list[int], detach: bool = True
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Record the output of `which` ("q_proj" or "k_proj") at `layers` during the forward passes inside.
 
     Yields a dict layer -> (batch, seq, heads * head_dim), pre-RoPE (projections run before RoPE).
+    detach=False keeps the graph, for the trainer's retrieval loss.
     """
     captured: dict[int, torch.Tensor] = {}
     handles = []
@@ -30,7 +31,7 @@ def capture_projections(
         proj = getattr(language_model.layers[i].self_attn, which)
 
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor, layer: int = i) -> None:
-            captured[layer] = output.detach()
+            captured[layer] = output.detach() if detach else output
 
         handles.append(proj.register_forward_hook(hook))
     try:
