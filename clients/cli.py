@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show(commands, connection)
     _add_delete(commands, connection)
     _add_demo(commands)
+    _add_train(commands)
     return parser
 
 
@@ -119,6 +120,27 @@ def _add_demo(commands: Any) -> None:
     sub = _command(commands, "demo", _cmd_demo, "start a server, ingest a sample clip and ask about it")
     add_service_arguments(sub)
     sub.add_argument("--keep", action="store_true", help="keep the state dir afterwards")
+
+
+def _add_train(commands: Any) -> None:
+    sub = _command(commands, "train", _cmd_train, "train summary tokens (or a small base from scratch)")
+    sub.add_argument("--stage", choices=["summary", "base"], default="summary")
+    sub.add_argument(
+        "--out", type=Path, required=True, help="run folder: checkpoint, log, adapter (and base)"
+    )
+    sub.add_argument("--base", type=Path, help="VideoLLaMA3 checkpoint folder (stage summary)")
+    sub.add_argument("--data", default="needles", help="'needles' (synthetic) or a JSONL file")
+    sub.add_argument("--steps", type=int, default=1000, help="steps after vision pretraining")
+    sub.add_argument("--vision-steps", type=int, default=3000, help="stage base: vision pretraining steps")
+    sub.add_argument(
+        "--freeze-vision-steps", type=int, default=2500, help="stage base: steps with vision frozen"
+    )
+    sub.add_argument("--lr", type=float, default=1e-3)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--alphas", default="2,4,8,16", help="alpha drawn per chunk from these")
+    sub.add_argument("--checkpoint-every", type=int, default=500)
+    sub.add_argument("--device", default="cpu")
+    sub.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
 
 def _add_ingest(commands: Any, connection: argparse.ArgumentParser) -> None:
@@ -209,6 +231,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from longwatch.clients.demo import run_demo  # starts a server, so imports torch
 
     return int(run_demo(args))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from longwatch.stream.training import run_train  # imports torch: only when training
+
+    try:
+        return run_train(args)
+    except ValueError as exc:
+        return _fail(str(exc), code=2)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:

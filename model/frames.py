@@ -115,6 +115,15 @@ def frames_to_pixel_values(frames: np.ndarray | torch.Tensor, grid: FrameGrid) -
     return patchify(x, grid.patch_size, grid.merge_size)
 
 
+def resize_frames(frames: np.ndarray | torch.Tensor, grid: FrameGrid) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames resized to the grid, still uint8: for caching frames at model size.
+
+    frames_to_pixel_values of the result equals frames_to_pixel_values of the input.
+    """
+    x = _as_uint8_video(frames).permute(0, 3, 1, 2).to(torch.float32)  # (T, 3, H, W)
+    return _resize(x, grid).permute(0, 2, 3, 1).to(torch.uint8).numpy()
+
+
 def patchify(video: torch.Tensor, patch_size: int = 14, merge_size: int = 2) -> torch.Tensor:
     """(T, C, H, W) -> (T * gh * gw, C * patch^2), patches of one merged token consecutive.
 

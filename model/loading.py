@@ -77,6 +77,7 @@ class LoadedModel:
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (1, kv_heads, prefix_len, head_dim)
     retrieval_layers: list[int]
     eos_token_ids: frozenset[int]
+    card: dict  # longwatch.json of the checkpoint: name, and the ingest settings it was trained for
 
     @property
     def language_model(self) -> torch.nn.Module:
@@ -176,7 +177,8 @@ def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedMode
         load_adapter(summary, Path(config.adapter), base_fingerprint=base_fp)
 
     meta_path = folder / "longwatch.json"
-    name = json.loads(meta_path.read_text()).get("name", folder.name) if meta_path.exists() else folder.name
+    card = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    name = card.get("name", folder.name)
     num_layers = model.config.text_config.num_hidden_layers
     layers = config.retrieval_layers or _default_retrieval_layers(num_layers)
     if any(not 0 <= i < num_layers for i in layers):
@@ -199,4 +201,5 @@ def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedMode
         prefix_kv=_prefill_prefix(model, prefix_ids),
         retrieval_layers=list(layers),
         eos_token_ids=frozenset(i for i in tokenizer_eos if i is not None),
+        card=card,
     )

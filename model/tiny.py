@@ -40,7 +40,11 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(
-    vocab_size: int, video_token_id: int, image_token_id: int, **text_overrides: object
+    vocab_size: int,
+    video_token_id: int,
+    image_token_id: int,
+    vision_overrides: dict | None = None,
+    **text_overrides: object,
 ) -> VideoLlama3Config:
     """A VideoLLaMA3 config small enough to run anywhere: 2-layer vision tower, 2-layer Qwen2 decoder."""
     text = {
@@ -67,6 +71,7 @@ def tiny_config(
         "patch_size": 14,
         "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0},
     }
+    vision.update(vision_overrides or {})
     return VideoLlama3Config(
         text_config=text,
         vision_config=vision,
@@ -76,15 +81,27 @@ def tiny_config(
     )
 
 
-def build_tiny_model(folder: Path, seed: int = 0, init_scale: float = 1.0, **text_overrides: object) -> Path:
+def build_tiny_model(
+    folder: Path,
+    seed: int = 0,
+    init_scale: float = 1.0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    name: str = TINY_MODEL_NAME,
+    card: dict | None = None,
+    vision_overrides: dict | None = None,
+    **text_overrides: object,
+) -> Path:
     """Write a randomly initialised tiny VideoLLaMA3 (weights, config, tokenizer) to `folder`.
 
     init_scale multiplies every weight after init: tests use a large scale so that a wrong
     position or a wrong mask shows up as a large logit difference instead of hiding in noise.
+    card: extra fields for longwatch.json (e.g. the ingest settings the model was trained for).
     """
-    tokenizer = build_byte_tokenizer()
+    tokenizer = tokenizer or build_byte_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
-    config = tiny_config(len(tokenizer), ids("<|video_pad|>"), ids("<|image_pad|>"), **text_overrides)
+    config = tiny_config(
+        len(tokenizer), ids("<|video_pad|>"), ids("<|image_pad|>"), vision_overrides, **text_overrides
+    )
     config.text_config.eos_token_id = ids("<|im_end|>")
     torch.manual_seed(seed)
     model = VideoLlama3ForConditionalGeneration(config)
@@ -98,7 +115,8 @@ def build_tiny_model(folder: Path, seed: int = 0, init_scale: float = 1.0, **tex
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "longwatch.json").write_text(json.dumps({"name": TINY_MODEL_NAME, "seed": seed}) + "\n")
+    card = {"name": name, "seed": seed, **(card or {})}
+    (folder / "longwatch.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return folder
 
 

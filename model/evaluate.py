@@ -1,0 +1,73 @@
+"""Quick in-process accuracy of a model on synthetic needle clips: the serving path without Redis or gRPC.
+
+Each clip's chunks are compressed as the service would, the question's vector retrieves the
+top-k chunks, and the answer is decoded greedily from their re-packed caches and judged.
+The full evaluation over long haystacks through the real service is `longwatch eval needle`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from longwatch.memory.chunk import ChunkCache
+from longwatch.model.answer import AnswerStream, question_vector
+from longwatch.model.compressor import run_chunk
+from longwatch.model.loading import LoadedModel
+from longwatch.model.needles import judge
+from longwatch.model.train import clip_chunks
+from longwatch.model.train_data import NeedleClips, TrainingClip
+
+
+@dataclass
+class ClipEval:
+    correct: dict[str, list[bool]] = field(default_factory=lambda: defaultdict(list))
+    recalled: list[bool] = field(default_factory=list)
+
+    def accuracy(self) -> dict[str, float]:
+        out = {kind: float(np.mean(v)) for kind, v in sorted(self.correct.items())}
+        out["recall@k"] = float(np.mean(self.recalled)) if self.recalled else 0.0
+        return out
+
+
+@torch.no_grad()
+def answer_clip(
+    lm: LoadedModel, clip: TrainingClip, alpha: int, top_k: int, max_tokens: int, threshold: float = 0.1
+) -> tuple[str, list[int]]:
+    """The answer to a clip's question and the chunk numbers retrieval chose."""
+    chunks = clip_chunks(lm, clip, threshold, max_tokens)
+    caches = []
+    for i, frames in enumerate(chunks):
+        kv = run_chunk(lm, frames, alpha, lm.prefix_cache(), lm.prefix_len)
+        caches.append(
+            ChunkCache(
+                "eval", i, frames.frame_times[0], frames.end_s, kv.keys, kv.values, kv.positions, kv.retrieval
+            )
+        )
+    scores = torch.stack([c.retrieval for c in caches]) @ question_vector(lm, clip.question)
+    chosen = sorted(scores.topk(min(top_k, len(caches))).indices.tolist())
+    stream = AnswerStream(lm, [caches[i] for i in chosen], clip.question, max_new_tokens=8)
+    return "".join(stream), chosen
+
+
+def evaluate_clips(
+    lm: LoadedModel,
+    n: int,
+    alpha: int = 16,
+    top_k: int = 4,
+    max_tokens: int = 4,
+    seed: int = 0,
+    n_chunks: int = 6,
+) -> ClipEval:
+    """Accuracy per question kind and retrieval recall on `n` evaluation-split clips."""
+    source = NeedleClips(n_chunks=n_chunks, split="eval")
+    result = ClipEval()
+    for i in range(n):
+        clip = source.clip(np.random.default_rng([seed, i, 7]))
+        answer, chosen = answer_clip(lm, clip, alpha, top_k, max_tokens)
+        result.correct[clip.kind].append(judge(clip.kind, answer, clip.needle))
+        result.recalled.append(bool(set(clip.evidence) & set(chosen)))
+    return result

@@ -1,0 +1,204 @@
+"""Needle-in-a-haystack videos: footage-like haystacks with one short event, and questions about it.
+
+A needle is a short event (1-3 s) drawn over the synthetic footage: a filled shape of one
+colour, or a digit. Questions ask what appeared, which colour it was, and when it appeared
+(answered in seconds, judged within a tolerance). Training and evaluation draw from disjoint
+seed ranges, so no evaluation video is ever trained on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from longwatch.model.synthetic import Progress, SyntheticFootage
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (225, 30, 30),
+    "green": (30, 190, 50),
+    "blue": (40, 70, 235),
+    "yellow": (245, 225, 30),
+    "magenta": (225, 40, 225),
+    "cyan": (30, 215, 225),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+DIGITS = tuple(str(d) for d in range(10))
+QuestionKind = Literal["what", "colour", "when"]
+QUESTION_KINDS: tuple[QuestionKind, ...] = ("what", "colour", "when")
+WHEN_TOLERANCE_S = 3.0
+
+# Seeds below EVAL_SEED_BASE are training seeds, the rest evaluation seeds.
+EVAL_SEED_BASE = 1 << 40
+Split = Literal["train", "eval"]
+
+# 3x5 bitmaps of the digits, one string per row ('#' = on).
+_FONT = {
+    "0": ("###", "#.#", "#.#", "#.#", "###"),
+    "1": (".#.", "##.", ".#.", ".#.", "###"),
+    "2": ("###", "..#", "###", "#..", "###"),
+    "3": ("###", "..#", "###", "..#", "###"),
+    "4": ("#.#", "#.#", "###", "..#", "..#"),
+    "5": ("###", "#..", "###", "..#", "###"),
+    "6": ("###", "#..", "###", "#.#", "###"),
+    "7": ("###", "..#", ".#.", ".#.", ".#."),
+    "8": ("###", "#.#", "###", "#.#", "###"),
+    "9": ("###", "#.#", "###", "..#", "###"),
+}
+
+
+def seed_for(split: Split, index: int) -> int:
+    """The seed of example `index` of a split; the two splits never share a seed."""
+    if index < 0 or index >= EVAL_SEED_BASE:
+        raise ValueError(f"example index must be in [0, 2^40), got {index}")
+    return index if split == "train" else EVAL_SEED_BASE + index
+
+
+def split_of(seed: int) -> Split:
+    return "train" if 0 <= seed < EVAL_SEED_BASE else "eval"
+
+
+@dataclass(frozen=True)
+class Needle:
+    """One short event: `shape` (a SHAPES name, or "digit") in `colour`, drawn at (cx, cy)."""
+
+    start_s: float
+    duration_s: float
+    shape: str
+    colour: str
+    digit: str = ""
+    cx: int = 0  # centre, frame pixels
+    cy: int = 0
+    size: int = 16  # side of the bounding square, pixels
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+    def phrase(self) -> str:
+        """How an answer names it: "a red circle", "the digit 7"."""
+        return f"the digit {self.digit}" if self.shape == "digit" else f"a {self.colour} {self.shape}"
+
+    def noun(self) -> str:
+        return "digit" if self.shape == "digit" else self.shape
+
+    def draw(self, frame: np.ndarray, t_s: float) -> None:
+        if not self.start_s <= t_s < self.end_s:
+            return
+        mask = needle_mask(self.shape, self.size, self.digit)  # (size, size) bool
+        h, w = frame.shape[:2]
+        y0, x0 = self.cy - self.size // 2, self.cx - self.size // 2
+        ys, xs = slice(max(y0, 0), min(y0 + self.size, h)), slice(max(x0, 0), min(x0 + self.size, w))
+        region = frame[ys, xs]
+        region[mask[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]] = COLOURS[self.colour]
+
+
+def needle_mask(shape: str, size: int, digit: str = "") -> np.ndarray:
+    """Boolean (size, size) footprint of a needle."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    c, r = size / 2, size / 2
+    if shape == "circle":
+        return (yy - c) ** 2 + (xx - c) ** 2 <= r * r
+    if shape == "square":
+        m = max(1, size // 8)
+        return (yy >= m) & (yy < size - m) & (xx >= m) & (xx < size - m)
+    if shape == "triangle":  # apex up
+        return (yy >= size * 0.1) & (np.abs(xx - c) <= (yy - size * 0.1) * 0.55)
+    if shape == "cross":
+        t = size / 6
+        return (np.abs(yy - c) <= t) | (np.abs(xx - c) <= t)
+    if shape == "digit":
+        rows = _FONT[digit]
+        cell = np.array([[ch == "#" for ch in row] for row in rows])  # (5, 3)
+        ys = np.minimum((yy / size * 5).astype(int), 4)
+        xs = np.minimum(((xx - size * 0.2) / (size * 0.6) * 3).astype(int), 2)
+        inside = (xx >= size * 0.2) & (xx < size * 0.8)
+        return inside & cell[ys, np.clip(xs, 0, 2)]
+    raise ValueError(f"unknown needle shape {shape!r}")
+
+
+def random_needle(
+    rng: np.random.Generator, start_s: float, width: int, height: int, digits: bool = True
+) -> Needle:
+    """A needle of random kind, colour, place and 1-3 s duration, starting at `start_s`."""
+    kinds = SHAPES + (("digit",) if digits else ())
+    shape = str(rng.choice(kinds))
+    size = int(rng.uniform(0.55, 0.8) * min(width, height))
+    return Needle(
+        start_s=float(start_s),
+        duration_s=float(rng.integers(1, 4)),
+        shape=shape,
+        colour=str(rng.choice(list(COLOURS))),
+        digit=str(rng.choice(DIGITS)) if shape == "digit" else "",
+        cx=int(rng.integers(size // 2, width - size // 2 + 1)),
+        cy=int(rng.integers(size // 2, height - size // 2 + 1)),
+        size=size,
+    )
+
+
+@dataclass(frozen=True)
+class NeedleQA:
+    kind: QuestionKind
+    question: str
+    answer: str
+
+
+def questions_for(needle: Needle) -> dict[QuestionKind, NeedleQA]:
+    """The three questions about a needle, with the answers the demo model is trained to give."""
+    noun = needle.noun()
+    return {
+        "what": NeedleQA("what", "What appeared in the video?", needle.phrase()),
+        "colour": NeedleQA("colour", f"What colour was the {noun}?", needle.colour),
+        "when": NeedleQA("when", f"When did the {noun} appear?", f"at {int(needle.start_s)} s"),
+    }
+
+
+def judge(kind: QuestionKind, answer: str, needle: Needle, tolerance_s: float = WHEN_TOLERANCE_S) -> bool:
+    """Whether a generated answer is right: the needle's words, its colour, or its time within tolerance."""
+    words = set(re.findall(r"[a-z]+|\d+", answer.lower()))
+    if kind == "what":
+        expected = {"digit", needle.digit} if needle.shape == "digit" else {needle.shape}
+        wrong = (set(SHAPES) | {"digit"}) - expected
+        return expected <= words and not (words & wrong)
+    if kind == "colour":
+        return needle.colour in words and not (words & (set(COLOURS) - {needle.colour}))
+    numbers = re.findall(r"\d+(?:\.\d+)?", answer)
+    if not numbers:
+        return False
+    t = float(numbers[0])
+    return needle.start_s - tolerance_s <= t <= needle.end_s + tolerance_s
+
+
+@dataclass(frozen=True)
+class NeedleVideo:
+    """A haystack of `seconds` at `fps` with one needle at `depth` (0 = start, 1 = end)."""
+
+    seed: int
+    seconds: int
+    depth: float
+    needle: Needle
+    width: int = 56
+    height: int = 56
+    fps: float = 1.0
+
+    def footage(self) -> SyntheticFootage:
+        return SyntheticFootage(self.seed, self.width, self.height, self.fps, overlays=[self.needle])
+
+    def write(self, path: str | Path, progress: Progress | None = None) -> Path:
+        return self.footage().write(path, self.seconds, faststart=True, progress=progress)
+
+
+def make_needle_video(
+    seed: int, seconds: int, depth: float, width: int = 56, height: int = 56
+) -> NeedleVideo:
+    """The needle video of `seed`: depth places the needle's start within [0, seconds - duration]."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    rng = np.random.default_rng([seed, 11])
+    probe = random_needle(rng, 0.0, width, height)
+    start = float(round(depth * max(seconds - probe.duration_s, 0)))
+    needle = Needle(**{**probe.__dict__, "start_s": start})
+    return NeedleVideo(seed=seed, seconds=seconds, depth=depth, needle=needle, width=width, height=height)

@@ -1,0 +1,488 @@
+"""The bundled trainer: summary tokens on any VideoLLaMA3 base, or a small base from scratch.
+
+Each step runs the serving path with gradients: frames -> patchify -> DiffFP -> vision tower ->
+per-chunk summary pass (alpha drawn per chunk) -> re-packed summary K/V of a subset of chunks
+(chunk dropout, as retrieval gives Ask a subset) -> question and answer. Losses:
+- next-token loss on the answer tokens;
+- self-distillation (stage "summary"): KL from the keep-raw teacher (the same base, every
+  token's K/V, chunks seeing earlier ones) to the summary student; needs no labels;
+- retrieval (stage "base"): the question's in-model vector must score the evidence chunk
+  above the clip's other chunks.
+Stage "summary" freezes the base and trains the `<vs>` embedding and per-layer Q/K/V copies,
+saved as an adapter. Stage "base" trains every weight of a small model from scratch, after an
+optional single-frame pretraining of the vision tower (training a vision tower from scratch
+end to end stays at chance for a long time). Checkpoints are safetensors + JSON, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+from transformers import DynamicCache
+
+from longwatch.model.answer import continue_logits, question_queries, repack
+from longwatch.model.compressor import ChunkFrames, ChunkKV, run_chunk
+from longwatch.model.diffp import DiffFramePruner
+from longwatch.model.frames import frames_to_pixel_values, grid_for
+from longwatch.model.loading import LoadedModel, question_suffix, question_text
+from longwatch.model.needles import COLOURS, DIGITS, SHAPES
+from longwatch.model.summary import save_adapter
+from longwatch.model.train_data import ClipSource, TrainingClip, vision_frames
+
+STAGES = ("summary", "base")
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    stage: "summary" (base frozen, adapter out) or "base" (every weight, from scratch).
+    alphas: alpha is drawn per chunk from these, so one adapter serves any of them.
+    answer_chunks: chunks the answer is decoded from (the evidence plus others), like Ask's top-k.
+    chunk_dropout: chance that each non-evidence chunk is left out of the answer context.
+    diff_thresholds: DiffFP threshold drawn per clip from this range: raw rendered frames carry
+        sensor noise that a codec would have flattened, so a higher threshold mimics encoded video.
+    vision_steps: stage "base": steps of single-frame vision pretraining before the rest.
+    freeze_vision_steps: stage "base": steps after that with the vision tower frozen; then all
+        weights train, the vision tower at vision_lr.
+    """
+
+    stage: str = "summary"
+    steps: int = 200
+    lr: float = 1e-3
+    vision_lr: float = 3e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    alphas: tuple[int, ...] = (2, 4, 8, 16)
+    max_tokens_per_frame: int = 4
+    answer_chunks: int = 4
+    chunk_dropout: float = 0.25
+    diff_thresholds: tuple[float, float] = (0.1, 6.0)
+    lm_weight: float = 1.0
+    distill_weight: float = 1.0
+    retrieval_weight: float = 0.5
+    vision_steps: int = 0
+    vision_batch: int = 32
+    freeze_vision_steps: int = 0
+    checkpoint_every: int = 200
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if not self.alphas or any(a not in (2, 4, 8, 16) for a in self.alphas):
+            raise ValueError(f"alphas must be drawn from 2, 4, 8, 16, got {self.alphas}")
+        if self.steps < 0 or self.answer_chunks < 1:
+            raise ValueError("steps must be >= 0 and answer_chunks >= 1")
+
+    @property
+    def total_steps(self) -> int:
+        return self.vision_steps + self.steps if self.stage == "base" else self.steps
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    phase: str
+    loss: float
+    parts: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --- one clip through the serving path, with gradients ------------------------------------
+
+
+def _prefix_kv(lm: LoadedModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The system prefix's K/V, recomputed so that gradients reach the embeddings (stage base)."""
+    cache = DynamicCache(config=lm.text_config)
+    lm.language_model(
+        input_ids=torch.tensor([lm.prefix_ids], device=lm.device), past_key_values=cache, use_cache=True
+    )
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache(lm: LoadedModel, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    return DynamicCache(ddp_cache_data=list(kv), config=lm.text_config)
+
+
+def clip_chunks(lm: LoadedModel, clip: TrainingClip, threshold: float, max_tokens: int) -> list[ChunkFrames]:
+    """Patchify, prune (one DiffFP pass over the clip, as a stream would) and encode a clip's frames."""
+    grid = grid_for(clip.frames.shape[1], clip.frames.shape[2], max_tokens)
+    pixels = frames_to_pixel_values(clip.frames, grid)  # (T * gh * gw, 3 * 14 * 14)
+    n = len(clip.times)
+    keep = DiffFramePruner(threshold=threshold).push(pixels, grid, n)  # (T * tokens_per_frame,)
+    feats = lm.model.model.get_video_features(
+        pixel_values_videos=pixels.to(lm.device, lm.dtype),
+        video_grid_thw=torch.tensor([[n, grid.grid_h, grid.grid_w]], device=lm.device),
+        video_merge_sizes=torch.tensor([2], device=lm.device),
+    ).pooler_output[0]  # (T * tokens_per_frame, hidden)
+    tpf, f = grid.tokens_per_frame, clip.frames_per_chunk
+    chunks = []
+    for c in range(clip.n_chunks):
+        rows = slice(c * f * tpf, (c + 1) * f * tpf)
+        k = keep[rows].to(lm.device)
+        chunks.append(
+            ChunkFrames(
+                frame_times=clip.times[c * f : (c + 1) * f],
+                features=feats[rows][k],
+                tokens_per_frame=k.view(f, tpf).sum(1).tolist(),
+                first_in_stream=False,
+                tokens_seen=f * tpf,
+                end_s=clip.times[(c + 1) * f - 1] + 1.0,
+            )
+        )
+    return chunks
+
+
+def answer_context(clip: TrainingClip, rng: np.random.Generator, k: int, dropout: float) -> list[int]:
+    """Chunk numbers the answer is decoded from: the evidence, plus others kept past dropout, in time order."""
+    others = [c for c in rng.permutation(clip.n_chunks).tolist() if c not in clip.evidence]
+    others = [c for c in others if rng.random() >= dropout][: max(0, k - len(clip.evidence))]
+    return sorted(clip.evidence + others)
+
+
+def answer_ids(lm: LoadedModel, clip: TrainingClip) -> tuple[list[int], int]:
+    """Question suffix + answer + end of turn; returns the ids and where the answer starts."""
+    q = lm.tokenize(question_suffix(clip.question))
+    a = lm.tokenize(clip.answer) + [lm.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    return q + a, len(q)
+
+
+def answer_loss(logits: torch.Tensor, ids: list[int], start: int) -> torch.Tensor:
+    """Next-token loss on the answer: logits at position i predict ids[i + 1]."""
+    target = torch.tensor(ids[start:], device=logits.device)
+    return F.cross_entropy(logits[0, start - 1 : len(ids) - 1].float(), target)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, start: int, n: int) -> torch.Tensor:
+    """KL(teacher || student) over the answer positions."""
+    s = F.log_softmax(student[0, start - 1 : start - 1 + n].float(), dim=-1)
+    t = F.log_softmax(teacher[0, start - 1 : start - 1 + n].float(), dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+@torch.no_grad()
+def teacher_logits(lm: LoadedModel, chunks: list[ChunkFrames], ids: list[int]) -> torch.Tensor:
+    """Keep-raw teacher: every token of each chunk, chunks in order seeing earlier ones."""
+    cache = lm.prefix_cache()
+    for frames in chunks:
+        run_chunk(lm, frames, None, cache, cache.get_seq_length())
+    return continue_logits(lm, cache, ids)
+
+
+def clip_losses(
+    lm: LoadedModel, clip: TrainingClip, config: TrainConfig, rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
+    threshold = float(rng.uniform(*config.diff_thresholds))
+    chunks = clip_chunks(lm, clip, threshold, config.max_tokens_per_frame)
+    prefix = _prefix_kv(lm) if config.stage == "base" else lm.prefix_kv
+    context = answer_context(clip, rng, config.answer_chunks, config.chunk_dropout)
+    kvs: dict[int, ChunkKV] = {}
+    for c in range(clip.n_chunks):
+        if c in context or config.stage == "base":  # base stage needs every chunk's retrieval vector
+            alpha = int(rng.choice(config.alphas))
+            kvs[c] = run_chunk(lm, chunks[c], alpha, _cache(lm, prefix), len(lm.prefix_ids))
+    ids, start = answer_ids(lm, clip)
+    cache = repack(lm, prefix, [(kvs[c].keys, kvs[c].values, kvs[c].positions) for c in context])
+    student = continue_logits(lm, cache, ids)
+    losses = {"lm": answer_loss(student, ids, start)}
+    if config.stage == "summary" and config.distill_weight > 0:
+        teacher = teacher_logits(lm, [chunks[c] for c in context], ids)
+        losses["distill"] = distill_loss(student, teacher, start, len(ids) - start)
+    if config.stage == "base" and config.retrieval_weight > 0 and clip.evidence:
+        q = question_queries(lm, lm.tokenize(question_text(clip.question)), _cache(lm, prefix))
+        scores = torch.stack([kvs[c].retrieval for c in range(clip.n_chunks)]) @ q  # (n_chunks,)
+        losses["retrieval"] = F.cross_entropy(
+            scores[None], torch.tensor([clip.evidence[0]], device=lm.device)
+        )
+    return losses
+
+
+# --- vision pretraining --------------------------------------------------------------------
+
+HEADS = {"present": 2, "colour": len(COLOURS) + 1, "shape": len(SHAPES) + 2, "digit": len(DIGITS) + 1}
+
+
+def vision_targets(needles: list) -> dict[str, torch.Tensor]:
+    colours, shapes = list(COLOURS), [*SHAPES, "digit"]
+    t: dict[str, list[int]] = {name: [] for name in HEADS}
+    for n in needles:
+        t["present"].append(int(n is not None))
+        t["colour"].append(colours.index(n.colour) + 1 if n else 0)
+        t["shape"].append(shapes.index(n.shape) + 1 if n else 0)
+        t["digit"].append(int(n.digit) + 1 if n and n.digit else 0)
+    return {k: torch.tensor(v) for k, v in t.items()}
+
+
+class VisionProbe(nn.Module):
+    """Linear heads on each frame's mean merged vision token: what single-frame pretraining optimises."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in HEADS.items()})
+
+    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: head(pooled) for name, head in self.heads.items()}
+
+
+def vision_losses(
+    lm: LoadedModel, probe: VisionProbe, rng: np.random.Generator, config: TrainConfig
+) -> dict[str, torch.Tensor]:
+    frames, needles = vision_frames(rng, config.vision_batch)
+    grid = grid_for(frames.shape[1], frames.shape[2], config.max_tokens_per_frame)
+    pixels = frames_to_pixel_values(frames, grid)
+    n = len(frames)
+    hidden = lm.model.model.vision_model(
+        pixel_values=pixels.to(lm.device, lm.dtype),
+        grid_thw=torch.tensor([[n, grid.grid_h, grid.grid_w]], device=lm.device),
+        merge_sizes=torch.tensor([2], device=lm.device),
+    ).last_hidden_state  # (n * tokens_per_frame, vision_hidden)
+    pooled = hidden.view(n, grid.tokens_per_frame, -1).mean(1)
+    targets = vision_targets(needles)
+    out = probe(pooled)
+    return {name: F.cross_entropy(out[name], targets[name].to(lm.device)) for name in HEADS}
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def phase_at(config: TrainConfig, step: int) -> str:
+    if config.stage == "summary":
+        return "summary"
+    if step < config.vision_steps:
+        return "vision"
+    return "decoder" if step < config.vision_steps + config.freeze_vision_steps else "joint"
+
+
+def trainable(
+    lm: LoadedModel, probe: VisionProbe | None, phase: str
+) -> list[tuple[str, list[nn.Parameter], float]]:
+    """(group name, parameters, lr scale) for a phase; everything else is frozen."""
+    lm.model.requires_grad_(False)
+    if phase == "summary":
+        groups = [("summary", lm.summary.parameters(), 1.0)]
+    elif phase == "vision":
+        groups = [("vision", list(lm.model.model.vision_model.parameters()), 1.0)]
+        groups.append(("probe", list(probe.parameters()) if probe else [], 1.0))
+    else:
+        vision = list(lm.model.model.vision_model.parameters())
+        vision_ids = {id(p) for p in vision}
+        rest = [p for p in lm.model.parameters() if id(p) not in vision_ids]
+        groups = [("rest", rest, 1.0)]
+        if phase == "joint":
+            groups.append(("vision", vision, 0.0))  # lr set from vision_lr below
+    for _, params, _ in groups:
+        for p in params:
+            p.requires_grad_(True)
+    return groups
+
+
+class Trainer:
+    """Owns the model, the optimizer and the checkpoint folder of one run."""
+
+    def __init__(self, lm: LoadedModel, source: ClipSource, config: TrainConfig, out_dir: Path) -> None:
+        self.lm, self.source, self.config, self.out_dir = lm, source, config, Path(out_dir)
+        self.probe = (
+            VisionProbe(lm.model.config.vision_config.hidden_size) if config.stage == "base" else None
+        )
+        self.step = 0
+        self.phase = ""
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.history: list[StepMetrics] = []
+
+    # parameters by stable names, for checkpoints
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        named = {f"model.{k}": p for k, p in self.lm.model.named_parameters()}
+        if self.probe is not None:
+            named.update({f"probe.{k}": p for k, p in self.probe.named_parameters()})
+        return named
+
+    def _set_phase(self, phase: str) -> None:
+        if phase == self.phase:
+            return
+        self.phase = phase
+        groups = trainable(self.lm, self.probe, phase)
+        c = self.config
+        self.optimizer = torch.optim.AdamW(
+            [
+                {
+                    "params": params,
+                    "base_lr": c.vision_lr if name == "vision" and phase == "joint" else c.lr * scale,
+                }
+                for name, params, scale in groups
+            ],
+            lr=c.lr,
+            weight_decay=c.weight_decay,
+        )
+
+    def train_step(self) -> StepMetrics:
+        t0 = time.perf_counter()
+        self._set_phase(phase_at(self.config, self.step))
+        scale = cosine_lr(self.step, self.config.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * scale
+        rng = np.random.default_rng([self.config.seed, self.step])  # data depends on (seed, step) only
+        if self.phase == "vision":
+            losses = vision_losses(self.lm, self.probe, rng, self.config)
+            weights = dict.fromkeys(losses, 1.0)
+        else:
+            losses = clip_losses(self.lm, self.source.clip(rng), self.config, rng)
+            c = self.config
+            weights = {"lm": c.lm_weight, "distill": c.distill_weight, "retrieval": c.retrieval_weight}
+        total = sum(weights[k] * v for k, v in losses.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        metrics = StepMetrics(
+            self.step,
+            self.phase,
+            total.item(),
+            {k: v.item() for k, v in losses.items()},
+            time.perf_counter() - t0,
+        )
+        self.history.append(metrics)
+        return metrics
+
+    def run(self, progress: Callable[[StepMetrics], None] | None = None) -> list[StepMetrics]:
+        self.lm.model.train()
+        try:
+            while self.step < self.config.total_steps:
+                m = self.train_step()
+                if progress:
+                    progress(m)
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.total_steps:
+                    self.save_checkpoint()
+        finally:
+            self.lm.model.eval()
+        return self.history
+
+    # --- checkpoints: safetensors for tensors, JSON for the rest --------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoint"
+
+    def save_checkpoint(self) -> Path:
+        folder = self.checkpoint_dir
+        tmp = folder.with_name("checkpoint.partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        params = {k: p.detach().contiguous().cpu() for k, p in self.named_parameters().items()}
+        save_file(params, str(tmp / "params.safetensors"))
+        optim, steps = {}, {}
+        names = {id(p): k for k, p in self.named_parameters().items()}
+        for p, state in self.optimizer.state.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                optim[f"{names[id(p)]}::{key}"] = state[key].contiguous().cpu()
+            steps[names[id(p)]] = float(state["step"])
+        save_file(optim, str(tmp / "optimizer.safetensors"))
+        state = {"step": self.step, "phase": self.phase, "config": asdict(self.config), "adam_steps": steps}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        with (self.out_dir / "train_log.jsonl").open("a") as log:
+            for m in self.history:
+                log.write(json.dumps(asdict(m)) + "\n")
+        self.history.clear()
+        if folder.exists():
+            for f in folder.iterdir():
+                f.unlink()
+            folder.rmdir()
+        tmp.rename(folder)
+        return folder
+
+    def load_checkpoint(self) -> bool:
+        """Resume from the run's checkpoint if there is one; returns whether it did."""
+        folder = self.checkpoint_dir
+        if not (folder / "state.json").exists():
+            return False
+        state = json.loads((folder / "state.json").read_text())
+        if state["config"]["stage"] != self.config.stage or state["config"]["seed"] != self.config.seed:
+            raise ValueError(
+                f"{folder}: checkpoint is of another run (stage/seed differ); use a new output folder"
+            )
+        named = self.named_parameters()
+        with torch.no_grad():
+            for k, t in load_file(str(folder / "params.safetensors")).items():
+                named[k].copy_(t)
+        self.step = int(state["step"])
+        self._set_phase(state["phase"])
+        optim = load_file(str(folder / "optimizer.safetensors"))
+        for k, step in state["adam_steps"].items():
+            p = named[k]
+            self.optimizer.state[p] = {
+                "step": torch.tensor(step),
+                "exp_avg": optim[f"{k}::exp_avg"].to(p.device),
+                "exp_avg_sq": optim[f"{k}::exp_avg_sq"].to(p.device),
+            }
+        return True
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def save_adapter(self, folder: Path, base_fingerprint: str) -> Path:
+        extra = {"alphas": list(self.config.alphas), "steps": self.step, "seed": self.config.seed}
+        return save_adapter(self.lm.summary, folder, self.lm.name, base_fingerprint, extra)
+
+    def save_base(self, folder: Path) -> Path:
+        """The base weights as an HF-format checkpoint (summary parameters excluded: they go in the adapter)."""
+        folder = Path(folder)
+        model = self.lm.model
+        summary_ids = {id(p) for p in self.lm.summary.parameters()}
+        state = {k: v for k, v in model.state_dict().items() if not _is_summary_key(k)}
+        assert all(id(p) not in summary_ids for p in state.values())  # invariant, not input validation
+        model.save_pretrained(folder, state_dict=state)
+        self.lm.tokenizer.save_pretrained(folder)
+        card = {**self.lm.card, "trained": {"stage": "base", "steps": self.step, "seed": self.config.seed}}
+        (folder / "longwatch.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        return folder
+
+
+def _is_summary_key(key: str) -> bool:
+    return ".summary." in key or key.endswith("summary_vs_embedding")
+
+
+def cosine_lr(step: int, total: int, warmup: int = 20) -> float:
+    """Warmup then cosine decay to 10% over the whole run: a multiplier for each group's base lr."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+DEMO_CARD = {"ingest": {"max_tokens_per_frame": 4, "frames_per_chunk": 8, "fps": 1.0}, "alpha": 16}
+
+
+def new_base(folder: Path, seed: int, system_prompt: str, name: str = "longwatch-demo") -> Path:
+    """A from-scratch base for the needle demo: word tokenizer, 56 px frames (4 tokens), small widths."""
+    from longwatch.model.tiny import build_tiny_model
+    from longwatch.model.train_data import corpus
+    from longwatch.model.vocab import build_word_tokenizer
+
+    return build_tiny_model(
+        folder,
+        seed=seed,
+        tokenizer=build_word_tokenizer(corpus(system_prompt)),
+        name=name,
+        card=DEMO_CARD,
+        vision_overrides={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
+        hidden_size=96,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )

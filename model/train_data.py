@@ -1,0 +1,106 @@
+"""Training clips: what the trainer sees, and the synthetic needle source that makes them.
+
+A clip is a handful of chunks drawn from one long haystack at scattered times (as retrieval
+would bring them back), a question, its answer, and which chunks hold the evidence. Training
+on clips shaped like Ask's context (same chunk size, same number of chunks, same compression)
+is what makes the answers hold at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from longwatch.model.needles import (
+    QUESTION_KINDS,
+    Needle,
+    Split,
+    questions_for,
+    random_needle,
+    seed_for,
+)
+from longwatch.model.synthetic import SyntheticFootage
+
+
+@dataclass
+class TrainingClip:
+    frames: np.ndarray  # (n_chunks * frames_per_chunk, H, W, 3) uint8, chunk after chunk
+    times: list[float]  # stream time of each frame, seconds; increasing
+    question: str
+    answer: str
+    evidence: list[int] = field(default_factory=list)  # chunk numbers (in clip order) holding the answer
+    frames_per_chunk: int = 8
+    needle: Needle | None = None  # synthetic clips: what the question is about, for judging answers
+    kind: str = ""  # synthetic clips: the question kind
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.times) // self.frames_per_chunk
+
+
+class ClipSource(Protocol):
+    """Anything that makes training clips; `clip(rng)` must depend on rng alone (resumable runs)."""
+
+    def clip(self, rng: np.random.Generator) -> TrainingClip: ...
+
+
+@dataclass
+class NeedleClips:
+    """Clips from synthetic needle haystacks (training seeds only): one chunk holds the needle."""
+
+    n_chunks: int = 6
+    frames_per_chunk: int = 8
+    width: int = 56
+    height: int = 56
+    fps: float = 1.0
+    haystack_s: int = 3600
+    split: Split = "train"
+
+    def clip(self, rng: np.random.Generator) -> TrainingClip:
+        seed = seed_for(self.split, int(rng.integers(0, 1 << 39)))
+        chunk_s = self.frames_per_chunk / self.fps
+        slots = int(self.haystack_s // chunk_s)
+        starts = np.sort(rng.choice(slots, size=self.n_chunks, replace=False)) * chunk_s
+        evidence = int(rng.integers(self.n_chunks))
+        # The needle starts on a sampled frame inside its chunk and may run on past it.
+        t0 = float(starts[evidence] + rng.integers(self.frames_per_chunk) / self.fps)
+        needle = random_needle(rng, t0, self.width, self.height)
+        footage = SyntheticFootage(seed, self.width, self.height, self.fps, overlays=[needle])
+        times = [float(s + i / self.fps) for s in starts for i in range(self.frames_per_chunk)]
+        frames = np.stack([footage.frame_at(round(t * self.fps)) for t in times])
+        qa = questions_for(needle)[QUESTION_KINDS[int(rng.integers(len(QUESTION_KINDS)))]]
+        return TrainingClip(
+            frames, times, qa.question, qa.answer, [evidence], self.frames_per_chunk, needle, qa.kind
+        )
+
+
+def vision_frames(
+    rng: np.random.Generator, n: int, width: int = 56, height: int = 56
+) -> tuple[np.ndarray, list[Needle | None]]:
+    """Single frames for vision pretraining: haystack frames, about half with a needle on them."""
+    frames, needles = [], []
+    for _ in range(n):
+        seed = seed_for("train", int(rng.integers(0, 1 << 39)))
+        t = float(rng.integers(0, 600))
+        needle = random_needle(rng, t, width, height) if rng.random() < 0.5 else None
+        footage = SyntheticFootage(seed, width, height, 1.0, overlays=[needle] if needle else [])
+        frames.append(footage.frame_at(int(t)))
+        needles.append(needle)
+    return np.stack(frames), needles
+
+
+def corpus(system_prompt: str) -> list[str]:
+    """Texts a needle demo model must spell: prompts, labels, every question and answer form."""
+    from longwatch.model.loading import frame_label, question_suffix, system_prefix
+    from longwatch.model.needles import COLOURS, DIGITS, SHAPES
+
+    texts = [system_prefix(system_prompt), frame_label(0.0, True), frame_label(1234.5, False), "6789"]
+    for shape in (*SHAPES, "digit"):
+        for colour in COLOURS:
+            n = Needle(0.0, 1.0, shape, colour, digit="7" if shape == "digit" else "")
+            for qa in questions_for(n).values():
+                texts += [question_suffix(qa.question), qa.answer]
+    texts += [f"the digit {d}" for d in DIGITS]
+    return texts

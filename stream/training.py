@@ -1,0 +1,166 @@
+"""`longwatch train`: the trainer wired to its data (synthetic needles or a user's JSONL) and outputs.
+
+The trainer itself is model/train.py; this layer adds what needs the stream side: decoding a
+user's video files for the JSONL format.
+
+JSONL format, one example per line:
+    {"video": "clips/door.mp4", "question": "When did the door open?", "answer": "at 12 s",
+     "start_s": 11.0, "end_s": 14.0}
+`video` is resolved relative to the JSONL file. `start_s`/`end_s` (optional) mark the evidence:
+those chunks are always in the answer's context and are the retrieval target. Without an
+`answer`, the example trains by self-distillation only (the teacher's own answer is the target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from longwatch.model.config import ModelConfig
+from longwatch.model.frames import grid_for, resize_frames
+from longwatch.model.loading import checkpoint_fingerprint, load_model
+from longwatch.model.train import StepMetrics, TrainConfig, Trainer, new_base
+from longwatch.model.train_data import ClipSource, NeedleClips, TrainingClip
+from longwatch.stream.decode import VideoFileReader
+
+DEFAULT_QUESTION = "What happens in the video?"
+
+
+@dataclass
+class JsonlExample:
+    video: Path
+    question: str
+    answer: str
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+def read_jsonl(path: Path) -> list[JsonlExample]:
+    """Parse and check a JSONL training file; errors name the line."""
+    examples = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            video = (Path(path).parent / rec["video"]).resolve()
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f'{path}:{n}: expected a JSON object with at least "video" ({exc})') from exc
+        if not video.is_file():
+            raise ValueError(f"{path}:{n}: no such video {video}")
+        examples.append(
+            JsonlExample(
+                video,
+                rec.get("question", DEFAULT_QUESTION),
+                rec.get("answer", ""),
+                rec.get("start_s"),
+                rec.get("end_s"),
+            )
+        )
+    if not examples:
+        raise ValueError(f"{path}: no examples")
+    return examples
+
+
+@dataclass
+class JsonlClips:
+    """Clips from a user's videos: the evidence chunks plus random others, in time order."""
+
+    examples: list[JsonlExample]
+    n_chunks: int = 6
+    frames_per_chunk: int = 8
+    fps: float = 1.0
+    max_tokens_per_frame: int = 4
+    _frames: dict[Path, tuple[np.ndarray, list[float]]] = field(default_factory=dict)
+
+    def _video(self, path: Path) -> tuple[np.ndarray, list[float]]:
+        """Sampled frames of a video, resized once to the model's grid (kept in memory)."""
+        if path not in self._frames:
+            sampled = list(VideoFileReader(str(path), fps=self.fps))
+            grid = grid_for(*sampled[0].image.shape[:2], self.max_tokens_per_frame)
+            frames = resize_frames(np.stack([f.image for f in sampled]), grid)
+            self._frames[path] = (frames, [f.pts_s for f in sampled])
+        return self._frames[path]
+
+    def clip(self, rng: np.random.Generator) -> TrainingClip:
+        ex = self.examples[int(rng.integers(len(self.examples)))]
+        frames, times = self._video(ex.video)
+        f = self.frames_per_chunk
+        n_avail = max(1, len(times) // f)
+        spans = [
+            (times[c * f], times[min(len(times), (c + 1) * f) - 1] + 1 / self.fps) for c in range(n_avail)
+        ]
+        evidence = []
+        if ex.start_s is not None and ex.end_s is not None:
+            evidence = [c for c, (s, e) in enumerate(spans) if e > ex.start_s and s < ex.end_s]
+        others = [c for c in rng.permutation(n_avail).tolist() if c not in evidence]
+        chosen = sorted(evidence + others[: max(0, self.n_chunks - len(evidence))])
+        rows = [i for c in chosen for i in range(c * f, min((c + 1) * f, len(times)))]
+        rows += [rows[-1]] * (len(chosen) * f - len(rows))  # pad a short last chunk by repeating its frame
+        return TrainingClip(
+            frames[rows],
+            [times[i] for i in rows],
+            ex.question,
+            ex.answer,
+            [chosen.index(c) for c in evidence],
+            f,
+        )
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    alphas = tuple(int(a) for a in args.alphas.split(","))
+    return TrainConfig(
+        stage=args.stage,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        alphas=alphas,
+        vision_steps=args.vision_steps if args.stage == "base" else 0,
+        freeze_vision_steps=args.freeze_vision_steps if args.stage == "base" else 0,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Build or load the base, run the stage (resuming if the output has a checkpoint), save outputs."""
+    config = train_config_from_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_config = ModelConfig(device=args.device, dtype=args.dtype)
+    if config.stage == "base":
+        base = out / "init"
+        if not (base / "config.json").exists():
+            new_base(base, config.seed, model_config.system_prompt)
+    elif args.base is None:
+        raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
+    else:
+        base = Path(args.base)
+    model_config.path = base
+    lm = load_model(model_config)
+    source: ClipSource = NeedleClips() if args.data == "needles" else JsonlClips(read_jsonl(Path(args.data)))
+    trainer = Trainer(lm, source, config, out)
+    if trainer.load_checkpoint():
+        print(f"resuming {out} at step {trainer.step}/{config.total_steps}")
+    with tqdm(
+        total=config.total_steps, initial=trainer.step, unit="step", desc=f"train {config.stage}"
+    ) as bar:
+
+        def progress(m: StepMetrics) -> None:
+            bar.update(1)
+            bar.set_postfix(
+                phase=m.phase, loss=f"{m.loss:.3f}", **{k: f"{v:.3f}" for k, v in m.parts.items()}
+            )
+
+        trainer.run(progress)
+    if config.stage == "base":
+        trainer.save_base(out / "base")
+    adapter = trainer.save_adapter(
+        out / "adapter", checkpoint_fingerprint(out / "base" if config.stage == "base" else base)
+    )
+    print(f"saved {'base ' + str(out / 'base') + ' and ' if config.stage == 'base' else ''}adapter {adapter}")
+    return 0
