@@ -76,6 +76,7 @@ class TrainConfig:
     freeze_vision_steps: int = 0
     checkpoint_every: int = 200
     grad_clip: float = 1.0
+    warmup_steps: int = 20
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -298,7 +299,8 @@ class Trainer:
         self.step = 0
         self.phase = ""
         self.optimizer: torch.optim.Optimizer | None = None
-        self.history: list[StepMetrics] = []
+        self.history: list[StepMetrics] = []  # this process's steps
+        self._logged = 0  # how many of them train_log.jsonl already has
 
     # parameters by stable names, for checkpoints
     def named_parameters(self) -> dict[str, nn.Parameter]:
@@ -328,7 +330,7 @@ class Trainer:
     def train_step(self) -> StepMetrics:
         t0 = time.perf_counter()
         self._set_phase(phase_at(self.config, self.step))
-        scale = cosine_lr(self.step, self.config.total_steps)
+        scale = cosine_lr(self.step, self.config.total_steps, self.config.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale
         rng = np.random.default_rng([self.config.seed, self.step])  # data depends on (seed, step) only
@@ -391,9 +393,9 @@ class Trainer:
         state = {"step": self.step, "phase": self.phase, "config": asdict(self.config), "adam_steps": steps}
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         with (self.out_dir / "train_log.jsonl").open("a") as log:
-            for m in self.history:
+            for m in self.history[self._logged :]:
                 log.write(json.dumps(asdict(m)) + "\n")
-        self.history.clear()
+        self._logged = len(self.history)
         if folder.exists():
             for f in folder.iterdir():
                 f.unlink()

@@ -1,0 +1,208 @@
+"""The trainer: loss falls, adapters round-trip, runs resume and reproduce, data sources behave."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from footage import real_clip
+
+from longwatch.model.compressor import SummaryCompressor
+from longwatch.model.config import ModelConfig
+from longwatch.model.loading import LoadedModel, load_model
+from longwatch.model.needles import (
+    COLOURS,
+    EVAL_SEED_BASE,
+    judge,
+    make_needle_video,
+    questions_for,
+    seed_for,
+    split_of,
+)
+from longwatch.model.tiny import build_tiny_model
+from longwatch.model.train import TrainConfig, Trainer, new_base
+from longwatch.model.train_data import NeedleClips, TrainingClip
+from longwatch.stream.training import JsonlClips, read_jsonl
+
+
+@dataclass
+class FixedClips:
+    """A handful of clips over and over: a loss that must fall on data the model can fit."""
+
+    clips: list[TrainingClip]
+
+    def clip(self, rng: np.random.Generator) -> TrainingClip:
+        return self.clips[int(rng.integers(len(self.clips)))]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("base") / "tiny", seed=2)
+
+
+@pytest.fixture(scope="module")
+def clips() -> FixedClips:
+    source = NeedleClips(n_chunks=2)
+    return FixedClips([source.clip(np.random.default_rng([9, i])) for i in range(2)])
+
+
+class Interrupted(Exception):
+    pass
+
+
+def summary_run(
+    base: Path,
+    out: Path,
+    clips: FixedClips,
+    steps: int,
+    seed: int = 0,
+    scramble: bool = False,
+    kill_at: int | None = None,
+) -> Trainer:
+    lm = load_model(ModelConfig(path=base))
+    if scramble:
+        # Copies of the base projections already match the keep-raw teacher closely on a random
+        # base; scrambled ones give distillation something to learn.
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in lm.summary.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    config = TrainConfig(
+        stage="summary",
+        steps=steps,
+        lr=3e-2,
+        seed=seed,
+        answer_chunks=2,
+        checkpoint_every=5,
+        warmup_steps=2,
+        lm_weight=0.0 if scramble else 1.0,
+    )
+    trainer = Trainer(lm, clips, config, out)
+    trainer.load_checkpoint()
+
+    def progress(m: object) -> None:
+        if trainer.step == kill_at:
+            raise Interrupted  # as if the process were killed after this step
+
+    with contextlib.suppress(Interrupted):
+        trainer.run(progress)
+    return trainer
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_summary_stage_loss_falls_and_only_adapter_moves(
+    base: Path, clips: FixedClips, tmp_path: Path
+) -> None:
+    before = {k: v.clone() for k, v in load_model(ModelConfig(path=base)).model.state_dict().items()}
+    assert "summary_vs_embedding" in "".join(before)  # the comparison below covers installed modules
+    trainer = summary_run(base, tmp_path, clips, steps=20, scramble=True)
+    trace = losses(tmp_path)  # the distillation loss: KL from the keep-raw teacher
+    assert len(trace) == 20
+    assert np.mean(trace[-5:]) < 0.6 * np.mean(trace[:5])
+    after = trainer.lm.model.state_dict()
+    base_keys = [k for k in before if ".summary." not in k and "summary_vs" not in k]
+    assert all(torch.equal(before[k], after[k]) for k in base_keys)  # the base stayed frozen
+
+
+def test_adapter_round_trips_into_the_service_path(base: Path, clips: FixedClips, tmp_path: Path) -> None:
+    trainer = summary_run(base, tmp_path / "run", clips, steps=5)
+    from longwatch.model.loading import checkpoint_fingerprint
+
+    adapter = trainer.save_adapter(tmp_path / "adapter", checkpoint_fingerprint(base))
+    served = load_model(ModelConfig(path=base, adapter=adapter))
+    untrained = load_model(ModelConfig(path=base))
+    for name, tensor in trainer.lm.summary.state_dict().items():
+        assert torch.equal(served.summary.state_dict()[name], tensor), name
+    assert served.fingerprint != untrained.fingerprint  # caches made with another adapter are refused
+
+    def compress(lm: LoadedModel) -> torch.Tensor:
+        from longwatch.model.train import clip_chunks
+
+        frames = clip_chunks(lm, clips.clips[0], 0.1, 4)[0]
+        return SummaryCompressor(lm).compress("s", 0, frames).keys
+
+    trainer.lm.model.eval()
+    assert torch.equal(compress(served), compress(trainer.lm))
+
+
+def test_resume_reproduces_an_uninterrupted_run(base: Path, clips: FixedClips, tmp_path: Path) -> None:
+    whole = summary_run(base, tmp_path / "whole", clips, steps=10)
+    killed = summary_run(base, tmp_path / "split", clips, steps=10, kill_at=7)  # last checkpoint: step 5
+    assert killed.step == 7
+    resumed = summary_run(base, tmp_path / "split", clips, steps=10)
+    assert resumed.step == 10
+    for name, tensor in whole.lm.summary.state_dict().items():
+        assert torch.allclose(resumed.lm.summary.state_dict()[name], tensor, atol=1e-6), name
+    # The killed run's steps 6-7 were never checkpointed, so the log has each step once.
+    assert losses(tmp_path / "whole") == pytest.approx(losses(tmp_path / "split"), rel=1e-5)
+
+
+def test_base_stage_from_scratch_learns(tmp_path: Path) -> None:
+    folder = new_base(tmp_path / "init", seed=0, system_prompt=ModelConfig().system_prompt)
+    lm = load_model(ModelConfig(path=folder))
+    config = TrainConfig(
+        stage="base", vision_steps=25, vision_batch=8, steps=4, freeze_vision_steps=2, checkpoint_every=100
+    )
+    trainer = Trainer(lm, NeedleClips(n_chunks=3), config, tmp_path / "run")
+    history = trainer.run()
+    phases = [m.phase for m in history]
+    assert phases == ["vision"] * 25 + ["decoder"] * 2 + ["joint"] * 2
+    vision = [m.loss for m in history if m.phase == "vision"]
+    assert np.mean(vision[-5:]) < np.mean(vision[:5])
+    assert {"lm", "retrieval"} <= set(history[-1].parts)
+    out = trainer.save_base(tmp_path / "base")
+    card = json.loads((out / "longwatch.json").read_text())
+    assert card["ingest"]["max_tokens_per_frame"] == 4 and card["trained"]["stage"] == "base"
+    reloaded = load_model(ModelConfig(path=out))  # a saved base is an ordinary checkpoint
+    assert reloaded.tokenizer.decode(reloaded.tokenize("at 123 s")) == "at 123 s"
+
+
+def test_needle_seeds_never_overlap_and_answers_are_judged() -> None:
+    assert split_of(seed_for("train", 5)) == "train" and split_of(seed_for("eval", 5)) == "eval"
+    assert seed_for("eval", 0) == EVAL_SEED_BASE > seed_for("train", EVAL_SEED_BASE - 1)
+    video = make_needle_video(seed_for("eval", 3), seconds=300, depth=0.5)
+    n = video.needle
+    assert 140 <= n.start_s <= 150
+    qa = questions_for(n)
+    assert judge("what", qa["what"].answer, n) and judge("colour", qa["colour"].answer, n)
+    assert judge("when", qa["when"].answer, n) and not judge("when", "at 10 s", n)
+    footage = video.footage()
+
+    def needle_pixels(i: int) -> int:  # overlays are drawn after the noise: exact colour
+        return int((footage.frame_at(i) == np.array(COLOURS[n.colour], np.uint8)).all(-1).sum())
+
+    assert needle_pixels(int(n.start_s)) > 0.2 * n.size**2
+    assert needle_pixels(int(n.start_s) - 5) < 0.01 * n.size**2
+
+
+def test_jsonl_source_reads_real_video(tmp_path: Path) -> None:
+    clip_path = real_clip("bikes.mp4")
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        json.dumps(
+            {
+                "video": str(clip_path),
+                "question": "Who rides?",
+                "answer": "cyclists",
+                "start_s": 2,
+                "end_s": 3,
+            }
+        )
+        + "\n"
+    )
+    source = JsonlClips(read_jsonl(data), n_chunks=2, frames_per_chunk=2, fps=2.0)
+    clip = source.clip(np.random.default_rng(0))
+    assert clip.frames.shape[0] == 4 and clip.frames.dtype == np.uint8
+    assert clip.evidence and clip.times == sorted(clip.times)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"video": "missing.mp4"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: no such video"):
+        read_jsonl(bad)
