@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -147,12 +148,26 @@ def _prefill_prefix(
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
+# The demo model shipped with the package (trained by `longwatch train`, see README).
+DEMO_MODEL_DIR = Path(__file__).parent / "demo"
+
+
+def default_checkpoint(state_dir: Path | None) -> tuple[Path, Path | None]:
+    """The built-in model: the shipped demo model and its adapter, else a tiny random one built once."""
+    if (DEMO_MODEL_DIR / "base" / "config.json").is_file():
+        adapter = DEMO_MODEL_DIR / "adapter"
+        return DEMO_MODEL_DIR / "base", adapter if (adapter / "adapter_config.json").is_file() else None
+    if state_dir is None:
+        raise ModelLoadError("no model path given and no state directory to build the default model in")
+    return ensure_default_model(Path(state_dir)), None
+
+
 def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedModel:
-    """Load a local HF-format VideoLLaMA3 folder (or the built-in tiny model) for serving."""
+    """Load a local HF-format VideoLLaMA3 folder (or the built-in model) for serving."""
     if config.path is None:
-        if state_dir is None:
-            raise ModelLoadError("no model path given and no state directory to build the default model in")
-        folder = ensure_default_model(Path(state_dir))
+        folder, default_adapter = default_checkpoint(state_dir)
+        if config.adapter is None and default_adapter is not None:
+            config = dataclasses.replace(config, adapter=default_adapter)
     else:
         folder = Path(config.path)
     if not (folder / "config.json").is_file():

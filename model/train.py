@@ -55,6 +55,7 @@ class TrainConfig:
     vision_steps: stage "base": steps of single-frame vision pretraining before the rest.
     freeze_vision_steps: stage "base": steps after that with the vision tower frozen; then all
         weights train, the vision tower at vision_lr.
+    raw_share: stage "base": share of clips answered in keep-raw mode (every token, no summaries).
     """
 
     stage: str = "summary"
@@ -74,6 +75,7 @@ class TrainConfig:
     vision_steps: int = 0
     vision_batch: int = 32
     freeze_vision_steps: int = 0
+    raw_share: float = 0.25
     checkpoint_every: int = 200
     grad_clip: float = 1.0
     warmup_steps: int = 20
@@ -172,13 +174,23 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, start: int, n: in
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
-@torch.no_grad()
-def teacher_logits(lm: LoadedModel, chunks: list[ChunkFrames], ids: list[int]) -> torch.Tensor:
-    """Keep-raw teacher: every token of each chunk, chunks in order seeing earlier ones."""
-    cache = lm.prefix_cache()
+def raw_logits(
+    lm: LoadedModel,
+    chunks: list[ChunkFrames],
+    ids: list[int],
+    prefix: list[tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """Keep-raw mode: every token of each chunk, chunks in order seeing earlier ones, then `ids`."""
+    cache = _cache(lm, prefix)
     for frames in chunks:
         run_chunk(lm, frames, None, cache, cache.get_seq_length())
     return continue_logits(lm, cache, ids)
+
+
+@torch.no_grad()
+def teacher_logits(lm: LoadedModel, chunks: list[ChunkFrames], ids: list[int]) -> torch.Tensor:
+    """The self-distillation teacher: the same base in keep-raw mode."""
+    return raw_logits(lm, chunks, ids, lm.prefix_kv)
 
 
 def clip_losses(
@@ -188,6 +200,11 @@ def clip_losses(
     chunks = clip_chunks(lm, clip, threshold, config.max_tokens_per_frame)
     prefix = _prefix_kv(lm) if config.stage == "base" else lm.prefix_kv
     context = answer_context(clip, rng, config.answer_chunks, config.chunk_dropout)
+    if config.stage == "base" and rng.random() < config.raw_share:
+        # Keep-raw answering trains too, so that the base is a real teacher for the summary stage
+        # (and the keep-raw and uniform rows of the evaluation mean something).
+        ids, start = answer_ids(lm, clip)
+        return {"lm_raw": answer_loss(raw_logits(lm, [chunks[c] for c in context], ids, prefix), ids, start)}
     kvs: dict[int, ChunkKV] = {}
     for c in range(clip.n_chunks):
         if c in context or config.stage == "base":  # base stage needs every chunk's retrieval vector
@@ -340,7 +357,12 @@ class Trainer:
         else:
             losses = clip_losses(self.lm, self.source.clip(rng), self.config, rng)
             c = self.config
-            weights = {"lm": c.lm_weight, "distill": c.distill_weight, "retrieval": c.retrieval_weight}
+            weights = {
+                "lm": c.lm_weight,
+                "lm_raw": c.lm_weight,
+                "distill": c.distill_weight,
+                "retrieval": c.retrieval_weight,
+            }
         total = sum(weights[k] * v for k, v in losses.items())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,38 +113,32 @@ class JsonlClips:
         )
 
 
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    alphas = tuple(int(a) for a in args.alphas.split(","))
+def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
+    base = stage == "base"
     return TrainConfig(
-        stage=args.stage,
-        steps=args.steps,
-        lr=args.lr,
+        stage=stage,
+        steps=args.steps if stage != "summary" or args.stage == "summary" else args.summary_steps,
+        lr=args.lr if stage != "summary" or args.stage == "summary" else args.lr / 3,
         seed=args.seed,
-        alphas=alphas,
-        vision_steps=args.vision_steps if args.stage == "base" else 0,
-        freeze_vision_steps=args.freeze_vision_steps if args.stage == "base" else 0,
+        alphas=tuple(int(a) for a in args.alphas.split(",")),
+        vision_steps=args.vision_steps if base else 0,
+        freeze_vision_steps=args.freeze_vision_steps if base else 0,
         checkpoint_every=args.checkpoint_every,
     )
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Build or load the base, run the stage (resuming if the output has a checkpoint), save outputs."""
-    config = train_config_from_args(args)
-    out = Path(args.out)
+def train_stage(
+    config: TrainConfig, out: Path, base: Path | None, source: ClipSource, args: argparse.Namespace
+) -> Path:
+    """Run one stage into `out` (resuming from its checkpoint); returns the base folder its adapter fits."""
     out.mkdir(parents=True, exist_ok=True)
     model_config = ModelConfig(device=args.device, dtype=args.dtype)
     if config.stage == "base":
         base = out / "init"
         if not (base / "config.json").exists():
             new_base(base, config.seed, model_config.system_prompt)
-    elif args.base is None:
-        raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
-    else:
-        base = Path(args.base)
     model_config.path = base
-    lm = load_model(model_config)
-    source: ClipSource = NeedleClips() if args.data == "needles" else JsonlClips(read_jsonl(Path(args.data)))
-    trainer = Trainer(lm, source, config, out)
+    trainer = Trainer(load_model(model_config), source, config, out)
     if trainer.load_checkpoint():
         print(f"resuming {out} at step {trainer.step}/{config.total_steps}")
     with tqdm(
@@ -158,9 +153,30 @@ def run_train(args: argparse.Namespace) -> int:
 
         trainer.run(progress)
     if config.stage == "base":
-        trainer.save_base(out / "base")
-    adapter = trainer.save_adapter(
-        out / "adapter", checkpoint_fingerprint(out / "base" if config.stage == "base" else base)
-    )
-    print(f"saved {'base ' + str(out / 'base') + ' and ' if config.stage == 'base' else ''}adapter {adapter}")
+        base = trainer.save_base(out / "base")
+    trainer.save_adapter(out / "adapter", checkpoint_fingerprint(base))
+    print(f"saved {out / 'adapter'}" + (f" and {base}" if config.stage == "base" else ""))
+    return base
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """`longwatch train`: one stage, or `--stage demo` = base from scratch then its summary tokens.
+
+    The demo stage leaves `OUT/base` and `OUT/adapter`, the layout the service loads as its
+    built-in model (model/demo/ in the repository).
+    """
+    out = Path(args.out)
+    source: ClipSource = NeedleClips() if args.data == "needles" else JsonlClips(read_jsonl(Path(args.data)))
+    if args.stage == "summary" and args.base is None:
+        raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
+    if args.stage != "demo":
+        train_stage(train_config_from_args(args, args.stage), out, args.base, source, args)
+        return 0
+    base = train_stage(train_config_from_args(args, "base"), out / "runs" / "base", None, source, args)
+    train_stage(train_config_from_args(args, "summary"), out / "runs" / "summary", base, source, args)
+    for name, src in (("base", base), ("adapter", out / "runs" / "summary" / "adapter")):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        shutil.copytree(src, out / name)
+    print(f"demo model in {out}: base/ and adapter/")
     return 0

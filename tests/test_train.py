@@ -149,15 +149,23 @@ def test_base_stage_from_scratch_learns(tmp_path: Path) -> None:
     folder = new_base(tmp_path / "init", seed=0, system_prompt=ModelConfig().system_prompt)
     lm = load_model(ModelConfig(path=folder))
     config = TrainConfig(
-        stage="base", vision_steps=25, vision_batch=8, steps=4, freeze_vision_steps=2, checkpoint_every=100
+        stage="base",
+        vision_steps=25,
+        vision_batch=8,
+        steps=6,
+        freeze_vision_steps=2,
+        raw_share=0.5,
+        checkpoint_every=100,
     )
     trainer = Trainer(lm, NeedleClips(n_chunks=3), config, tmp_path / "run")
     history = trainer.run()
     phases = [m.phase for m in history]
-    assert phases == ["vision"] * 25 + ["decoder"] * 2 + ["joint"] * 2
+    assert phases == ["vision"] * 25 + ["decoder"] * 2 + ["joint"] * 4
     vision = [m.loss for m in history if m.phase == "vision"]
     assert np.mean(vision[-5:]) < np.mean(vision[:5])
-    assert {"lm", "retrieval"} <= set(history[-1].parts)
+    # Summary-mode clips train answers and retrieval; keep-raw clips train raw answers.
+    parts = set().union(*(m.parts for m in history if m.phase != "vision"))
+    assert {"lm", "retrieval", "lm_raw"} <= parts
     out = trainer.save_base(tmp_path / "base")
     card = json.loads((out / "longwatch.json").read_text())
     assert card["ingest"]["max_tokens_per_frame"] == 4 and card["trained"]["stage"] == "base"
