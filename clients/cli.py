@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from longwatch.clients.client import (
+    DEFAULT_HTTP_SERVER,
     DEFAULT_TARGET,
     LongWatchClient,
     LongWatchError,
@@ -28,6 +29,7 @@ from longwatch.clients.format import (
     format_answer,
     format_evidence,
     format_ingest_summary,
+    format_send_summary,
     format_stream,
     format_streams_table,
 )
@@ -78,12 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_ingest(commands, connection)
+    _add_stream(commands)
     _add_ask(commands, connection)
     _add_streams(commands, connection)
     _add_show(commands, connection)
     _add_delete(commands, connection)
     _add_demo(commands)
     _add_train(commands)
+    _add_eval(commands)
     return parser
 
 
@@ -124,7 +128,12 @@ def _add_demo(commands: Any) -> None:
 
 def _add_train(commands: Any) -> None:
     sub = _command(commands, "train", _cmd_train, "train summary tokens (or a small base from scratch)")
-    sub.add_argument("--stage", choices=["summary", "base"], default="summary")
+    sub.add_argument(
+        "--stage",
+        choices=["summary", "base", "demo"],
+        default="summary",
+        help="summary: adapter for --base; base: every weight from scratch; demo: base then summary",
+    )
     sub.add_argument(
         "--out", type=Path, required=True, help="run folder: checkpoint, log, adapter (and base)"
     )
@@ -138,6 +147,7 @@ def _add_train(commands: Any) -> None:
     sub.add_argument("--lr", type=float, default=1e-3)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--alphas", default="2,4,8,16", help="alpha drawn per chunk from these")
+    sub.add_argument("--summary-steps", type=int, default=500, help="stage demo: steps of its summary stage")
     sub.add_argument("--checkpoint-every", type=int, default=500)
     sub.add_argument("--device", default="cpu")
     sub.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -153,6 +163,38 @@ def _add_ingest(commands: Any, connection: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send the file's bytes even to a local server (remote servers always get the bytes)",
     )
+
+
+def _add_stream(commands: Any) -> None:
+    summary = "send a file, a camera or a test pattern live over WebRTC"
+    sub = _command(commands, "stream", _cmd_stream, summary)
+    source = sub.add_mutually_exclusive_group(required=True)
+    source.add_argument("path", nargs="?", type=Path, metavar="FILE", help="video file, sent at its own pace")
+    source.add_argument("--camera", metavar="DEVICE", help="v4l2 camera device, e.g. /dev/video0")
+    source.add_argument("--test-pattern", action="store_true", help="generated colour bars")
+    sub.add_argument(
+        "--stream", metavar="ID", help="live stream to start or continue (default: the service picks an id)"
+    )
+    sub.add_argument(
+        "--http-server",
+        default=os.environ.get("LONGWATCH_HTTP_SERVER", DEFAULT_HTTP_SERVER),
+        metavar="HOST:PORT",
+        help=f"the service's HTTP address (LONGWATCH_HTTP_SERVER, default {DEFAULT_HTTP_SERVER})",
+    )
+    sub.add_argument(
+        "--seconds", type=float, metavar="S", help="stop after S seconds (default: end of file or Ctrl-C)"
+    )
+    sub.add_argument(
+        "--size", type=parse_size, metavar="WxH", help="camera or test pattern size (e.g. 640x480)"
+    )
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse "640x480" as (640, 480)."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}")
+    return int(width), int(height)
 
 
 def _add_ask(commands: Any, connection: argparse.ArgumentParser) -> None:
@@ -224,13 +266,51 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return _fail(str(exc), code=2)
     from longwatch.stream.server import serve_forever  # imports torch: only when serving
 
-    return int(serve_forever(settings))
+    try:
+        return int(serve_forever(settings))
+    except OSError as exc:  # a port in use, an unwritable state folder: one line, not a traceback
+        return _fail(f"cannot start the service: {exc}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from longwatch.clients.demo import run_demo  # starts a server, so imports torch
 
     return int(run_demo(args))
+
+
+def _add_eval(commands: Any) -> None:
+    sub = _command(commands, "eval", _cmd_eval, "evaluate a model through the real service")
+    sub.add_argument("suite", choices=["needle"], help="needle: the V-NIAH-style grid")
+    sub.add_argument("--model", type=Path, help="VideoLLaMA3 checkpoint folder (default: the built-in model)")
+    sub.add_argument("--adapter", type=Path, help="summary-token adapter folder")
+    sub.add_argument(
+        "--out", type=Path, default=Path("needle-eval"), help="folder for the JSON, heatmap and videos"
+    )
+    sub.add_argument("--lengths", default="60,300,900,1800,3600", help="haystack lengths in sampled frames")
+    sub.add_argument("--depths", default="0,25,50,75,100", help="needle depths in percent")
+    sub.add_argument("--needles", type=int, default=3, help="needles per cell")
+    sub.add_argument("--rows", default="longwatch,keep-raw,uniform-180")
+    sub.add_argument("--top-k", type=int, default=4)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from longwatch.clients.needle_eval import ROWS, EvalPlan, format_report, run_needle_eval
+    from longwatch.model.config import ModelConfig
+
+    rows = tuple(args.rows.split(","))
+    if unknown := set(rows) - set(ROWS):
+        return _fail(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}", code=2)
+    plan = EvalPlan(
+        lengths=tuple(int(x) for x in args.lengths.split(",")),
+        depths=tuple(float(x) / 100 for x in args.depths.split(",")),
+        needles=args.needles,
+        rows=rows,
+        top_k=args.top_k,
+    )
+    report = run_needle_eval(ModelConfig(path=args.model, adapter=args.adapter), plan, args.out)
+    print(format_report(report))
+    print(f"wrote {args.out / 'needle_eval.json'} and {args.out / 'needle_eval.png'}")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -283,6 +363,34 @@ def _update_bar(bar: Any, p: pb.IngestProgress) -> None:
     bar.n = round(p.duration_s if p.done and p.duration_s > 0 else p.position_s, 1)
     bar.set_postfix(chunks=p.chunks_committed, tokens=f"{p.tokens_kept}/{p.tokens_seen}", refresh=False)
     bar.refresh()
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    path: Path | None = args.path
+    if path is not None and not path.is_file():
+        return _fail(f"no such file: {path}")
+    if args.seconds is not None and args.seconds <= 0:
+        return _fail(f"--seconds must be > 0, got {args.seconds:g}", code=2)
+    from tqdm import tqdm
+
+    from longwatch.clients.webrtc import open_source, send_video  # imports aiortc: only when streaming
+
+    track = open_source(
+        path=None if path is None else str(path),
+        camera=args.camera,
+        test_pattern=args.test_pattern,
+        size=args.size,
+    )
+    with tqdm(desc=args.stream or "stream", unit=" frames", disable=None, dynamic_ncols=True) as bar:
+
+        def progress(frames: int, seconds: float) -> None:
+            bar.n = frames
+            bar.set_postfix(seconds=f"{seconds:.0f}", refresh=False)
+            bar.refresh()
+
+        result = send_video(args.http_server, track, args.stream, args.seconds, on_progress=progress)
+    print(format_send_summary(result))
+    return 0
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:

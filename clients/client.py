@@ -16,10 +16,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,7 +27,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    import numpy as np
+
 DEFAULT_TARGET = "localhost:50051"
+DEFAULT_HTTP_SERVER = "localhost:8080"  # the service's HTTP side: WebRTC signalling and the browser page
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -195,7 +199,7 @@ class AskResult:
 
 @dataclass(frozen=True)
 class StreamSummary:
-    """Everything the server reports about one stream (StreamInfo), state as "ingesting"/"ready"."""
+    """Everything the server reports about one stream (StreamInfo), state as "ingesting"/"ready"/"live"."""
 
     stream_id: str
     state: str
@@ -270,6 +274,44 @@ class AskStream(Iterator[str]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class LiveFrame:
+    """One frame for `ingest_frames`: its time and either its pixels or an image file's bytes.
+
+    timestamp_s: seconds on the sender's own clock, never decreasing within one call; the first
+        frame of a call lands where the stream left off and later ones keep their spacing.
+    rgb: (height, width, 3) uint8 RGB pixels (sent raw: width * height * 3 bytes).
+    encoded: the bytes of a JPEG or PNG image (decoded by the server, only if it samples it).
+    """
+
+    timestamp_s: float
+    rgb: np.ndarray | None = None
+    encoded: bytes | None = None
+
+    def to_proto(self) -> pb.Frame:
+        if (self.rgb is None) == (self.encoded is None):
+            raise InvalidArgument("a LiveFrame needs exactly one of rgb= or encoded=")
+        if self.encoded is not None:
+            return pb.Frame(timestamp_s=self.timestamp_s, encoded=self.encoded)
+        import numpy as np  # only senders of raw frames pay for it
+
+        pixels = np.ascontiguousarray(self.rgb, dtype=np.uint8)
+        if pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise InvalidArgument(f"rgb must be (height, width, 3) uint8, got shape {pixels.shape}")
+        height, width = pixels.shape[:2]
+        raw = pb.RawFrame(rgb=pixels.tobytes(), width=width, height=height)
+        return pb.Frame(timestamp_s=self.timestamp_s, raw=raw)
+
+
+def ingest_frames_requests(
+    stream_id: str, frames: Iterable[LiveFrame], fps: float
+) -> Iterator[pb.IngestFramesRequest]:
+    """The IngestFrames message stream: `start` naming the stream, then one message per frame."""
+    yield pb.IngestFramesRequest(start=pb.LiveStart(stream_id=stream_id, fps=fps))
+    for frame in frames:
+        yield pb.IngestFramesRequest(frame=frame.to_proto())
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -384,6 +426,35 @@ class LongWatchClient:
         """
         request = ingest_request(stream_id, path, data, fps)
         return self._server_stream(self._stub.IngestFile, request, timeout=None)
+
+    def ingest_frames(
+        self, stream_id: str, frames: Iterable[LiveFrame], fps: float = 0.0
+    ) -> Iterator[pb.LiveProgress]:
+        """Feed a live stream (new, or continued) frame by frame over gRPC.
+
+        Yields progress as chunks commit (noticed as frames arrive, so one message may cover
+        several); the last message has done=True and `.stream` set, once `frames` is exhausted
+        and the stream's last partial chunk is committed. `frames` is read on gRPC's sending
+        thread as the call goes; it may be endless (a camera). fps 0
+        keeps the stream's own rate (the server's default for a new stream). Abandoning the
+        iterator cancels the call; the server still commits what it received. If `frames`
+        raises, the call ends there (what was sent is committed) and the error is re-raised
+        after the last progress message, instead of gRPC's anonymous CANCELLED.
+        """
+        failed: list[Exception] = []
+
+        def requests() -> Iterator[pb.IngestFramesRequest]:
+            try:
+                yield from ingest_frames_requests(stream_id, frames, fps)
+            except Exception as exc:  # noqa: BLE001 - re-raised to the caller below
+                failed.append(exc)
+
+        def progress() -> Iterator[pb.LiveProgress]:
+            yield from self._server_stream(self._stub.IngestFrames, requests(), timeout=None)
+            if failed:
+                raise failed[0]
+
+        return progress()
 
     def ask(
         self,

@@ -11,6 +11,8 @@ import argparse
 import contextlib
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,37 +22,76 @@ from longwatch.clients.format import format_evidence, format_streams_table, prin
 
 DEMO_STREAM = "demo"
 DEMO_SECONDS = 600
-DEMO_QUESTIONS = (
-    "What happens in this video?",
-    "When does the camera pan?",
-    "What colour is the moving object?",
-)
 UNTRAINED_NOTE = (
     "note: the built-in model is a tiny VideoLLaMA3 with random weights, so its answers are\n"
     "      noise; the retrieval, the evidence spans and the timings are real."
 )
 
 
-def sample_video(state_dir: Path, seconds: int = DEMO_SECONDS) -> Path:
-    """A generated footage-like video (still scenes, pans, cuts), made once and kept."""
-    from longwatch.model.synthetic import write_video
+@dataclass
+class DemoQuestion:
+    question: str
+    expected: str = ""  # empty: no right answer to compare with
+    kind: str = ""
 
-    path = state_dir / "samples" / f"demo-{seconds}s.mp4"
+
+@dataclass
+class DemoPlan:
+    """What the demo ingests and asks; depends on whether the built-in model is trained."""
+
+    video: Path
+    questions: list[DemoQuestion]
+    note: str = ""
+    needle: object = None  # needles.Needle when the video has one
+
+    def judge(self, q: DemoQuestion, answer: str) -> str:
+        if self.needle is None or not q.kind:
+            return ""
+        from longwatch.model.needles import judge
+
+        return "right" if judge(q.kind, answer, self.needle) else f"wrong, expected {q.expected!r}"
+
+
+def _write(tmp_path: Path, seconds: int, write: Callable[..., Path]) -> None:
+    with tqdm(total=seconds, unit="s", desc="writing sample video", leave=False) as bar:
+        write(tmp_path, progress=lambda t: bar.update(t - bar.n))
+
+
+def needle_plan(state_dir: Path) -> DemoPlan:
+    """For the trained demo model: a 10-minute haystack with one needle, and the three questions about it."""
+    from longwatch.model.needles import make_needle_video, questions_for, seed_for
+
+    video = make_needle_video(seed_for("eval", 10**6), DEMO_SECONDS, depth=0.6)
+    path = state_dir / "samples" / f"needle-{video.seed}-{DEMO_SECONDS}s.mp4"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name("partial-" + path.name)
-        with tqdm(total=seconds, unit="s", desc="writing sample video", leave=False) as bar:
-            write_video(
-                tmp,
-                seconds=seconds,
-                fps=10,
-                width=320,
-                height=180,
-                seed=7,
-                progress=lambda t: bar.update(t - bar.n),
-            )
+        _write(tmp, DEMO_SECONDS, video.write)
         tmp.replace(path)
-    return path
+    qs = [DemoQuestion(qa.question, qa.answer, kind) for kind, qa in questions_for(video.needle).items()]
+    return DemoPlan(path, qs, needle=video.needle)
+
+
+def footage_plan(state_dir: Path) -> DemoPlan:
+    """For an untrained model: footage-like video (still scenes, pans, cuts) and open questions."""
+    from longwatch.model.synthetic import write_video
+
+    path = state_dir / "samples" / f"demo-{DEMO_SECONDS}s.mp4"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("partial-" + path.name)
+        _write(tmp, DEMO_SECONDS, lambda p, progress: write_video(p, DEMO_SECONDS, 10, 320, 180, 7, progress))
+        tmp.replace(path)
+    questions = [
+        "What happens in this video?",
+        "When does the camera pan?",
+        "What colour is the moving object?",
+    ]
+    return DemoPlan(path, [DemoQuestion(q) for q in questions], note=UNTRAINED_NOTE)
+
+
+def demo_plan(state_dir: Path, model_name: str) -> DemoPlan:
+    return needle_plan(state_dir) if model_name == "longwatch-demo" else footage_plan(state_dir)
 
 
 def _ingest(client: LongWatchClient, path: Path) -> None:
@@ -75,30 +116,37 @@ def run_demo(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     settings.port = 0  # any free port: the demo must not collide with a running `longwatch serve`
+    settings.http_port = 0
     settings.host = "127.0.0.1"
     print(f"longwatch demo: state in {settings.state_dir}", flush=True)
-    video = sample_video(settings.state_dir)
     t0 = time.perf_counter()
     with LongWatchServer(settings) as server:
+        plan = demo_plan(settings.state_dir, server.model_name)
         print(
-            f"service up on 127.0.0.1:{server.port} in {time.perf_counter() - t0:.1f} s (redis {server.redis_url})"
+            f"service up on 127.0.0.1:{server.port} in {time.perf_counter() - t0:.1f} s, model {server.model_name}"
         )
         with LongWatchClient(f"127.0.0.1:{server.port}") as client:
             client.wait_ready(timeout=30)
             t1 = time.perf_counter()
-            _ingest(client, video)
+            _ingest(client, plan.video)
             print(f"ingested {DEMO_SECONDS} s of video in {time.perf_counter() - t1:.1f} s")
             print(format_streams_table(client.list_streams()))
-            print()
-            print(UNTRAINED_NOTE)
-            for question in DEMO_QUESTIONS:
-                result = client.ask(DEMO_STREAM, question)
-                # One line per answer: an untrained model's output is mostly control bytes and newlines.
-                answer = printable(result.answer).replace("\n", "\\n")
-                print(f"\nQ: {question}\nA: {answer[:160]}")
-                print(format_evidence(result.evidence))
-                print(
-                    f"   ({result.timings.get('total_ms', 0.0):.0f} ms, first token {result.timings.get('first_token_ms', 0.0):.0f} ms)"
-                )
+            if plan.note:
+                print(f"\n{plan.note}")
+            for q in plan.questions:
+                _ask(client, plan, q)
     sys.stdout.flush()
     return 0
+
+
+def _ask(client: LongWatchClient, plan: DemoPlan, q: DemoQuestion) -> None:
+    result = client.ask(DEMO_STREAM, q.question)
+    # One line per answer: an untrained model's output is mostly control bytes and newlines.
+    answer = printable(result.answer).replace("\n", "\\n")
+    verdict = plan.judge(q, result.answer)
+    print(f"\nQ: {q.question}\nA: {answer[:160]}" + (f"   [{verdict}]" if verdict else ""))
+    print(format_evidence(result.evidence))
+    timings = result.timings
+    print(
+        f"   ({timings.get('total_ms', 0.0):.0f} ms, first token {timings.get('first_token_ms', 0.0):.0f} ms)"
+    )

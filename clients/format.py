@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from longwatch.clients.client import AskResult, EvidenceSpan, StreamSummary
+    from longwatch.clients.webrtc import SendResult
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -149,6 +150,18 @@ def format_stream(s: StreamSummary) -> str:
     ]
     width = max(len(k) for k, _ in fields) + 1
     return "\n".join(f"{(k + ':').ljust(width)} {v}" for k, v in fields)
+
+
+def format_send_summary(r: SendResult) -> str:
+    """The line `longwatch stream` ends with: what was sent, then what the service holds."""
+    s = r.stream
+    why = "interrupted" if r.interrupted else "done"
+    return (
+        f"{r.stream_id}: sent {r.frames_sent} frames in {r.seconds:.1f}s ({why}); the service holds "
+        f"{format_timestamp(float(s.get('duration_s', 0.0)))} of video in {s.get('chunks', 0)} chunks, "
+        f"{s.get('frames_kept', 0)}/{s.get('frames_sampled', 0)} frames kept, "
+        f"{s.get('frames_dropped', 0)} dropped, state {s.get('state', '?')}"
+    )
 
 
 def format_ingest_summary(s: StreamSummary, elapsed_s: float) -> str:

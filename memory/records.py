@@ -74,10 +74,16 @@ def validate_stream_id(stream_id: object) -> str:
 
 
 class StreamState(str, Enum):
-    """Where a stream is in its life: still taking frames, or finished and fully committed."""
+    """Where a stream is in its life.
+
+    INGESTING: an archive being read; READY: no one is feeding it and everything is committed
+    (a finished archive, or a live stream between connections); LIVE: a connection (WebRTC
+    peer or IngestFrames call) is feeding it now.
+    """
 
     INGESTING = "ingesting"
     READY = "ready"
+    LIVE = "live"
 
 
 # Fields that ingest bumps with HINCRBY (IngestCounters) and the ones commit_chunk bumps itself.

@@ -7,6 +7,8 @@ keys share a slot and one MULTI/EXEC can cover them):
     lw:{<id>}:chunk:<i>  string safetensors bytes of ChunkCache i
     lw:{<id>}:vectors    hash   i -> retrieval vector, little-endian float32
     lw:{<id>}:spans      hash   i -> JSON [start_s, end_s]
+    lw:{<id>}:ingest     string a live stream's small ingest state (safetensors bytes, written by
+                                stream/live.py), so a reconnect or a restart continues the stream
     lw:streams           set    ids of all streams (another slot: never inside a stream's transaction)
 
 The record hash is the truth about whether a stream exists; ``lw:streams`` is an index of it that
@@ -87,6 +89,10 @@ class StreamKeys:
     def spans(self) -> str:
         return f"{self.prefix}:spans"
 
+    @property
+    def ingest(self) -> str:
+        return f"{self.prefix}:ingest"
+
     def chunk(self, index: int) -> str:
         return f"{self.prefix}:chunk:{int(index)}"
 
@@ -133,6 +139,13 @@ class ChunkStore(ABC):
     @abstractmethod
     def retrieval_vectors(self, stream_id: str) -> tuple[list[int], np.ndarray]:
         """(chunk indices sorted, (n, dim) float32 vectors in the same order)."""
+
+    @abstractmethod
+    def put_ingest_state(self, stream_id: str, blob: bytes) -> None:
+        """Replace a live stream's ingest state (opaque bytes); raises StreamNotFound without a record."""
+
+    @abstractmethod
+    def get_ingest_state(self, stream_id: str) -> bytes | None: ...
 
     @abstractmethod
     def delete_stream(self, stream_id: str) -> int:
@@ -255,11 +268,28 @@ class RedisChunkStore(ChunkStore):
             fields = set(pipe.hkeys(keys.spans)) | set(pipe.hkeys(keys.vectors))
             chunk_keys = sorted({keys.chunk(i) for i in (_int_or_none(f) for f in fields) if i is not None})
             pipe.multi()
-            pipe.unlink(keys.record, keys.spans, keys.vectors, *chunk_keys)
+            pipe.unlink(keys.record, keys.spans, keys.vectors, keys.ingest, *chunk_keys)
 
         results = self._transact([keys.record, keys.spans, keys.vectors], body)
         self._r.srem(STREAMS_KEY, stream_id)  # last: see the module docstring
         return int(results[0])
+
+    @_unavailable_as_store_error
+    def put_ingest_state(self, stream_id: str, blob: bytes) -> None:
+        """SET under WATCH of the record, so a stream deleted meanwhile is not half resurrected."""
+        keys = StreamKeys(stream_id)
+
+        def body(pipe: Pipeline) -> None:
+            self._require_stream(pipe, keys)
+            pipe.multi()
+            pipe.set(keys.ingest, bytes(blob))
+
+        self._transact([keys.record], body)
+
+    @_unavailable_as_store_error
+    def get_ingest_state(self, stream_id: str) -> bytes | None:
+        blob = self._r.get(StreamKeys(stream_id).ingest)
+        return None if blob is None else bytes(blob)
 
     # --- chunks ----------------------------------------------------------------------------------------
 

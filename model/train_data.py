@@ -48,9 +48,15 @@ class ClipSource(Protocol):
 
 @dataclass
 class NeedleClips:
-    """Clips from synthetic needle haystacks (training seeds only): one chunk holds the needle."""
+    """Clips from synthetic needle haystacks: one chunk holds the needle.
+
+    n_chunks: chunks per clip; with min_chunks below it, each clip draws its length from
+    [min_chunks, n_chunks]: short clips teach what a needle looks like, long ones teach finding it
+    (training only on long clips from scratch stays at chance).
+    """
 
     n_chunks: int = 6
+    min_chunks: int | None = None
     frames_per_chunk: int = 8
     width: int = 56
     height: int = 56
@@ -60,10 +66,11 @@ class NeedleClips:
 
     def clip(self, rng: np.random.Generator) -> TrainingClip:
         seed = seed_for(self.split, int(rng.integers(0, 1 << 39)))
+        n_chunks = int(rng.integers(self.min_chunks, self.n_chunks + 1)) if self.min_chunks else self.n_chunks
         chunk_s = self.frames_per_chunk / self.fps
         slots = int(self.haystack_s // chunk_s)
-        starts = np.sort(rng.choice(slots, size=self.n_chunks, replace=False)) * chunk_s
-        evidence = int(rng.integers(self.n_chunks))
+        starts = np.sort(rng.choice(slots, size=n_chunks, replace=False)) * chunk_s
+        evidence = int(rng.integers(n_chunks))
         # The needle starts on a sampled frame inside its chunk and may run on past it.
         t0 = float(starts[evidence] + rng.integers(self.frames_per_chunk) / self.fps)
         needle = random_needle(rng, t0, self.width, self.height)

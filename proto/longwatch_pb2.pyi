@@ -12,9 +12,11 @@ class StreamState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STREAM_STATE_UNSPECIFIED: _ClassVar[StreamState]
     STREAM_STATE_INGESTING: _ClassVar[StreamState]
     STREAM_STATE_READY: _ClassVar[StreamState]
+    STREAM_STATE_LIVE: _ClassVar[StreamState]
 STREAM_STATE_UNSPECIFIED: StreamState
 STREAM_STATE_INGESTING: StreamState
 STREAM_STATE_READY: StreamState
+STREAM_STATE_LIVE: StreamState
 
 class IngestFileRequest(_message.Message):
     __slots__ = ("stream_id", "path", "data", "fps")
@@ -51,6 +53,62 @@ class IngestProgress(_message.Message):
     done: bool
     stream: StreamInfo
     def __init__(self, stream_id: _Optional[str] = ..., position_s: _Optional[float] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks_committed: _Optional[int] = ..., done: _Optional[bool] = ..., stream: _Optional[_Union[StreamInfo, _Mapping]] = ...) -> None: ...
+
+class IngestFramesRequest(_message.Message):
+    __slots__ = ("start", "frame")
+    START_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    start: LiveStart
+    frame: Frame
+    def __init__(self, start: _Optional[_Union[LiveStart, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
+
+class LiveStart(_message.Message):
+    __slots__ = ("stream_id", "fps")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    fps: float
+    def __init__(self, stream_id: _Optional[str] = ..., fps: _Optional[float] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("timestamp_s", "encoded", "raw")
+    TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    timestamp_s: float
+    encoded: bytes
+    raw: RawFrame
+    def __init__(self, timestamp_s: _Optional[float] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawFrame, _Mapping]] = ...) -> None: ...
+
+class RawFrame(_message.Message):
+    __slots__ = ("rgb", "width", "height")
+    RGB_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    rgb: bytes
+    width: int
+    height: int
+    def __init__(self, rgb: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class LiveProgress(_message.Message):
+    __slots__ = ("stream_id", "frames_received", "frames_sampled", "frames_dropped", "chunks_committed", "position_s", "done", "stream")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    POSITION_S_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    frames_received: int
+    frames_sampled: int
+    frames_dropped: int
+    chunks_committed: int
+    position_s: float
+    done: bool
+    stream: StreamInfo
+    def __init__(self, stream_id: _Optional[str] = ..., frames_received: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., chunks_committed: _Optional[int] = ..., position_s: _Optional[float] = ..., done: _Optional[bool] = ..., stream: _Optional[_Union[StreamInfo, _Mapping]] = ...) -> None: ...
 
 class TimeRange(_message.Message):
     __slots__ = ("start_s", "end_s")

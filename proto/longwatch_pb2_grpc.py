@@ -40,6 +40,11 @@ class LongWatchStub:
                 request_serializer=longwatch__pb2.IngestFileRequest.SerializeToString,
                 response_deserializer=longwatch__pb2.IngestProgress.FromString,
                 _registered_method=True)
+        self.IngestFrames = channel.stream_stream(
+                '/longwatch.v1.LongWatch/IngestFrames',
+                request_serializer=longwatch__pb2.IngestFramesRequest.SerializeToString,
+                response_deserializer=longwatch__pb2.LiveProgress.FromString,
+                _registered_method=True)
         self.Ask = channel.unary_unary(
                 '/longwatch.v1.LongWatch/Ask',
                 request_serializer=longwatch__pb2.AskRequest.SerializeToString,
@@ -73,6 +78,16 @@ class LongWatchServicer:
 
     def IngestFile(self, request, context):
         """Ingest a video file into a new stream; streams progress, the last message has done=true.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IngestFrames(self, request_iterator, context):
+        """Feed a live stream frame by frame (for cameras that are not WebRTC peers). The first
+        message names the stream (new, or one to continue); each later one carries a frame. The
+        server sends progress when a frame arrives after chunks were committed and, once the client
+        half-closes and the last partial chunk is committed, a last message with done=true.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +136,11 @@ def add_LongWatchServicer_to_server(servicer, server):
                     servicer.IngestFile,
                     request_deserializer=longwatch__pb2.IngestFileRequest.FromString,
                     response_serializer=longwatch__pb2.IngestProgress.SerializeToString,
+            ),
+            'IngestFrames': grpc.stream_stream_rpc_method_handler(
+                    servicer.IngestFrames,
+                    request_deserializer=longwatch__pb2.IngestFramesRequest.FromString,
+                    response_serializer=longwatch__pb2.LiveProgress.SerializeToString,
             ),
             'Ask': grpc.unary_unary_rpc_method_handler(
                     servicer.Ask,
@@ -176,6 +196,33 @@ class LongWatch:
             '/longwatch.v1.LongWatch/IngestFile',
             longwatch__pb2.IngestFileRequest.SerializeToString,
             longwatch__pb2.IngestProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestFrames(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/longwatch.v1.LongWatch/IngestFrames',
+            longwatch__pb2.IngestFramesRequest.SerializeToString,
+            longwatch__pb2.LiveProgress.FromString,
             options,
             channel_credentials,
             insecure,

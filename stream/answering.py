@@ -1,13 +1,24 @@
-"""Ask: retrieve a stream's relevant chunks and decode an answer from their caches."""
+"""Ask: retrieve a stream's relevant chunks and decode an answer from their caches.
+
+For a stream that a connection is feeding now (LIVE), Ask also takes its latest committed
+chunk(s) and its frames not yet committed, compressed on the spot into a chunk that is never
+stored (`LiveView.pending_chunk`): a question about what the camera sees now is answered from
+what it saw last, whatever retrieval ranks first. Those chunks are cited in the evidence like the
+retrieved ones, with their retrieval score computed the same way.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
+import torch
+
+from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import StreamRecord
+from longwatch.memory.records import StreamRecord, StreamState
 from longwatch.memory.store import ChunkStore
 from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.stream.errors import BadRequest, NotReady, StreamMissing
@@ -52,16 +63,35 @@ def validate_question(question: str, max_chars: int) -> str:
     return q
 
 
+class LiveView(Protocol):
+    """What Ask needs from the live streams (stream.live.LiveRegistry)."""
+
+    def pending_chunk(self, stream_id: str) -> ChunkCache | None:
+        """The stream's frames not yet committed as a throwaway chunk, or None."""
+        ...
+
+
 class QuestionAnswerer:
-    """Runs Ask against the store, the stream indexes and the model."""
+    """Runs Ask against the store, the stream indexes and the model (and the live streams, if any).
+
+    recent_chunks: latest committed chunks always added for a LIVE stream.
+    """
 
     def __init__(
-        self, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry, max_question_chars: int
+        self,
+        runner: ModelRunner,
+        store: ChunkStore,
+        indexes: IndexRegistry,
+        max_question_chars: int,
+        live: LiveView | None = None,
+        recent_chunks: int = 1,
     ) -> None:
         self.runner = runner
         self.store = store
         self.indexes = indexes
         self.max_question_chars = max_question_chars
+        self.live = live
+        self.recent_chunks = recent_chunks
 
     def check(self, params: AskParams) -> StreamRecord:
         """Validate a request before any work; returns the stream's record."""
@@ -77,7 +107,7 @@ class QuestionAnswerer:
         record = self.store.get_stream(params.stream_id)
         if record is None:
             raise StreamMissing(f"no stream {params.stream_id!r}")
-        if record.chunks == 0:
+        if record.chunks == 0 and record.state != StreamState.LIVE:
             raise NotReady(f"stream {params.stream_id!r} has no committed chunks yet")
         if record.model != self.runner.lm.fingerprint:
             raise NotReady(
@@ -87,30 +117,61 @@ class QuestionAnswerer:
         return record
 
     def _candidates(self, stream_id: str, time_range: tuple[float, float] | None) -> set[int] | None:
+        """Committed chunks overlapping the time range (maybe none); None without a range."""
         if time_range is None:
             return None
         start, end = time_range
-        allowed = {s.index for s in self.store.chunk_spans(stream_id) if s.end_s > start and s.start_s < end}
-        if not allowed:
-            raise BadRequest(f"no chunk of stream {stream_id!r} overlaps {start:.1f}-{end:.1f} s")
-        return allowed
+        return {s.index for s in self.store.chunk_spans(stream_id) if s.end_s > start and s.start_s < end}
+
+    def _live_extras(
+        self, record: StreamRecord, retrieved: set[int], time_range: tuple[float, float] | None
+    ) -> tuple[list[ChunkCache], ChunkCache | None]:
+        """A LIVE stream's latest committed chunks not retrieved already, and its pending chunk."""
+        if record.state != StreamState.LIVE:
+            return [], None
+        first = max(0, record.chunks - self.recent_chunks)
+        recent = [i for i in range(first, record.chunks) if i not in retrieved]
+        chunks = self.store.get_chunks(record.stream_id, recent)
+        pending = self.live.pending_chunk(record.stream_id) if self.live is not None else None
+        if time_range is not None:
+            chunks = [c for c in chunks if _overlaps(c, time_range)]
+            pending = pending if pending is not None and _overlaps(pending, time_range) else None
+        return chunks, pending
+
+    @staticmethod
+    def _nothing_to_answer_from(record: StreamRecord, time_range: tuple[float, float] | None) -> Exception:
+        if time_range is not None and record.chunks:
+            start, end = time_range
+            return BadRequest(f"no chunk of stream {record.stream_id!r} overlaps {start:.1f}-{end:.1f} s")
+        return NotReady(f"stream {record.stream_id!r} has no committed chunks yet")
 
     def ask(self, params: AskParams) -> tuple[Iterator[str], AskOutcome]:
         """Returns (text deltas, outcome); the outcome is complete once the deltas are exhausted."""
         t0 = time.perf_counter()
-        self.check(params)
+        record = self.check(params)
         outcome = AskOutcome(model=self.runner.lm.fingerprint)
         allowed = self._candidates(params.stream_id, params.time_range)
+        if allowed == set() and record.state != StreamState.LIVE:
+            raise self._nothing_to_answer_from(record, params.time_range)  # before any model work
         with self.runner.lock:
             qvec = question_vector(self.runner.lm, params.question)
-        hits = self.indexes.get(params.stream_id).search(qvec.numpy(), params.top_k, allowed)
+        hits: list[tuple[int, float]] = []
+        if record.chunks and allowed != set():
+            hits = self.indexes.get(params.stream_id).search(qvec.numpy(), params.top_k, allowed)
         t1 = time.perf_counter()
-        hits.sort(key=lambda hit: hit[0])  # time order: chunk indices increase with time
-        chunks = self.store.get_chunks(params.stream_id, [i for i, _ in hits])
+        scores = dict(hits)
+        recent, pending = self._live_extras(record, set(scores), params.time_range)
+        chunks = self.store.get_chunks(params.stream_id, sorted(scores)) + recent
+        chunks += [pending] if pending is not None else []
+        if not chunks:
+            raise self._nothing_to_answer_from(record, params.time_range)
+        chunks.sort(key=lambda c: c.index)  # time order: chunk indices increase with time
         t2 = time.perf_counter()
         outcome.evidence = [
-            EvidenceChunk(c.index, c.start_s, c.end_s, score)
-            for c, (_, score) in zip(chunks, hits, strict=True)
+            EvidenceChunk(
+                c.index, c.start_s, c.end_s, scores[c.index] if c.index in scores else _score(qvec, c)
+            )
+            for c in chunks
         ]
         stream = AnswerStream(self.runner.lm, chunks, params.question, params.max_new_tokens)
 
@@ -130,3 +191,12 @@ class QuestionAnswerer:
             }
 
         return deltas(), outcome
+
+
+def _overlaps(chunk: ChunkCache, time_range: tuple[float, float]) -> bool:
+    return chunk.end_s > time_range[0] and chunk.start_s < time_range[1]
+
+
+def _score(qvec: torch.Tensor, chunk: ChunkCache) -> float:
+    """The retrieval score of a chunk that was added rather than retrieved (same inner product)."""
+    return float(qvec.float() @ chunk.retrieval.float())

@@ -24,6 +24,14 @@ class NotReady(ServiceError):
     """The stream exists but cannot serve this request yet (or any more, with this model)."""
 
 
+class StreamBusy(NotReady):
+    """A live connection already feeds the stream: one sender per stream at a time."""
+
+
+class Stopping(ServiceError):
+    """The server is shutting down and takes no more frames; try again against a running one."""
+
+
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidStreamId, grpc.StatusCode.INVALID_ARGUMENT),
@@ -32,6 +40,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (StreamNotFound, grpc.StatusCode.NOT_FOUND),
     (StreamExists, grpc.StatusCode.ALREADY_EXISTS),
     (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
+    (Stopping, grpc.StatusCode.UNAVAILABLE),
     (CorruptChunk, grpc.StatusCode.DATA_LOSS),
 ]
 

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
 from longwatch.memory.records import IngestCounters
 from longwatch.memory.store import ChunkStore
@@ -97,14 +99,31 @@ class StreamIngestor:
             self.store.add_counters(self.stream_id, self.counters)
             self.counters = IngestCounters()
 
-    def _commit_pending(self) -> None:
-        frames, self.pending = self.pending, []
+    def preview(self) -> ChunkCache | None:
+        """The pending (not yet committed) frames compressed into a chunk that is never stored.
+
+        Ask uses it to see a live stream's latest seconds before their chunk fills. DiffFP runs
+        on a copy of the pruner, so the stream's own state is untouched. None when nothing is
+        pending, and in keep-raw mode, whose compressor extends a running per-stream cache that
+        a throwaway chunk must not touch. The caller keeps `push` from running meanwhile.
+        """
+        if not self.pending or self.runner.lm.config.mode == "raw":
+            return None
+        pruner = DiffFramePruner(self.pruner.threshold, self.pruner.min_tokens, self.pruner.merge_size)
+        pruner.load_state(self.pruner.state())
+        chunk, _ = self._compress(list(self.pending), pruner, self.next_index)
+        return chunk
+
+    def _compress(
+        self, frames: list[SampledFrame], pruner: DiffFramePruner, index: int
+    ) -> tuple[ChunkCache, torch.Tensor]:
+        """Chunk `index` made of `frames` (DiffFP through `pruner`), and DiffFP's keep mask."""
         grid = self.grid
         assert grid is not None  # set by the first push
         images = np.stack([f.image for f in frames])  # (T, H, W, 3) uint8
         pixel_values = frames_to_pixel_values(images, grid)  # (T * gh * gw, 3 * 14 * 14)
         n = len(frames)
-        keep = self.pruner.push(pixel_values, grid, n)  # (T * tokens_per_frame,) bool
+        keep = pruner.push(pixel_values, grid, n)  # (T * tokens_per_frame,) bool
         tpf = grid.tokens_per_frame
         with self.runner.lock:
             features = encode_frames(self.runner.lm, pixel_values, n, grid.grid_h, grid.grid_w)
@@ -115,15 +134,22 @@ class StreamIngestor:
                 frame_times=[f.pts_s for f in frames],
                 features=kept,
                 tokens_per_frame=[int(x) for x in per_frame],
-                first_in_stream=self.next_index == 0,
+                first_in_stream=index == 0,
                 tokens_seen=n * tpf,
                 end_s=frames[-1].pts_s + interval,
             )
-            chunk = self.runner.compressor.compress(self.stream_id, self.next_index, chunk_frames)
+            chunk = self.runner.compressor.compress(self.stream_id, index, chunk_frames)
+        return chunk, keep
+
+    def _commit_pending(self) -> None:
+        frames, self.pending = self.pending, []
+        chunk, keep = self._compress(frames, self.pruner, self.next_index)
+        n, tpf = len(frames), chunk.tokens_seen // len(frames)
+        kept = chunk.tokens_kept
         n_kept_frames = frames_kept(keep, tpf, self.pruner.min_tokens)
         for c in (self.counters, self.totals):
             c.tokens_seen += n * tpf
-            c.tokens_kept += int(kept.shape[0])
+            c.tokens_kept += kept
             c.frames_kept += n_kept_frames
         written = self.store.commit_chunk(chunk, self.counters)
         self.counters = IngestCounters()

@@ -1,4 +1,9 @@
-"""Lifecycle of the service: Redis (embedded or given), model, gRPC server, graceful stop."""
+"""Lifecycle of the service: Redis (embedded or given), model, gRPC and HTTP servers, graceful stop.
+
+Stop order: the HTTP server first (its WebRTC peers close and their streams' last chunks
+commit), then the remaining live sessions (IngestFrames calls end with UNAVAILABLE after their
+last chunk commits), then gRPC (in-flight calls get the grace period), then Redis.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.loading import load_model
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
+from longwatch.stream.http_server import LiveHttpServer
+from longwatch.stream.live import settle_interrupted_live_streams
 from longwatch.stream.pipeline import ModelRunner
 from longwatch.stream.service import LongWatchService
-from longwatch.stream.settings import ServiceSettings
+from longwatch.stream.settings import ServiceSettings, ingest_for_model
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name
@@ -48,7 +55,10 @@ class LongWatchServer:
         self.store: ChunkStore | None = None
         self.grpc_server: grpc.Server | None = None
         self.health: health.HealthServicer | None = None
+        self.service: LongWatchService | None = None
+        self.http: LiveHttpServer | None = None
         self.port: int = 0
+        self.http_port: int = 0
         self.redis_url: str = ""
 
     def start(self) -> LongWatchServer:
@@ -61,17 +71,32 @@ class LongWatchServer:
             dropped = drop_interrupted_archives(self.store)
             if dropped:
                 log.warning("removed archives interrupted by an earlier stop: %s", ", ".join(dropped))
+            settled = settle_interrupted_live_streams(self.store)
+            if settled:
+                log.warning("live streams cut off by an earlier stop are ready again: %s", ", ".join(settled))
             lm = load_model(s.model, state_dir=s.state_dir)
+            s.ingest = ingest_for_model(s, lm.card)
             runner = ModelRunner(lm=lm, compressor=SummaryCompressor(lm))
             service = LongWatchService(s, runner, self.store, IndexRegistry(self.store))
+            self.service = service
             self._start_grpc(service)
+            self._start_http(service)
         except BaseException:
             self.stop()
             raise
         log.info(
-            "longwatch serving on %s:%d (model %s, redis %s)", s.host, self.port, lm.name, self.redis_url
+            "longwatch serving on %s:%d, http on %d (model %s, redis %s)",
+            s.host,
+            self.port,
+            self.http_port,
+            lm.name,
+            self.redis_url,
         )
         return self
+
+    @property
+    def model_name(self) -> str:
+        return self.service.runner.lm.name if self.service else ""
 
     def _start_embedded_redis(self) -> str:
         self.redis = EmbeddedRedis(self.settings.state_dir / "redis")
@@ -98,11 +123,29 @@ class LongWatchServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    def _start_http(self, service: LongWatchService) -> None:
+        s = self.settings
+        self.http = LiveHttpServer(
+            s.host, s.http_port, service.live, service.answerer, service.store, s.top_k, s.max_new_tokens
+        )
+        self.http_port = self.http.start()
+
+    def _stop_live(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        if self.service is not None:
+            self.service.live.close_all()
+
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving (in-flight calls get `grace` seconds), then close Redis; safe to call twice."""
         errors: list[BaseException] = []
         if self.health is not None:
             self.health.enter_graceful_shutdown()
+        try:
+            self._stop_live()
+        except Exception as exc:  # noqa: BLE001 - collected, reported below
+            errors.append(exc)
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
             self.grpc_server = None
@@ -136,6 +179,7 @@ class LongWatchServer:
 def serve_forever(settings: ServiceSettings) -> int:
     """`longwatch serve`: run until SIGINT or SIGTERM, then stop gracefully."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # a dozen ICE check lines per WebRTC peer
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -147,6 +191,7 @@ def serve_forever(settings: ServiceSettings) -> int:
     try:
         server.start()
         print(f"longwatch listening on {settings.host}:{server.port}", flush=True)
+        print(f"browser page and WebRTC on http://{settings.host}:{server.http_port}/", flush=True)
         stop.wait()
     finally:
         server.stop()

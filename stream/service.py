@@ -16,14 +16,20 @@ from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.archive import ArchiveProgress, ingest_archive
-from longwatch.stream.errors import BadRequest, StreamMissing, one_line, status_for
+from longwatch.stream.errors import BadRequest, StreamBusy, StreamMissing, one_line, status_for
+from longwatch.stream.images import EncodedImage, FrameImage, RawImage, check_bytes
+from longwatch.stream.live import LiveRegistry, LiveStats
 from longwatch.stream.pipeline import ModelRunner
-from longwatch.stream.settings import IngestConfig, ServiceSettings
+from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
-_STATES = {StreamState.INGESTING: pb.STREAM_STATE_INGESTING, StreamState.READY: pb.STREAM_STATE_READY}
+_STATES = {
+    StreamState.INGESTING: pb.STREAM_STATE_INGESTING,
+    StreamState.READY: pb.STREAM_STATE_READY,
+    StreamState.LIVE: pb.STREAM_STATE_LIVE,
+}
 
 
 def _abort_on_error(method: F) -> F:
@@ -110,6 +116,41 @@ def _ask_response(stream_id: str, outcome: AskOutcome) -> pb.AskResponse:
     )
 
 
+def _live_start(request: pb.IngestFramesRequest | None) -> pb.LiveStart:
+    if request is None or request.WhichOneof("kind") != "start":
+        raise BadRequest("the first IngestFrames message must be `start`, naming the stream")
+    if request.start.fps < 0:
+        raise BadRequest(f"fps must be >= 0, got {request.start.fps}")
+    return request.start
+
+
+def live_frame(request: pb.IngestFramesRequest, limits: LiveConfig) -> tuple[float, FrameImage]:
+    """A frame message's timestamp and image; cheap checks now, decoding only if it is sampled."""
+    if request.WhichOneof("kind") != "frame":
+        raise BadRequest("only the first message may be `start`; every later one must be a `frame`")
+    frame = request.frame
+    kind = frame.WhichOneof("image")
+    if kind == "raw":
+        check_bytes(len(frame.raw.rgb), limits)
+        return frame.timestamp_s, RawImage(frame.raw.rgb, frame.raw.width, frame.raw.height, limits)
+    if kind == "encoded":
+        check_bytes(len(frame.encoded), limits)
+        return frame.timestamp_s, EncodedImage(frame.encoded, limits)
+    raise BadRequest("a frame needs an image: `encoded` (JPEG or PNG bytes) or `raw` (RGB and its size)")
+
+
+def _live_progress(stats: LiveStats, done: bool = False) -> pb.LiveProgress:
+    return pb.LiveProgress(
+        stream_id=stats.stream_id,
+        frames_received=stats.frames_received,
+        frames_sampled=stats.frames_sampled,
+        frames_dropped=stats.frames_dropped,
+        chunks_committed=stats.chunks_committed,
+        position_s=stats.position_s,
+        done=done,
+    )
+
+
 class LongWatchService(pb_grpc.LongWatchServicer):
     def __init__(
         self, settings: ServiceSettings, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry
@@ -118,7 +159,15 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         self.runner = runner
         self.store = store
         self.indexes = indexes
-        self.answerer = QuestionAnswerer(runner, store, indexes, settings.max_question_chars)
+        self.live = LiveRegistry(settings.ingest, settings.live, runner, store, indexes)
+        self.answerer = QuestionAnswerer(
+            runner,
+            store,
+            indexes,
+            settings.max_question_chars,
+            live=self.live,
+            recent_chunks=settings.live.recent_chunks,
+        )
 
     def _record(self, stream_id: str) -> StreamRecord:
         validate_stream_id(stream_id)
@@ -156,6 +205,37 @@ class LongWatchService(pb_grpc.LongWatchServicer):
             if p.done:
                 msg.stream.CopyFrom(stream_info(self._record(request.stream_id)))
             yield msg
+
+    @_abort_on_error
+    def IngestFrames(
+        self, request_iterator: Iterator[pb.IngestFramesRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.LiveProgress]:
+        """One call feeds one live stream; whatever ends the call, the last partial chunk commits."""
+        start = _live_start(next(request_iterator, None))
+        session = self.live.open(start.stream_id, source="live:grpc", fps=start.fps or None)
+        committed = 0
+        try:
+            for n, request in enumerate(request_iterator, start=1):
+                try:
+                    session.offer(*live_frame(request, self.settings.live))
+                except BadRequest as e:
+                    raise BadRequest(f"frame {n}: {e}") from e
+                stats = session.stats()
+                if stats.chunks_committed > committed:
+                    committed = stats.chunks_committed
+                    yield _live_progress(stats)
+        except grpc.RpcError:
+            if context.is_active():
+                raise
+            log.info("live stream %s: the IngestFrames client went away", session.stream_id)
+            return
+        finally:
+            session.close()
+        final = _live_progress(session.stats(), done=True)
+        record = self.store.get_stream(session.stream_id)
+        if record is not None:  # None: a new stream that got no frame is not kept
+            final.stream.CopyFrom(stream_info(record))
+        yield final
 
     def _ask_params(self, request: pb.AskRequest) -> AskParams:
         validate_stream_id(request.stream_id)
@@ -201,6 +281,8 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         self, request: pb.DeleteStreamRequest, context: grpc.ServicerContext
     ) -> pb.DeleteStreamResponse:
         self._record(request.stream_id)
+        if self.live.is_live(request.stream_id):
+            raise StreamBusy(f"stream {request.stream_id!r} is live: end its connection before deleting it")
         deleted = self.store.delete_stream(request.stream_id)
         self.indexes.drop(request.stream_id)
         self.runner.compressor.end_stream(request.stream_id)

@@ -40,14 +40,57 @@ class IngestConfig:
 
 
 @dataclass
+class LiveConfig:
+    """How live streams (WebRTC peers, gRPC IngestFrames) are taken in.
+
+    queue_frames: sampled frames a live stream may have waiting for the pipeline; a frame that
+        finds the queue full is dropped and counted (frames_dropped), so a camera never waits
+        on the model and memory stays bounded. Archives never drop: they wait instead.
+    recent_chunks: latest committed chunks Ask always adds for a live stream, besides top-k.
+    max_frame_side, max_frame_bytes: the largest frame accepted over IngestFrames (width and
+        height each, and bytes of one encoded or raw image); larger is INVALID_ARGUMENT.
+    """
+
+    queue_frames: int = 32
+    recent_chunks: int = 1
+    max_frame_side: int = 4096
+    max_frame_bytes: int = 4096 * 4096 * 3
+
+    def __post_init__(self) -> None:
+        if self.queue_frames < 1:
+            raise ValueError(f"live queue must hold at least 1 frame, got {self.queue_frames}")
+        if self.recent_chunks < 0:
+            raise ValueError(f"recent_chunks must be >= 0, got {self.recent_chunks}")
+        if self.max_frame_side < 16 or self.max_frame_bytes < 16 * 16 * 3:
+            raise ValueError("frame limits must allow at least a 16x16 RGB frame")
+
+
+INGEST_FIELDS = ("fps", "frames_per_chunk", "max_tokens_per_frame", "diff_threshold")
+
+
+def ingest_for_model(settings: ServiceSettings, card: dict) -> IngestConfig:
+    """The ingest settings to serve with: explicit ones, else the model card's, else the defaults.
+
+    A trained model expects the frame size and chunk length it was trained with; a user's flag
+    still wins.
+    """
+    values = {k: v for k, v in card.get("ingest", {}).items() if k in INGEST_FIELDS}
+    values.update({k: getattr(settings.ingest, k) for k in settings.ingest_explicit})
+    return IngestConfig(**values)
+
+
+@dataclass
 class ServiceSettings:
     """Everything `longwatch serve` needs.
 
     redis_url: None starts an embedded redis-server with its data under state_dir.
+    http_port: the HTTP server beside gRPC (WebRTC signalling, the browser page, its JSON API),
+        on the same host; 0 binds any free port (LongWatchServer.http_port tells which).
     """
 
     host: str = "127.0.0.1"
     port: int = 50051
+    http_port: int = 8080
     redis_url: str | None = None
     state_dir: Path = field(default_factory=default_state_dir)
     workers: int = 8
@@ -56,6 +99,10 @@ class ServiceSettings:
     max_new_tokens: int = 32
     max_question_chars: int = 2000
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    # Ingest fields set on purpose; the others follow the model's card (`ingest_for_model`).
+    # Settings built in code keep what they were given; the command line marks only what was typed.
+    ingest_explicit: frozenset[str] = frozenset(INGEST_FIELDS)
+    live: LiveConfig = field(default_factory=LiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @property
@@ -77,6 +124,12 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind (LONGWATCH_HOST)")
     g.add_argument("--port", type=int, default=_env("PORT", "50051"), help="gRPC port (LONGWATCH_PORT)")
     g.add_argument(
+        "--http-port",
+        type=int,
+        default=_env("HTTP_PORT", "8080"),
+        help="HTTP port for WebRTC signalling and the browser page (LONGWATCH_HTTP_PORT; 0 = any free)",
+    )
+    g.add_argument(
         "--redis-url",
         default=_env("REDIS_URL", os.environ.get("REDIS_URL")),
         help="Redis to use (LONGWATCH_REDIS_URL or REDIS_URL); unset starts an embedded redis-server",
@@ -90,10 +143,19 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=_env("TOP_K", "4"), help="chunks retrieved per question")
     g.add_argument("--max-new-tokens", type=int, default=_env("MAX_NEW_TOKENS", "32"))
     g = parser.add_argument_group("ingest")
-    g.add_argument("--fps", type=float, default=_env("FPS", "1.0"), help="sampling rate (LONGWATCH_FPS)")
-    g.add_argument("--frames-per-chunk", type=int, default=_env("FRAMES_PER_CHUNK", "8"))
-    g.add_argument("--max-tokens-per-frame", type=int, default=_env("MAX_TOKENS_PER_FRAME", "16"))
-    g.add_argument("--diff-threshold", type=float, default=_env("DIFF_THRESHOLD", "0.1"))
+    # Unset ingest settings come from the model's card (what it was trained for), then the defaults.
+    g.add_argument("--fps", type=float, default=_env("FPS"), help="sampling rate (LONGWATCH_FPS; default 1)")
+    g.add_argument("--frames-per-chunk", type=int, default=_env("FRAMES_PER_CHUNK"), help="default 8")
+    g.add_argument(
+        "--max-tokens-per-frame", type=int, default=_env("MAX_TOKENS_PER_FRAME"), help="default 16"
+    )
+    g.add_argument("--diff-threshold", type=float, default=_env("DIFF_THRESHOLD"), help="default 0.1")
+    g.add_argument(
+        "--live-queue",
+        type=int,
+        default=_env("LIVE_QUEUE", "32"),
+        help="sampled frames a live stream may queue before it drops (LONGWATCH_LIVE_QUEUE)",
+    )
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -112,16 +174,14 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings(
         host=args.host,
         port=args.port,
+        http_port=args.http_port,
         redis_url=args.redis_url or None,
         state_dir=Path(args.state_dir),
         top_k=args.top_k,
         max_new_tokens=args.max_new_tokens,
-        ingest=IngestConfig(
-            fps=args.fps,
-            frames_per_chunk=args.frames_per_chunk,
-            max_tokens_per_frame=args.max_tokens_per_frame,
-            diff_threshold=args.diff_threshold,
-        ),
+        ingest=IngestConfig(**{k: getattr(args, k) for k in INGEST_FIELDS if getattr(args, k) is not None}),
+        ingest_explicit=frozenset(k for k in INGEST_FIELDS if getattr(args, k) is not None),
+        live=LiveConfig(queue_frames=args.live_queue),
         model=ModelConfig(
             path=args.model,
             adapter=args.adapter,

@@ -166,7 +166,9 @@ def run_train(args: argparse.Namespace) -> int:
     built-in model (model/demo/ in the repository).
     """
     out = Path(args.out)
-    source: ClipSource = NeedleClips() if args.data == "needles" else JsonlClips(read_jsonl(Path(args.data)))
+    source: ClipSource = (
+        NeedleClips(min_chunks=1) if args.data == "needles" else JsonlClips(read_jsonl(Path(args.data)))
+    )
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
     if args.stage != "demo":

@@ -16,7 +16,15 @@ needs_protoc = pytest.mark.skipif(
     reason="grpcio-tools (a dev dependency) generates the stubs",
 )
 
-SERVICE_METHODS = {"IngestFile", "Ask", "AskStream", "GetStream", "ListStreams", "DeleteStream"}
+SERVICE_METHODS = {
+    "IngestFile",
+    "IngestFrames",
+    "Ask",
+    "AskStream",
+    "GetStream",
+    "ListStreams",
+    "DeleteStream",
+}
 
 
 @needs_protoc
@@ -67,7 +75,8 @@ def test_service_has_every_method() -> None:
     service = pb.DESCRIPTOR.services_by_name["LongWatch"]
     assert set(service.methods_by_name) == SERVICE_METHODS
     streaming = {m.name for m in service.methods if m.server_streaming}
-    assert streaming == {"IngestFile", "AskStream"}
+    assert streaming == {"IngestFile", "IngestFrames", "AskStream"}
+    assert {m.name for m in service.methods if m.client_streaming} == {"IngestFrames"}
     with grpc.insecure_channel("localhost:1") as channel:  # never connected: stubs are lazy
         stub = pb_grpc.LongWatchStub(channel)
         assert all(callable(getattr(stub, name)) for name in SERVICE_METHODS)

@@ -69,6 +69,7 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 def make_settings(state_dir: Path, redis_url: str | None) -> ServiceSettings:
     return ServiceSettings(
         port=0,
+        http_port=0,
         redis_url=redis_url,
         state_dir=state_dir,
         workers=4,

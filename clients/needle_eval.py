@@ -1,0 +1,219 @@
+"""`longwatch eval needle`: a V-NIAH-style grid through the real path (ingest into Redis, Ask over gRPC).
+
+Haystacks of {60, 300, 900, 1800, 3600} sampled frames x needle depth {0, 25, 50, 75, 100}%,
+several needles per cell, evaluation seeds only. Rows, side by side:
+- longwatch: summary tokens (alpha 16) + retrieval top-k, the default service;
+- keep-raw: every token's K/V kept (chunks see earlier ones), same retrieval: what compression costs;
+- uniform-180: the VideoLLaMA3 default, 180 frames sampled uniformly over the video,
+  uncompressed, all of them in context (no retrieval).
+Each needle is asked what appeared, its colour and when; answers are judged by
+`needles.judge`. Retrieval recall@k counts questions whose evidence includes the needle's chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from longwatch.clients.client import LongWatchClient
+from longwatch.model.config import ModelConfig
+from longwatch.model.needles import (
+    QUESTION_KINDS,
+    NeedleVideo,
+    judge,
+    make_needle_video,
+    questions_for,
+    seed_for,
+)
+
+if TYPE_CHECKING:
+    from longwatch.stream.settings import ServiceSettings
+
+LENGTHS = (60, 300, 900, 1800, 3600)
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+ROWS = ("longwatch", "keep-raw", "uniform-180")
+UNIFORM_FRAMES = 180
+
+
+@dataclass
+class EvalPlan:
+    lengths: tuple[int, ...] = LENGTHS
+    depths: tuple[float, ...] = DEPTHS
+    needles: int = 3
+    rows: tuple[str, ...] = ROWS
+    top_k: int = 4
+    frames_per_chunk: int = 8
+    max_tokens_per_frame: int = 4
+
+    def videos(self) -> Iterator[tuple[int, float, int, NeedleVideo]]:
+        """(length, depth, n, video) for every cell; seeds from the evaluation split, distinct per video."""
+        index = 0
+        for length in self.lengths:
+            for depth in self.depths:
+                for n in range(self.needles):
+                    yield length, depth, n, make_needle_video(seed_for("eval", index), length, depth)
+                    index += 1
+
+
+@dataclass
+class Cell:
+    correct: dict[str, list[bool]] = field(default_factory=lambda: defaultdict(list))
+    recalled: list[bool] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        out = {k: sum(v) / len(v) for k, v in sorted(self.correct.items())}
+        out["all"] = sum(sum(v) for v in self.correct.values()) / max(
+            1, sum(len(v) for v in self.correct.values())
+        )
+        if self.recalled:
+            out["recall@k"] = sum(self.recalled) / len(self.recalled)
+        return out
+
+
+def row_settings(row: str, base: ModelConfig, plan: EvalPlan, state_dir: Path) -> ServiceSettings:
+    from longwatch.stream.settings import IngestConfig, ServiceSettings
+
+    mode = "raw" if row in ("keep-raw", "uniform-180") else "summary"
+    model = ModelConfig(
+        path=base.path,
+        adapter=base.adapter,
+        device=base.device,
+        dtype=base.dtype,
+        mode=mode,
+        alpha=base.alpha,
+    )
+    return ServiceSettings(
+        port=0,
+        http_port=0,
+        state_dir=state_dir,
+        top_k=plan.top_k,
+        max_new_tokens=12,
+        ingest=IngestConfig(
+            fps=1.0, frames_per_chunk=plan.frames_per_chunk, max_tokens_per_frame=plan.max_tokens_per_frame
+        ),
+        model=model,
+    )
+
+
+@contextmanager
+def running(settings: ServiceSettings) -> Iterator[LongWatchClient]:
+    from longwatch.stream.server import LongWatchServer  # imports torch: only when evaluating
+
+    with LongWatchServer(settings) as server, LongWatchClient(f"127.0.0.1:{server.port}") as client:
+        client.wait_ready(timeout=30)
+        yield client
+
+
+def evaluate_video(
+    client: LongWatchClient, row: str, video: NeedleVideo, path: Path, plan: EvalPlan, cell: Cell
+) -> None:
+    sid = f"needle-{video.seed}"
+    fps = min(1.0, UNIFORM_FRAMES / video.seconds) if row == "uniform-180" else 0.0
+    for _ in client.ingest_file(sid, path=str(path), fps=fps):
+        pass
+    # uniform-180 puts every sampled frame in context; the others retrieve top-k.
+    top_k = min(64, -(-UNIFORM_FRAMES // plan.frames_per_chunk)) if row == "uniform-180" else plan.top_k
+    needle = video.needle
+    for kind, qa in questions_for(needle).items():
+        result = client.ask(sid, qa.question, top_k=top_k, max_new_tokens=12)
+        cell.correct[kind].append(judge(kind, result.answer, needle))
+        if row != "uniform-180":
+            cell.recalled.append(any(e.start_s <= needle.start_s < e.end_s for e in result.evidence))
+    client.delete_stream(sid)
+
+
+def run_needle_eval(
+    base: ModelConfig, plan: EvalPlan, out_dir: Path, progress: Callable[[str], None] = print
+) -> dict:
+    """Run every row over the grid; writes needle_eval.json (and the heatmap) into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    videos_dir = out_dir / "videos"
+    videos_dir.mkdir(exist_ok=True)
+    cells: dict[str, dict[tuple[int, float], Cell]] = {row: defaultdict(Cell) for row in plan.rows}
+    timings: dict[str, float] = {}
+    for row in plan.rows:
+        t0 = time.perf_counter()
+        with (
+            tempfile.TemporaryDirectory(prefix="lw-eval-") as state,
+            running(row_settings(row, base, plan, Path(state))) as client,
+        ):
+            for length, depth, n, video in plan.videos():
+                path = videos_dir / f"needle-{video.seed}-{length}s.mp4"
+                if not path.exists():
+                    video.write(path)
+                evaluate_video(client, row, video, path, plan, cells[row][(length, depth)])
+                progress(f"{row}: {length} frames, depth {depth:.0%}, needle {n + 1}/{plan.needles}")
+        timings[row] = time.perf_counter() - t0
+    report = {
+        "plan": {
+            "lengths": list(plan.lengths),
+            "depths": list(plan.depths),
+            "needles": plan.needles,
+            "top_k": plan.top_k,
+        },
+        "question_kinds": list(QUESTION_KINDS),
+        "rows": {
+            row: [
+                {"length": n, "depth": d, **cells[row][(n, d)].summary()}
+                for n in plan.lengths
+                for d in plan.depths
+            ]
+            for row in plan.rows
+        },
+        "seconds": timings,
+    }
+    (out_dir / "needle_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_heatmap(report, out_dir / "needle_eval.png")
+    return report
+
+
+def write_heatmap(report: dict, path: Path) -> Path:
+    """One panel per row: accuracy over all question kinds per (haystack length, depth)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lengths, depths = report["plan"]["lengths"], report["plan"]["depths"]
+    rows = list(report["rows"])
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.6), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        grid = np.zeros((len(lengths), len(depths)))
+        for entry in report["rows"][row]:
+            grid[lengths.index(entry["length"]), depths.index(entry["depth"])] = entry["all"]
+        ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+        ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+        ax.set_xlabel("needle depth")
+        ax.set_ylabel("haystack frames")
+        ax.set_title(row)
+        for i in range(len(lengths)):
+            for j in range(len(depths)):
+                ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_report(report: dict) -> str:
+    """A readable table: per row, accuracy per question kind and recall@k, averaged over the grid."""
+    lines = ["row            what  colour  when   all  recall@k"]
+    for row, entries in report["rows"].items():
+        mean = {
+            k: sum(e.get(k, 0.0) for e in entries) / len(entries)
+            for k in ("what", "colour", "when", "all", "recall@k")
+        }
+        recall = f"{mean['recall@k']:8.1%}" if any("recall@k" in e for e in entries) else "       -"
+        lines.append(
+            f"{row:<13} {mean['what']:5.1%} {mean['colour']:6.1%} {mean['when']:5.1%} {mean['all']:5.1%} {recall}"
+        )
+    return "\n".join(lines)

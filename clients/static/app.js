@@ -1,0 +1,238 @@
+// The longwatch browser client: send the camera over WebRTC, ask questions, list streams.
+// Talks to the service's HTTP side only: POST /offer, POST /api/ask, GET /api/streams.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const STATS_MS = 1000;
+const STREAMS_MS = 3000;
+const ICE_GATHER_MS = 3000;
+
+let pc = null;
+let media = null;
+let statsTimer = null;
+
+// --- helpers -------------------------------------------------------------------------------
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+// 3723.5 -> "1:02:03.5", 12 -> "0:12", as the command line prints times.
+function formatTime(seconds) {
+  const tenths = Math.round(Math.abs(seconds) * 10);
+  const h = Math.floor(tenths / 36000);
+  const m = Math.floor((tenths % 36000) / 600);
+  const s = Math.floor((tenths % 600) / 10);
+  const t = tenths % 10;
+  const pad = (n) => String(n).padStart(2, "0");
+  const text = h ? `${h}:${pad(m)}:${pad(s)}` : `${m}:${pad(s)}`;
+  return t ? `${text}.${t}` : text;
+}
+
+// Control characters (an untrained model emits them) shown escaped rather than interpreted.
+function printable(text) {
+  return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f\ufffd]/g,
+    (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
+}
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: body ? { "Content-Type": "application/json" } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (e) {
+    throw new Error(`${path}: HTTP ${response.status}, not JSON`);
+  }
+  if (!response.ok) throw new Error(data && data.error ? data.error : `${path}: HTTP ${response.status}`);
+  return data;
+}
+
+// The offer is sent whole, with its ICE candidates: wait until gathering is complete (or enough).
+function iceGatheringDone(peer) {
+  if (peer.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ICE_GATHER_MS);
+    peer.addEventListener("icegatheringstatechange", () => {
+      if (peer.iceGatheringState === "complete") {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+}
+
+// --- sending -------------------------------------------------------------------------------
+
+function setSending(sending) {
+  $("start").disabled = sending;
+  $("stop").disabled = !sending;
+  $("stream-id").disabled = sending;
+}
+
+async function start(event) {
+  event.preventDefault();
+  showError("");
+  setSending(true);
+  try {
+    media = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 480 } },
+      audio: false,
+    });
+    $("preview").srcObject = media;
+    pc = new RTCPeerConnection({ iceServers: [] });
+    pc.addEventListener("connectionstatechange", showConnection);
+    for (const track of media.getVideoTracks()) {
+      pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc);
+    const answer = await api("POST", "/offer", {
+      sdp: pc.localDescription.sdp,
+      type: "offer",
+      stream_id: $("stream-id").value.trim() || null,
+    });
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    $("current-stream").textContent = answer.stream_id;
+    $("current-stream").className = "live";
+    $("stream-id").value = answer.stream_id;
+    if (!$("ask-stream").value) $("ask-stream").value = answer.stream_id;
+    statsTimer = setInterval(showFramesSent, STATS_MS);
+    refreshStreams();
+  } catch (e) {
+    showError(`could not start: ${e.message}`);
+    stop();
+  }
+}
+
+// Closing the connection ends the stream: the service commits its last frames.
+function stop() {
+  if (statsTimer) clearInterval(statsTimer);
+  statsTimer = null;
+  if (pc) {
+    showFramesSent();
+    pc.close();
+  }
+  pc = null;
+  if (media) media.getTracks().forEach((t) => t.stop());
+  media = null;
+  $("preview").srcObject = null;
+  $("connection").textContent = "closed";
+  $("current-stream").className = "";
+  setSending(false);
+  setTimeout(refreshStreams, 500);
+}
+
+function showConnection() {
+  if (!pc) return;
+  $("connection").textContent = pc.connectionState;
+  if (pc.connectionState === "failed") {
+    showError("the WebRTC connection failed (is the service reachable from this browser?)");
+    stop();
+  }
+}
+
+async function showFramesSent() {
+  if (!pc) return;
+  const report = await pc.getStats();
+  report.forEach((s) => {
+    if (s.type === "outbound-rtp" && (s.kind || s.mediaType) === "video") {
+      $("frames-sent").textContent = String(s.framesSent ?? s.framesEncoded ?? 0);
+    }
+  });
+}
+
+// --- asking --------------------------------------------------------------------------------
+
+async function ask(event) {
+  event.preventDefault();
+  showError("");
+  $("ask").disabled = true;
+  $("ask").textContent = "Asking…";
+  try {
+    const result = await api("POST", "/api/ask", {
+      stream_id: $("ask-stream").value.trim(),
+      question: $("question").value,
+    });
+    showAnswer(result);
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    $("ask").disabled = false;
+    $("ask").textContent = "Ask";
+  }
+}
+
+function showAnswer(result) {
+  const text = printable(result.answer).trim();
+  $("answer").textContent = text || "(the model answered only blank space)";
+  const list = $("evidence");
+  list.replaceChildren();
+  for (const e of result.evidence) {
+    const item = document.createElement("li");
+    item.className = "span";
+    item.textContent = `${formatTime(e.start_s)} – ${formatTime(e.end_s)}  ·  score ${e.score.toFixed(2)}  ·  chunk ${e.chunk_index}`;
+    list.appendChild(item);
+  }
+  const total = result.timings && result.timings.total_ms;
+  $("timing").textContent = total ? `${Math.round(total)} ms · ${result.model}` : result.model;
+  $("answer-box").hidden = false;
+}
+
+// --- streams -------------------------------------------------------------------------------
+
+async function refreshStreams() {
+  let streams;
+  try {
+    streams = await api("GET", "/api/streams");
+  } catch (e) {
+    return; // the table keeps its last content; errors show where the user acted
+  }
+  const body = $("streams");
+  body.replaceChildren();
+  if (!streams.length) {
+    body.innerHTML = '<tr><td colspan="6">no streams yet</td></tr>';
+    return;
+  }
+  for (const s of streams) {
+    const row = document.createElement("tr");
+    const id = document.createElement("a");
+    id.textContent = s.stream_id;
+    id.title = "ask about this stream";
+    id.addEventListener("click", () => { $("ask-stream").value = s.stream_id; $("question").focus(); });
+    const cells = [id, s.state, formatTime(s.duration_s), `${s.frames_kept}/${s.frames_sampled}`,
+      String(s.chunks), String(s.frames_dropped)];
+    for (const value of cells) {
+      const cell = document.createElement("td");
+      if (typeof value === "string") cell.textContent = value; else cell.appendChild(value);
+      if (value === "live") cell.className = "live";
+      row.appendChild(cell);
+    }
+    body.appendChild(row);
+  }
+}
+
+// --- wiring --------------------------------------------------------------------------------
+
+$("send-form").addEventListener("submit", start);
+$("stop").addEventListener("click", stop);
+$("ask-form").addEventListener("submit", ask);
+window.addEventListener("beforeunload", () => { if (pc) pc.close(); });
+
+const preset = new URLSearchParams(location.search).get("stream");
+if (preset) {
+  $("stream-id").value = preset;
+  $("ask-stream").value = preset;
+}
+if (!window.RTCPeerConnection || !navigator.mediaDevices) {
+  showError("this browser cannot send video from here: WebRTC and the camera need a secure page " +
+    "(https, or http://localhost)");
+  $("start").disabled = true;
+}
+refreshStreams();
+setInterval(refreshStreams, STREAMS_MS);

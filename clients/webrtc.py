@@ -1,0 +1,310 @@
+"""Sending video to longwatch over WebRTC with aiortc: a file, a camera (v4l2) or a test pattern.
+
+    from longwatch.clients.webrtc import open_source, send_video
+
+    result = send_video("localhost:8080", open_source(path="clip.mp4"), stream_id="cam1")
+    print(result.frames_sent, result.stream["chunks"])
+
+The sender POSTs its SDP offer to the service's `/offer` (aiortc gathers every ICE candidate
+before the offer is complete, so there is no trickle), applies the answer and sends until the
+source ends, `seconds` pass, or it is cancelled (Ctrl-C in `longwatch stream`). Then it closes
+the connection and waits until the service reports the stream no longer live, i.e. its last
+partial chunk is committed, so an immediate reconnect with the same id continues the stream.
+Files play at their own speed (aiortc's MediaPlayer paces them), as a camera would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from longwatch.clients.client import DEFAULT_HTTP_SERVER, LongWatchError
+
+__all__ = [
+    "DEFAULT_HTTP_SERVER",
+    "SendResult",
+    "TestPatternTrack",
+    "WebRTCSender",
+    "open_source",
+    "send_video",
+]
+VIDEO_CLOCK = 90_000  # RTP's video clock rate
+DRAIN_S = 0.3  # after the source ends, time for the frames in flight to arrive
+ENDED_TIMEOUT_S = 30.0  # how long to wait for the service to commit the last chunk
+_POLL_S = 0.1
+
+ProgressCallback = Callable[[int, float], None]  # (frames sent, seconds since the start)
+
+
+class WebRTCSendError(LongWatchError):
+    """Signalling or the connection failed; the message is one line saying why.
+
+    http_status: the service's HTTP status when it answered with an error, else 0.
+    """
+
+    def __init__(self, message: str, http_status: int = 0) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a send did, and the service's view of the stream once it ended (GET /api/streams/ID)."""
+
+    stream_id: str
+    frames_sent: int
+    seconds: float
+    interrupted: bool  # stopped by cancellation (Ctrl-C) rather than by the source or `seconds`
+    stream: dict[str, Any]
+
+
+def http_base(server: str) -> str:
+    """ "host:port" or a full URL -> the URL the service's HTTP API lives under (no trailing slash)."""
+    base = server if server.startswith(("http://", "https://")) else f"http://{server}"
+    return base.rstrip("/")
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+class TestPatternTrack(MediaStreamTrack):
+    """Colour bars with a white square sweeping across, at `fps`: every frame differs a little.
+
+    Deterministic (frame n always looks the same) and cheap to draw, for trying a service
+    without a camera and for tests.
+    """
+
+    kind = "video"
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(self, width: int = 320, height: int = 240, fps: float = 15.0) -> None:
+        super().__init__()
+        if width < 16 or height < 16 or fps <= 0:
+            raise ValueError(
+                f"test pattern needs at least 16x16 pixels and fps > 0, got {width}x{height}@{fps}"
+            )
+        self.width, self.height, self.fps = width, height, fps
+        self._bars = _colour_bars(width, height)  # (H, W, 3) uint8
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            await asyncio.sleep(max(0.0, self._start + self._n / self.fps - time.monotonic()))
+        frame = av.VideoFrame.from_ndarray(self.draw(self._n), format="rgb24")
+        frame.pts = round(self._n * VIDEO_CLOCK / self.fps)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self._n += 1
+        return frame
+
+    def draw(self, n: int) -> np.ndarray:
+        """Frame n: (height, width, 3) uint8 RGB."""
+        image = self._bars.copy()
+        side = max(4, self.height // 6)
+        x = (n * 4) % max(1, self.width - side)
+        y = (self.height - side) // 2
+        image[y : y + side, x : x + side] = 255
+        return image
+
+
+def _colour_bars(width: int, height: int) -> np.ndarray:
+    colours = np.array(
+        [[192, 192, 192], [192, 192, 0], [0, 192, 192], [0, 192, 0], [192, 0, 192], [192, 0, 0], [0, 0, 192]],
+        dtype=np.uint8,
+    )
+    columns = colours[np.arange(width) * len(colours) // width]  # (W, 3)
+    return np.ascontiguousarray(np.broadcast_to(columns, (height, width, 3)))
+
+
+def open_source(
+    path: str | None = None,
+    camera: str | None = None,
+    test_pattern: bool = False,
+    size: tuple[int, int] | None = None,
+) -> MediaStreamTrack:
+    """The video track of exactly one source: a file, a v4l2 camera device, or the test pattern.
+
+    size: (width, height) asked of a camera or given to the test pattern; a file keeps its own.
+    """
+    if sum((path is not None, camera is not None, test_pattern)) != 1:
+        raise WebRTCSendError("give exactly one source: a file, a camera device or the test pattern")
+    if test_pattern:
+        width, height = size or (320, 240)
+        return TestPatternTrack(width, height)
+    options = {"video_size": f"{size[0]}x{size[1]}"} if size and camera else None
+    try:
+        player = MediaPlayer(path or camera, format="v4l2" if camera else None, options=options)
+    except (OSError, av.FFmpegError) as e:
+        raise WebRTCSendError(f"cannot open {path or camera}: {_one_line(e)}") from e
+    if player.video is None:
+        raise WebRTCSendError(f"{path or camera} has no video")
+    return player.video
+
+
+class CountingTrack(MediaStreamTrack):
+    """Relays a source track to the connection, counting frames and noticing when it ends."""
+
+    kind = "video"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.source = source
+        self.frames_sent = 0
+        self.ended = asyncio.Event()
+
+    async def recv(self) -> av.VideoFrame:
+        try:
+            frame = await self.source.recv()
+        except MediaStreamError:
+            self.ended.set()
+            raise
+        self.frames_sent += 1
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self.source.stop()
+
+
+# --- the sender -----------------------------------------------------------------------------
+
+
+class WebRTCSender:
+    """One WebRTC connection sending one track to a longwatch service as a live stream.
+
+    stream_id None lets the service pick one (it is in the result).
+    """
+
+    def __init__(
+        self,
+        http_server: str,
+        track: MediaStreamTrack,
+        stream_id: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.base = http_base(http_server)
+        self.track = CountingTrack(track)
+        self.stream_id = stream_id
+        self.on_progress = on_progress
+
+    async def run(self, seconds: float | None = None) -> SendResult:
+        """Send until the source ends, `seconds` pass or the task is cancelled; then end cleanly."""
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(self.track, direction="sendonly")
+        started = time.monotonic()
+        interrupted = False
+        async with aiohttp.ClientSession() as http:
+            try:
+                await self._connect(http, pc)
+                interrupted = await self._send(pc, started, seconds)
+            finally:
+                await pc.close()
+                self.track.stop()
+            elapsed = time.monotonic() - started
+            stream = await self._wait_ended(http)
+        return SendResult(self.stream_id or "", self.track.frames_sent, elapsed, interrupted, stream)
+
+    async def _connect(self, http: aiohttp.ClientSession, pc: RTCPeerConnection) -> None:
+        await pc.setLocalDescription(await pc.createOffer())
+        body = {"sdp": pc.localDescription.sdp, "type": "offer", "stream_id": self.stream_id}
+        answer = await self._request(http, "POST", "/offer", body)
+        self.stream_id = answer["stream_id"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+
+    async def _send(self, pc: RTCPeerConnection, started: float, seconds: float | None) -> bool:
+        """Wait for the end; True if it came from cancellation (Ctrl-C)."""
+        deadline = None if seconds is None else started + seconds
+        try:
+            while not self.track.ended.is_set():
+                if pc.connectionState == "failed":
+                    raise WebRTCSendError(f"WebRTC connection to {self.base} failed (ICE could not connect)")
+                if pc.connectionState == "closed":
+                    raise WebRTCSendError(f"{self.base} closed the connection (is the service stopping?)")
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.track.ended.wait(), timeout=0.5)
+                if self.on_progress is not None:
+                    self.on_progress(self.track.frames_sent, time.monotonic() - started)
+            await asyncio.sleep(DRAIN_S)
+        except asyncio.CancelledError:
+            _uncancel()
+            return True
+        return False
+
+    async def _wait_ended(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        """Poll the stream until it is no longer live: its last chunk is committed then."""
+        deadline = time.monotonic() + ENDED_TIMEOUT_S
+        while True:
+            try:
+                stream = await self._request(http, "GET", f"/api/streams/{self.stream_id}")
+            except WebRTCSendError as e:
+                if e.http_status == 404:  # a new stream that got no frame is not kept
+                    raise WebRTCSendError(
+                        f"no frame reached the service; {self.stream_id} was not kept"
+                    ) from e
+                raise
+            if stream.get("state") != "live" or time.monotonic() > deadline:
+                return stream
+            await asyncio.sleep(_POLL_S)
+
+    async def _request(
+        self, http: aiohttp.ClientSession, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        url = self.base + path
+        try:
+            async with http.request(method, url, json=body) as response:
+                data = await response.json(content_type=None)
+                if response.status >= 400:
+                    error = data.get("error") if isinstance(data, dict) else None
+                    raise WebRTCSendError(f"{url}: {error or f'HTTP {response.status}'}", response.status)
+        except aiohttp.ClientError as e:
+            raise WebRTCSendError(f"cannot reach {url}: {_one_line(e)}") from e
+        except ValueError as e:
+            raise WebRTCSendError(f"{url} did not answer JSON: {_one_line(e)}") from e
+        if not isinstance(data, dict):
+            raise WebRTCSendError(f"{url} answered {type(data).__name__}, expected a JSON object")
+        return data
+
+
+def send_video(
+    http_server: str,
+    track: MediaStreamTrack,
+    stream_id: str | None = None,
+    seconds: float | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> SendResult:
+    """Blocking form of `WebRTCSender(...).run(seconds)`, on a fresh event loop.
+
+    Ctrl-C (SIGINT) ends the send cleanly, the same as the source ending: the result says so.
+    """
+    sender = WebRTCSender(http_server, track, stream_id, on_progress)
+    return asyncio.run(sender.run(seconds))
+
+
+def _uncancel() -> None:
+    """Take back a cancellation we handle (Ctrl-C ends the send cleanly instead of aborting it)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
