@@ -34,7 +34,7 @@ from longwatch.clients.format import (
     format_streams_table,
 )
 from longwatch.proto import longwatch_pb2 as pb
-from longwatch.stream.settings import add_service_arguments, settings_from_args
+from longwatch.stream.settings import add_service_arguments, address_list, settings_from_args
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -138,6 +138,7 @@ def _add_train(commands: Any) -> None:
         "--out", type=Path, required=True, help="run folder: checkpoint, log, adapter (and base)"
     )
     sub.add_argument("--base", type=Path, help="VideoLLaMA3 checkpoint folder (stage summary)")
+    sub.add_argument("--adapter", type=Path, help="stage summary: start from this adapter instead of copies")
     sub.add_argument("--data", default="needles", help="'needles' (synthetic) or a JSONL file")
     sub.add_argument("--steps", type=int, default=1000, help="steps after vision pretraining")
     sub.add_argument("--vision-steps", type=int, default=3000, help="stage base: vision pretraining steps")
@@ -186,6 +187,15 @@ def _add_stream(commands: Any) -> None:
     )
     sub.add_argument(
         "--size", type=parse_size, metavar="WxH", help="camera or test pattern size (e.g. 640x480)"
+    )
+    sub.add_argument(
+        "--ice-address",
+        dest="ice_addresses",
+        action="append",
+        type=address_list,
+        metavar="ADDR",
+        help="an address WebRTC may use, on both ends (repeatable); e.g. 127.0.0.1 to a service "
+        "started with --webrtc-address 127.0.0.1. Default: all of this machine's but loopback",
     )
 
 
@@ -388,7 +398,10 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             bar.set_postfix(seconds=f"{seconds:.0f}", refresh=False)
             bar.refresh()
 
-        result = send_video(args.http_server, track, args.stream, args.seconds, on_progress=progress)
+        addresses = tuple(a for group in args.ice_addresses for a in group) if args.ice_addresses else None
+        result = send_video(
+            args.http_server, track, args.stream, args.seconds, on_progress=progress, ice_addresses=addresses
+        )
     print(format_send_summary(result))
     return 0
 

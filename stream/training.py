@@ -128,7 +128,12 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
 
 
 def train_stage(
-    config: TrainConfig, out: Path, base: Path | None, source: ClipSource, args: argparse.Namespace
+    config: TrainConfig,
+    out: Path,
+    base: Path | None,
+    source: ClipSource,
+    args: argparse.Namespace,
+    adapter: Path | None = None,
 ) -> Path:
     """Run one stage into `out` (resuming from its checkpoint); returns the base folder its adapter fits."""
     out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +143,7 @@ def train_stage(
         if not (base / "config.json").exists():
             new_base(base, config.seed, model_config.system_prompt)
     model_config.path = base
+    model_config.adapter = adapter  # a summary stage starts from the summary tokens it is given
     trainer = Trainer(load_model(model_config), source, config, out)
     if trainer.load_checkpoint():
         print(f"resuming {out} at step {trainer.step}/{config.total_steps}")
@@ -167,15 +173,20 @@ def run_train(args: argparse.Namespace) -> int:
     """
     out = Path(args.out)
     source: ClipSource = (
-        NeedleClips(min_chunks=1) if args.data == "needles" else JsonlClips(read_jsonl(Path(args.data)))
+        NeedleClips(min_chunks=1, short_chunks=(1, 2, 4))
+        if args.data == "needles"
+        else JsonlClips(read_jsonl(Path(args.data)))
     )
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
     if args.stage != "demo":
-        train_stage(train_config_from_args(args, args.stage), out, args.base, source, args)
+        train_stage(train_config_from_args(args, args.stage), out, args.base, source, args, args.adapter)
         return 0
     base = train_stage(train_config_from_args(args, "base"), out / "runs" / "base", None, source, args)
-    train_stage(train_config_from_args(args, "summary"), out / "runs" / "summary", base, source, args)
+    # The base stage trains summary tokens jointly; the summary stage refines that adapter.
+    base_adapter = out / "runs" / "base" / "adapter"
+    summary_config = train_config_from_args(args, "summary")
+    train_stage(summary_config, out / "runs" / "summary", base, source, args, base_adapter)
     for name, src in (("base", base), ("adapter", out / "runs" / "summary" / "adapter")):
         if (out / name).exists():
             shutil.rmtree(out / name)
