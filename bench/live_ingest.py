@@ -9,7 +9,8 @@ the run nothing is dropped, so frames / wall time is the pipeline's own rate; a 
 the default queue and frames paced in real time at `--fps` shows whether a camera at that rate
 would lose frames. webrtc: the test pattern sent in real time at `--fps` for `--seconds` over a
 loopback aiortc connection (encode, send, decode, sample at `--fps`), counting what arrived and
-what was dropped. Starts its own service (embedded Redis, built-in model) in a temporary folder.
+what was dropped. Starts its own service (embedded Redis, built-in model) in a temporary folder;
+WebRTC uses 127.0.0.1 only, at both ends.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from longwatch.clients.webrtc import TestPatternTrack, send_video
 from longwatch.model.synthetic import SyntheticFootage
 from longwatch.stream.server import LongWatchServer
 from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
+
+LOOPBACK = ("127.0.0.1",)
 
 
 def footage(n: int, width: int, height: int, fps: float) -> list[np.ndarray]:
@@ -58,7 +61,9 @@ def grpc_run(
 
 def webrtc_run(server: LongWatchServer, size: tuple[int, int], fps: float, seconds: float) -> None:
     track = TestPatternTrack(*size, fps=fps)
-    result = send_video(f"127.0.0.1:{server.http_port}", track, "bench-webrtc", seconds=seconds)
+    result = send_video(
+        f"127.0.0.1:{server.http_port}", track, "bench-webrtc", seconds=seconds, ice_addresses=LOOPBACK
+    )
     s = result.stream
     print(
         f"webrtc {size[0]}x{size[1]} at {fps:g} fps for {result.seconds:.1f} s: {result.frames_sent} sent, "
@@ -81,14 +86,14 @@ def main() -> None:
         for queue, paced in ((args.frames + 1, False), (LiveConfig().queue_frames, True)):
             if args.mode == "webrtc":
                 break
-            settings = ServiceSettings(
-                port=0, http_port=0, state_dir=Path(tmp), ingest=ingest, live=LiveConfig(queue_frames=queue)
-            )
+            live = LiveConfig(queue_frames=queue, ice_addresses=LOOPBACK)
+            settings = ServiceSettings(port=0, http_port=0, state_dir=Path(tmp), ingest=ingest, live=live)
             with LongWatchServer(settings) as server:
                 frames = footage(args.frames, width, height, args.fps)
                 grpc_run(server, f"bench-grpc-{queue}", frames, args.fps, paced)
         if args.mode != "grpc":
-            settings = ServiceSettings(port=0, http_port=0, state_dir=Path(tmp), ingest=ingest)
+            live = LiveConfig(ice_addresses=LOOPBACK)
+            settings = ServiceSettings(port=0, http_port=0, state_dir=Path(tmp), ingest=ingest, live=live)
             with LongWatchServer(settings) as server:
                 webrtc_run(server, (width, height), args.fps, args.seconds)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -118,6 +119,7 @@ def run_demo(args: argparse.Namespace) -> int:
     settings.port = 0  # any free port: the demo must not collide with a running `longwatch serve`
     settings.http_port = 0
     settings.host = "127.0.0.1"
+    settings.live = dataclasses.replace(settings.live, ice_addresses=("127.0.0.1",))  # WebRTC too
     print(f"longwatch demo: state in {settings.state_dir}", flush=True)
     t0 = time.perf_counter()
     with LongWatchServer(settings) as server:

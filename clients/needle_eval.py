@@ -78,7 +78,7 @@ class Cell:
 
 
 def row_settings(row: str, base: ModelConfig, plan: EvalPlan, state_dir: Path) -> ServiceSettings:
-    from longwatch.stream.settings import IngestConfig, ServiceSettings
+    from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
 
     mode = "raw" if row in ("keep-raw", "uniform-180") else "summary"
     model = ModelConfig(
@@ -98,6 +98,7 @@ def row_settings(row: str, base: ModelConfig, plan: EvalPlan, state_dir: Path) -
         ingest=IngestConfig(
             fps=1.0, frames_per_chunk=plan.frames_per_chunk, max_tokens_per_frame=plan.max_tokens_per_frame
         ),
+        live=LiveConfig(ice_addresses=("127.0.0.1",)),  # a private service: WebRTC (unused) on loopback
         model=model,
     )
 

@@ -11,6 +11,9 @@ source ends, `seconds` pass, or it is cancelled (Ctrl-C in `longwatch stream`). 
 the connection and waits until the service reports the stream no longer live, i.e. its last
 partial chunk is committed, so an immediate reconnect with the same id continues the stream.
 Files play at their own speed (aiortc's MediaPlayer paces them), as a camera would.
+
+`ice_addresses` keeps the connection on those addresses at both ends (longwatch.stream.ice):
+`("127.0.0.1",)` to a service started with `--webrtc-address 127.0.0.1` never leaves loopback.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from longwatch.clients.client import DEFAULT_HTTP_SERVER, LongWatchError
+from longwatch.stream.ice import parse_ice_addresses, restrict_remote_sdp, set_local_description
 
 __all__ = [
     "DEFAULT_HTTP_SERVER",
@@ -189,6 +193,9 @@ class WebRTCSender:
     """One WebRTC connection sending one track to a longwatch service as a live stream.
 
     stream_id None lets the service pick one (it is in the result).
+    ice_addresses: the addresses ICE may use at both ends, e.g. ("127.0.0.1",) (ValueError if one
+        is not an IP address); None: all of this machine's addresses but loopback, and the
+        service's candidates as it offers them.
     """
 
     def __init__(
@@ -197,11 +204,13 @@ class WebRTCSender:
         track: MediaStreamTrack,
         stream_id: str | None = None,
         on_progress: ProgressCallback | None = None,
+        ice_addresses: tuple[str, ...] | None = None,
     ) -> None:
         self.base = http_base(http_server)
         self.track = CountingTrack(track)
         self.stream_id = stream_id
         self.on_progress = on_progress
+        self.ice_addresses = None if ice_addresses is None else parse_ice_addresses(ice_addresses)
 
     async def run(self, seconds: float | None = None) -> SendResult:
         """Send until the source ends, `seconds` pass or the task is cancelled; then end cleanly."""
@@ -221,11 +230,23 @@ class WebRTCSender:
         return SendResult(self.stream_id or "", self.track.frames_sent, elapsed, interrupted, stream)
 
     async def _connect(self, http: aiohttp.ClientSession, pc: RTCPeerConnection) -> None:
-        await pc.setLocalDescription(await pc.createOffer())
+        await set_local_description(pc, await pc.createOffer(), self.ice_addresses)
         body = {"sdp": pc.localDescription.sdp, "type": "offer", "stream_id": self.stream_id}
         answer = await self._request(http, "POST", "/offer", body)
         self.stream_id = answer["stream_id"]
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=self._restrict(answer["sdp"]), type="answer"))
+
+    def _restrict(self, sdp: str) -> str:
+        """The answer without ICE candidates on addresses this sender may not use."""
+        if self.ice_addresses is None:
+            return sdp
+        try:
+            return restrict_remote_sdp(sdp, self.ice_addresses)
+        except ValueError as e:
+            raise WebRTCSendError(
+                f"{self.base} cannot be reached on the allowed addresses: {e} "
+                "(start the service with --webrtc-address for them, or drop --ice-address)"
+            ) from None
 
     async def _send(self, pc: RTCPeerConnection, started: float, seconds: float | None) -> bool:
         """Wait for the end; True if it came from cancellation (Ctrl-C)."""
@@ -289,12 +310,13 @@ def send_video(
     stream_id: str | None = None,
     seconds: float | None = None,
     on_progress: ProgressCallback | None = None,
+    ice_addresses: tuple[str, ...] | None = None,
 ) -> SendResult:
     """Blocking form of `WebRTCSender(...).run(seconds)`, on a fresh event loop.
 
     Ctrl-C (SIGINT) ends the send cleanly, the same as the source ending: the result says so.
     """
-    sender = WebRTCSender(http_server, track, stream_id, on_progress)
+    sender = WebRTCSender(http_server, track, stream_id, on_progress, ice_addresses)
     return asyncio.run(sender.run(seconds))
 
 

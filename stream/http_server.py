@@ -33,6 +33,7 @@ from longwatch.memory.records import StreamRecord
 from longwatch.memory.store import ChunkStore
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.errors import BadRequest, StreamMissing, one_line, status_for
+from longwatch.stream.ice import check_bindable
 from longwatch.stream.live import LiveRegistry
 from longwatch.stream.webrtc import WebRTCIngest
 
@@ -126,6 +127,7 @@ class LiveHttpServer:
     """aiohttp on a private event loop thread; `start()` returns the bound port, `stop()` closes all.
 
     top_k, max_new_tokens: defaults for /api/ask, as for gRPC Ask.
+    ice_addresses: the addresses WebRTC peers may use (LiveConfig.ice_addresses; None: all).
     """
 
     def __init__(
@@ -137,12 +139,13 @@ class LiveHttpServer:
         store: ChunkStore,
         top_k: int,
         max_new_tokens: int,
+        ice_addresses: tuple[str, ...] | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.answerer = answerer
         self.store = store
         self.top_k, self.max_new_tokens = top_k, max_new_tokens
-        self.webrtc = WebRTCIngest(registry)
+        self.webrtc = WebRTCIngest(registry, ice_addresses)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -172,6 +175,8 @@ class LiveHttpServer:
             self._loop = self._thread = None
 
     async def _start(self) -> int:
+        if self.webrtc.ice_addresses is not None:
+            check_bindable(self.webrtc.ice_addresses)  # a typo fails here, not as silent ICE failures
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
         app.add_routes(
             [

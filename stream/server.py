@@ -126,7 +126,14 @@ class LongWatchServer:
     def _start_http(self, service: LongWatchService) -> None:
         s = self.settings
         self.http = LiveHttpServer(
-            s.host, s.http_port, service.live, service.answerer, service.store, s.top_k, s.max_new_tokens
+            s.host,
+            s.http_port,
+            service.live,
+            service.answerer,
+            service.store,
+            s.top_k,
+            s.max_new_tokens,
+            s.live.ice_addresses,
         )
         self.http_port = self.http.start()
 
@@ -191,7 +198,9 @@ def serve_forever(settings: ServiceSettings) -> int:
     try:
         server.start()
         print(f"longwatch listening on {settings.host}:{server.port}", flush=True)
-        print(f"browser page and WebRTC on http://{settings.host}:{server.http_port}/", flush=True)
+        addresses = settings.live.ice_addresses
+        only = f" (WebRTC on {', '.join(addresses)} only)" if addresses else ""
+        print(f"browser page and WebRTC on http://{settings.host}:{server.http_port}/{only}", flush=True)
         stop.wait()
     finally:
         server.stop()

@@ -6,8 +6,10 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from longwatch.model.config import ModelConfig
+from longwatch.stream.ice import parse_ice_addresses
 
 
 def default_state_dir() -> Path:
@@ -49,12 +51,17 @@ class LiveConfig:
     recent_chunks: latest committed chunks Ask always adds for a live stream, besides top-k.
     max_frame_side, max_frame_bytes: the largest frame accepted over IngestFrames (width and
         height each, and bytes of one encoded or raw image); larger is INVALID_ARGUMENT.
+    ice_addresses: the addresses WebRTC peers may use on both ends (stream/ice.py): host
+        candidates are gathered on these only, and a sender's candidates on other addresses are
+        ignored. None offers all of the machine's addresses but loopback (aioice's default), for
+        browsers on other machines; ("127.0.0.1",) keeps WebRTC on loopback (tests, CI, the demo).
     """
 
     queue_frames: int = 32
     recent_chunks: int = 1
     max_frame_side: int = 4096
     max_frame_bytes: int = 4096 * 4096 * 3
+    ice_addresses: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.queue_frames < 1:
@@ -63,6 +70,8 @@ class LiveConfig:
             raise ValueError(f"recent_chunks must be >= 0, got {self.recent_chunks}")
         if self.max_frame_side < 16 or self.max_frame_bytes < 16 * 16 * 3:
             raise ValueError("frame limits must allow at least a 16x16 RGB frame")
+        if self.ice_addresses is not None:
+            self.ice_addresses = parse_ice_addresses(self.ice_addresses)
 
 
 INGEST_FIELDS = ("fps", "frames_per_chunk", "max_tokens_per_frame", "diff_threshold")
@@ -114,6 +123,28 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"LONGWATCH_{name}", default)
 
 
+def address_list(text: str) -> list[str]:
+    """Parse "127.0.0.1" or "127.0.0.1,::1" (a flag's value, or a variable's) as IP addresses."""
+    try:
+        return list(parse_ice_addresses(part for part in text.split(",") if part.strip()))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class AppendAddresses(argparse.Action):
+    """A repeatable address flag: the flags' addresses replace its variable's, never extend them."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        earlier = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*(earlier if isinstance(earlier, list) else []), *values])
+
+
 def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `longwatch serve` (and `demo`); each defaults to its LONGWATCH_* variable.
 
@@ -128,6 +159,17 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=_env("HTTP_PORT", "8080"),
         help="HTTP port for WebRTC signalling and the browser page (LONGWATCH_HTTP_PORT; 0 = any free)",
+    )
+    g.add_argument(
+        "--webrtc-address",
+        dest="webrtc_addresses",
+        action=AppendAddresses,
+        type=address_list,
+        default=_env("WEBRTC_ADDRESSES") or None,
+        metavar="ADDR",
+        help="an address WebRTC may use, on both ends (repeatable; LONGWATCH_WEBRTC_ADDRESSES, "
+        "comma-separated); default: all of the machine's addresses but loopback. "
+        "127.0.0.1 keeps WebRTC on this machine",
     )
     g.add_argument(
         "--redis-url",
@@ -181,7 +223,10 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         max_new_tokens=args.max_new_tokens,
         ingest=IngestConfig(**{k: getattr(args, k) for k in INGEST_FIELDS if getattr(args, k) is not None}),
         ingest_explicit=frozenset(k for k in INGEST_FIELDS if getattr(args, k) is not None),
-        live=LiveConfig(queue_frames=args.live_queue),
+        live=LiveConfig(
+            queue_frames=args.live_queue,
+            ice_addresses=tuple(args.webrtc_addresses) if args.webrtc_addresses else None,
+        ),
         model=ModelConfig(
             path=args.model,
             adapter=args.adapter,

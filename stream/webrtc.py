@@ -3,7 +3,8 @@
 Signalling is one HTTP exchange (stream/http.py): the sender POSTs an SDP offer that already
 holds its ICE candidates (no trickle) and gets the answer back. The service offers host
 candidates only and contacts no STUN server, so a sender must reach one of the service's own
-addresses (the same machine or network).
+addresses (the same machine or network). `LiveConfig.ice_addresses` narrows those addresses,
+on both ends (stream/ice.py): 127.0.0.1 keeps every packet on loopback.
 
 Each received frame (an av.VideoFrame, decoded by aiortc) goes to the stream's `LiveSession`
 with its presentation time; only the frames the sampler keeps are colour-converted. The peer is
@@ -25,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from longwatch.stream.errors import BadRequest, Stopping, one_line
+from longwatch.stream.ice import restrict_remote_sdp, selected_pair, set_local_description
 from longwatch.stream.images import VideoFrameImage
 from longwatch.stream.live import LiveRegistry, LiveSession
 
@@ -56,18 +58,32 @@ def parse_offer(sdp: object, sdp_type: object) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
-class WebRTCIngest:
-    """The peer connections feeding live streams; every method runs on the HTTP server's loop."""
+def restrict_offer(offer: RTCSessionDescription, addresses: tuple[str, ...] | None) -> RTCSessionDescription:
+    """The offer without ICE candidates on addresses WebRTC may not use; BadRequest if none is left."""
+    if addresses is None:
+        return offer
+    try:
+        return RTCSessionDescription(sdp=restrict_remote_sdp(offer.sdp, addresses), type=offer.type)
+    except ValueError as e:
+        raise BadRequest(f"the offer cannot connect to this service: {e} (--webrtc-address)") from None
 
-    def __init__(self, registry: LiveRegistry) -> None:
+
+class WebRTCIngest:
+    """The peer connections feeding live streams; every method runs on the HTTP server's loop.
+
+    ice_addresses: LiveConfig.ice_addresses, the addresses the peers may use (None: all).
+    """
+
+    def __init__(self, registry: LiveRegistry, ice_addresses: tuple[str, ...] | None = None) -> None:
         self.registry = registry
+        self.ice_addresses = ice_addresses
         self._peers: set[_Peer] = set()
 
     async def accept_offer(self, sdp: object, sdp_type: object, stream_id: str | None) -> tuple[str, str]:
         """Open (or continue) the stream and answer the offer; returns (answer SDP, stream id)."""
-        offer = parse_offer(sdp, sdp_type)
+        offer = restrict_offer(parse_offer(sdp, sdp_type), self.ice_addresses)
         session = await asyncio.to_thread(self.registry.open, stream_id, WEBRTC_SOURCE)
-        peer = _Peer(session, self._peers.discard)
+        peer = _Peer(session, self._peers.discard, self.ice_addresses)
         self._peers.add(peer)
         try:
             answer = await peer.answer(offer)
@@ -84,9 +100,15 @@ class WebRTCIngest:
 class _Peer:
     """One RTCPeerConnection and the live session its video feeds."""
 
-    def __init__(self, session: LiveSession, on_closed: Callable[[_Peer], None]) -> None:
+    def __init__(
+        self,
+        session: LiveSession,
+        on_closed: Callable[[_Peer], None],
+        ice_addresses: tuple[str, ...] | None,
+    ) -> None:
         self.session = session
         self._on_closed = on_closed
+        self._ice_addresses = ice_addresses
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._tasks: set[asyncio.Task[None]] = set()  # the track readers
         self._watcher: asyncio.Task[None] | None = None
@@ -97,7 +119,7 @@ class _Peer:
 
     async def answer(self, offer: RTCSessionDescription) -> str:
         await self.pc.setRemoteDescription(offer)
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await set_local_description(self.pc, await self.pc.createAnswer(), self._ice_addresses)
         self._watcher = asyncio.ensure_future(self._watch_connect())
         return self.pc.localDescription.sdp
 
@@ -109,6 +131,10 @@ class _Peer:
             self._spawn(_discard(track))
 
     def _on_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            pair = selected_pair(self.pc)
+            ends = "unknown" if pair is None else f"{_endpoint(pair[0])} <- {_endpoint(pair[1])}"
+            log.info("live stream %s: WebRTC connected, ICE pair %s", self.session.stream_id, ends)
         if self.pc.connectionState in ("failed", "closed"):
             self.schedule_close()
 
@@ -163,6 +189,11 @@ class _Peer:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _endpoint(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _discard(track: MediaStreamTrack) -> None:

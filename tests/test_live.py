@@ -1,13 +1,15 @@
 """Live ingest end to end: real gRPC on loopback, real aiortc peers, real Chromium, real Redis, real footage.
 
 One service for the module (2 fps, 4 frames per chunk, small frames) so that a few seconds of
-video make several chunks.
+video make several chunks. Every WebRTC peer here (the service's, the aiortc senders, Chromium)
+uses 127.0.0.1 only: no packet goes to another address, the machine's own LAN address included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import shutil
 import threading
@@ -23,7 +25,7 @@ import numpy as np
 import pytest
 import redis
 from footage import real_clip
-from test_live_units import _real_offer, encode_still
+from test_live_units import _real_offer, candidate_hosts, encode_still
 
 from longwatch.clients import cli
 from longwatch.clients.client import LiveFrame, LongWatchClient, LongWatchError
@@ -35,13 +37,15 @@ from longwatch.model.synthetic import encode_video
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.stream.decode import VideoFileReader
+from longwatch.stream.ice import restrict_remote_sdp, selected_pair, set_local_description
 from longwatch.stream.images import scale_rgb
 from longwatch.stream.server import LongWatchServer
-from longwatch.stream.settings import IngestConfig, ServiceSettings
+from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
 
 FPS = 2.0
 FRAMES_PER_CHUNK = 4
 SIZE = (160, 68)  # width, height: bikes.mp4's 640x272 scaled down
+LOOPBACK = ("127.0.0.1",)  # the only address WebRTC may use in these tests, at both ends
 
 
 def make_settings(state_dir: Path, redis_url: str) -> ServiceSettings:
@@ -52,6 +56,7 @@ def make_settings(state_dir: Path, redis_url: str) -> ServiceSettings:
         state_dir=state_dir,
         workers=8,
         ingest=IngestConfig(fps=FPS, frames_per_chunk=FRAMES_PER_CHUNK, max_tokens_per_frame=16),
+        live=LiveConfig(ice_addresses=LOOPBACK),
     )
 
 
@@ -272,12 +277,17 @@ def test_longwatch_stream_of_a_real_clip_beside_other_live_streams(
         results["side"] = last(client.ingest_frames("side", paced()))
 
     def pattern() -> None:
-        results["pattern"] = send_video(http, open_source(test_pattern=True), "pattern", seconds=3.0)
+        results["pattern"] = send_video(
+            http, open_source(test_pattern=True), "pattern", seconds=3.0, ice_addresses=LOOPBACK
+        )
 
     workers = [threading.Thread(target=grpc_feed), threading.Thread(target=pattern)]
     for w in workers:
         w.start()
-    code = cli.main(["stream", str(real_clip("bikes.mp4")), "--stream", "bikes-live", "--http-server", http])
+    code = cli.main(
+        ["stream", str(real_clip("bikes.mp4")), "--stream", "bikes-live", "--http-server", http]
+        + ["--ice-address", "127.0.0.1"]
+    )
     for w in workers:
         w.join(timeout=60)
     out = capsys.readouterr().out
@@ -303,6 +313,57 @@ def test_longwatch_stream_of_a_real_clip_beside_other_live_streams(
         assert [c.stream_id for c in chunks] == [sid] * len(spans)
         assert [c.index for c in chunks] == list(range(len(spans)))
     assert client.ask("bikes-live", "Who rides past?", max_new_tokens=2).evidence
+
+
+# --- WebRTC stays on loopback ---------------------------------------------------------------
+
+
+async def connect_aiortc_peer(base: str, stream_id: str) -> tuple[str, Any, str]:
+    """A loopback aiortc sender connected to the service: (the answer's SDP, the pair, the stream id)."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from longwatch.clients.webrtc import TestPatternTrack
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(TestPatternTrack(64, 48), direction="sendonly")
+    try:
+        await set_local_description(pc, await pc.createOffer(), LOOPBACK)
+        body = {"sdp": pc.localDescription.sdp, "type": "offer", "stream_id": stream_id}
+        status, answer = await asyncio.to_thread(http_json, base, "POST", "/offer", body)
+        assert status == 200, answer
+        sdp = restrict_remote_sdp(answer["sdp"], LOOPBACK)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        deadline = time.monotonic() + 30
+        while pc.connectionState != "connected":
+            assert pc.connectionState not in ("failed", "closed") and time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # a few frames, so that the stream is kept
+        return answer["sdp"], selected_pair(pc), answer["stream_id"]
+    finally:
+        await pc.close()
+
+
+def test_webrtc_uses_loopback_only_at_both_ends(
+    server: LongWatchServer, client: LongWatchClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service restricted to 127.0.0.1 answers with 127.0.0.1 candidates only, connects over a
+    loopback pair, and refuses an offer whose candidates are all elsewhere."""
+    caplog.set_level(logging.INFO, logger="longwatch.stream.webrtc")
+    base = f"http://127.0.0.1:{server.http_port}"
+    answer, pair, stream_id = asyncio.run(connect_aiortc_peer(base, "loopback-rtc"))
+    assert stream_id == "loopback-rtc"
+    assert candidate_hosts(answer) and set(candidate_hosts(answer)) == {"127.0.0.1"}
+    assert pair is not None and (pair[0][0], pair[1][0]) == ("127.0.0.1", "127.0.0.1")
+    wait_until(lambda: client.get_stream("loopback-rtc").state == "ready", 30, "the stream to end")
+    pairs = connected_pairs(caplog, "loopback-rtc")
+    assert len(pairs) == 1 and is_loopback_pair(pairs[0]), pairs
+    # The service's end of the pair is the sender's remote end, and the other way round.
+    assert pairs[0] == f"127.0.0.1:{pair[1][1]} <- 127.0.0.1:{pair[0][1]}"
+
+    elsewhere = asyncio.run(_real_offer()).replace(" 127.0.0.1 ", " 192.0.2.1 ")
+    code, refused = http_json(base, "POST", "/offer", {"sdp": elsewhere, "type": "offer", "stream_id": "far"})
+    assert code == 400 and "cannot connect to this service" in refused["error"], refused
+    assert "192.0.2.1" in refused["error"] and "far" not in {s.stream_id for s in client.list_streams()}
 
 
 # --- the browser page in headless Chromium --------------------------------------------------
@@ -331,23 +392,68 @@ def chromium_driver() -> Any:
         "--disable-sync",
         "--no-first-run",
         "--window-size=1200,1000",
+        # WebRTC on loopback: Chromium leaves loopback interfaces out of ICE unless told, and the
+        # service takes 127.0.0.1 only. Its other candidates (the LAN address) are dropped by
+        # the service, which also ignores checks sent from them. Host addresses stay plain IPs,
+        # not mDNS names (the page has camera permission; the flag makes it certain).
+        "--allow-loopback-in-peer-connection",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+        # No name lookups: Chromium's background services (autofill, accounts, updates) ask DNS
+        # for Google hosts even with --disable-background-networking. The page is at 127.0.0.1.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=driver), options=options)
 
 
+# The page's connection as Chromium sees it: the selected candidate pair and every remote candidate.
+PAGE_ICE_SCRIPT = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const stats = new Map();
+  (await pc.getStats()).forEach((s) => stats.set(s.id, s));
+  const address = (id) => (stats.get(id) || {}).address;
+  const all = [...stats.values()];
+  const transport = all.find((s) => s.type === "transport" && s.selectedCandidatePairId);
+  const pair = transport ? stats.get(transport.selectedCandidatePairId) : null;
+  return {
+    local: pair ? address(pair.localCandidateId) : null,
+    remote: pair ? address(pair.remoteCandidateId) : null,
+    remotes: all.filter((s) => s.type === "remote-candidate").map((s) => s.address),
+  };
+})().then(done, (e) => done({ error: String(e) }));
+"""
+
+
+def connected_pairs(caplog: pytest.LogCaptureFixture, stream_id: str) -> list[str]:
+    """The ICE pairs the service logged for a stream's connections ("local <- remote")."""
+    prefix = f"live stream {stream_id}: WebRTC connected, ICE pair "
+    return [r.getMessage()[len(prefix) :] for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+def is_loopback_pair(pair: str) -> bool:
+    return re.fullmatch(r"127\.0\.0\.1:\d+ <- 127\.0\.0\.1:\d+", pair) is not None
+
+
 def test_browser_page_sends_the_camera_and_asks(
-    server: LongWatchServer, client: LongWatchClient, tmp_path: Path
+    server: LongWatchServer, client: LongWatchClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    caplog.set_level(logging.INFO, logger="longwatch.stream.webrtc")
     driver = chromium_driver()
     try:
         driver.get(f"http://127.0.0.1:{server.http_port}/?stream=browser-cam")
         driver.find_element(By.ID, "start").click()
         WebDriverWait(driver, 30).until(lambda d: int(d.find_element(By.ID, "frames-sent").text or 0) >= 60)
         assert driver.find_element(By.ID, "current-stream").text == "browser-cam"
+        # Both ends of the pair in use are loopback, as the service also logged.
+        page_ice = driver.execute_async_script(PAGE_ICE_SCRIPT)
+        assert (page_ice["local"], page_ice["remote"]) == ("127.0.0.1", "127.0.0.1"), page_ice
+        assert set(page_ice["remotes"]) == {"127.0.0.1"}, page_ice  # the answer offered nothing else
+        pairs = connected_pairs(caplog, "browser-cam")
+        assert len(pairs) == 1 and is_loopback_pair(pairs[0]), pairs
         wait_until(lambda: client.get_stream("browser-cam").chunks >= 1, 30, "a committed chunk")
         assert client.get_stream("browser-cam").state == "live"
 
@@ -605,7 +711,10 @@ def test_stopping_the_service_ends_live_streams_with_their_last_chunks_committed
                 run(
                     "webrtc",
                     lambda: send_video(
-                        f"127.0.0.1:{srv.http_port}", open_source(test_pattern=True), "stop-rtc"
+                        f"127.0.0.1:{srv.http_port}",
+                        open_source(test_pattern=True),
+                        "stop-rtc",
+                        ice_addresses=LOOPBACK,
                     ),
                 ),
             ]

@@ -1,7 +1,10 @@
-"""The small parts of live ingest on their own: stream time, ingest state, frame images, SDP checks."""
+"""The small parts of live ingest on their own: stream time, ingest state, frame images, SDP checks,
+the ICE address restriction."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import io
 
 import av
@@ -9,16 +12,19 @@ import numpy as np
 import pytest
 import torch
 
+from longwatch.clients import cli
 from longwatch.clients.cli import parse_size
 from longwatch.clients.format import format_send_summary
-from longwatch.clients.webrtc import SendResult, TestPatternTrack, http_base
+from longwatch.clients.webrtc import SendResult, TestPatternTrack, WebRTCSender, WebRTCSendError, http_base
+from longwatch.stream import ice
 from longwatch.stream.errors import BadRequest
 from longwatch.stream.images import EncodedImage, RawImage, decode_image
 from longwatch.stream.live import IngestState, StreamClock
-from longwatch.stream.settings import LiveConfig
-from longwatch.stream.webrtc import parse_offer
+from longwatch.stream.settings import LiveConfig, settings_from_args
+from longwatch.stream.webrtc import parse_offer, restrict_offer
 
 LIMITS = LiveConfig()
+LOOPBACK = ("127.0.0.1",)
 
 
 def encode_still(rgb: np.ndarray, codec: str = "png") -> bytes:
@@ -124,19 +130,23 @@ def test_live_config_rejects_nonsense() -> None:
 
 
 async def _real_offer() -> str:
+    """An aiortc offer, its host candidates on loopback only."""
     from aiortc import RTCConfiguration, RTCPeerConnection
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver(TestPatternTrack(), direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
+    await ice.set_local_description(pc, await pc.createOffer(), LOOPBACK)
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
 
 
-def test_parse_offer_accepts_a_real_offer_and_refuses_the_rest() -> None:
-    import asyncio
+def candidate_hosts(sdp: str) -> list[str]:
+    """The connection address of each `a=candidate` line."""
+    return [line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")]
 
+
+def test_parse_offer_accepts_a_real_offer_and_refuses_the_rest() -> None:
     sdp = asyncio.run(_real_offer())
     assert parse_offer(sdp, "offer").sdp == sdp
     cases = [
@@ -173,3 +183,145 @@ def test_test_pattern_frames_differ_and_are_deterministic() -> None:
     assert track.draw(0).shape == (48, 64, 3)
     assert not np.array_equal(track.draw(0), track.draw(1))
     assert np.array_equal(track.draw(5), TestPatternTrack(64, 48).draw(5))
+
+
+# --- ICE addresses --------------------------------------------------------------------------
+
+
+def test_ice_addresses_are_ip_literals_in_canonical_form() -> None:
+    assert ice.parse_ice_addresses([" 127.0.0.1", "0:0::1", "127.0.0.1"]) == ("127.0.0.1", "::1")
+    for bad, message in (
+        ([], "at least one"),
+        (["localhost"], "expected an IP address"),
+        (["10.0.0"], "10.0.0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ice.parse_ice_addresses(bad)
+    assert LiveConfig().ice_addresses is None
+    assert LiveConfig(ice_addresses=("::1",)).ice_addresses == ("::1",)
+    with pytest.raises(ValueError, match="got 'cam.local'"):
+        LiveConfig(ice_addresses=("cam.local",))
+    assert ice.allows(LOOPBACK, "127.0.0.1") and not ice.allows(LOOPBACK, "127.0.0.2")
+    assert not ice.allows(LOOPBACK, "0b1f3c2a-1c9e-4b43.local")  # mDNS names are never allowed
+
+
+def serve_args(argv: list[str]) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["serve", *argv])
+
+
+def test_webrtc_address_flag_and_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.delenv("LONGWATCH_WEBRTC_ADDRESSES", raising=False)
+    assert settings_from_args(serve_args([])).live.ice_addresses is None
+    flags = ["--webrtc-address", "127.0.0.1", "--webrtc-address", "::1,127.0.0.1"]
+    assert settings_from_args(serve_args(flags)).live.ice_addresses == ("127.0.0.1", "::1")
+    monkeypatch.setenv("LONGWATCH_WEBRTC_ADDRESSES", "127.0.0.1, ::1")
+    assert settings_from_args(serve_args([])).live.ice_addresses == ("127.0.0.1", "::1")
+    # Flags replace the variable's addresses rather than add to them.
+    assert settings_from_args(serve_args(["--webrtc-address", "::1"])).live.ice_addresses == ("::1",)
+    monkeypatch.setenv("LONGWATCH_WEBRTC_ADDRESSES", "")
+    assert settings_from_args(serve_args([])).live.ice_addresses is None
+    for env, argv in (("127.0.0.1,nope", []), ("", ["--webrtc-address", "nope"])):
+        monkeypatch.setenv("LONGWATCH_WEBRTC_ADDRESSES", env)
+        with pytest.raises(SystemExit) as exit_:
+            serve_args(argv)
+        assert exit_.value.code == 2
+        assert "expected an IP address such as 127.0.0.1 or ::1, got 'nope'" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["stream", "--test-pattern", "--ice-address", "127.0.0.1"])
+    assert args.ice_addresses == [["127.0.0.1"]]
+
+
+OFFER_CANDIDATES = (
+    "a=candidate:1 1 udp 2122194687 127.0.0.1 58085 typ host generation 0\r\n"
+    "a=candidate:2 1 udp 2122063615 192.0.2.2 52263 typ host generation 0\r\n"
+    "a=candidate:3 1 udp 2122267903 ::1 54082 typ host generation 0\r\n"
+    "a=candidate:4 1 udp 2122134271 4f1c2b6e-93a1-4c2d-8e77-0a9d5b1c3e21.local 42519 typ host\r\n"
+    "a=candidate:5 1 tcp 1518214911 127.0.0.1 9 typ host tcptype active generation 0\r\n"
+)
+
+
+def test_remote_candidates_on_other_addresses_are_dropped_from_the_sdp() -> None:
+    sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n" + OFFER_CANDIDATES + "a=end-of-candidates\r\n"
+    kept = ice.restrict_remote_sdp(sdp, LOOPBACK)
+    assert candidate_hosts(kept) == ["127.0.0.1", "127.0.0.1"]
+    assert kept.startswith("v=0\r\nm=video") and kept.endswith("a=end-of-candidates\r\n")
+    assert candidate_hosts(ice.restrict_remote_sdp(sdp, ("::1", "192.0.2.2"))) == ["192.0.2.2", "::1"]
+    assert ice.restrict_remote_sdp("v=0\r\n", LOOPBACK) == "v=0\r\n"  # no candidates: nothing to drop
+    with pytest.raises(ValueError, match=r"all on other addresses \(192\.0\.2\.2, ::1, 4f1c.*\.local\)"):
+        ice.restrict_remote_sdp(sdp.replace("127.0.0.1", "192.0.2.2"), LOOPBACK)
+
+
+def test_a_restricted_service_refuses_an_offer_it_cannot_reach() -> None:
+    sdp = asyncio.run(_real_offer())
+    assert candidate_hosts(sdp) == ["127.0.0.1"]
+    offer = parse_offer(sdp, "offer")
+    assert restrict_offer(offer, None) is offer and restrict_offer(offer, LOOPBACK).sdp == sdp
+    elsewhere = parse_offer(sdp.replace(" 127.0.0.1 ", " 192.0.2.1 "), "offer")
+    with pytest.raises(
+        BadRequest, match=r"cannot connect to this service: .*\(192\.0\.2\.1\) .*127\.0\.0\.1"
+    ):
+        restrict_offer(elsewhere, LOOPBACK)
+
+
+def test_a_restricted_sender_refuses_an_answer_it_cannot_reach() -> None:
+    sender = WebRTCSender("127.0.0.1:8080", TestPatternTrack(), ice_addresses=("127.0.0.1", "127.0.0.1"))
+    assert sender.ice_addresses == LOOPBACK
+    answer = "v=0\r\n" + OFFER_CANDIDATES
+    assert candidate_hosts(sender._restrict(answer)) == ["127.0.0.1", "127.0.0.1"]
+    with pytest.raises(WebRTCSendError, match=r"on other addresses \(192\.0\.2\.2.*--webrtc-address"):
+        sender._restrict(answer.replace("127.0.0.1", "192.0.2.2"))
+    assert WebRTCSender("127.0.0.1:8080", TestPatternTrack())._restrict(answer) == answer
+    with pytest.raises(ValueError, match="got 'localhost'"):
+        WebRTCSender("127.0.0.1:8080", TestPatternTrack(), ice_addresses=("localhost",))
+
+
+class RecordingProtocol:
+    """Stands in for aioice's StunProtocol: records what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+
+    def send_stun(self, message: object, addr: tuple[str, int]) -> None:
+        self.sent.append(addr)
+
+
+def test_restricted_gathering_stays_on_its_addresses_and_leaks_to_no_other_peer() -> None:
+    from aioice import Candidate, stun
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    async def run() -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(TestPatternTrack(), direction="sendonly")
+        await ice.set_local_description(pc, await pc.createOffer(), LOOPBACK)
+        try:
+            assert candidate_hosts(pc.localDescription.sdp) == ["127.0.0.1"]
+            (connection,) = ice._connections(pc)
+            # Trickled candidates on other addresses never reach aioice.
+            for host in ("192.0.2.7", "127.0.0.1", "4f1c2b6e-93a1-4c2d-8e77-0a9d5b1c3e21.local"):
+                await connection.add_remote_candidate(
+                    Candidate("f", 1, "udp", 100, host, 5000, "host")  # foundation, component, ...
+                )
+            assert [c.host for c in connection.remote_candidates] == ["127.0.0.1"]
+            # Checks from other addresses are not answered (this one would get a 400 otherwise).
+            protocol = RecordingProtocol()
+            request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+            connection.request_received(request, ("192.0.2.7", 5000), protocol)
+            connection.request_received(request, ("127.0.0.1", 5000), protocol)
+            assert protocol.sent == [("127.0.0.1", 5000)]
+        finally:
+            await pc.close()
+
+    asyncio.run(run())
+    import aioice.ice
+
+    ice.install()  # again: harmless
+    original = ice._aioice_host_addresses
+    assert original is not None and aioice.ice.get_host_addresses is ice._host_addresses
+    # Outside set_local_description (other peers, unrestricted ones) aioice's own answer stands.
+    assert aioice.ice.get_host_addresses(True, True) == original(True, True)
+    ice.uninstall()
+    assert aioice.ice.get_host_addresses is original
+    ice.uninstall()  # again: harmless
+    assert candidate_hosts(asyncio.run(_real_offer())) == ["127.0.0.1"]  # installs itself again
+    assert aioice.ice.get_host_addresses is ice._host_addresses

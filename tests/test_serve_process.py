@@ -44,7 +44,8 @@ def test_serve_stops_on_signal_and_reaps_redis(tmp_path: Path, sig: signal.Signa
     env.pop("REDIS_URL", None)
     env.pop("LONGWATCH_REDIS_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "longwatch.clients.cli", "serve", "--port", "0", "--http-port", "0"],
+        [sys.executable, "-m", "longwatch.clients.cli", "serve", "--port", "0", "--http-port", "0"]
+        + ["--webrtc-address", "127.0.0.1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -53,6 +54,9 @@ def test_serve_stops_on_signal_and_reaps_redis(tmp_path: Path, sig: signal.Signa
     try:
         redis_pid = int(_wait_for_line(proc, r"embedded redis-server pid (\d+)", 60).group(1))
         port = int(_wait_for_line(proc, r"listening on 127\.0\.0\.1:(\d+)", 60).group(1))
+        _wait_for_line(
+            proc, r"browser page and WebRTC on http://127\.0\.0\.1:\d+/ \(WebRTC on 127\.0\.0\.1 only\)", 10
+        )
         with LongWatchClient(f"127.0.0.1:{port}", timeout=10) as client:
             client.wait_ready(timeout=10)
             assert client.list_streams() == []

@@ -22,7 +22,7 @@ from longwatch.clients.client import (
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.model.synthetic import SyntheticFootage, write_video
 from longwatch.stream.server import LongWatchServer
-from longwatch.stream.settings import IngestConfig, ServiceSettings
+from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
 
 GENERATED_SECONDS = 240
 
@@ -74,6 +74,7 @@ def make_settings(state_dir: Path, redis_url: str | None) -> ServiceSettings:
         state_dir=state_dir,
         workers=4,
         ingest=IngestConfig(fps=1.0, frames_per_chunk=8, max_tokens_per_frame=16),
+        live=LiveConfig(ice_addresses=("127.0.0.1",)),  # WebRTC, unused here, kept on loopback
     )
 
 
