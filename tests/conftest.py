@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 import torch
 
+from longwatch.clients.client import LongWatchClient
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.memory.store import RedisChunkStore, open_store
+from longwatch.stream.server import LongWatchServer
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +25,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A module's own real redis-server, standing in for a user's REDIS_URL (service tests)."""
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis-module")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A module's service state folder (models, samples)."""
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture
+def client(server: LongWatchServer) -> Iterator[LongWatchClient]:
+    """A client of the module's `server` fixture, once it reports healthy."""
+    with LongWatchClient(f"127.0.0.1:{server.port}", timeout=120) as c:
+        c.wait_ready(timeout=10)
+        yield c
 
 
 @pytest.fixture

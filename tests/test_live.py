@@ -61,31 +61,9 @@ def make_settings(state_dir: Path, redis_url: str) -> ServiceSettings:
 
 
 @pytest.fixture(scope="module")
-def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-live"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("state-live")
-
-
-@pytest.fixture(scope="module")
 def server(state_dir: Path, module_redis: EmbeddedRedis) -> Iterator[LongWatchServer]:
     with LongWatchServer(make_settings(state_dir, module_redis.url)) as srv:
         yield srv
-
-
-@pytest.fixture
-def client(server: LongWatchServer) -> Iterator[LongWatchClient]:
-    with LongWatchClient(f"127.0.0.1:{server.port}", timeout=60) as c:
-        c.wait_ready(timeout=10)
-        yield c
 
 
 @pytest.fixture(scope="module")

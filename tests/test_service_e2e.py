@@ -50,22 +50,6 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("state")
-
-
-@pytest.fixture(scope="module")
-def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """This module's own real redis-server, standing in for a user's REDIS_URL."""
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-e2e"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def make_settings(state_dir: Path, redis_url: str | None) -> ServiceSettings:
     return ServiceSettings(
         port=0,
@@ -82,13 +66,6 @@ def make_settings(state_dir: Path, redis_url: str | None) -> ServiceSettings:
 def server(state_dir: Path, module_redis: EmbeddedRedis) -> Iterator[LongWatchServer]:
     with LongWatchServer(make_settings(state_dir, module_redis.url)) as srv:
         yield srv
-
-
-@pytest.fixture
-def client(server: LongWatchServer) -> Iterator[LongWatchClient]:
-    with LongWatchClient(f"127.0.0.1:{server.port}", timeout=120) as c:
-        c.wait_ready(timeout=10)
-        yield c
 
 
 @pytest.fixture(scope="module")
