@@ -149,6 +149,7 @@ def _add_train(commands: Any) -> None:
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--alphas", default="2,4,8,16", help="alpha drawn per chunk from these")
     sub.add_argument("--summary-steps", type=int, default=500, help="stage demo: steps of its summary stage")
+    sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
     sub.add_argument("--device", default="cpu")
     sub.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -56,6 +56,7 @@ class TrainConfig:
     freeze_vision_steps: stage "base": steps after that with the vision tower frozen; then all
         weights train, the vision tower at vision_lr.
     raw_share: stage "base": share of clips answered in keep-raw mode (every token, no summaries).
+    clips_per_step: clips whose gradients are averaged per optimizer step (a batch, accumulated).
     """
 
     stage: str = "summary"
@@ -76,6 +77,7 @@ class TrainConfig:
     vision_batch: int = 32
     freeze_vision_steps: int = 0
     raw_share: float = 0.25
+    clips_per_step: int = 1
     checkpoint_every: int = 200
     grad_clip: float = 1.0
     warmup_steps: int = 20
@@ -351,21 +353,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale
         rng = np.random.default_rng([self.config.seed, self.step])  # data depends on (seed, step) only
+        self.optimizer.zero_grad(set_to_none=True)
         if self.phase == "vision":
             losses = vision_losses(self.lm, self.probe, rng, self.config)
-            weights = dict.fromkeys(losses, 1.0)
+            total = sum(losses.values())
+            total.backward()
         else:
-            losses = clip_losses(self.lm, self.source.clip(rng), self.config, rng)
-            c = self.config
-            weights = {
-                "lm": c.lm_weight,
-                "lm_raw": c.lm_weight,
-                "distill": c.distill_weight,
-                "retrieval": c.retrieval_weight,
-            }
-        total = sum(weights[k] * v for k, v in losses.items())
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+            total, losses = self._clip_batch(rng)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.optimizer.step()
@@ -379,6 +373,26 @@ class Trainer:
         )
         self.history.append(metrics)
         return metrics
+
+    def _clip_batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Accumulate the gradients of `clips_per_step` clips (backward per clip: memory stays one clip's)."""
+        c = self.config
+        weights = {
+            "lm": c.lm_weight,
+            "lm_raw": c.lm_weight,
+            "distill": c.distill_weight,
+            "retrieval": c.retrieval_weight,
+        }
+        total = torch.zeros(())
+        sums: dict[str, torch.Tensor] = {}
+        for _ in range(c.clips_per_step):
+            losses = clip_losses(self.lm, self.source.clip(rng), c, rng)
+            loss = sum(weights[k] * v for k, v in losses.items()) / c.clips_per_step
+            loss.backward()
+            total = total + loss.detach()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, torch.zeros(())) + v.detach() / c.clips_per_step
+        return total, sums
 
     def run(self, progress: Callable[[StepMetrics], None] | None = None) -> list[StepMetrics]:
         self.lm.model.train()

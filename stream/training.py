@@ -124,6 +124,7 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
         vision_steps=args.vision_steps if base else 0,
         freeze_vision_steps=args.freeze_vision_steps if base else 0,
         checkpoint_every=args.checkpoint_every,
+        clips_per_step=args.clips_per_step,
     )
 
 
