@@ -58,9 +58,9 @@ from longwatch.memory.records import (
     validate_stream_id,
 )
 from longwatch.memory.store import ChunkStore
+from longwatch.model.frames import grid_for
 from longwatch.stream.decode import SampledFrame, TimeSampler
 from longwatch.stream.errors import BadRequest, NotReady, Stopping, StreamBusy, one_line
-from longwatch.stream.frames import grid_for
 from longwatch.stream.images import FrameImage
 from longwatch.stream.pipeline import CommittedChunk, ModelRunner, StreamIngestor
 from longwatch.stream.settings import IngestConfig, LiveConfig
