@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.records import CorruptChunk
@@ -67,7 +68,7 @@ def chunk_to_bytes(chunk: ChunkCache) -> bytes:
         "alpha": int(chunk.alpha),
     }
     meta = json.dumps({"version": FORMAT_VERSION, **scalars}, sort_keys=True)
-    return safetensors.torch.save(tensors, metadata={META_KEY: meta})
+    return save_safetensors_bytes(tensors, metadata={META_KEY: meta})
 
 
 def chunk_from_bytes(data: bytes, *, name: str = "chunk") -> ChunkCache:
@@ -77,7 +78,7 @@ def chunk_from_bytes(data: bytes, *, name: str = "chunk") -> ChunkCache:
     data = bytes(data)
     metadata = _read_metadata(data, name)
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = load_safetensors_bytes(data)  # parses a header and raw buffers; no pickle
     except Exception as e:  # any parse failure of foreign bytes is corruption, whatever its type
         raise CorruptChunk(f"{name}: not a valid safetensors blob ({_one_line(e)})") from None
     missing = [t for t in _TENSORS if t not in tensors]

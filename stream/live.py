@@ -44,8 +44,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
@@ -100,7 +101,7 @@ class IngestState:
             "frame_width": self.frame_width,
             "frame_height": self.frame_height,
         }
-        return safetensors.torch.save(tensors, metadata={_INGEST_META: json.dumps(meta)})
+        return save_safetensors_bytes(tensors, metadata={_INGEST_META: json.dumps(meta)})
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> IngestState:
@@ -109,7 +110,7 @@ class IngestState:
             (header_len,) = struct.unpack("<Q", blob[:8])
             header = json.loads(blob[8 : 8 + header_len])
             meta = json.loads(header["__metadata__"][_INGEST_META])
-            tensors = safetensors.torch.load(blob)
+            tensors = load_safetensors_bytes(blob)  # header + raw buffers; no pickle
             state = cls(
                 resume_s=float(meta["resume_s"]),
                 frame_width=int(meta["frame_width"]),
