@@ -137,10 +137,10 @@ def _default_retrieval_layers(num_layers: int) -> list[int]:
     return list(range(lo, hi))
 
 
-@torch.no_grad()
-def _prefill_prefix(
+def prefill_prefix(
     model: VideoLlama3ForConditionalGeneration, ids: list[int]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer K/V of the system prefix; with gradients when enabled (the trainer's base stage)."""
     lm = model.model.language_model
     cache = DynamicCache(config=model.config.text_config)
     ids_t = torch.tensor([ids], device=model.lm_head.weight.device)
@@ -160,6 +160,13 @@ def default_checkpoint(state_dir: Path | None) -> tuple[Path, Path | None]:
     if state_dir is None:
         raise ModelLoadError("no model path given and no state directory to build the default model in")
     return ensure_default_model(Path(state_dir)), None
+
+
+@torch.no_grad()
+def _frozen_prefix(
+    model: VideoLlama3ForConditionalGeneration, ids: list[int]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return prefill_prefix(model, ids)
 
 
 def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedModel:
@@ -213,7 +220,7 @@ def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedMode
         name=name,
         fingerprint=fingerprint,
         prefix_ids=prefix_ids,
-        prefix_kv=_prefill_prefix(model, prefix_ids),
+        prefix_kv=_frozen_prefix(model, prefix_ids),
         retrieval_layers=list(layers),
         eos_token_ids=frozenset(i for i in tokenizer_eos if i is not None),
         card=card,

@@ -34,7 +34,7 @@ from longwatch.model.answer import continue_logits, question_queries, repack
 from longwatch.model.compressor import ChunkFrames, ChunkKV, run_chunk
 from longwatch.model.diffp import DiffFramePruner
 from longwatch.model.frames import frames_to_pixel_values, grid_for
-from longwatch.model.loading import LoadedModel, question_suffix, question_text
+from longwatch.model.loading import LoadedModel, prefill_prefix, question_suffix, question_text
 from longwatch.model.needles import COLOURS, DIGITS, SHAPES
 from longwatch.model.summary import save_adapter
 from longwatch.model.train_data import ClipSource, TrainingClip, vision_frames
@@ -105,15 +105,6 @@ class StepMetrics:
 
 
 # --- one clip through the serving path, with gradients ------------------------------------
-
-
-def _prefix_kv(lm: LoadedModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The system prefix's K/V, recomputed so that gradients reach the embeddings (stage base)."""
-    cache = DynamicCache(config=lm.text_config)
-    lm.language_model(
-        input_ids=torch.tensor([lm.prefix_ids], device=lm.device), past_key_values=cache, use_cache=True
-    )
-    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def _cache(lm: LoadedModel, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
@@ -200,7 +191,8 @@ def clip_losses(
 ) -> dict[str, torch.Tensor]:
     threshold = float(rng.uniform(*config.diff_thresholds))
     chunks = clip_chunks(lm, clip, threshold, config.max_tokens_per_frame)
-    prefix = _prefix_kv(lm) if config.stage == "base" else lm.prefix_kv
+    # Stage base recomputes the prefix so that gradients reach the embeddings.
+    prefix = prefill_prefix(lm.model, lm.prefix_ids) if config.stage == "base" else lm.prefix_kv
     context = answer_context(clip, rng, config.answer_chunks, config.chunk_dropout)
     if config.stage == "base" and rng.random() < config.raw_share:
         # Keep-raw answering trains too, so that the base is a real teacher for the summary stage
@@ -475,9 +467,7 @@ class Trainer:
         """The base weights as an HF-format checkpoint (summary parameters excluded: they go in the adapter)."""
         folder = Path(folder)
         model = self.lm.model
-        summary_ids = {id(p) for p in self.lm.summary.parameters()}
         state = {k: v for k, v in model.state_dict().items() if not _is_summary_key(k)}
-        assert all(id(p) not in summary_ids for p in state.values())  # invariant, not input validation
         model.save_pretrained(folder, state_dict=state)
         self.lm.tokenizer.save_pretrained(folder)
         card = {**self.lm.card, "trained": {"stage": "base", "steps": self.step, "seed": self.config.seed}}

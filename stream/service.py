@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -42,7 +44,7 @@ def _abort_on_error(method: F) -> F:
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {one_line(exc)}")
         context.abort(code, one_line(exc))
 
-    if _is_generator(method):
+    if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -63,43 +65,15 @@ def _abort_on_error(method: F) -> F:
     return unary_wrapper  # type: ignore[return-value]
 
 
-def _is_generator(fn: Callable[..., Any]) -> bool:
-    return bool(fn.__code__.co_flags & 0x20)
-
-
 def stream_info(record: StreamRecord) -> pb.StreamInfo:
-    return pb.StreamInfo(
-        stream_id=record.stream_id,
-        state=_STATES.get(record.state, pb.STREAM_STATE_UNSPECIFIED),
-        source=record.source,
-        duration_s=record.duration_s,
-        frames_decoded=record.frames_decoded,
-        frames_sampled=record.frames_sampled,
-        frames_kept=record.frames_kept,
-        tokens_seen=record.tokens_seen,
-        tokens_kept=record.tokens_kept,
-        chunks=record.chunks,
-        bytes_stored=record.bytes_stored,
-        fps=record.fps,
-        model=record.model,
-        created_unix=record.created_unix,
-        updated_unix=record.updated_unix,
-        frames_dropped=record.frames_dropped,
-    )
+    """The record as its message: the fields share their names, only the state enum is mapped."""
+    fields = dataclasses.asdict(record)
+    state = fields.pop("state")
+    return pb.StreamInfo(state=_STATES.get(state, pb.STREAM_STATE_UNSPECIFIED), **fields)
 
 
 def _progress(stream_id: str, p: ArchiveProgress) -> pb.IngestProgress:
-    return pb.IngestProgress(
-        stream_id=stream_id,
-        position_s=p.position_s,
-        duration_s=p.duration_s,
-        frames_decoded=p.frames_decoded,
-        frames_sampled=p.frames_sampled,
-        tokens_seen=p.tokens_seen,
-        tokens_kept=p.tokens_kept,
-        chunks_committed=p.chunks_committed,
-        done=p.done,
-    )
+    return pb.IngestProgress(stream_id=stream_id, **dataclasses.asdict(p))
 
 
 def _ask_response(stream_id: str, outcome: AskOutcome) -> pb.AskResponse:

@@ -214,3 +214,17 @@ def test_jsonl_source_reads_real_video(tmp_path: Path) -> None:
     bad.write_text('{"video": "missing.mp4"}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: no such video"):
         read_jsonl(bad)
+
+
+def test_in_process_clip_evaluation(base: Path) -> None:
+    """The quick training-time check: the serving path on evaluation clips, judged per question kind."""
+    from longwatch.model.evaluate import evaluate_clips
+
+    lm = load_model(ModelConfig(path=base))
+    everything = evaluate_clips(lm, n=3, top_k=2, n_chunks=2)  # top-k covers every chunk
+    assert everything.recalled == [True, True, True]
+    assert sum(len(v) for v in everything.correct.values()) == 3
+    accuracy = everything.accuracy()
+    assert accuracy["recall@k"] == 1.0 and all(0.0 <= v <= 1.0 for v in accuracy.values())
+    one = evaluate_clips(lm, n=3, top_k=1, n_chunks=3)
+    assert len(one.recalled) == 3  # one chunk of three: recall now depends on retrieval
