@@ -1,0 +1,90 @@
+"""What every benchmark shares: the machine it ran on, one JSON line per result, a readable table.
+
+A benchmark module exposes `run(quick: bool) -> list[dict]` (rows of one flat dict each, with a
+"bench" key naming it) and a `main()` for running it alone. `quick` shrinks the workload to a smoke
+run of a few seconds (CI runs those so the scripts cannot rot); figures come from full runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+
+def machine() -> dict:
+    """The machine a figure was measured on, recorded beside it."""
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def emit(rows: Iterable[dict], stream=sys.stdout) -> list[dict]:
+    """Print each row as one JSON line (prefixed `BENCH `), then all rows as a table."""
+    rows = list(rows)
+    for row in rows:
+        print("BENCH " + json.dumps(row, sort_keys=False), file=stream, flush=True)
+    print(table(rows), file=stream, flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    cells = [[_cell(row.get(c, "")) for c in cols] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@contextmanager
+def timer() -> Iterator[dict]:
+    """`with timer() as t: ...` then t["s"] holds the wall seconds."""
+    t: dict = {}
+    start = time.perf_counter()
+    try:
+        yield t
+    finally:
+        t["s"] = time.perf_counter() - start
