@@ -145,6 +145,12 @@ def _add_train(commands: Any) -> None:
     sub.add_argument(
         "--freeze-vision-steps", type=int, default=2500, help="stage base: steps with vision frozen"
     )
+    sub.add_argument(
+        "--reading-steps",
+        type=int,
+        default=0,
+        help="stage base: first steps after vision pretraining on single-chunk clips answered keep-raw",
+    )
     sub.add_argument("--lr", type=float, default=1e-3)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--alphas", default="2,4,8,16", help="alpha drawn per chunk from these")

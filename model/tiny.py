@@ -85,6 +85,7 @@ def build_tiny_model(
     folder: Path,
     seed: int = 0,
     init_scale: float = 1.0,
+    projector_scale: float = 1.0,
     tokenizer: PreTrainedTokenizerFast | None = None,
     name: str = TINY_MODEL_NAME,
     card: dict | None = None,
@@ -95,6 +96,10 @@ def build_tiny_model(
 
     init_scale multiplies every weight after init: tests use a large scale so that a wrong
     position or a wrong mask shows up as a large logit difference instead of hiding in noise.
+    projector_scale: multiplies the projector's output layer at init. Visual tokens then enter the
+    decoder near unit RMS per channel rather than at the word embeddings' init scale (std 0.02);
+    a decoder trained from scratch learned to read them several times faster (needle colour 87%
+    after 600 single-frame steps against 25% at scale 1, with the same pretrained vision tower).
     card: extra fields for longwatch.json (e.g. the ingest settings the model was trained for).
     """
     tokenizer = tokenizer or build_byte_tokenizer()
@@ -109,6 +114,10 @@ def build_tiny_model(
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(init_scale)
+    if projector_scale != 1.0:
+        with torch.no_grad():
+            for p in model.model.projector.readout[-1].parameters():
+                p.mul_(projector_scale)
     if model.lm_head.weight.data_ptr() != model.model.language_model.embed_tokens.weight.data_ptr():
         raise RuntimeError("tiny model: lm_head is not tied to the embeddings")
     folder = Path(folder)

@@ -56,6 +56,10 @@ class TrainConfig:
     freeze_vision_steps: stage "base": steps after that with the vision tower frozen; then all
         weights train, the vision tower at vision_lr.
     raw_share: stage "base": share of clips answered in keep-raw mode (every token, no summaries).
+    reading_steps: stage "base": the first steps after vision pretraining answer keep-raw on the
+        trainer's `reading_source` (short clips): a decoder from scratch first learns to read a
+        needle, then to find it among chunks and through summaries (mixed from the start, the
+        decoder stayed at the answer prior).
     clips_per_step: clips whose gradients are averaged per optimizer step (a batch, accumulated).
     """
 
@@ -77,6 +81,7 @@ class TrainConfig:
     vision_batch: int = 32
     freeze_vision_steps: int = 0
     raw_share: float = 0.25
+    reading_steps: int = 0
     clips_per_step: int = 1
     checkpoint_every: int = 200
     grad_clip: float = 1.0
@@ -187,14 +192,20 @@ def teacher_logits(lm: LoadedModel, chunks: list[ChunkFrames], ids: list[int]) -
 
 
 def clip_losses(
-    lm: LoadedModel, clip: TrainingClip, config: TrainConfig, rng: np.random.Generator
+    lm: LoadedModel,
+    clip: TrainingClip,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    raw_share: float | None = None,
 ) -> dict[str, torch.Tensor]:
+    """The losses of one clip; raw_share overrides the config's (the reading curriculum)."""
+    raw_share = config.raw_share if raw_share is None else raw_share
     threshold = float(rng.uniform(*config.diff_thresholds))
     chunks = clip_chunks(lm, clip, threshold, config.max_tokens_per_frame)
     # Stage base recomputes the prefix so that gradients reach the embeddings.
     prefix = prefill_prefix(lm.model, lm.prefix_ids) if config.stage == "base" else lm.prefix_kv
     context = answer_context(clip, rng, config.answer_chunks, config.chunk_dropout)
-    if config.stage == "base" and rng.random() < config.raw_share:
+    if config.stage == "base" and rng.random() < raw_share:
         # Keep-raw answering trains too, so that the base is a real teacher for the summary stage
         # (and the keep-raw and uniform rows of the evaluation mean something).
         ids, start = answer_ids(lm, clip)
@@ -302,8 +313,16 @@ def trainable(
 class Trainer:
     """Owns the model, the optimizer and the checkpoint folder of one run."""
 
-    def __init__(self, lm: LoadedModel, source: ClipSource, config: TrainConfig, out_dir: Path) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        source: ClipSource,
+        config: TrainConfig,
+        out_dir: Path,
+        reading_source: ClipSource | None = None,
+    ) -> None:
         self.lm, self.source, self.config, self.out_dir = lm, source, config, Path(out_dir)
+        self.reading_source = reading_source or source
         self.probe = (
             VisionProbe(lm.model.config.vision_config.hidden_size) if config.stage == "base" else None
         )
@@ -375,10 +394,12 @@ class Trainer:
             "distill": c.distill_weight,
             "retrieval": c.retrieval_weight,
         }
+        reading = c.stage == "base" and self.step < c.vision_steps + c.reading_steps
+        source = self.reading_source if reading else self.source
         total = torch.zeros(())
         sums: dict[str, torch.Tensor] = {}
         for _ in range(c.clips_per_step):
-            losses = clip_losses(self.lm, self.source.clip(rng), c, rng)
+            losses = clip_losses(self.lm, source.clip(rng), c, rng, 1.0 if reading else None)
             loss = sum(weights[k] * v for k, v in losses.items()) / c.clips_per_step
             loss.backward()
             total = total + loss.detach()
@@ -508,6 +529,7 @@ def new_base(folder: Path, seed: int, system_prompt: str, name: str = "longwatch
             "num_hidden_layers": 2,
             "num_attention_heads": 2,
         },
+        projector_scale=40.0,
         hidden_size=96,
         intermediate_size=256,
         num_hidden_layers=2,

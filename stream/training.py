@@ -123,6 +123,7 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
         alphas=tuple(int(a) for a in args.alphas.split(",")),
         vision_steps=args.vision_steps if base else 0,
         freeze_vision_steps=args.freeze_vision_steps if base else 0,
+        reading_steps=args.reading_steps if base else 0,
         checkpoint_every=args.checkpoint_every,
         clips_per_step=args.clips_per_step,
     )
@@ -145,7 +146,8 @@ def train_stage(
             new_base(base, config.seed, model_config.system_prompt)
     model_config.path = base
     model_config.adapter = adapter  # a summary stage starts from the summary tokens it is given
-    trainer = Trainer(load_model(model_config), source, config, out)
+    reading = NeedleClips(n_chunks=1, short_chunks=(1, 2, 4)) if isinstance(source, NeedleClips) else None
+    trainer = Trainer(load_model(model_config), source, config, out, reading_source=reading)
     if trainer.load_checkpoint():
         print(f"resuming {out} at step {trainer.step}/{config.total_steps}")
     with tqdm(

@@ -25,7 +25,7 @@ from longwatch.model.needles import (
     split_of,
 )
 from longwatch.model.tiny import build_tiny_model
-from longwatch.model.train import TrainConfig, Trainer, new_base
+from longwatch.model.train import TrainConfig, Trainer, clip_chunks, new_base
 from longwatch.model.train_data import NeedleClips, TrainingClip
 from longwatch.stream.training import JsonlClips, read_jsonl
 
@@ -171,6 +171,34 @@ def test_base_stage_from_scratch_learns(tmp_path: Path) -> None:
     assert card["ingest"]["max_tokens_per_frame"] == 4 and card["trained"]["stage"] == "base"
     reloaded = load_model(ModelConfig(path=out))  # a saved base is an ordinary checkpoint
     assert reloaded.tokenizer.decode(reloaded.tokenize("at 123 s")) == "at 123 s"
+
+
+@dataclass
+class CountingClips:
+    """A clip source that counts its calls (which source the trainer drew from)."""
+
+    source: NeedleClips
+    calls: int = 0
+
+    def clip(self, rng: np.random.Generator) -> TrainingClip:
+        self.calls += 1
+        return self.source.clip(rng)
+
+
+def test_reading_steps_answer_short_clips_keep_raw_first(tmp_path: Path) -> None:
+    folder = new_base(tmp_path / "init", seed=0, system_prompt=ModelConfig().system_prompt)
+    config = TrainConfig(stage="base", steps=6, freeze_vision_steps=6, reading_steps=3, checkpoint_every=100)
+    main, reading = CountingClips(NeedleClips(n_chunks=3)), CountingClips(NeedleClips(n_chunks=1))
+    trainer = Trainer(load_model(ModelConfig(path=folder)), main, config, tmp_path / "run", reading)
+    history = trainer.run()
+    assert reading.calls == 3 and main.calls == 3
+    assert all(set(m.parts) == {"lm_raw"} for m in history[:3])
+    # The new visual tokens start near unit RMS per channel, not at the word embeddings' scale.
+    lm = load_model(ModelConfig(path=folder))
+    clip = NeedleClips(n_chunks=1, frames_per_chunk=1).clip(np.random.default_rng(0))
+    features = clip_chunks(lm, clip, 0.1, 4)[0].features
+    words = lm.model.model.language_model.embed_tokens.weight
+    assert features.pow(2).mean().sqrt() > 10 * words.pow(2).mean().sqrt()
 
 
 def test_needle_seeds_never_overlap_and_answers_are_judged() -> None:
