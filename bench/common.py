@@ -88,3 +88,24 @@ def timer() -> Iterator[dict]:
         yield t
     finally:
         t["s"] = time.perf_counter() - start
+
+
+def bench_main(run, description: str, add_arguments=None) -> None:
+    """The command line every benchmark shares: `--quick`, `--json-out FILE`, plus its own flags.
+
+    `run(quick, **flags)` returns the rows; they are printed (JSON lines and a table) and, with
+    --json-out, saved for bench/run_all.py.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds, not figures")
+    parser.add_argument("--json-out", help="also write the rows to this file as JSON")
+    if add_arguments:
+        add_arguments(parser)
+    args = vars(parser.parse_args())
+    quick, out = args.pop("quick"), args.pop("json_out")
+    rows = emit(run(quick, **args))
+    if out:
+        with open(out, "w") as f:
+            json.dump(rows, f)

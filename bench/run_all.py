@@ -1,0 +1,60 @@
+"""Run every benchmark, print each one's JSON lines and table, and save all rows with the machine.
+
+    python bench/run_all.py                  # full runs (about 10-15 minutes on 2 cores)
+    python bench/run_all.py --quick          # smoke runs of a few seconds each
+    python bench/run_all.py --only diffp storage --out bench/results/cpu.json
+
+Each benchmark runs in its own process (`python bench/<name>.py --json-out ...`), so one's threads,
+caches and memory cannot colour another's figures. LONGWATCH_DEVICE / LONGWATCH_DTYPE pick the
+device and dtype of the benchmarks that load the model (see bench/cuda.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import machine
+
+HERE = Path(__file__).resolve().parent
+# In the order of the data path: pruning, archive ingest, live ingest, storage, asking.
+BENCHMARKS = ("diffp", "archive_ingest", "live_streams", "storage", "ask_latency")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke runs (seconds each), not figures")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run just these")
+    parser.add_argument("--out", type=Path, help="write {machine, rows} here as JSON")
+    args = parser.parse_args()
+    rows: list[dict] = []
+    failed: list[str] = []
+    for name in args.only or BENCHMARKS:
+        print(f"\n== {name}", flush=True)
+        out = HERE / "results" / f".{name}.rows.json"
+        out.parent.mkdir(exist_ok=True)
+        cmd = [sys.executable, str(HERE / f"{name}.py"), "--json-out", str(out)]
+        t0 = time.perf_counter()
+        code = subprocess.call(cmd + (["--quick"] if args.quick else []))
+        print(f"== {name}: exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
+        if code != 0 or not out.exists():
+            failed.append(name)
+            continue
+        rows += json.loads(out.read_text())
+        out.unlink()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows}, indent=1))
+        print(f"\nrows written to {args.out}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
