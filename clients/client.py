@@ -217,6 +217,7 @@ class StreamSummary:
     created_unix: float
     updated_unix: float
     frames_dropped: int
+    kv_storage: str = "float"  # or "int8": how the stream's chunks keep their K/V
 
     @classmethod
     def from_proto(cls, info: pb.StreamInfo) -> StreamSummary:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 
 MAX_STREAM_ID_LEN = 128
+KV_STORAGE = ("float", "int8")  # how a stream's chunks keep their K/V (memory/serialization.py)
 _STREAM_ID_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_STREAM_ID_LEN}}}")
 
 
@@ -119,6 +120,9 @@ class StreamRecord:
 
     duration_s: end of the last committed chunk (seconds of video covered).
     chunks, bytes_stored: committed chunks and the bytes their blobs and vectors take in Redis.
+    kv_storage: how the stream's chunks keep their K/V, "float" or "int8", fixed when the stream
+        is created ("" asks the store for its default); a record written before the field
+        existed reads as "float", which is what those streams hold.
     """
 
     stream_id: str
@@ -137,10 +141,13 @@ class StreamRecord:
     chunks: int = 0
     bytes_stored: int = 0
     duration_s: float = 0.0
+    kv_storage: str = ""
 
     def __post_init__(self) -> None:
         validate_stream_id(self.stream_id)
         self.state = StreamState(self.state)
+        if self.kv_storage and self.kv_storage not in KV_STORAGE:
+            raise ValueError(f"kv_storage must be one of {KV_STORAGE}, got {self.kv_storage!r}")
 
     def to_hash(self) -> dict[str, str]:
         """Every field as a string; floats with repr so they round-trip exactly."""
@@ -165,7 +172,7 @@ class StreamRecord:
         text = {_text(k): _text(v) for k, v in data.items()}
         if "stream_id" not in text:
             raise StoreError(f"stream record has no stream_id field (fields: {sorted(text)[:8]})")
-        kwargs: dict[str, object] = {}
+        kwargs: dict[str, object] = {"kv_storage": "float"}  # records from before the field: float K/V
         for f in fields(cls):
             if f.name not in text:
                 continue
@@ -174,7 +181,10 @@ class StreamRecord:
                 kwargs[f.name] = _parse_field(f.name, f.default, raw)
             except ValueError as e:
                 raise StoreError(f"stream record field {f.name!r} is not valid: {raw!r} ({e})") from None
-        return cls(**kwargs)  # type: ignore[arg-type]
+        try:
+            return cls(**kwargs)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise StoreError(f"stream record is not valid: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -191,7 +201,7 @@ def _text(value: bytes | str) -> str:
 
 
 def _parse_field(name: str, default: object, raw: str) -> object:
-    if name in ("stream_id", "source", "model"):
+    if name in ("stream_id", "source", "model", "kv_storage"):
         return raw
     if name == "state":
         return StreamState(raw)

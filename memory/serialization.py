@@ -1,5 +1,10 @@
 """ChunkCache <-> bytes, as safetensors: tensors by name, scalars as one JSON object in the header metadata.
 
+K/V are stored as computed (float32, bf16, fp16: no up-cast) with kv_storage "float", or as symmetric
+int8 codes with per-token fp16 scales with kv_storage "int8" (memory/kvquant.py; tensors
+`key_scales` and `value_scales` beside the codes), which a load dequantizes to float32. Float
+blobs keep format version 1 byte for byte; int8 blobs are version 2. A reader takes both.
+
 Nothing here is ever pickled or unpickled: a blob from Redis is parsed as a safetensors header
 (JSON) plus raw little-endian tensor data, and every field is checked before a ChunkCache is built,
 so a corrupt or foreign blob fails with CorruptChunk instead of surfacing later as a shape error
@@ -20,14 +25,19 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from longwatch.memory.chunk import ChunkCache
-from longwatch.memory.records import CorruptChunk
+from longwatch.memory.kvquant import check_scales, dequantize_int8, quantize_int8
+from longwatch.memory.records import KV_STORAGE, CorruptChunk
 
 META_KEY = "longwatch.chunk"  # the one safetensors metadata entry: JSON of the scalars and "version"
-FORMAT_VERSION = 1
-# K/V dtypes a blob may carry, stored as given (no up-cast: bf16 stays 2 bytes per value).
-# int8 with per-channel scales is planned; it would add scale tensors and bump FORMAT_VERSION.
+FORMAT_VERSION = 1  # float K/V
+INT8_FORMAT_VERSION = 2  # int8 K/V codes plus `key_scales` / `value_scales`
+# K/V dtypes a float blob may carry, stored as given (no up-cast: bf16 stays 2 bytes per value).
 KV_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Per-token scales for both keys and values: bench/kv_quant.py measured them against per-channel
+# key scales on answers (logit drift, greedy agreement) and bytes.
+INT8_GRANULARITY = {"keys": "token", "values": "token"}
 _TENSORS = ("keys", "values", "positions", "retrieval")
+_SCALE_TENSORS = ("key_scales", "value_scales")
 _SCALARS = (
     "stream_id",
     "index",
@@ -42,8 +52,13 @@ _SCALARS = (
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
-def chunk_to_bytes(chunk: ChunkCache) -> bytes:
-    """Serialise a chunk; tensors are moved to CPU and made contiguous (a copy if they were not)."""
+def chunk_to_bytes(chunk: ChunkCache, kv_storage: str = "float") -> bytes:
+    """Serialise a chunk, K/V as computed ("float") or as int8 codes and scales ("int8").
+
+    Tensors are moved to CPU and made contiguous (a copy if they were not).
+    """
+    if kv_storage not in KV_STORAGE:
+        raise ValueError(f"kv_storage must be one of {KV_STORAGE}, got {kv_storage!r}")
     if chunk.keys.dtype not in KV_DTYPES:
         raise ValueError(f"K/V dtype must be one of {_dtype_names()}, got {chunk.keys.dtype}")
     if chunk.values.dtype != chunk.keys.dtype:
@@ -56,6 +71,13 @@ def chunk_to_bytes(chunk: ChunkCache) -> bytes:
         "positions": _cpu(chunk.positions).to(torch.int64),  # (n_kept,)
         "retrieval": _cpu(chunk.retrieval).to(torch.float32),  # (retrieval_dim,)
     }
+    version = FORMAT_VERSION
+    if kv_storage == "int8":
+        version = INT8_FORMAT_VERSION
+        tensors["keys"], tensors["key_scales"] = quantize_int8(tensors["keys"], INT8_GRANULARITY["keys"])
+        tensors["values"], tensors["value_scales"] = quantize_int8(
+            tensors["values"], INT8_GRANULARITY["values"]
+        )
     scalars = {
         "stream_id": chunk.stream_id,
         "index": int(chunk.index),
@@ -67,7 +89,7 @@ def chunk_to_bytes(chunk: ChunkCache) -> bytes:
         "mode": chunk.mode,
         "alpha": int(chunk.alpha),
     }
-    meta = json.dumps({"version": FORMAT_VERSION, **scalars}, sort_keys=True)
+    meta = json.dumps({"version": version, **scalars}, sort_keys=True)
     return save_safetensors_bytes(tensors, metadata={META_KEY: meta})
 
 
@@ -81,9 +103,12 @@ def chunk_from_bytes(data: bytes, *, name: str = "chunk") -> ChunkCache:
         tensors = load_safetensors_bytes(data)  # parses a header and raw buffers; no pickle
     except Exception as e:  # any parse failure of foreign bytes is corruption, whatever its type
         raise CorruptChunk(f"{name}: not a valid safetensors blob ({_one_line(e)})") from None
-    missing = [t for t in _TENSORS if t not in tensors]
+    expected = _TENSORS + (_SCALE_TENSORS if metadata["version"] == INT8_FORMAT_VERSION else ())
+    missing = [t for t in expected if t not in tensors]
     if missing:
         raise CorruptChunk(f"{name}: missing tensors {missing}, has {sorted(tensors)}")
+    if metadata["version"] == INT8_FORMAT_VERSION:
+        _dequantize(tensors, name)
     _check_tensors(tensors, name)
     scalars = _parse_scalars(metadata, name)
     try:
@@ -156,11 +181,21 @@ def _read_metadata(data: bytes, name: str) -> dict[str, object]:
         raise CorruptChunk(
             f"{name}: {META_KEY!r} metadata should be a JSON object, got {type(meta).__name__}"
         )
-    if meta.get("version") != FORMAT_VERSION:
+    if meta.get("version") not in (FORMAT_VERSION, INT8_FORMAT_VERSION):
         raise CorruptChunk(
-            f"{name}: chunk format version {meta.get('version')!r} is not the supported {FORMAT_VERSION}"
+            f"{name}: chunk format version {meta.get('version')!r} is not one of the supported "
+            f"{FORMAT_VERSION}, {INT8_FORMAT_VERSION}"
         )
     return meta
+
+
+def _dequantize(t: dict[str, torch.Tensor], name: str) -> None:
+    """Replace int8 `keys`/`values` by their float32 values (in place), after checking the scales."""
+    for codes, scales in (("keys", "key_scales"), ("values", "value_scales")):
+        problem = check_scales(t[codes], t[scales])
+        if problem is not None:
+            raise CorruptChunk(f"{name}: int8 {codes}: {problem}")
+        t[codes] = dequantize_int8(t.pop(codes), t.pop(scales))
 
 
 def _check_tensors(t: dict[str, torch.Tensor], name: str) -> None:

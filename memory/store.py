@@ -36,6 +36,7 @@ from redis.retry import Retry
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.records import (
+    KV_STORAGE,
     ChunkExists,
     ChunkNotFound,
     ChunkSpan,
@@ -57,6 +58,7 @@ from longwatch.memory.serialization import (
 )
 
 STREAMS_KEY = "lw:streams"
+DEFAULT_KV_STORAGE = "float"
 URL_SCHEMES = ("redis", "rediss", "unix")
 _MAX_TXN_ATTEMPTS = 64  # optimistic-lock retries before giving up on a hot key
 
@@ -184,10 +186,15 @@ class RedisChunkStore(ChunkStore):
     Thread-safe as far as redis-py's connection pool is: each call takes its own connection.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, kv_storage: str = DEFAULT_KV_STORAGE) -> None:
+        """kv_storage: how streams created through this store keep their K/V ("float" or "int8");
+        a stream keeps the choice it was created with, whatever store commits to it later."""
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisChunkStore needs a client with decode_responses=False (blobs are bytes)")
+        if kv_storage not in KV_STORAGE:
+            raise ValueError(f"kv_storage must be one of {KV_STORAGE}, got {kv_storage!r}")
         self._r = client
+        self.kv_storage = kv_storage
 
     @property
     def client(self) -> redis.Redis:
@@ -203,6 +210,8 @@ class RedisChunkStore(ChunkStore):
             record = dataclasses.replace(record, created_unix=now)
         if not record.updated_unix:
             record = dataclasses.replace(record, updated_unix=record.created_unix)
+        if not record.kv_storage:
+            record = dataclasses.replace(record, kv_storage=self.kv_storage)
         # The id goes into the global set first: a crash between the two leaves an id without a
         # record (skipped by list_streams), never a record that list_streams cannot see.
         self._r.sadd(STREAMS_KEY, record.stream_id)
@@ -305,25 +314,29 @@ class RedisChunkStore(ChunkStore):
         """
         keys = StreamKeys(chunk.stream_id)
         _check_chunk(chunk)
-        blob = chunk_to_bytes(chunk)
         vector = vector_to_bytes(chunk.retrieval)
         span = json.dumps([float(chunk.start_s), float(chunk.end_s)]).encode()
-        nbytes = len(blob) + len(vector) + len(span)
         field = str(chunk.index)
-        written = nbytes
+        blobs: dict[str, bytes] = {}  # kv_storage -> blob: a retried transaction does not re-serialise
+        written = 0
 
         def body(pipe: Pipeline) -> None:
             nonlocal written
-            duration = self._check_commit(pipe, keys, chunk, blob, vector)
+            duration, kv_storage = self._check_stream(pipe, keys, chunk.stream_id)
+            if kv_storage not in blobs:
+                blobs[kv_storage] = chunk_to_bytes(chunk, kv_storage)
+            blob = blobs[kv_storage]
+            replayed = self._check_commit(pipe, keys, chunk, blob, vector)
             pipe.multi()
-            if duration is None:  # the identical chunk is already committed
+            if replayed:  # the identical chunk is already committed
                 written = 0
                 return
+            written = len(blob) + len(vector) + len(span)
             pipe.set(keys.chunk(chunk.index), blob)
             pipe.hset(keys.vectors, field, vector)
             pipe.hset(keys.spans, field, span)
             pipe.hincrby(keys.record, "chunks", 1)
-            pipe.hincrby(keys.record, "bytes_stored", nbytes)
+            pipe.hincrby(keys.record, "bytes_stored", written)
             for name, delta in (counters or IngestCounters()).items():
                 pipe.hincrby(keys.record, name, delta)
             end = max(float(chunk.end_s), duration)
@@ -333,17 +346,23 @@ class RedisChunkStore(ChunkStore):
         return written
 
     @staticmethod
+    def _check_stream(pipe: Pipeline, keys: StreamKeys, stream_id: str) -> tuple[float, str]:
+        """The stream's duration_s and kv_storage, read under WATCH; StreamNotFound without a record."""
+        sid, duration, kv_storage = pipe.hmget(keys.record, ["stream_id", "duration_s", "kv_storage"])
+        if sid is None:
+            raise StreamNotFound(f"stream {stream_id!r} does not exist; create it before committing")
+        # A record from before kv_storage existed holds float K/V.
+        return float(duration or 0.0), (kv_storage or b"float").decode()
+
+    @staticmethod
     def _check_commit(
         pipe: Pipeline, keys: StreamKeys, chunk: ChunkCache, blob: bytes, vector: bytes
-    ) -> float | None:
-        """Reads under WATCH before a commit: the stream's duration_s, or None for a replayed commit."""
-        sid, duration = pipe.hmget(keys.record, ["stream_id", "duration_s"])
-        if sid is None:
-            raise StreamNotFound(f"stream {chunk.stream_id!r} does not exist; create it before committing")
+    ) -> bool:
+        """Reads under WATCH before a commit: True for a replayed commit (the same bytes again)."""
         if pipe.hexists(keys.spans, str(chunk.index)):
             # The same bytes again is a retried commit whose reply was lost: succeed, write nothing.
             if pipe.get(keys.chunk(chunk.index)) == blob:
-                return None
+                return True
             raise ChunkExists(f"chunk {chunk.index} of stream {chunk.stream_id!r} is already committed")
         sample = pipe.hrandfield(keys.vectors, 1, withvalues=True)  # [field, value] or []
         if sample and len(sample[1]) != len(vector):
@@ -351,7 +370,7 @@ class RedisChunkStore(ChunkStore):
                 f"retrieval dim of stream {chunk.stream_id!r} is {len(sample[1]) // 4}, "
                 f"chunk {chunk.index} has {len(vector) // 4}"
             )
-        return float(duration or 0.0)
+        return False
 
     @_unavailable_as_store_error
     def chunk_spans(self, stream_id: str) -> list[ChunkSpan]:
@@ -450,8 +469,12 @@ class RedisChunkStore(ChunkStore):
             raise StreamNotFound(f"stream {keys.stream_id!r} does not exist")
 
 
-def open_store(url: str, *, retry: Retry | None = None) -> RedisChunkStore:
+def open_store(
+    url: str, *, retry: Retry | None = None, kv_storage: str = DEFAULT_KV_STORAGE
+) -> RedisChunkStore:
     """A store for a Redis URL: redis://host:port/db, rediss:// (TLS) or unix:///path/to.sock.
+
+    kv_storage: how streams created through it keep their K/V ("float" or "int8").
 
     ``retry`` is handed to redis-py (reconnect/backoff policy lives in the client, not in callers);
     the default retries a failed command 3 times with exponential backoff.
@@ -464,7 +487,7 @@ def open_store(url: str, *, retry: Retry | None = None) -> RedisChunkStore:
     if retry is None:
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.01), 3)
     client = redis.Redis.from_url(url, decode_responses=False, retry=retry)
-    return RedisChunkStore(client)
+    return RedisChunkStore(client, kv_storage)
 
 
 def _check_chunk(chunk: ChunkCache) -> None:

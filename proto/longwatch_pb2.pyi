@@ -145,20 +145,26 @@ class Evidence(_message.Message):
     def __init__(self, start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., chunk_index: _Optional[int] = ...) -> None: ...
 
 class AskTimings(_message.Message):
-    __slots__ = ("retrieve_ms", "load_ms", "prefill_ms", "first_token_ms", "generate_ms", "total_ms")
+    __slots__ = ("retrieve_ms", "load_ms", "prefill_ms", "first_token_ms", "generate_ms", "total_ms", "question_ms", "search_ms", "repack_ms")
     RETRIEVE_MS_FIELD_NUMBER: _ClassVar[int]
     LOAD_MS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
     GENERATE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_MS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
+    REPACK_MS_FIELD_NUMBER: _ClassVar[int]
     retrieve_ms: float
     load_ms: float
     prefill_ms: float
     first_token_ms: float
     generate_ms: float
     total_ms: float
-    def __init__(self, retrieve_ms: _Optional[float] = ..., load_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    question_ms: float
+    search_ms: float
+    repack_ms: float
+    def __init__(self, retrieve_ms: _Optional[float] = ..., load_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., question_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., repack_ms: _Optional[float] = ...) -> None: ...
 
 class AskResponse(_message.Message):
     __slots__ = ("stream_id", "answer", "evidence", "timings", "tokens_generated", "model")
@@ -191,7 +197,7 @@ class GetStreamRequest(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
-    __slots__ = ("stream_id", "state", "source", "duration_s", "frames_decoded", "frames_sampled", "frames_kept", "tokens_seen", "tokens_kept", "chunks", "bytes_stored", "fps", "model", "created_unix", "updated_unix", "frames_dropped")
+    __slots__ = ("stream_id", "state", "source", "duration_s", "frames_decoded", "frames_sampled", "frames_kept", "tokens_seen", "tokens_kept", "chunks", "bytes_stored", "fps", "model", "created_unix", "updated_unix", "frames_dropped", "kv_storage")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +214,7 @@ class StreamInfo(_message.Message):
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    KV_STORAGE_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     state: StreamState
     source: str
@@ -224,7 +231,8 @@ class StreamInfo(_message.Message):
     created_unix: float
     updated_unix: float
     frames_dropped: int
-    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., source: _Optional[str] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_kept: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., fps: _Optional[float] = ..., model: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., frames_dropped: _Optional[int] = ...) -> None: ...
+    kv_storage: str
+    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., source: _Optional[str] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_kept: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., fps: _Optional[float] = ..., model: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., kv_storage: _Optional[str] = ...) -> None: ...
 
 class ListStreamsRequest(_message.Message):
     __slots__ = ()

@@ -24,12 +24,14 @@ from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.stream.errors import BadRequest, NotReady, StreamMissing
 from longwatch.stream.pipeline import ModelRunner
 
-MAX_TOP_K = 64
+MAX_TOP_K = 64  # top_k 0 asks for every committed chunk (full context)
 MAX_NEW_TOKENS = 512
 
 
 @dataclass
 class AskParams:
+    """top_k: chunks to retrieve, 1..MAX_TOP_K, or 0 for every committed chunk (in time order)."""
+
     stream_id: str
     question: str
     top_k: int
@@ -96,8 +98,8 @@ class QuestionAnswerer:
     def check(self, params: AskParams) -> StreamRecord:
         """Validate a request before any work; returns the stream's record."""
         params.question = validate_question(params.question, self.max_question_chars)
-        if not 1 <= params.top_k <= MAX_TOP_K:
-            raise BadRequest(f"top_k must be in 1..{MAX_TOP_K}, got {params.top_k}")
+        if not 0 <= params.top_k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be in 1..{MAX_TOP_K}, or 0 for every chunk, got {params.top_k}")
         if not 1 <= params.max_new_tokens <= MAX_NEW_TOKENS:
             raise BadRequest(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, got {params.max_new_tokens}")
         if params.time_range is not None:
@@ -153,11 +155,14 @@ class QuestionAnswerer:
         allowed = self._candidates(params.stream_id, params.time_range)
         if allowed == set() and record.state != StreamState.LIVE:
             raise self._nothing_to_answer_from(record, params.time_range)  # before any model work
+        t_question = time.perf_counter()
         with self.runner.lock:
             qvec = question_vector(self.runner.lm, params.question)
+        t_search = time.perf_counter()
         hits: list[tuple[int, float]] = []
         if record.chunks and allowed != set():
-            hits = self.indexes.get(params.stream_id).search(qvec.numpy(), params.top_k, allowed)
+            index = self.indexes.get(params.stream_id)
+            hits = index.search(qvec.numpy(), params.top_k or len(index), allowed)
         t1 = time.perf_counter()
         scores = dict(hits)
         recent, pending = self._live_extras(record, set(scores), params.time_range)
@@ -183,7 +188,10 @@ class QuestionAnswerer:
             outcome.tokens_generated = s.tokens_generated
             outcome.timings_ms = {
                 "retrieve_ms": (t1 - t0) * 1e3,
+                "question_ms": (t_search - t_question) * 1e3,
+                "search_ms": (t1 - t_search) * 1e3,
                 "load_ms": (t2 - t1) * 1e3,
+                "repack_ms": s.repack_ms,
                 "prefill_ms": s.prefill_ms,
                 "first_token_ms": (t2 - t0) * 1e3 + s.first_token_ms,
                 "generate_ms": s.generate_ms,

@@ -67,7 +67,7 @@ class LongWatchServer:
         try:
             s.state_dir.mkdir(parents=True, exist_ok=True)
             self.redis_url = s.redis_url or self._start_embedded_redis()
-            self.store = open_store(self.redis_url)
+            self.store = open_store(self.redis_url, kv_storage=s.kv_storage)
             dropped = drop_interrupted_archives(self.store)
             if dropped:
                 log.warning("removed archives interrupted by an earlier stop: %s", ", ".join(dropped))

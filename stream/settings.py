@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longwatch.memory.records import KV_STORAGE
 from longwatch.model.config import ModelConfig
 from longwatch.stream.ice import parse_ice_addresses
+
+SERVICE_KV_STORAGE = "int8"  # the store's own default stays lossless ("float"); the service saves bytes
 
 
 def default_state_dir() -> Path:
@@ -107,6 +110,10 @@ class ServiceSettings:
     top_k: int = 4
     max_new_tokens: int = 32
     max_question_chars: int = 2000
+    # How new streams keep their K/V in Redis: "int8" (codes + per-token scales: about half of
+    # bf16, a quarter of float32; answers unchanged in bench/kv_quant.py) or "float" (as computed,
+    # what keep-raw mode needs to match the native model exactly). Each stream keeps its choice.
+    kv_storage: str = SERVICE_KV_STORAGE
     ingest: IngestConfig = field(default_factory=IngestConfig)
     # Ingest fields set on purpose; the others follow the model's card (`ingest_for_model`).
     # Settings built in code keep what they were given; the command line marks only what was typed.
@@ -184,6 +191,13 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--top-k", type=int, default=_env("TOP_K", "4"), help="chunks retrieved per question")
     g.add_argument("--max-new-tokens", type=int, default=_env("MAX_NEW_TOKENS", "32"))
+    g.add_argument(
+        "--kv-storage",
+        default=_env("KV_STORAGE", SERVICE_KV_STORAGE),
+        choices=list(KV_STORAGE),
+        help=f"how new streams keep K/V in Redis (LONGWATCH_KV_STORAGE; default {SERVICE_KV_STORAGE}; "
+        "float keeps keep-raw mode exact)",
+    )
     g = parser.add_argument_group("ingest")
     # Unset ingest settings come from the model's card (what it was trained for), then the defaults.
     g.add_argument("--fps", type=float, default=_env("FPS"), help="sampling rate (LONGWATCH_FPS; default 1)")
@@ -221,6 +235,7 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         state_dir=Path(args.state_dir),
         top_k=args.top_k,
         max_new_tokens=args.max_new_tokens,
+        kv_storage=args.kv_storage,
         ingest=IngestConfig(**{k: getattr(args, k) for k in INGEST_FIELDS if getattr(args, k) is not None}),
         ingest_explicit=frozenset(k for k in INGEST_FIELDS if getattr(args, k) is not None),
         live=LiveConfig(

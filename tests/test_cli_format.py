@@ -221,6 +221,9 @@ def test_results_from_proto() -> None:
         "first_token_ms": 0.0,
         "generate_ms": 0.0,
         "total_ms": 5.0,
+        "question_ms": 0.0,
+        "search_ms": 0.0,
+        "repack_ms": 0.0,
     }
     info = pb.StreamInfo(stream_id="cam1", state=pb.STREAM_STATE_INGESTING, chunks=3)
     summary = StreamSummary.from_proto(info)
