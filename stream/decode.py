@@ -18,6 +18,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
@@ -88,9 +89,13 @@ class TimeSampler:
         """The earliest timestamp the next kept frame may have."""
         return self._next_slot / self.fps
 
+    def slot_of(self, t_s: float) -> int:
+        """The grid slot a frame at `t_s` falls in."""
+        return math.floor(t_s * self.fps + self._EPS)
+
     def offer(self, t_s: float) -> bool:
         """Whether the frame at `t_s` (seconds from the stream's start) is kept."""
-        slot = math.floor(t_s * self.fps + self._EPS)
+        slot = self.slot_of(t_s)
         if slot < self._next_slot:
             return False
         self._next_slot = slot + 1
@@ -98,6 +103,90 @@ class TimeSampler:
 
     def reset(self) -> None:
         self._next_slot = 0
+
+
+# Slots of first timestamps the skipper keeps before forgetting those the output has passed.
+_SKIPPER_SLOTS_KEPT = 256
+
+
+class UnsampledFrameSkipper:
+    """Which packets the decoder may drop undecoded because the sampler would not keep their frame.
+
+    Frames leave the decoder in presentation order, so the sampler keeps, in each grid slot, the
+    frame with the smallest presentation time. A packet whose time shares its slot with an
+    earlier-presented packet already read is therefore certain to be dropped by the sampler;
+    for those FFmpeg may skip decoding when they are non-reference frames (`skip_frame` NONREF:
+    no other frame is predicted from them, so every other frame decodes to the same pixels).
+    At 1 fps of 30 fps H.264 that leaves about half the frames undecoded, and the sampled
+    frames are exactly those of decoding everything. The earliest packet seen in a slot is never
+    skipped, nor is anything before the first frame fixes the time origin, nor anything once a
+    packet without a timestamp or a frame out of presentation order shows up (then skipping
+    stops for the rest of the file).
+    """
+
+    def __init__(self, sampler: TimeSampler, time_base: Fraction | None) -> None:
+        self._sampler = sampler
+        self._time_base = time_base
+        self._origin: float | None = None
+        self._unplaced: list[int] = []  # pts read before the origin was known
+        self._first_pts: dict[int, int] = {}  # slot -> smallest pts read in it
+        self._last_out: float | None = None
+        self._latest_pts: int | None = None  # of every frame read, decoded or not
+        self.enabled = time_base is not None
+
+    def may_skip(self, packet: av.Packet) -> bool:
+        """Record `packet` and say whether its frame may go undecoded (if it is non-reference)."""
+        if packet.size == 0 or packet.is_discard or packet.is_corrupt:
+            return False
+        if packet.pts is not None and (self._latest_pts is None or packet.pts > self._latest_pts):
+            self._latest_pts = packet.pts
+        if not self.enabled:
+            return False
+        if packet.pts is None:
+            self.enabled = False
+            return False
+        if self._origin is None:
+            self._unplaced.append(packet.pts)
+            return False
+        return self._place(packet.pts)
+
+    def frame_out(self, t: float | None) -> None:
+        """Note a decoded frame's own time: the first fixes the origin, disorder stops skipping."""
+        if t is None or (self._last_out is not None and t < self._last_out):
+            self.enabled = False
+            return
+        self._last_out = t
+        if self._origin is None:
+            self._origin = t
+            for pts in self._unplaced:
+                self._place(pts)
+            self._unplaced.clear()
+        elif len(self._first_pts) > _SKIPPER_SLOTS_KEPT:
+            # Slots the output has passed: a late packet of one is just decoded (never wrongly skipped).
+            current = self._sampler.slot_of(t - self._origin)
+            self._first_pts = {k: v for k, v in self._first_pts.items() if k >= current - 1}
+
+    def last_position_s(self) -> float | None:
+        """The latest frame read, in seconds from the first decoded one (None before that).
+
+        What decoding everything would end on: a skipped frame can be the file's last.
+        """
+        if self._origin is None or self._latest_pts is None or self._time_base is None:
+            return None
+        return self._seconds(self._latest_pts) - self._origin
+
+    def _place(self, pts: int) -> bool:
+        """Record `pts` in its slot; True when an earlier-presented packet is already there."""
+        slot = self._sampler.slot_of(self._seconds(pts) - self._origin)
+        first = self._first_pts.get(slot)
+        if first is None or pts < first:
+            self._first_pts[slot] = pts
+            return False
+        return pts > first
+
+    def _seconds(self, pts: int) -> float:
+        # The expression of PyAV's Frame.time, so a packet and its frame land in the same slot.
+        return float(pts) * self._time_base.numerator / self._time_base.denominator
 
 
 def probe_video(source: Source) -> VideoInfo:
@@ -113,8 +202,9 @@ class VideoFileReader:
     """Decodes a whole file or blob once, yielding the frames sampled at `fps`.
 
     `info` is read when the reader is made (so a bad source fails here, before any work);
-    each iteration opens the source afresh. `frames_decoded` and `position_s` follow the
-    decoder for progress reports. A decode error, or decoding that ends well before the
+    each iteration opens the source afresh. `frames_decoded` (frames read from the file, those
+    left undecoded because sampling drops them included) and `position_s` follow the decoder
+    for progress reports. A decode error, or decoding that ends well before the
     recorded duration, raises `VideoDecodeError` after the frames decoded so far.
     """
 
@@ -138,20 +228,28 @@ class VideoFileReader:
         stream = _video_stream(container, self.name)
         # Frame threads decode ahead on the second core: about 20-30% faster on h264 here.
         stream.thread_type = "AUTO"
+        codec = stream.codec_context
         sampler = TimeSampler(self.fps)
+        skipper = UnsampledFrameSkipper(sampler, stream.time_base)
         self.frames_decoded, self.position_s = 0, 0.0
         origin: float | None = None  # the first frame's own time: pts_s counts from it
         kept = 0
         try:
-            for frame in container.decode(stream):
-                t = self._frame_time(frame.time, origin)
-                origin = t if origin is None else origin
-                self.frames_decoded += 1
-                self.position_s = t - origin
-                if sampler.offer(self.position_s):
-                    # Colour conversion costs a third of the decoding again: kept frames only.
-                    yield SampledFrame(kept, self.position_s, frame.to_ndarray(format="rgb24"))
-                    kept += 1
+            for packet in container.demux(stream):
+                # Counted as read, decoded or skipped: the same count as decoding every frame.
+                self.frames_decoded += int(packet.size > 0 and not packet.is_discard)
+                # Frame threads copy skip_frame with each packet they take: per-packet is exact.
+                codec.skip_frame = "NONREF" if skipper.may_skip(packet) else "DEFAULT"
+                for frame in codec.decode(packet):
+                    skipper.frame_out(frame.time)
+                    t = self._frame_time(frame.time, origin)
+                    origin = t if origin is None else origin
+                    self.position_s = t - origin
+                    if sampler.offer(self.position_s):
+                        # Colour conversion costs a third of the decoding again: kept frames only.
+                        yield SampledFrame(kept, self.position_s, frame.to_ndarray(format="rgb24"))
+                        kept += 1
+            self.position_s = max(self.position_s, skipper.last_position_s() or 0.0)
         except av.error.FFmpegError as e:
             raise VideoDecodeError(
                 f"truncated or corrupt: decode error at {self._where()} in {self.name}: {_ffmpeg_reason(e)}"

@@ -8,8 +8,11 @@ frames -> resize + patchify -> DiffFP (against the previous frame, across chunk 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,6 +43,45 @@ class ModelRunner:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+Stage = Literal["decode", "resize", "diffp", "vision", "compression", "storage"]
+
+
+@dataclass
+class StageTimes:
+    """Seconds each ingest stage has been busy: always on, one clock read pair per stage and chunk.
+
+    decode: demuxing, decoding and colour-converting the sampled frames (the archive reader);
+    resize: frames to the model's grid and patch rows; diffp: the keep mask; vision: the vision
+    tower and projector; compression: the summary-token pass; storage: the Redis transaction and
+    the FAISS add. Stages that run on different threads overlap, so the sum can exceed the wall time.
+    """
+
+    decode_s: float = 0.0
+    resize_s: float = 0.0
+    diffp_s: float = 0.0
+    vision_s: float = 0.0
+    compression_s: float = 0.0
+    storage_s: float = 0.0
+
+    @contextmanager
+    def measure(self, stage: Stage) -> Iterator[None]:
+        """`with times.measure("vision"): ...` adds the block's wall time to `vision_s`."""
+        name = f"{stage}_s"
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, name, getattr(self, name) + time.perf_counter() - start)
+
+    def as_dict(self) -> dict[str, float]:
+        """{"decode_s": seconds, ...}, in pipeline order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def summary(self) -> str:
+        """One line for logs: `decode 1.2 s, resize 0.4 s, ...`."""
+        return ", ".join(f"{name.removesuffix('_s')} {s:.1f} s" for name, s in self.as_dict().items())
+
+
 @dataclass
 class CommittedChunk:
     index: int
@@ -61,6 +103,7 @@ class StreamIngestor:
         indexes: IndexRegistry,
         first_chunk_index: int = 0,
         on_commit: Callable[[CommittedChunk], None] | None = None,
+        stage_times: StageTimes | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.config = config
@@ -75,6 +118,8 @@ class StreamIngestor:
         self.counters = IngestCounters()  # not yet stored
         self.totals = IngestCounters()  # everything this ingestor has seen, stored or not
         self.chunks_committed = 0
+        # Of committed chunks (previews not counted); a caller may pass its own to read them.
+        self.stage_times = stage_times if stage_times is not None else StageTimes()
 
     def count_decoded(self, n: int = 1) -> None:
         self.counters.frames_decoded += n
@@ -111,23 +156,26 @@ class StreamIngestor:
             return None
         pruner = DiffFramePruner(self.pruner.threshold, self.pruner.min_tokens, self.pruner.merge_size)
         pruner.load_state(self.pruner.state())
-        chunk, _ = self._compress(list(self.pending), pruner, self.next_index)
+        chunk, _ = self._compress(list(self.pending), pruner, self.next_index, StageTimes())
         return chunk
 
     def _compress(
-        self, frames: list[SampledFrame], pruner: DiffFramePruner, index: int
+        self, frames: list[SampledFrame], pruner: DiffFramePruner, index: int, times: StageTimes
     ) -> tuple[ChunkCache, torch.Tensor]:
         """Chunk `index` made of `frames` (DiffFP through `pruner`), and DiffFP's keep mask."""
         grid = self.grid
         assert grid is not None  # set by the first push
-        images = np.stack([f.image for f in frames])  # (T, H, W, 3) uint8
-        pixel_values = frames_to_pixel_values(images, grid)  # (T * gh * gw, 3 * 14 * 14)
+        with times.measure("resize"):
+            images = np.stack([f.image for f in frames])  # (T, H, W, 3) uint8
+            pixel_values = frames_to_pixel_values(images, grid)  # (T * gh * gw, 3 * 14 * 14)
         n = len(frames)
-        keep = pruner.push(pixel_values, grid, n)  # (T * tokens_per_frame,) bool
+        with times.measure("diffp"):
+            keep = pruner.push(pixel_values, grid, n)  # (T * tokens_per_frame,) bool
         tpf = grid.tokens_per_frame
         with self.runner.lock:
-            features = encode_frames(self.runner.lm, pixel_values, n, grid.grid_h, grid.grid_w)
-            kept = features[keep.to(features.device)]
+            with times.measure("vision"):
+                features = encode_frames(self.runner.lm, pixel_values, n, grid.grid_h, grid.grid_w)
+                kept = features[keep.to(features.device)]
             per_frame = keep.view(n, tpf).sum(dim=1).tolist()
             interval = 1.0 / self.config.fps
             chunk_frames = ChunkFrames(
@@ -138,12 +186,13 @@ class StreamIngestor:
                 tokens_seen=n * tpf,
                 end_s=frames[-1].pts_s + interval,
             )
-            chunk = self.runner.compressor.compress(self.stream_id, index, chunk_frames)
+            with times.measure("compression"):
+                chunk = self.runner.compressor.compress(self.stream_id, index, chunk_frames)
         return chunk, keep
 
     def _commit_pending(self) -> None:
         frames, self.pending = self.pending, []
-        chunk, keep = self._compress(frames, self.pruner, self.next_index)
+        chunk, keep = self._compress(frames, self.pruner, self.next_index, self.stage_times)
         n, tpf = len(frames), chunk.tokens_seen // len(frames)
         kept = chunk.tokens_kept
         n_kept_frames = frames_kept(keep, tpf, self.pruner.min_tokens)
@@ -151,9 +200,10 @@ class StreamIngestor:
             c.tokens_seen += n * tpf
             c.tokens_kept += kept
             c.frames_kept += n_kept_frames
-        written = self.store.commit_chunk(chunk, self.counters)
-        self.counters = IngestCounters()
-        self.indexes.add(self.stream_id, chunk.index, chunk.retrieval.numpy())
+        with self.stage_times.measure("storage"):
+            written = self.store.commit_chunk(chunk, self.counters)
+            self.counters = IngestCounters()
+            self.indexes.add(self.stream_id, chunk.index, chunk.retrieval.numpy())
         self.next_index += 1
         self.chunks_committed += 1
         if self.on_commit is not None:
