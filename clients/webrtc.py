@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -196,6 +196,8 @@ class WebRTCSender:
     ice_addresses: the addresses ICE may use at both ends, e.g. ("127.0.0.1",) (ValueError if one
         is not an IP address); None: all of this machine's addresses but loopback, and the
         service's candidates as it offers them.
+    video_codec: offer only this codec ("VP8", "H264"), e.g. for a track of packets already
+        encoded with it (aiortc sends av.Packets as they are); None offers aiortc's usual list.
     """
 
     def __init__(
@@ -205,17 +207,22 @@ class WebRTCSender:
         stream_id: str | None = None,
         on_progress: ProgressCallback | None = None,
         ice_addresses: tuple[str, ...] | None = None,
+        video_codec: str | None = None,
     ) -> None:
         self.base = http_base(http_server)
         self.track = CountingTrack(track)
         self.stream_id = stream_id
         self.on_progress = on_progress
         self.ice_addresses = None if ice_addresses is None else parse_ice_addresses(ice_addresses)
+        self.codecs = None if video_codec is None else video_codecs(video_codec)
 
     async def run(self, seconds: float | None = None) -> SendResult:
         """Send until the source ends, `seconds` pass or the task is cancelled; then end cleanly."""
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver(self.track, direction="sendonly")
+        transceiver = pc.addTransceiver(self.track, direction="sendonly")
+        if self.codecs is not None:
+            transceiver.setCodecPreferences(self.codecs)
+        forward_keyframe_requests(transceiver.sender, self.track.source)
         started = time.monotonic()
         interrupted = False
         async with aiohttp.ClientSession() as http:
@@ -302,6 +309,29 @@ class WebRTCSender:
         if not isinstance(data, dict):
             raise WebRTCSendError(f"{url} answered {type(data).__name__}, expected a JSON object")
         return data
+
+
+def forward_keyframe_requests(sender: RTCRtpSender, source: MediaStreamTrack) -> None:
+    """Let a track of pre-encoded packets answer the receiver's keyframe requests (PLI).
+
+    aiortc's sender forces a keyframe only when it encodes frames itself; a track that sends
+    av.Packets as they are can offer `request_keyframe()` instead, and the requests go there.
+    Without it a receiver that lost a keyframe (one sent before its end of the connection was
+    ready, a packet lost) could decode nothing until the source's next scheduled keyframe.
+    """
+    request = getattr(source, "request_keyframe", None)
+    if callable(request):
+        sender._send_keyframe = request  # the method aiortc calls on a PLI
+
+
+def video_codecs(name: str) -> list[Any]:
+    """aiortc's capabilities for one video codec by name (with its retransmission entry)."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    chosen = [c for c in codecs if c.mimeType.lower() == f"video/{name.lower()}"]
+    if not chosen:
+        names = sorted({c.mimeType.split("/")[1] for c in codecs} - {"rtx"})
+        raise WebRTCSendError(f"aiortc cannot send video codec {name!r}; it has {', '.join(names)}")
+    return chosen + [c for c in codecs if c.mimeType.lower() == "video/rtx"]
 
 
 def send_video(

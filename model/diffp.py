@@ -16,6 +16,11 @@ import torch
 
 from longwatch.model.frames import FrameGrid
 
+# Bytes of one block of token differences. Three frame-sized temporaries (difference, absolute
+# value, then the mean's input) cost more in memory traffic and page faults than the arithmetic;
+# a block this small stays in L2 cache through all three steps.
+_BLOCK_BYTES = 256 * 1024
+
 
 class GridChangedError(ValueError):
     """A stream's frame grid changed mid-stream: DiffFP cannot compare across sizes."""
@@ -52,18 +57,12 @@ class DiffFramePruner:
         if n_frames == 0:
             return torch.zeros(0, dtype=torch.bool, device=pixel_values.device)
         rows = pixel_values.reshape(n_frames, tokens, -1)  # (T, N, m^2 * 3 * p^2)
-        first = self._prev is None
-        if not first:
-            prev = self._prev.to(rows.device).view(1, tokens, -1)  # (1, N, D)
-            rows_with_prev = torch.cat([prev, rows])  # (T + 1, N, D)
+        if self._prev is None:  # the stream's first frame keeps everything
+            keep_all = torch.ones((1, tokens), dtype=torch.bool, device=rows.device)
+            mask = torch.cat([keep_all, token_change(rows[1:], rows[0]) > self.threshold])
         else:
-            rows_with_prev = rows
-        # The native expression, term for term, so the float results match exactly.
-        diff = rows_with_prev[1:] - rows_with_prev[:-1]  # (T or T - 1, N, D)
-        diff = torch.abs(diff).mean(dim=-1) * 255  # (T or T - 1, N)
-        mask = diff > self.threshold
-        if first:  # the stream's first frame keeps everything
-            mask = torch.cat([torch.ones((1, tokens), dtype=torch.bool, device=mask.device), mask])
+            prev = self._prev.to(rows.device).view(tokens, -1)  # (N, D)
+            mask = token_change(rows, prev) > self.threshold  # (T, N)
         short = mask.sum(dim=1) < self.min_tokens  # (T,)
         mask[short, : self.min_tokens] = True
         # A copy, so neither the caller's chunk stays alive nor its later edits leak in.
@@ -117,6 +116,33 @@ class DiffFramePruner:
                     f"pixel_values dtype changed mid-stream: {self._prev.dtype} -> {pixel_values.dtype}"
                 )
         return grid.tokens_per_frame
+
+
+def token_change(rows: torch.Tensor, before_first: torch.Tensor) -> torch.Tensor:
+    """mean(|row_t - row_(t-1)|) x 255 of every token: (T, N, D) rows, (N, D) before the first -> (T, N).
+
+    The native expression term for term (subtract, absolute value, mean over the token's values,
+    x 255, in the input's dtype), so the floats match it bit for bit: a mean reduces each row on
+    its own, whatever the rows around it. On CPU it runs a block of tokens of one frame at a time
+    through one scratch buffer, tokens outermost, so that frame t's block is still in cache when
+    frame t + 1 subtracts it. Other devices take a whole frame per step (few kernel launches).
+    """
+    frames, tokens, values = rows.shape
+    change = torch.empty((frames, tokens), dtype=rows.dtype, device=rows.device)
+    block = tokens
+    if rows.device.type == "cpu":
+        block = max(1, min(tokens, _BLOCK_BYTES // (values * rows.element_size())))
+    scratch = torch.empty((block, values), dtype=rows.dtype, device=rows.device)
+    for start in range(0, tokens, block):
+        end = min(tokens, start + block)
+        diff = scratch[: end - start]  # (block, D)
+        before = before_first[start:end]
+        for t in range(frames):
+            now = rows[t, start:end]
+            torch.sub(now, before, out=diff)
+            torch.mean(diff.abs_(), dim=-1, out=change[t, start:end])
+            before = now
+    return change.mul_(255)
 
 
 def frames_kept(mask: torch.Tensor, tokens_per_frame: int, min_tokens: int = 1) -> int:

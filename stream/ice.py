@@ -24,6 +24,7 @@ service reached by browsers on other machines needs. Tests, CI and the demo use 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ipaddress
 import logging
@@ -140,6 +141,28 @@ async def set_local_description(
         _GATHER_ON.reset(token)
     for connection in _connections(pc):
         _restrict_remote(connection, addresses)
+
+
+# A 720p keyframe is about a hundred datagrams, and one event loop receives every peer's: the
+# usual default socket buffer (about 208 KB) overflows when that loop stalls for a second or so
+# (a busy machine, a long pass holding the GIL), and every datagram lost there costs a keyframe
+# request. The kernel caps the size at net.core.rmem_max (root may raise that).
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def enlarge_receive_buffers(pc: RTCPeerConnection, size: int = RECEIVE_BUFFER_BYTES) -> None:
+    """Ask for `size`-byte receive buffers on the sockets of the peer's ICE connections.
+
+    Call it once candidates are gathered (after `set_local_description`); a socket that refuses
+    keeps its buffer: this only makes losses under load less likely.
+    """
+    for connection in _connections(pc):
+        for protocol in getattr(connection, "_protocols", ()):
+            transport = getattr(protocol, "transport", None)
+            sock = None if transport is None else transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 # --- remote side ----------------------------------------------------------------------------

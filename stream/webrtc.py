@@ -26,7 +26,12 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from longwatch.stream.errors import BadRequest, Stopping, one_line
-from longwatch.stream.ice import restrict_remote_sdp, selected_pair, set_local_description
+from longwatch.stream.ice import (
+    enlarge_receive_buffers,
+    restrict_remote_sdp,
+    selected_pair,
+    set_local_description,
+)
 from longwatch.stream.images import VideoFrameImage
 from longwatch.stream.live import LiveRegistry, LiveSession
 
@@ -120,6 +125,7 @@ class _Peer:
     async def answer(self, offer: RTCSessionDescription) -> str:
         await self.pc.setRemoteDescription(offer)
         await set_local_description(self.pc, await self.pc.createAnswer(), self._ice_addresses)
+        enlarge_receive_buffers(self.pc)  # each stream's packets survive short stalls of the loop
         self._watcher = asyncio.ensure_future(self._watch_connect())
         return self.pc.localDescription.sdp
 

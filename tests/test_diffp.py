@@ -11,7 +11,7 @@ import torch
 from footage import real_clip
 from native_videollama3 import native_compression_mask
 
-from longwatch.model.diffp import DiffFramePruner, GridChangedError, frames_kept
+from longwatch.model.diffp import DiffFramePruner, GridChangedError, frames_kept, token_change
 from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
 from longwatch.model.synthetic import SyntheticFootage
 from longwatch.stream.decode import VideoFileReader
@@ -124,6 +124,21 @@ def test_bfloat16_matches_native_in_its_own_dtype() -> None:
     grid = grid_for(96, 160, 16)
     values = frames_to_pixel_values(frames, grid).to(torch.bfloat16)
     assert torch.equal(pushed(values, grid, 24, CHUNKS, threshold=2.0), native(values, grid, 24, 2.0))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_token_change_in_cache_sized_blocks_equals_the_whole_frame_expression(threads: int) -> None:
+    # 100 tokens of 2352 float32 values: several blocks and a short last one.
+    g = torch.Generator().manual_seed(0)
+    rows = torch.rand(5, 100, 2352, generator=g) * 2 - 1
+    before = torch.rand(100, 2352, generator=g) * 2 - 1
+    expected = torch.abs(rows - torch.cat([before[None], rows[:-1]])).mean(dim=-1) * 255
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # a reduction split across threads must not change the sums
+    try:
+        assert torch.equal(token_change(rows, before), expected)
+    finally:
+        torch.set_num_threads(previous)
 
 
 # -- the rules -------------------------------------------------------------------------------

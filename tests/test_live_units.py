@@ -6,16 +6,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import socket
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
+from aiortc import RTCPeerConnection
 
 from longwatch.clients import cli
 from longwatch.clients.cli import parse_size
 from longwatch.clients.format import format_send_summary
-from longwatch.clients.webrtc import SendResult, TestPatternTrack, WebRTCSender, WebRTCSendError, http_base
+from longwatch.clients.webrtc import (
+    SendResult,
+    TestPatternTrack,
+    WebRTCSender,
+    WebRTCSendError,
+    forward_keyframe_requests,
+    http_base,
+    video_codecs,
+)
 from longwatch.stream import ice
 from longwatch.stream.errors import BadRequest
 from longwatch.stream.images import EncodedImage, RawImage, decode_image
@@ -325,3 +336,61 @@ def test_restricted_gathering_stays_on_its_addresses_and_leaks_to_no_other_peer(
     ice.uninstall()  # again: harmless
     assert candidate_hosts(asyncio.run(_real_offer())) == ["127.0.0.1"]  # installs itself again
     assert aioice.ice.get_host_addresses is ice._host_addresses
+
+
+class PacketSource(TestPatternTrack):
+    """A track that could send pre-encoded packets: it takes keyframe requests itself."""
+
+    requested = 0
+
+    def request_keyframe(self) -> None:
+        self.requested += 1
+
+
+def test_keyframe_requests_reach_a_track_of_packets() -> None:
+    async def requests_seen(track: TestPatternTrack) -> None:
+        pc = RTCPeerConnection()
+        try:
+            sender = pc.addTransceiver(track, direction="sendonly").sender
+            forward_keyframe_requests(sender, track)
+            sender._send_keyframe()  # what aiortc does on a receiver's PLI
+        finally:
+            await pc.close()
+
+    packets = PacketSource()
+    asyncio.run(requests_seen(packets))
+    assert packets.requested == 1
+    asyncio.run(requests_seen(TestPatternTrack()))  # an encoding track keeps aiortc's own handling
+
+
+def test_one_video_codec_is_offered_with_its_retransmissions() -> None:
+    assert [c.mimeType for c in video_codecs("h264")][-1] == "video/rtx"
+    assert {c.mimeType for c in video_codecs("H264")} == {"video/H264", "video/rtx"}
+    with pytest.raises(WebRTCSendError, match="cannot send video codec 'AV2'.*H264.*VP8"):
+        video_codecs("AV2")
+
+
+def test_receive_buffers_grow_on_the_ice_sockets() -> None:
+    def sizes(pc: RTCPeerConnection) -> list[int]:
+        sockets = [p.transport.get_extra_info("socket") for c in ice._connections(pc) for p in c._protocols]
+        return [s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) for s in sockets]
+
+    async def before_and_after() -> tuple[list[int], list[int]]:
+        pc = RTCPeerConnection()
+        try:
+            pc.addTransceiver("video", direction="recvonly")
+            await ice.set_local_description(pc, await pc.createOffer(), LOOPBACK)
+            before = sizes(pc)
+            ice.enlarge_receive_buffers(pc, size=1 << 20)
+            return before, sizes(pc)
+        finally:
+            await pc.close()
+
+    before, after = asyncio.run(before_and_after())
+    assert before and len(after) == len(before)
+    rmem_max = Path("/proc/sys/net/core/rmem_max")  # what the kernel lets a process ask for
+    allowed = int(rmem_max.read_text()) if rmem_max.exists() else 0
+    for old, new in zip(before, after, strict=True):
+        assert new >= min(old, 1 << 20)
+        if allowed >= 1 << 20:
+            assert new >= 1 << 20
