@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import bench_main, machine, timer
+from common import bench_main, machine, model_placement, timer
 
 from longwatch.memory.index import IndexRegistry
 from longwatch.memory.redis_server import EmbeddedRedis
@@ -87,9 +87,9 @@ def cached_footage(footage: Footage, cache_dir: Path | None = None) -> Path:
 def demo_model(folder: Path) -> LoadedModel:
     """The shipped demo model when there is one, else its architecture with random weights."""
     if (DEMO_MODEL_DIR / "base" / "config.json").is_file():
-        return load_model(ModelConfig(), state_dir=folder)
+        return load_model(ModelConfig(**model_placement()), state_dir=folder)
     base = new_base(folder / "demo-base", seed=0, system_prompt=ModelConfig().system_prompt)
-    return load_model(ModelConfig(path=base))
+    return load_model(ModelConfig(path=base, **model_placement()))
 
 
 def ingest_once(

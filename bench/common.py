@@ -100,12 +100,33 @@ def bench_main(run, description: str, add_arguments=None) -> None:
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds, not figures")
-    parser.add_argument("--json-out", help="also write the rows to this file as JSON")
+    add_json_out(parser)
     if add_arguments:
         add_arguments(parser)
     args = vars(parser.parse_args())
     quick, out = args.pop("quick"), args.pop("json_out")
-    rows = emit(run(quick, **args))
-    if out:
-        with open(out, "w") as f:
+    emit_and_save(run(quick, **args), out)
+
+
+def add_json_out(parser) -> None:
+    parser.add_argument("--json-out", help="also write the rows to this file as JSON (bench/run_all.py)")
+
+
+def emit_and_save(rows: Iterable[dict], json_out: str | None) -> list[dict]:
+    """`emit` the rows, and write them to `json_out` as JSON when given."""
+    rows = emit(rows)
+    if json_out:
+        with open(json_out, "w") as f:
             json.dump(rows, f)
+    return rows
+
+
+def model_placement() -> dict[str, str]:
+    """Where benchmarks that load a model run it: LONGWATCH_DEVICE (cpu), LONGWATCH_DTYPE (float32)
+    and LONGWATCH_ATTN (sdpa; flash_attention_2 where flash-attn is installed). bench/cuda.sh sets them.
+    """
+    return {
+        "device": os.environ.get("LONGWATCH_DEVICE", "cpu"),
+        "dtype": os.environ.get("LONGWATCH_DTYPE", "float32"),
+        "attn_implementation": os.environ.get("LONGWATCH_ATTN", "sdpa"),
+    }

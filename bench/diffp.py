@@ -20,7 +20,6 @@ busy machine slows both alike; the figure is the median round.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import emit, machine
+from common import bench_main, machine
 
 from longwatch.model.diffp import DiffFramePruner
 from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
@@ -139,10 +138,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few frames of each size (smoke run)")
-    args = parser.parse_args()
-    emit(run(quick=args.quick))
+    bench_main(run, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

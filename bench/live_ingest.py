@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import emit, machine
+from common import add_json_out, emit_and_save, machine
 
 from longwatch.clients.client import LiveFrame, LongWatchClient
 from longwatch.clients.webrtc import TestPatternTrack, send_video
@@ -141,13 +141,14 @@ def main() -> None:
     parser.add_argument("--size", default=f"{FULL.width}x{FULL.height}")
     parser.add_argument("--fps", type=float, default=FULL.fps)
     parser.add_argument("--seconds", type=float, default=FULL.seconds)
+    add_json_out(parser)
     args = parser.parse_args()
     if args.quick:
-        emit(run(quick=True))
+        emit_and_save(run(quick=True), args.json_out)
         return
     width, height = (int(x) for x in args.size.split("x"))
     modes = ("grpc", "webrtc") if args.mode == "both" else (args.mode,)
-    emit(run(plan=Plan(modes, args.frames, width, height, args.fps, args.seconds)))
+    emit_and_save(run(plan=Plan(modes, args.frames, width, height, args.fps, args.seconds)), args.json_out)
 
 
 if __name__ == "__main__":

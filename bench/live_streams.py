@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from common import emit, machine
+from common import add_json_out, emit_and_save, machine, model_placement
 
 from longwatch.clients.webrtc import WebRTCSender
 from longwatch.model.config import ModelConfig
@@ -301,7 +301,7 @@ def service_settings(state_dir: Path, model: Path) -> ServiceSettings:
         port=0,
         http_port=0,
         state_dir=state_dir,
-        model=ModelConfig(path=model),
+        model=ModelConfig(path=model, **model_placement()),
         ingest_explicit=frozenset(),  # the model card's ingest settings (1 fps, 8 frames a chunk)
         live=LiveConfig(ice_addresses=LOOPBACK),
     )
@@ -344,13 +344,14 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=30, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="bench", help=argparse.SUPPRESS)
+    add_json_out(parser)
     args = parser.parse_args()
     if args.send:
         senders_main(args)
         return
     plan = QUICK if args.quick else FULL
     plan = replace(plan, counts=tuple(args.counts or plan.counts), seconds=args.seconds or plan.seconds)
-    emit(run(plan=plan))
+    emit_and_save(run(plan=plan), args.json_out)
 
 
 if __name__ == "__main__":

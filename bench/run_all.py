@@ -22,7 +22,7 @@ from common import machine
 
 HERE = Path(__file__).resolve().parent
 # In the order of the data path: pruning, archive ingest, live ingest, storage, asking.
-BENCHMARKS = ("diffp", "archive_ingest", "live_streams", "storage", "ask_latency")
+BENCHMARKS = ("diffp", "archive_ingest", "live_ingest", "live_streams", "storage", "kv_quant", "ask_latency")
 
 
 def main() -> int:

@@ -341,12 +341,13 @@ def send_video(
     seconds: float | None = None,
     on_progress: ProgressCallback | None = None,
     ice_addresses: tuple[str, ...] | None = None,
+    video_codec: str | None = None,
 ) -> SendResult:
     """Blocking form of `WebRTCSender(...).run(seconds)`, on a fresh event loop.
 
     Ctrl-C (SIGINT) ends the send cleanly, the same as the source ending: the result says so.
     """
-    sender = WebRTCSender(http_server, track, stream_id, on_progress, ice_addresses)
+    sender = WebRTCSender(http_server, track, stream_id, on_progress, ice_addresses, video_codec)
     return asyncio.run(sender.run(seconds))
 
 
