@@ -306,8 +306,14 @@ def _add_eval(commands: Any) -> None:
     sub.add_argument("--lengths", default="60,300,900,1800,3600", help="haystack lengths in sampled frames")
     sub.add_argument("--depths", default="0,25,50,75,100", help="needle depths in percent")
     sub.add_argument("--needles", type=int, default=3, help="needles per cell")
-    sub.add_argument("--rows", default="longwatch,keep-raw,uniform-180")
+    sub.add_argument("--rows", default="longwatch,longwatch-float,keep-raw,uniform-180")
     sub.add_argument("--top-k", type=int, default=4)
+    sub.add_argument(
+        "--raw-max-frames",
+        type=int,
+        default=900,
+        help="keep-raw row: longest haystack to run (its ingest grows with the square of the length)",
+    )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -323,6 +329,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         needles=args.needles,
         rows=rows,
         top_k=args.top_k,
+        raw_max_frames=args.raw_max_frames,
     )
     report = run_needle_eval(ModelConfig(path=args.model, adapter=args.adapter), plan, args.out)
     print(format_report(report))

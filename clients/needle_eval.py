@@ -2,8 +2,10 @@
 
 Haystacks of {60, 300, 900, 1800, 3600} sampled frames x needle depth {0, 25, 50, 75, 100}%,
 several needles per cell, evaluation seeds only. Rows, side by side:
-- longwatch: summary tokens (alpha 16) + retrieval top-k, the default service;
-- keep-raw: every token's K/V kept (chunks see earlier ones), same retrieval: what compression costs;
+- longwatch: summary tokens (alpha 16) + retrieval top-k, the default service (int8 K/V);
+- longwatch-float: the same with K/V stored as computed: what int8 storage costs;
+- keep-raw: every token's K/V kept (chunks see earlier ones), same retrieval: what compression
+  costs; only up to `raw_max_frames` (its ingest grows with the square of the stream's length);
 - uniform-180: the VideoLLaMA3 default, 180 frames sampled uniformly over the video,
   uncompressed, all of them in context (no retrieval).
 Each needle is asked what appeared, its colour and when; answers are judged by
@@ -38,7 +40,14 @@ if TYPE_CHECKING:
 
 LENGTHS = (60, 300, 900, 1800, 3600)
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-ROWS = ("longwatch", "keep-raw", "uniform-180")
+ROWS = ("longwatch", "longwatch-float", "keep-raw", "uniform-180")
+# The service's K/V storage per row: the baselines and the float row keep K/V as computed.
+ROW_KV_STORAGE = {
+    "longwatch": "int8",
+    "longwatch-float": "float",
+    "keep-raw": "float",
+    "uniform-180": "float",
+}
 UNIFORM_FRAMES = 180
 
 
@@ -51,6 +60,10 @@ class EvalPlan:
     top_k: int = 4
     frames_per_chunk: int = 8
     max_tokens_per_frame: int = 4
+    raw_max_frames: int = 900  # keep-raw cells beyond this are skipped (reported as such)
+
+    def runs(self, row: str, length: int) -> bool:
+        return row != "keep-raw" or length <= self.raw_max_frames
 
     def videos(self) -> Iterator[tuple[int, float, int, NeedleVideo]]:
         """(length, depth, n, video) for every cell; seeds from the evaluation split, distinct per video."""
@@ -68,6 +81,8 @@ class Cell:
     recalled: list[bool] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
+        if not self.correct:
+            return {"skipped": True}
         out = {k: sum(v) / len(v) for k, v in sorted(self.correct.items())}
         out["all"] = sum(sum(v) for v in self.correct.values()) / max(
             1, sum(len(v) for v in self.correct.values())
@@ -95,6 +110,7 @@ def row_settings(row: str, base: ModelConfig, plan: EvalPlan, state_dir: Path) -
         state_dir=state_dir,
         top_k=plan.top_k,
         max_new_tokens=12,
+        kv_storage=ROW_KV_STORAGE[row],
         ingest=IngestConfig(
             fps=1.0, frames_per_chunk=plan.frames_per_chunk, max_tokens_per_frame=plan.max_tokens_per_frame
         ),
@@ -146,6 +162,8 @@ def run_needle_eval(
             running(row_settings(row, base, plan, Path(state))) as client,
         ):
             for length, depth, n, video in plan.videos():
+                if not plan.runs(row, length):
+                    continue
                 path = videos_dir / f"needle-{video.seed}-{length}s.mp4"
                 if not path.exists():
                     video.write(path)
@@ -158,6 +176,7 @@ def run_needle_eval(
             "depths": list(plan.depths),
             "needles": plan.needles,
             "top_k": plan.top_k,
+            "raw_max_frames": plan.raw_max_frames,
         },
         "question_kinds": list(QUESTION_KINDS),
         "rows": {
@@ -188,8 +207,10 @@ def write_heatmap(report: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.6), squeeze=False)
     for ax, row in zip(axes[0], rows, strict=True):
         grid = np.zeros((len(lengths), len(depths)))
+        grid[:] = np.nan  # skipped cells stay blank
         for entry in report["rows"][row]:
-            grid[lengths.index(entry["length"]), depths.index(entry["depth"])] = entry["all"]
+            if not entry.get("skipped"):
+                grid[lengths.index(entry["length"]), depths.index(entry["depth"])] = entry["all"]
         ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths])
         ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
@@ -198,7 +219,8 @@ def write_heatmap(report: dict, path: Path) -> Path:
         ax.set_title(row)
         for i in range(len(lengths)):
             for j in range(len(depths)):
-                ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=8)
+                label = "skipped" if np.isnan(grid[i, j]) else f"{grid[i, j]:.0%}"
+                ax.text(j, i, label, ha="center", va="center", fontsize=7 if np.isnan(grid[i, j]) else 8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -207,14 +229,19 @@ def write_heatmap(report: dict, path: Path) -> Path:
 
 def format_report(report: dict) -> str:
     """A readable table: per row, accuracy per question kind and recall@k, averaged over the grid."""
-    lines = ["row            what  colour  when   all  recall@k"]
-    for row, entries in report["rows"].items():
+    lines = ["row              what  colour  when   all  recall@k  cells"]
+    for row, all_entries in report["rows"].items():
+        entries = [e for e in all_entries if not e.get("skipped")]
+        if not entries:
+            lines.append(f"{row:<15}  (skipped)")
+            continue
         mean = {
             k: sum(e.get(k, 0.0) for e in entries) / len(entries)
             for k in ("what", "colour", "when", "all", "recall@k")
         }
         recall = f"{mean['recall@k']:8.1%}" if any("recall@k" in e for e in entries) else "       -"
         lines.append(
-            f"{row:<13} {mean['what']:5.1%} {mean['colour']:6.1%} {mean['when']:5.1%} {mean['all']:5.1%} {recall}"
+            f"{row:<15} {mean['what']:5.1%} {mean['colour']:6.1%} {mean['when']:5.1%} {mean['all']:5.1%} "
+            f"{recall}  {len(entries)}/{len(all_entries)}"
         )
     return "\n".join(lines)

@@ -29,7 +29,7 @@ def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) ->
     )
     assert code == 0
     report = json.loads((out / "needle_eval.json").read_text())
-    assert set(report["rows"]) == {"longwatch", "keep-raw", "uniform-180"}
+    assert set(report["rows"]) == {"longwatch", "longwatch-float", "keep-raw", "uniform-180"}
     for row, cells in report["rows"].items():
         assert [(c["length"], c["depth"]) for c in cells] == [(60, 0.0), (60, 1.0)]
         for c in cells:
@@ -44,3 +44,23 @@ def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) ->
         f"needle-{make_needle_video(seed_for('eval', i), 60, d).seed}-60s.mp4"
         for i, d in enumerate((0.0, 1.0))
     )
+
+
+def test_keep_raw_cells_past_its_limit_are_reported_skipped() -> None:
+    from longwatch.clients.needle_eval import Cell, EvalPlan, format_report
+
+    plan = EvalPlan(lengths=(60, 3600), raw_max_frames=900)
+    assert plan.runs("keep-raw", 60) and not plan.runs("keep-raw", 3600) and plan.runs("longwatch", 3600)
+    ran = Cell()
+    ran.correct["colour"] += [True, False]
+    report = {
+        "rows": {
+            "keep-raw": [
+                {"length": 60, "depth": 0.0, **ran.summary()},
+                {"length": 3600, "depth": 0.0, **Cell().summary()},
+            ]
+        }
+    }
+    assert report["rows"]["keep-raw"][1] == {"length": 3600, "depth": 0.0, "skipped": True}
+    line = format_report(report).splitlines()[1]
+    assert "50.0%" in line and line.endswith("1/2")  # the skipped cell is not averaged in as 0%
