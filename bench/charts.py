@@ -20,7 +20,7 @@ def ask_latency_chart(rows: list[dict], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for system in sorted({r["system"] for r in rows}):
         mine = sorted((r for r in rows if r["system"] == system), key=lambda r: r["stream_min"])
-        x = [r["stream_min"] / 60 for r in mine]
+        x = [r["stream_min"] for r in mine]
         p50 = [r["ttft_p50_ms"] for r in mine]
         p95 = [r["ttft_p95_ms"] for r in mine]
         ax.errorbar(
@@ -32,7 +32,10 @@ def ask_latency_chart(rows: list[dict], path: Path) -> Path | None:
             label=system,
         )
     ax.axhline(100, color="grey", linestyle=":", label="goal: 100 ms")
-    ax.set(xscale="log", yscale="log", xlabel="stream length (hours)", ylabel="time to first token (ms)")
+    ax.set(xscale="log", yscale="log", xlabel="stream length", ylabel="time to first token (ms)")
+    lengths = sorted({r["stream_min"] for r in rows})
+    ax.set_xticks(lengths, [f"{m // 60} h" if m % 60 == 0 else f"{m} min" for m in lengths])
+    ax.minorticks_off()
     ax.set_title("Ask: time to first token, p50 (bar to p95)")
     ax.legend(fontsize=8)
     fig.tight_layout()
