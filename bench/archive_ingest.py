@@ -20,13 +20,12 @@ stages add up to more than the wall time.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import bench_main, machine, model_placement, timer
+from common import bench_main, cached_file, machine, model_placement, timer
 
 from longwatch.memory.index import IndexRegistry
 from longwatch.memory.redis_server import EmbeddedRedis
@@ -39,8 +38,6 @@ from longwatch.model.train import new_base
 from longwatch.stream.archive import ArchiveProgress, ingest_archive
 from longwatch.stream.pipeline import ModelRunner, StageTimes
 from longwatch.stream.settings import IngestConfig, ServiceSettings, ingest_for_model
-
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longwatch-bench"
 
 
 @dataclass(frozen=True)
@@ -63,25 +60,9 @@ QUICK = Footage(seconds=20.0)
 
 
 def cached_footage(footage: Footage, cache_dir: Path | None = None) -> Path:
-    """The footage's mp4 in `cache_dir` (default CACHE_DIR), encoded on first use.
-
-    Written beside its final name and renamed, so an interrupted run never leaves half a file.
-    """
-    cache_dir = CACHE_DIR if cache_dir is None else cache_dir
-    path = cache_dir / footage.file_name
-    if path.is_file():
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    """The footage's mp4 in `cache_dir` (default: the benchmarks' cache), encoded on first use."""
     source = SyntheticFootage(footage.seed, footage.width, footage.height, footage.fps)
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".part.mp4", delete=False) as part:
-        partial = Path(part.name)
-    try:
-        source.write(partial, footage.seconds)
-        partial.chmod(0o644)  # a temporary file is private; the cache is not
-        partial.rename(path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return cached_file(footage.file_name, lambda path: source.write(path, footage.seconds), cache_dir)
 
 
 def demo_model(folder: Path) -> LoadedModel:

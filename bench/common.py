@@ -12,8 +12,9 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def machine() -> dict:
@@ -130,3 +131,25 @@ def model_placement() -> dict[str, str]:
         "dtype": os.environ.get("LONGWATCH_DTYPE", "float32"),
         "attn_implementation": os.environ.get("LONGWATCH_ATTN", "sdpa"),
     }
+
+
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longwatch-bench"
+
+
+def cached_file(name: str, write: Callable[[Path], None], cache_dir: Path | None = None) -> Path:
+    """`cache_dir / name` (default CACHE_DIR), made by `write(path)` on first use.
+
+    Written beside its final name and renamed, so an interrupted run never leaves half a file.
+    """
+    cache_dir = CACHE_DIR if cache_dir is None else cache_dir
+    path = cache_dir / name
+    if path.is_file():
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.part{path.suffix}")
+    try:
+        write(partial)
+        partial.rename(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

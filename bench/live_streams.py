@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from common import add_json_out, emit_and_save, machine, model_placement
+from common import add_json_out, cached_file, emit_and_save, machine, model_placement
 
 from longwatch.clients.webrtc import WebRTCSender
 from longwatch.model.config import ModelConfig
@@ -57,7 +57,6 @@ if TYPE_CHECKING:  # the senders' process runs this file too and must not pay fo
     from longwatch.stream.settings import ServiceSettings
 
 LOOPBACK = ("127.0.0.1",)  # WebRTC never leaves loopback, at both ends
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longwatch-bench"
 VIDEO_CLOCK = 90_000  # RTP's video clock
 SAMPLE_FPS = 1.0  # the demo model card's sampling rate
 GOAL_STREAMS = 3
@@ -98,19 +97,9 @@ QUICK = Plan(counts=(1,), seconds=2.0, clip=Clip(seconds=1.0, keyframe_s=1.0))
 # --- the video ----------------------------------------------------------------------------------
 
 
-def cached_clip(clip: Clip, cache_dir: Path = CACHE_DIR) -> Path:
+def cached_clip(clip: Clip, cache_dir: Path | None = None) -> Path:
     """The clip as an MPEG-TS file of H.264 in Annex-B form (what RTP carries), encoded on first use."""
-    path = cache_dir / clip.file_name
-    if path.is_file():
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.part")
-    try:
-        encode_clip(clip, partial)
-        partial.rename(path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return cached_file(clip.file_name, lambda path: encode_clip(clip, path), cache_dir)
 
 
 def encode_clip(clip: Clip, path: Path) -> None:

@@ -9,10 +9,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import archive_ingest  # noqa: E402 - a script folder, put on the path just above
+import common  # noqa: E402
 
 
 def test_quick_run_reports_a_consistent_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archive_ingest, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(common, "CACHE_DIR", tmp_path / "cache")
     (row,) = archive_ingest.run(quick=True)
     clip = archive_ingest.QUICK
     assert row["bench"] == "archive_ingest"
