@@ -48,7 +48,7 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from common import add_json_out, cached_file, emit_and_save, machine, model_placement
 
-from longwatch.clients.webrtc import WebRTCSender
+from longwatch.clients.webrtc import FramePacer, WebRTCSender
 from longwatch.model.config import ModelConfig
 from longwatch.model.synthetic import SyntheticFootage
 
@@ -145,7 +145,7 @@ class PacketTrack(MediaStreamTrack):
         self._n = 0  # frames sent
         self._position = 0  # index into packets of the next one to send
         self._keyframe_due = False
-        self._start: float | None = None
+        self._pacer = FramePacer(self.fps)
 
     def request_keyframe(self) -> None:
         self.keyframes_requested += 1
@@ -154,10 +154,7 @@ class PacketTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            await asyncio.sleep(max(0.0, self._start + self._n / self.fps - time.monotonic()))
+        await self._pacer.wait(self._n)
         if self._keyframe_due:
             self._keyframe_due = False
             self._position = max(k for k in self.keyframes if k <= self._position)

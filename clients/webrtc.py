@@ -83,6 +83,21 @@ def http_base(server: str) -> str:
 # --- sources --------------------------------------------------------------------------------
 
 
+class FramePacer:
+    """Real-time pacing for a generated track: `wait(n)` returns when frame n is due at `fps`,
+    counted from the first call (which returns at once)."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self._start: float | None = None
+
+    async def wait(self, n: int) -> None:
+        if self._start is None:
+            self._start = time.monotonic()
+            return
+        await asyncio.sleep(max(0.0, self._start + n / self.fps - time.monotonic()))
+
+
 class TestPatternTrack(MediaStreamTrack):
     """Colour bars with a white square sweeping across, at `fps`: every frame differs a little.
 
@@ -102,15 +117,12 @@ class TestPatternTrack(MediaStreamTrack):
         self.width, self.height, self.fps = width, height, fps
         self._bars = _colour_bars(width, height)  # (H, W, 3) uint8
         self._n = 0
-        self._start: float | None = None
+        self._pacer = FramePacer(fps)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            await asyncio.sleep(max(0.0, self._start + self._n / self.fps - time.monotonic()))
+        await self._pacer.wait(self._n)
         frame = av.VideoFrame.from_ndarray(self.draw(self._n), format="rgb24")
         frame.pts = round(self._n * VIDEO_CLOCK / self.fps)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
