@@ -13,6 +13,7 @@ from enum import Enum
 
 MAX_STREAM_ID_LEN = 128
 KV_STORAGE = ("float", "int8")  # how a stream's chunks keep their K/V (memory/serialization.py)
+LEGACY_KV_STORAGE = "float"  # what a stream recorded before kv_storage existed holds
 _STREAM_ID_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_STREAM_ID_LEN}}}")
 
 
@@ -172,7 +173,7 @@ class StreamRecord:
         text = {_text(k): _text(v) for k, v in data.items()}
         if "stream_id" not in text:
             raise StoreError(f"stream record has no stream_id field (fields: {sorted(text)[:8]})")
-        kwargs: dict[str, object] = {"kv_storage": "float"}  # records from before the field: float K/V
+        kwargs: dict[str, object] = {"kv_storage": LEGACY_KV_STORAGE}  # records from before the field
         for f in fields(cls):
             if f.name not in text:
                 continue

@@ -37,6 +37,7 @@ from redis.retry import Retry
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.records import (
     KV_STORAGE,
+    LEGACY_KV_STORAGE,
     ChunkExists,
     ChunkNotFound,
     ChunkSpan,
@@ -351,8 +352,7 @@ class RedisChunkStore(ChunkStore):
         sid, duration, kv_storage = pipe.hmget(keys.record, ["stream_id", "duration_s", "kv_storage"])
         if sid is None:
             raise StreamNotFound(f"stream {stream_id!r} does not exist; create it before committing")
-        # A record from before kv_storage existed holds float K/V.
-        return float(duration or 0.0), (kv_storage or b"float").decode()
+        return float(duration or 0.0), kv_storage.decode() if kv_storage else LEGACY_KV_STORAGE
 
     @staticmethod
     def _check_commit(
