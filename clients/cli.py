@@ -33,6 +33,7 @@ from longwatch.clients.format import (
     format_stream,
     format_streams_table,
 )
+from longwatch.model.config import BASE_SIZES
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.stream.settings import add_service_arguments, address_list, settings_from_args
 
@@ -151,7 +152,16 @@ def _add_train(commands: Any) -> None:
         default=0,
         help="stage base: first steps after vision pretraining on single-chunk clips answered keep-raw",
     )
+    sub.add_argument(
+        "--size",
+        choices=sorted(BASE_SIZES),
+        default="small",
+        help="stage base: widths and depths (BASE_SIZES)",
+    )
     sub.add_argument("--lr", type=float, default=1e-3)
+    sub.add_argument(
+        "--pretrain-vision-lr", type=float, default=1e-3, help="stage base: lr of vision pretraining"
+    )
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--alphas", default="2,4,8,16", help="alpha drawn per chunk from these")
     sub.add_argument("--summary-steps", type=int, default=500, help="stage demo: steps of its summary stage")

@@ -32,6 +32,7 @@ from transformers import DynamicCache
 
 from longwatch.model.answer import continue_logits, question_queries, repack
 from longwatch.model.compressor import ChunkFrames, ChunkKV, run_chunk
+from longwatch.model.config import BASE_SIZES
 from longwatch.model.diffp import DiffFramePruner
 from longwatch.model.frames import frames_to_pixel_values, grid_for
 from longwatch.model.loading import LoadedModel, prefill_prefix, question_suffix, question_text
@@ -52,7 +53,8 @@ class TrainConfig:
     chunk_dropout: chance that each non-evidence chunk is left out of the answer context.
     diff_thresholds: DiffFP threshold drawn per clip from this range: raw rendered frames carry
         sensor noise that a codec would have flattened, so a higher threshold mimics encoded video.
-    vision_steps: stage "base": steps of single-frame vision pretraining before the rest.
+    vision_steps: stage "base": steps of single-frame vision pretraining before the rest, at
+        pretrain_vision_lr (a 4-layer tower learned shapes faster at 1e-3 than at 2e-3).
     freeze_vision_steps: stage "base": steps after that with the vision tower frozen; then all
         weights train, the vision tower at vision_lr.
     raw_share: stage "base": share of clips answered in keep-raw mode (every token, no summaries).
@@ -67,6 +69,7 @@ class TrainConfig:
     steps: int = 200
     lr: float = 1e-3
     vision_lr: float = 3e-4
+    pretrain_vision_lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
     alphas: tuple[int, ...] = (2, 4, 8, 16)
@@ -287,24 +290,22 @@ def phase_at(config: TrainConfig, step: int) -> str:
     return "decoder" if step < config.vision_steps + config.freeze_vision_steps else "joint"
 
 
-def trainable(
-    lm: LoadedModel, probe: VisionProbe | None, phase: str
-) -> list[tuple[str, list[nn.Parameter], float]]:
-    """(group name, parameters, lr scale) for a phase; everything else is frozen."""
+def trainable(lm: LoadedModel, probe: VisionProbe | None, phase: str) -> list[tuple[str, list[nn.Parameter]]]:
+    """(group name, parameters) for a phase; everything else is frozen."""
     lm.model.requires_grad_(False)
     if phase == "summary":
-        groups = [("summary", lm.summary.parameters(), 1.0)]
+        groups = [("summary", list(lm.summary.parameters()))]
     elif phase == "vision":
-        groups = [("vision", list(lm.model.model.vision_model.parameters()), 1.0)]
-        groups.append(("probe", list(probe.parameters()) if probe else [], 1.0))
+        groups = [("vision", list(lm.model.model.vision_model.parameters()))]
+        groups.append(("probe", list(probe.parameters()) if probe else []))
     else:
         vision = list(lm.model.model.vision_model.parameters())
         vision_ids = {id(p) for p in vision}
         rest = [p for p in lm.model.parameters() if id(p) not in vision_ids]
-        groups = [("rest", rest, 1.0)]
+        groups = [("rest", rest)]
         if phase == "joint":
-            groups.append(("vision", vision, 0.0))  # lr set from vision_lr below
-    for _, params, _ in groups:
+            groups.append(("vision", vision))
+    for _, params in groups:
         for p in params:
             p.requires_grad_(True)
     return groups
@@ -349,13 +350,19 @@ class Trainer:
             [
                 {
                     "params": params,
-                    "base_lr": c.vision_lr if name == "vision" and phase == "joint" else c.lr * scale,
+                    "base_lr": self._base_lr(name, phase),
                 }
-                for name, params, scale in groups
+                for name, params in groups
             ],
             lr=c.lr,
             weight_decay=c.weight_decay,
         )
+
+    def _base_lr(self, group: str, phase: str) -> float:
+        c = self.config
+        if phase == "vision":
+            return c.pretrain_vision_lr
+        return c.vision_lr if group == "vision" else c.lr
 
     def train_step(self) -> StepMetrics:
         t0 = time.perf_counter()
@@ -511,28 +518,33 @@ def cosine_lr(step: int, total: int, warmup: int = 20) -> float:
 DEMO_CARD = {"ingest": {"max_tokens_per_frame": 4, "frames_per_chunk": 8, "fps": 1.0}, "alpha": 16}
 
 
-def new_base(folder: Path, seed: int, system_prompt: str, name: str = "longwatch-demo") -> Path:
-    """A from-scratch base for the needle demo: word tokenizer, 56 px frames (4 tokens), small widths."""
+def new_base(
+    folder: Path, seed: int, system_prompt: str, name: str = "longwatch-demo", size: str = "small"
+) -> Path:
+    """A from-scratch base for the needle demo: word tokenizer, 56 px frames (4 tokens), a BASE_SIZES size."""
     from longwatch.model.tiny import build_tiny_model
     from longwatch.model.train_data import corpus
     from longwatch.model.vocab import build_word_tokenizer
 
+    if size not in BASE_SIZES:
+        raise ValueError(f"size must be one of {sorted(BASE_SIZES)}, got {size!r}")
+    s = BASE_SIZES[size]
     return build_tiny_model(
         folder,
         seed=seed,
         tokenizer=build_word_tokenizer(corpus(system_prompt)),
         name=name,
-        card=DEMO_CARD,
+        card={**DEMO_CARD, "size": size},
         vision_overrides={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
+            "hidden_size": s.vision_width,
+            "intermediate_size": 2 * s.vision_width,
+            "num_hidden_layers": s.vision_layers,
+            "num_attention_heads": s.vision_heads,
         },
         projector_scale=40.0,
-        hidden_size=96,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=s.decoder_width,
+        intermediate_size=2 * s.decoder_width + 64,
+        num_hidden_layers=s.decoder_layers,
+        num_attention_heads=s.decoder_heads,
+        num_key_value_heads=s.decoder_kv_heads,
     )

@@ -122,6 +122,7 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
         seed=args.seed,
         alphas=tuple(int(a) for a in args.alphas.split(",")),
         vision_steps=args.vision_steps if base else 0,
+        pretrain_vision_lr=args.pretrain_vision_lr,
         freeze_vision_steps=args.freeze_vision_steps if base else 0,
         reading_steps=args.reading_steps if base else 0,
         checkpoint_every=args.checkpoint_every,
@@ -143,7 +144,7 @@ def train_stage(
     if config.stage == "base":
         base = out / "init"
         if not (base / "config.json").exists():
-            new_base(base, config.seed, model_config.system_prompt)
+            new_base(base, config.seed, model_config.system_prompt, size=args.size)
     model_config.path = base
     model_config.adapter = adapter  # a summary stage starts from the summary tokens it is given
     reading = NeedleClips(n_chunks=1, short_chunks=(1, 2, 4)) if isinstance(source, NeedleClips) else None
