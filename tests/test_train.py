@@ -13,7 +13,7 @@ import torch
 from footage import real_clip
 
 from longwatch.model.compressor import SummaryCompressor
-from longwatch.model.config import ModelConfig
+from longwatch.model.config import BASE_SIZES, ModelConfig
 from longwatch.model.loading import LoadedModel, load_model
 from longwatch.model.needles import (
     COLOURS,
@@ -171,6 +171,36 @@ def test_base_stage_from_scratch_learns(tmp_path: Path) -> None:
     assert card["ingest"]["max_tokens_per_frame"] == 4 and card["trained"]["stage"] == "base"
     reloaded = load_model(ModelConfig(path=out))  # a saved base is an ordinary checkpoint
     assert reloaded.tokenizer.decode(reloaded.tokenize("at 123 s")) == "at 123 s"
+
+
+def test_base_sizes_and_each_phase_learning_rate(tmp_path: Path) -> None:
+    folder = new_base(tmp_path / "init", seed=0, system_prompt=ModelConfig().system_prompt, size="tiny")
+    config = json.loads((folder / "config.json").read_text())
+    tiny = BASE_SIZES["tiny"]
+    assert config["text_config"]["hidden_size"] == tiny.decoder_width
+    assert config["text_config"]["num_hidden_layers"] == tiny.decoder_layers
+    assert config["vision_config"]["hidden_size"] == tiny.vision_width
+    assert json.loads((folder / "longwatch.json").read_text())["size"] == "tiny"
+    with pytest.raises(ValueError, match="size must be one of"):
+        new_base(tmp_path / "bad", seed=0, system_prompt="", size="huge")
+    train = TrainConfig(
+        stage="base",
+        vision_steps=1,
+        vision_batch=2,
+        freeze_vision_steps=1,
+        steps=2,
+        lr=2e-3,
+        pretrain_vision_lr=5e-4,
+        vision_lr=1e-4,
+        checkpoint_every=100,
+    )
+    trainer = Trainer(load_model(ModelConfig(path=folder)), NeedleClips(n_chunks=2), train, tmp_path / "run")
+    base_lrs = []
+    for _ in range(train.total_steps):
+        trainer.train_step()
+        base_lrs.append((trainer.phase, sorted(g["base_lr"] for g in trainer.optimizer.param_groups)))
+    # Vision pretraining (tower and probe) at its own rate; in the joint phase the tower moves slower.
+    assert base_lrs == [("vision", [5e-4, 5e-4]), ("decoder", [2e-3]), ("joint", [1e-4, 2e-3])]
 
 
 @dataclass
