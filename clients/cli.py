@@ -306,8 +306,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_eval(commands: Any) -> None:
-    sub = _command(commands, "eval", _cmd_eval, "evaluate a model through the real service")
-    sub.add_argument("suite", choices=["needle"], help="needle: the V-NIAH-style grid")
+    sub = _command(commands, "eval", _cmd_eval, "evaluate a model on needle videos")
+    sub.add_argument(
+        "suite",
+        choices=["needle", "clips"],
+        help="needle: the V-NIAH-style grid through the real service; clips: a quick in-process check",
+    )
     sub.add_argument("--model", type=Path, help="VideoLLaMA3 checkpoint folder (default: the built-in model)")
     sub.add_argument("--adapter", type=Path, help="summary-token adapter folder")
     sub.add_argument(
@@ -318,6 +322,8 @@ def _add_eval(commands: Any) -> None:
     sub.add_argument("--needles", type=int, default=3, help="needles per cell")
     sub.add_argument("--rows", default="longwatch,longwatch-float,keep-raw,uniform-180")
     sub.add_argument("--top-k", type=int, default=4)
+    sub.add_argument("--clips", type=int, default=120, help="clips: evaluation clips per chunk count")
+    sub.add_argument("--chunks", default="6,16", help="clips: chunks per clip, one run per count")
     sub.add_argument(
         "--raw-max-frames",
         type=int,
@@ -330,6 +336,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from longwatch.clients.needle_eval import ROWS, EvalPlan, format_report, run_needle_eval
     from longwatch.model.config import ModelConfig
 
+    if args.suite == "clips":
+        return _eval_clips(args)
     rows = tuple(args.rows.split(","))
     if unknown := set(rows) - set(ROWS):
         return _fail(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}", code=2)
@@ -344,6 +352,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     report = run_needle_eval(ModelConfig(path=args.model, adapter=args.adapter), plan, args.out)
     print(format_report(report))
     print(f"wrote {args.out / 'needle_eval.json'} and {args.out / 'needle_eval.png'}")
+    return 0
+
+
+def _eval_clips(args: argparse.Namespace) -> int:
+    """Accuracy per question kind on evaluation clips, in process: minutes, where the grid takes tens."""
+    from longwatch.model.config import ModelConfig
+    from longwatch.model.evaluate import evaluate_clips
+    from longwatch.model.loading import load_model
+
+    lm = load_model(ModelConfig(path=args.model, adapter=args.adapter))
+    print(
+        f"{'chunks':>6}  {'clips':>5}  {'what':>6}  {'colour':>6}  {'when':>6}  {'recall@' + str(args.top_k):>9}"
+    )
+    for n_chunks in (int(x) for x in args.chunks.split(",")):
+        acc = evaluate_clips(lm, args.clips, top_k=args.top_k, n_chunks=n_chunks).accuracy()
+        cells = [f"{acc.get(k, float('nan')):6.1%}" for k in ("what", "colour", "when")]
+        print(f"{n_chunks:>6}  {args.clips:>5}  {'  '.join(cells)}  {acc['recall@k']:9.1%}", flush=True)
     return 0
 
 

@@ -64,3 +64,14 @@ def test_keep_raw_cells_past_its_limit_are_reported_skipped() -> None:
     assert report["rows"]["keep-raw"][1] == {"length": 3600, "depth": 0.0, "skipped": True}
     line = format_report(report).splitlines()[1]
     assert "50.0%" in line and line.endswith("1/2")  # the skipped cell is not averaged in as 0%
+
+
+def test_eval_clips_prints_accuracy_of_the_shipped_model(capsys) -> None:  # noqa: ANN001
+    code = cli.main(["eval", "clips", "--clips", "12", "--chunks", "3", "--top-k", "1"])
+    assert code == 0
+    header, row = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert header.split() == ["chunks", "clips", "what", "colour", "when", "recall@1"]
+    chunks, clips, what, colour, when, recall = row.split()
+    assert (chunks, clips) == ("3", "12")
+    # The shipped demo model reads colours, and its retrieval finds the needle's chunk among three.
+    assert float(colour.rstrip("%")) >= 75 and float(recall.rstrip("%")) >= 75
