@@ -367,7 +367,7 @@ def _eval_clips(args: argparse.Namespace) -> int:
     )
     for n_chunks in (int(x) for x in args.chunks.split(",")):
         acc = evaluate_clips(lm, args.clips, top_k=args.top_k, n_chunks=n_chunks).accuracy()
-        cells = [f"{acc.get(k, float('nan')):6.1%}" for k in ("what", "colour", "when")]
+        cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
         print(f"{n_chunks:>6}  {args.clips:>5}  {'  '.join(cells)}  {acc['recall@k']:9.1%}", flush=True)
     return 0
 
