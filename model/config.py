@@ -23,8 +23,7 @@ class BaseSize:
 
 # "tiny" was the first demo model. "small" is the shipped one: at 56 px a 2-layer, 64-wide vision
 # tower told the needle's shape from the background for 62% of needle frames after 3000
-# pretraining steps, a 4-layer, 96-wide one for 77%; copying a frame's timestamp into the answer
-# needs more decoder depth than two layers gave.
+# pretraining steps, a 4-layer, 96-wide one for 77%, and the decoder grows with it.
 BASE_SIZES = {
     "tiny": BaseSize(vision_width=64, vision_layers=2, vision_heads=2, decoder_width=96, decoder_layers=2),
     "small": BaseSize(vision_width=96, vision_layers=4, vision_heads=4, decoder_width=128, decoder_layers=4),
