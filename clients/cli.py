@@ -33,7 +33,7 @@ from longwatch.clients.format import (
     format_stream,
     format_streams_table,
 )
-from longwatch.model.config import BASE_SIZES
+from longwatch.model.config import BASE_SIZES, DEFAULT_BASE_SIZE
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.stream.settings import add_service_arguments, address_list, settings_from_args
 
@@ -155,7 +155,7 @@ def _add_train(commands: Any) -> None:
     sub.add_argument(
         "--size",
         choices=sorted(BASE_SIZES),
-        default="small",
+        default=DEFAULT_BASE_SIZE,
         help="stage base: widths and depths (BASE_SIZES)",
     )
     sub.add_argument("--lr", type=float, default=1e-3)
@@ -333,11 +333,11 @@ def _add_eval(commands: Any) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.suite == "clips":
+        return _eval_clips(args)
     from longwatch.clients.needle_eval import ROWS, EvalPlan, format_report, run_needle_eval
     from longwatch.model.config import ModelConfig
 
-    if args.suite == "clips":
-        return _eval_clips(args)
     rows = tuple(args.rows.split(","))
     if unknown := set(rows) - set(ROWS):
         return _fail(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}", code=2)

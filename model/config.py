@@ -28,6 +28,7 @@ BASE_SIZES = {
     "tiny": BaseSize(vision_width=64, vision_layers=2, vision_heads=2, decoder_width=96, decoder_layers=2),
     "small": BaseSize(vision_width=96, vision_layers=4, vision_heads=4, decoder_width=128, decoder_layers=4),
 }
+DEFAULT_BASE_SIZE = "small"
 
 
 @dataclass

@@ -32,7 +32,7 @@ from transformers import DynamicCache
 
 from longwatch.model.answer import continue_logits, question_queries, repack
 from longwatch.model.compressor import ChunkFrames, ChunkKV, run_chunk
-from longwatch.model.config import BASE_SIZES
+from longwatch.model.config import BASE_SIZES, DEFAULT_BASE_SIZE
 from longwatch.model.diffp import DiffFramePruner
 from longwatch.model.frames import frames_to_pixel_values, grid_for
 from longwatch.model.loading import LoadedModel, prefill_prefix, question_suffix, question_text
@@ -519,7 +519,7 @@ DEMO_CARD = {"ingest": {"max_tokens_per_frame": 4, "frames_per_chunk": 8, "fps":
 
 
 def new_base(
-    folder: Path, seed: int, system_prompt: str, name: str = "longwatch-demo", size: str = "small"
+    folder: Path, seed: int, system_prompt: str, name: str = "longwatch-demo", size: str = DEFAULT_BASE_SIZE
 ) -> Path:
     """A from-scratch base for the needle demo: word tokenizer, 56 px frames (4 tokens), a BASE_SIZES size."""
     from longwatch.model.tiny import build_tiny_model
