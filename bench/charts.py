@@ -10,6 +10,17 @@ import json
 from pathlib import Path
 
 
+def _finish(fig, ax, path: Path) -> Path:
+    """Legend, layout, write the PNG, free the figure: how every chart here ends."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def ask_latency_chart(rows: list[dict], path: Path) -> Path | None:
     """Time to first token (p50, bar to p95) against stream length, longwatch beside keep-raw."""
     import matplotlib.pyplot as plt
@@ -37,11 +48,7 @@ def ask_latency_chart(rows: list[dict], path: Path) -> Path | None:
     ax.set_xticks(lengths, [f"{m // 60} h" if m % 60 == 0 else f"{m} min" for m in lengths])
     ax.minorticks_off()
     ax.set_title("Ask: time to first token, p50 (bar to p95)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def storage_chart(rows: list[dict], path: Path) -> Path | None:
@@ -68,11 +75,7 @@ def storage_chart(rows: list[dict], path: Path) -> Path | None:
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
     ax.set(xscale="log", xlabel="GB per stream-hour at 1 fps (log)")
     ax.set_title("Stored K/V per stream-hour, 7B-shaped decoder")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def ingest_stages_chart(rows: list[dict], path: Path) -> Path | None:
@@ -89,11 +92,7 @@ def ingest_stages_chart(rows: list[dict], path: Path) -> Path | None:
     ax.axvline(row["wall_s"], color="grey", linestyle=":", label=f"wall: {row['wall_s']:.0f} s")
     ax.set(xlabel="seconds busy (decode runs on its own thread, beside the rest)")
     ax.set_title(f"Archive ingest, {row['video']}: {row['realtime_x']:.0f}x real time")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def main() -> None:
