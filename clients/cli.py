@@ -147,10 +147,16 @@ def _add_train(commands: Any) -> None:
         "--freeze-vision-steps", type=int, default=2500, help="stage base: steps with vision frozen"
     )
     sub.add_argument(
+        "--copy-steps",
+        type=int,
+        default=0,
+        help="stage base: first steps after vision pretraining on single frames asked when, answered keep-raw",
+    )
+    sub.add_argument(
         "--reading-steps",
         type=int,
         default=0,
-        help="stage base: first steps after vision pretraining on single-chunk clips answered keep-raw",
+        help="stage base: steps after the copy steps on single-chunk clips answered keep-raw",
     )
     sub.add_argument(
         "--size",

@@ -58,10 +58,14 @@ class TrainConfig:
     freeze_vision_steps: stage "base": steps after that with the vision tower frozen; then all
         weights train, the vision tower at vision_lr.
     raw_share: stage "base": share of clips answered in keep-raw mode (every token, no summaries).
-    reading_steps: stage "base": the first steps after vision pretraining answer keep-raw on the
-        trainer's `reading_source` (short clips): a decoder from scratch first learns to read a
-        needle, then to find it among chunks and through summaries (mixed from the start, the
-        decoder stayed at the answer prior).
+    copy_steps: stage "base": the first steps after vision pretraining answer keep-raw on the
+        trainer's `copy_source` (single frames, asked when): copying a frame's `Time t.ts:` label
+        into the answer is a circuit a decoder from scratch formed on single frames asked only
+        when, and not in 4000 steps of single frames asked all three questions.
+    reading_steps: stage "base": the steps after those answer keep-raw on the trainer's
+        `reading_source` (short clips): a decoder from scratch first learns to read a needle,
+        then to find it among chunks and through summaries (mixed from the start, the decoder
+        stayed at the answer prior).
     clips_per_step: clips whose gradients are averaged per optimizer step (a batch, accumulated).
     """
 
@@ -84,6 +88,7 @@ class TrainConfig:
     vision_batch: int = 32
     freeze_vision_steps: int = 0
     raw_share: float = 0.25
+    copy_steps: int = 0
     reading_steps: int = 0
     clips_per_step: int = 1
     checkpoint_every: int = 200
@@ -155,10 +160,10 @@ def answer_context(clip: TrainingClip, rng: np.random.Generator, k: int, dropout
     return sorted(clip.evidence + others)
 
 
-def answer_ids(lm: LoadedModel, clip: TrainingClip) -> tuple[list[int], int]:
+def answer_ids(lm: LoadedModel, question: str, answer: str) -> tuple[list[int], int]:
     """Question suffix + answer + end of turn; returns the ids and where the answer starts."""
-    q = lm.tokenize(question_suffix(clip.question))
-    a = lm.tokenize(clip.answer) + [lm.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    q = lm.tokenize(question_suffix(question))
+    a = lm.tokenize(answer) + [lm.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     return q + a, len(q)
 
 
@@ -175,23 +180,40 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, start: int, n: in
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
-def raw_logits(
-    lm: LoadedModel,
-    chunks: list[ChunkFrames],
-    ids: list[int],
-    prefix: list[tuple[torch.Tensor, torch.Tensor]],
-) -> torch.Tensor:
-    """Keep-raw mode: every token of each chunk, chunks in order seeing earlier ones, then `ids`."""
+def raw_cache(
+    lm: LoadedModel, chunks: list[ChunkFrames], prefix: list[tuple[torch.Tensor, torch.Tensor]]
+) -> DynamicCache:
+    """Keep-raw mode: every token of each chunk, chunks in order seeing earlier ones."""
     cache = _cache(lm, prefix)
     for frames in chunks:
         run_chunk(lm, frames, None, cache, cache.get_seq_length())
-    return continue_logits(lm, cache, ids)
+    return cache
+
+
+def qa_logits(lm: LoadedModel, cache: DynamicCache, qas: list[tuple[list[int], int]]) -> list[torch.Tensor]:
+    """Each question + answer's logits after the same context; the cache is cropped back after each."""
+    out = []
+    for ids, _ in qas:
+        out.append(continue_logits(lm, cache, ids))
+        cache.crop(-len(ids))  # transformers 5 crops by a negative count of tokens to remove
+    return out
 
 
 @torch.no_grad()
-def teacher_logits(lm: LoadedModel, chunks: list[ChunkFrames], ids: list[int]) -> torch.Tensor:
+def teacher_logits(
+    lm: LoadedModel, chunks: list[ChunkFrames], qas: list[tuple[list[int], int]]
+) -> list[torch.Tensor]:
     """The self-distillation teacher: the same base in keep-raw mode."""
-    return raw_logits(lm, chunks, ids, lm.prefix_kv)
+    return qa_logits(lm, raw_cache(lm, chunks, lm.prefix_kv), qas)
+
+
+def _mean(losses: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(losses).mean()
+
+
+def answers_loss(logits: list[torch.Tensor], qas: list[tuple[list[int], int]]) -> torch.Tensor:
+    """Next-token loss on the answers, averaged over the clip's questions."""
+    return _mean([answer_loss(x, ids, start) for x, (ids, start) in zip(logits, qas, strict=True)])
 
 
 def clip_losses(
@@ -208,29 +230,36 @@ def clip_losses(
     # Stage base recomputes the prefix so that gradients reach the embeddings.
     prefix = prefill_prefix(lm.model, lm.prefix_ids) if config.stage == "base" else lm.prefix_kv
     context = answer_context(clip, rng, config.answer_chunks, config.chunk_dropout)
+    qas = [answer_ids(lm, q, a) for q, a in clip.questions_and_answers]
     if config.stage == "base" and rng.random() < raw_share:
         # Keep-raw answering trains too, so that the base is a real teacher for the summary stage
         # (and the keep-raw and uniform rows of the evaluation mean something).
-        ids, start = answer_ids(lm, clip)
-        return {"lm_raw": answer_loss(raw_logits(lm, [chunks[c] for c in context], ids, prefix), ids, start)}
+        logits = qa_logits(lm, raw_cache(lm, [chunks[c] for c in context], prefix), qas)
+        return {"lm_raw": answers_loss(logits, qas)}
     kvs: dict[int, ChunkKV] = {}
     for c in range(clip.n_chunks):
         if c in context or config.stage == "base":  # base stage needs every chunk's retrieval vector
             alpha = int(rng.choice(config.alphas))
             kvs[c] = run_chunk(lm, chunks[c], alpha, _cache(lm, prefix), len(lm.prefix_ids))
-    ids, start = answer_ids(lm, clip)
     cache = repack(lm, prefix, [(kvs[c].keys, kvs[c].values, kvs[c].positions) for c in context])
-    student = continue_logits(lm, cache, ids)
-    losses = {"lm": answer_loss(student, ids, start)}
+    student = qa_logits(lm, cache, qas)
+    losses = {"lm": answers_loss(student, qas)}
     if config.stage == "summary" and config.distill_weight > 0:
-        teacher = teacher_logits(lm, [chunks[c] for c in context], ids)
-        losses["distill"] = distill_loss(student, teacher, start, len(ids) - start)
-    if config.stage == "base" and config.retrieval_weight > 0 and clip.evidence:
-        q = question_queries(lm, lm.tokenize(question_text(clip.question)), _cache(lm, prefix))
-        scores = torch.stack([kvs[c].retrieval for c in range(clip.n_chunks)]) @ q  # (n_chunks,)
-        losses["retrieval"] = F.cross_entropy(
-            scores[None], torch.tensor([clip.evidence[0]], device=lm.device)
+        teacher = teacher_logits(lm, [chunks[c] for c in context], qas)
+        losses["distill"] = _mean(
+            [
+                distill_loss(s, t, start, len(ids) - start)
+                for s, t, (ids, start) in zip(student, teacher, qas, strict=True)
+            ]
         )
+    if config.stage == "base" and config.retrieval_weight > 0 and clip.evidence:
+        target = torch.tensor([clip.evidence[0]], device=lm.device)
+        scores = torch.stack([kvs[c].retrieval for c in range(clip.n_chunks)])  # (n_chunks, dim)
+        parts = []
+        for question, _ in clip.questions_and_answers:
+            q = question_queries(lm, lm.tokenize(question_text(question)), _cache(lm, prefix))
+            parts.append(F.cross_entropy((scores @ q)[None], target))
+        losses["retrieval"] = _mean(parts)
     return losses
 
 
@@ -321,9 +350,11 @@ class Trainer:
         config: TrainConfig,
         out_dir: Path,
         reading_source: ClipSource | None = None,
+        copy_source: ClipSource | None = None,
     ) -> None:
         self.lm, self.source, self.config, self.out_dir = lm, source, config, Path(out_dir)
         self.reading_source = reading_source or source
+        self.copy_source = copy_source or self.reading_source
         self.probe = (
             VisionProbe(lm.model.config.vision_config.hidden_size) if config.stage == "base" else None
         )
@@ -401,18 +432,27 @@ class Trainer:
             "distill": c.distill_weight,
             "retrieval": c.retrieval_weight,
         }
-        reading = c.stage == "base" and self.step < c.vision_steps + c.reading_steps
-        source = self.reading_source if reading else self.source
+        source, keep_raw = self._source_at(self.step)
         total = torch.zeros(())
         sums: dict[str, torch.Tensor] = {}
         for _ in range(c.clips_per_step):
-            losses = clip_losses(self.lm, source.clip(rng), c, rng, 1.0 if reading else None)
+            losses = clip_losses(self.lm, source.clip(rng), c, rng, 1.0 if keep_raw else None)
             loss = sum(weights[k] * v for k, v in losses.items()) / c.clips_per_step
             loss.backward()
             total = total + loss.detach()
             for k, v in losses.items():
                 sums[k] = sums.get(k, torch.zeros(())) + v.detach() / c.clips_per_step
         return total, sums
+
+    def _source_at(self, step: int) -> tuple[ClipSource, bool]:
+        """Where a step's clips come from, and whether they are all answered keep-raw (the curriculum)."""
+        c = self.config
+        if c.stage == "base":
+            if step < c.vision_steps + c.copy_steps:
+                return self.copy_source, True
+            if step < c.vision_steps + c.copy_steps + c.reading_steps:
+                return self.reading_source, True
+        return self.source, False
 
     def run(self, progress: Callable[[StepMetrics], None] | None = None) -> list[StepMetrics]:
         self.lm.model.train()

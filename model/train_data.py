@@ -16,6 +16,7 @@ import numpy as np
 from longwatch.model.needles import (
     QUESTION_KINDS,
     Needle,
+    QuestionKind,
     Split,
     questions_for,
     random_needle,
@@ -34,10 +35,17 @@ class TrainingClip:
     frames_per_chunk: int = 8
     needle: Needle | None = None  # synthetic clips: what the question is about, for judging answers
     kind: str = ""  # synthetic clips: the question kind
+    # More (question, answer) pairs about the same evidence, trained on the same context: the
+    # context's forward pass is shared, so each one is nearly free supervision.
+    also_asked: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def n_chunks(self) -> int:
         return len(self.times) // self.frames_per_chunk
+
+    @property
+    def questions_and_answers(self) -> list[tuple[str, str]]:
+        return [(self.question, self.answer), *self.also_asked]
 
 
 class ClipSource(Protocol):
@@ -67,6 +75,10 @@ class NeedleClips:
     fps: float = 1.0
     haystack_s: int = 3600
     split: Split = "train"
+    # The question kinds drawn from; all_questions asks every one of them about the needle, not
+    # just one drawn at random (evaluation asks one).
+    kinds: tuple[QuestionKind, ...] = QUESTION_KINDS
+    all_questions: bool = False
 
     def clip(self, rng: np.random.Generator) -> TrainingClip:
         seed = seed_for(self.split, int(rng.integers(0, 1 << 39)))
@@ -84,8 +96,11 @@ class NeedleClips:
         footage = SyntheticFootage(seed, self.width, self.height, self.fps, overlays=[needle])
         times = [float(s + i / self.fps) for s in starts for i in range(f)]
         frames = np.stack([footage.frame_at(round(t * self.fps)) for t in times])
-        qa = questions_for(needle)[QUESTION_KINDS[int(rng.integers(len(QUESTION_KINDS)))]]
-        return TrainingClip(frames, times, qa.question, qa.answer, [evidence], f, needle, qa.kind)
+        qas = questions_for(needle)
+        qa = qas[self.kinds[int(rng.integers(len(self.kinds)))]]
+        others = [qas[k] for k in self.kinds if k != qa.kind] if self.all_questions else []
+        also = [(o.question, o.answer) for o in others]
+        return TrainingClip(frames, times, qa.question, qa.answer, [evidence], f, needle, qa.kind, also)
 
 
 def vision_frames(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +124,7 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
         vision_steps=args.vision_steps if base else 0,
         pretrain_vision_lr=args.pretrain_vision_lr,
         freeze_vision_steps=args.freeze_vision_steps if base else 0,
+        copy_steps=args.copy_steps if base else 0,
         reading_steps=args.reading_steps if base else 0,
         checkpoint_every=args.checkpoint_every,
         clips_per_step=args.clips_per_step,
@@ -147,8 +148,13 @@ def train_stage(
             new_base(base, config.seed, model_config.system_prompt, size=args.size)
     model_config.path = base
     model_config.adapter = adapter  # a summary stage starts from the summary tokens it is given
-    reading = NeedleClips(n_chunks=1, short_chunks=(1, 2, 4)) if isinstance(source, NeedleClips) else None
-    trainer = Trainer(load_model(model_config), source, config, out, reading_source=reading)
+    reading = copy = None
+    if isinstance(source, NeedleClips):
+        reading = replace(source, n_chunks=1, min_chunks=None)
+        copy = replace(
+            source, n_chunks=1, min_chunks=None, short_chunks=(), frames_per_chunk=1, kinds=("when",)
+        )
+    trainer = Trainer(load_model(model_config), source, config, out, reading_source=reading, copy_source=copy)
     if trainer.load_checkpoint():
         print(f"resuming {out} at step {trainer.step}/{config.total_steps}")
     with tqdm(

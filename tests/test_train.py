@@ -25,7 +25,15 @@ from longwatch.model.needles import (
     split_of,
 )
 from longwatch.model.tiny import build_tiny_model
-from longwatch.model.train import TrainConfig, Trainer, clip_chunks, new_base
+from longwatch.model.train import (
+    TrainConfig,
+    Trainer,
+    answer_ids,
+    clip_chunks,
+    new_base,
+    qa_logits,
+    raw_cache,
+)
 from longwatch.model.train_data import NeedleClips, TrainingClip
 from longwatch.stream.training import JsonlClips, read_jsonl
 
@@ -215,20 +223,50 @@ class CountingClips:
         return self.source.clip(rng)
 
 
-def test_reading_steps_answer_short_clips_keep_raw_first(tmp_path: Path) -> None:
+def test_copy_then_reading_steps_answer_keep_raw_first(tmp_path: Path) -> None:
     folder = new_base(tmp_path / "init", seed=0, system_prompt=ModelConfig().system_prompt)
-    config = TrainConfig(stage="base", steps=6, freeze_vision_steps=6, reading_steps=3, checkpoint_every=100)
+    config = TrainConfig(
+        stage="base",
+        steps=7,
+        freeze_vision_steps=7,
+        copy_steps=2,
+        reading_steps=3,
+        raw_share=0.0,
+        checkpoint_every=100,
+    )
     main, reading = CountingClips(NeedleClips(n_chunks=3)), CountingClips(NeedleClips(n_chunks=1))
-    trainer = Trainer(load_model(ModelConfig(path=folder)), main, config, tmp_path / "run", reading)
+    copy = CountingClips(NeedleClips(n_chunks=1, frames_per_chunk=1, kinds=("when",)))
+    trainer = Trainer(load_model(ModelConfig(path=folder)), main, config, tmp_path / "run", reading, copy)
     history = trainer.run()
-    assert reading.calls == 3 and main.calls == 3
-    assert all(set(m.parts) == {"lm_raw"} for m in history[:3])
+    assert (copy.calls, reading.calls, main.calls) == (2, 3, 2)
+    assert all(set(m.parts) == {"lm_raw"} for m in history[:5])
+    assert all("lm" in m.parts for m in history[5:])
+    assert {copy.source.clip(np.random.default_rng(i)).kind for i in range(5)} == {"when"}
     # The new visual tokens start near unit RMS per channel, not at the word embeddings' scale.
     lm = load_model(ModelConfig(path=folder))
     clip = NeedleClips(n_chunks=1, frames_per_chunk=1).clip(np.random.default_rng(0))
     features = clip_chunks(lm, clip, 0.1, 4)[0].features
     words = lm.model.model.language_model.embed_tokens.weight
     assert features.pow(2).mean().sqrt() > 10 * words.pow(2).mean().sqrt()
+
+
+def test_every_question_of_a_clip_answers_from_one_shared_context(base: Path) -> None:
+    clip = NeedleClips(n_chunks=2, all_questions=True).clip(np.random.default_rng(3))
+    assert {q for q, _ in clip.questions_and_answers} == {
+        qa.question for qa in questions_for(clip.needle).values()
+    }
+    assert NeedleClips(n_chunks=2).clip(np.random.default_rng(3)).also_asked == []
+    lm = load_model(ModelConfig(path=base))
+    chunks = clip_chunks(lm, clip, 0.1, 4)
+    qas = [answer_ids(lm, q, a) for q, a in clip.questions_and_answers]
+    with torch.no_grad():
+        shared = raw_cache(lm, chunks, lm.prefix_kv)
+        length = shared.get_seq_length()
+        together = qa_logits(lm, shared, qas)
+        assert shared.get_seq_length() == length  # each answer is cropped off again
+        for qa, logits in zip(qas, together, strict=True):  # the same as each on a context of its own
+            alone = qa_logits(lm, raw_cache(lm, chunks, lm.prefix_kv), [qa])[0]
+            torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-4)
 
 
 def test_needle_seeds_never_overlap_and_answers_are_judged() -> None:
