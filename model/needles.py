@@ -121,11 +121,20 @@ def needle_mask(shape: str, size: int, digit: str = "") -> np.ndarray:
 
 
 def random_needle(
-    rng: np.random.Generator, start_s: float, width: int, height: int, digits: bool = True
+    rng: np.random.Generator,
+    start_s: float,
+    width: int,
+    height: int,
+    digit_share: float | None = None,
 ) -> Needle:
-    """A needle of random kind, colour, place and 1-3 s duration, starting at `start_s`."""
-    kinds = SHAPES + (("digit",) if digits else ())
-    shape = str(rng.choice(kinds))
+    """A needle of random kind, colour, place and 1-3 s duration, starting at `start_s`.
+
+    Kinds are equally likely unless digit_share says how often it is a digit.
+    """
+    if digit_share is None:
+        shape = str(rng.choice((*SHAPES, "digit")))
+    else:
+        shape = "digit" if rng.random() < digit_share else str(rng.choice(SHAPES))
     size = int(rng.uniform(0.55, 0.8) * min(width, height))
     return Needle(
         start_s=float(start_s),

@@ -104,14 +104,17 @@ class NeedleClips:
 
 
 def vision_frames(
-    rng: np.random.Generator, n: int, width: int = 56, height: int = 56
+    rng: np.random.Generator, n: int, width: int = 56, height: int = 56, digit_share: float | None = None
 ) -> tuple[np.ndarray, list[Needle | None]]:
-    """Single frames for vision pretraining: haystack frames, about half with a needle on them."""
+    """Single frames for vision pretraining: haystack frames, about half with a needle on them.
+
+    digit_share: how many of the needles are digits (None: as many as of each shape).
+    """
     frames, needles = [], []
     for _ in range(n):
         seed = seed_for("train", int(rng.integers(0, 1 << 39)))
         t = float(rng.integers(0, 600))
-        needle = random_needle(rng, t, width, height) if rng.random() < 0.5 else None
+        needle = random_needle(rng, t, width, height, digit_share) if rng.random() < 0.5 else None
         footage = SyntheticFootage(seed, width, height, 1.0, overlays=[needle] if needle else [])
         frames.append(footage.frame_at(int(t)))
         needles.append(needle)

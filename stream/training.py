@@ -183,7 +183,7 @@ def run_train(args: argparse.Namespace) -> int:
     """
     out = Path(args.out)
     source: ClipSource = (
-        NeedleClips(min_chunks=1, short_chunks=(1, 2, 4))
+        NeedleClips(min_chunks=1, short_chunks=(1, 2, 4), all_questions=True)
         if args.data == "needles"
         else JsonlClips(read_jsonl(Path(args.data)))
     )
