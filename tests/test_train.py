@@ -34,7 +34,7 @@ from longwatch.model.train import (
     qa_logits,
     raw_cache,
 )
-from longwatch.model.train_data import NeedleClips, TrainingClip
+from longwatch.model.train_data import NeedleClips, TrainingClip, vision_frames
 from longwatch.stream.training import JsonlClips, read_jsonl
 
 
@@ -285,6 +285,18 @@ def test_needle_seeds_never_overlap_and_answers_are_judged() -> None:
 
     assert needle_pixels(int(n.start_s)) > 0.2 * n.size**2
     assert needle_pixels(int(n.start_s) - 5) < 0.01 * n.size**2
+
+
+def test_vision_pretraining_frames_draw_the_digit_share_asked_for() -> None:
+    def digits(share: float | None) -> float:
+        _, needles = vision_frames(np.random.default_rng(0), 400, digit_share=share)
+        shown = [n for n in needles if n is not None]
+        assert 150 < len(shown) < 250  # about half the frames carry a needle
+        return sum(n.shape == "digit" for n in shown) / len(shown)
+
+    assert digits(1.0) == 1.0 and digits(0.0) == 0.0
+    assert 0.1 < digits(None) < 0.3  # one kind in five
+    assert 0.3 < digits(0.4) < 0.5
 
 
 def test_jsonl_source_reads_real_video(tmp_path: Path) -> None:
