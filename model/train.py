@@ -64,7 +64,8 @@ class TrainConfig:
     copy_steps: stage "base": the first steps after vision pretraining answer keep-raw on the
         trainer's `copy_source` (single frames, asked when): copying a frame's `Time t.ts:` label
         into the answer is a circuit a decoder from scratch formed on single frames asked only
-        when, and not in 4000 steps of single frames asked all three questions.
+        when (57% exact after 1000 steps at lr 1e-3; at 2e-3 only once the rate had decayed), and
+        not in 4000 steps of single frames asked all three questions.
     reading_steps: stage "base": the steps after those answer keep-raw on the trainer's
         `reading_source` (short clips): a decoder from scratch first learns to read a needle,
         then to find it among chunks and through summaries (mixed from the start, the decoder
