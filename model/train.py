@@ -65,7 +65,7 @@ class TrainConfig:
         trainer's `copy_source` (single frames, asked when): copying a frame's `Time t.ts:` label
         into the answer is a circuit a decoder from scratch formed on single frames asked only
         when (57% exact after 1000 steps at lr 1e-3; at 2e-3 only once the rate had decayed), and
-        not in 4000 steps of single frames asked all three questions.
+        not in 4000 steps at 2e-3 of single frames asked all three questions.
     reading_steps: stage "base": the steps after those answer keep-raw on the trainer's
         `reading_source` (short clips): a decoder from scratch first learns to read a needle,
         then to find it among chunks and through summaries (mixed from the start, the decoder
