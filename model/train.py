@@ -2,7 +2,8 @@
 
 Each step runs the serving path with gradients: frames -> patchify -> DiffFP -> vision tower ->
 per-chunk summary pass (alpha drawn per chunk) -> re-packed summary K/V of a subset of chunks
-(chunk dropout, as retrieval gives Ask a subset) -> question and answer. Losses:
+(chunk dropout, as retrieval gives Ask a subset) -> each of the clip's questions and answers, after
+the one context. Losses, averaged over the questions:
 - next-token loss on the answer tokens;
 - self-distillation (stage "summary"): KL from the keep-raw teacher (the same base, every
   token's K/V, chunks seeing earlier ones) to the summary student; needs no labels;
