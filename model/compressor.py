@@ -95,11 +95,12 @@ def run_chunk(
     alpha: int | None,
     cache: DynamicCache,
     start: int,
-    keep_timestamp_tokens: bool = False,
 ) -> ChunkKV:
     """One pass of a chunk after whatever `cache` holds, at positions start..; appends to `cache`.
 
-    alpha=None is keep-raw: no summary tokens, every token kept. Runs with gradients if enabled.
+    alpha=None is keep-raw: no summary tokens, every token kept. With summary tokens, the labels'
+    K/V are kept too when the model was loaded with `keep_timestamp_tokens`: the service, the
+    trainer and the in-process evaluation all read that one setting. Runs with gradients if enabled.
     """
     seq = build_chunk_sequence(lm, frames, alpha)
     embeds = chunk_embeddings(lm, seq, frames.features)  # (1, L, hidden)
@@ -118,7 +119,7 @@ def run_chunk(
         keep = torch.ones_like(kinds, dtype=torch.bool)
     else:
         keep = kinds == SUMMARY
-        if keep_timestamp_tokens:
+        if lm.config.keep_timestamp_tokens:
             keep |= kinds == TEXT
     # cache layers: (1, kv_heads, past + L, head_dim); this chunk's tokens are the last L.
     return ChunkKV(
@@ -165,9 +166,7 @@ class SummaryCompressor:
             ctx.next_position = ctx.cache.get_seq_length()
             ctx.chunks += 1
         else:
-            kv = run_chunk(
-                lm, frames, lm.config.alpha, lm.prefix_cache(), lm.prefix_len, lm.config.keep_timestamp_tokens
-            )
+            kv = run_chunk(lm, frames, lm.config.alpha, lm.prefix_cache(), lm.prefix_len)
         return ChunkCache(
             stream_id=stream_id,
             index=index,

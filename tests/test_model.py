@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from longwatch.model.answer import AnswerStream, assemble_cache, prefill, question_vector
-from longwatch.model.compressor import SUMMARY, VISUAL, ChunkFrames, SummaryCompressor, build_chunk_sequence
+from longwatch.model.compressor import (
+    SUMMARY,
+    TEXT,
+    VISUAL,
+    ChunkFrames,
+    SummaryCompressor,
+    build_chunk_sequence,
+    run_chunk,
+)
 from longwatch.model.config import ModelConfig
 from longwatch.model.loading import LoadedModel, frame_label, load_model, question_suffix
 from longwatch.model.rope import shift_keys
@@ -164,6 +172,25 @@ def test_summary_chunk_keeps_only_summary_kv(summary_lm: LoadedModel, video: tup
     assert chunk.positions.min() >= summary_lm.prefix_len
     assert chunk.retrieval.shape == (summary_lm.retrieval_dim,)
     assert question_vector(summary_lm, QUESTION).shape == (summary_lm.retrieval_dim,)
+
+
+def test_keep_timestamp_tokens_keeps_labels_beside_summaries(checkpoint: Path, video: tuple) -> None:
+    lm = load_model(ModelConfig(path=checkpoint, mode="summary", alpha=4, keep_timestamp_tokens=True))
+    frames = chunk_frames(lm, video, 1, 3)
+    seq = build_chunk_sequence(lm, frames, 4)
+    kept = [i for i, kind in enumerate(seq.kinds) if kind in (TEXT, SUMMARY)]
+    chunk = SummaryCompressor(lm).compress("s", 0, frames)
+    assert chunk.positions.tolist() == [lm.prefix_len + i for i in kept]
+    # The summary tokens' K/V are those of a model that keeps only them: keeping labels costs
+    # storage, it does not change what the summaries hold.
+    plain = SummaryCompressor(load_model(ModelConfig(path=checkpoint, mode="summary", alpha=4))).compress(
+        "s", 0, frames
+    )
+    is_summary = torch.tensor([seq.kinds[i] == SUMMARY for i in kept])
+    torch.testing.assert_close(chunk.keys[:, :, is_summary], plain.keys)
+    # The trainer and the in-process evaluation call run_chunk: they keep the same tokens.
+    kv = run_chunk(lm, frames, 4, lm.prefix_cache(), lm.prefix_len)
+    assert kv.positions.tolist() == chunk.positions.tolist()
 
 
 def test_summary_projections_apply_only_to_summary_tokens(checkpoint: Path, video: tuple) -> None:
