@@ -133,12 +133,14 @@ def _add_train(commands: Any) -> None:
         "--stage",
         choices=["summary", "base", "demo"],
         default="summary",
-        help="summary: adapter for --base; base: every weight from scratch; demo: base then summary",
+        help="summary: adapter for --base; base: every weight (from scratch or --base); demo: base, summary, refine",
     )
     sub.add_argument(
         "--out", type=Path, required=True, help="run folder: checkpoint, log, adapter (and base)"
     )
-    sub.add_argument("--base", type=Path, help="VideoLLaMA3 checkpoint folder (stage summary)")
+    sub.add_argument(
+        "--base", type=Path, help="VideoLLaMA3 checkpoint folder (stage summary; stage base: start from it)"
+    )
     sub.add_argument("--adapter", type=Path, help="stage summary: start from this adapter instead of copies")
     sub.add_argument("--data", default="needles", help="'needles' (synthetic) or a JSONL file")
     sub.add_argument("--steps", type=int, default=1000, help="steps after vision pretraining")
@@ -171,6 +173,13 @@ def _add_train(commands: Any) -> None:
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--alphas", default="2,4,8,16", help="alpha drawn per chunk from these")
     sub.add_argument("--summary-steps", type=int, default=500, help="stage demo: steps of its summary stage")
+    sub.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="stage demo: steps of every weight again after the summary stage",
+    )
+    sub.add_argument("--refine-lr", type=float, default=3e-4, help="stage demo: lr of the refine steps")
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
     sub.add_argument("--device", default="cpu")

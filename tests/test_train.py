@@ -181,6 +181,35 @@ def test_base_stage_from_scratch_learns(tmp_path: Path) -> None:
     assert reloaded.tokenizer.decode(reloaded.tokenize("at 123 s")) == "at 123 s"
 
 
+def test_demo_stage_runs_base_summary_refine_and_leaves_the_refined_model(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from longwatch.clients import cli
+
+    out = tmp_path / "demo"
+    args = ["train", "--stage", "demo", "--out", str(out), "--size", "tiny", "--vision-steps", "3"]
+    args += ["--freeze-vision-steps", "1", "--steps", "3", "--summary-steps", "2", "--refine-steps", "3"]
+    assert cli.main(args) == 0
+    runs = out / "runs"
+    logs = {
+        stage: (runs / stage / "train_log.jsonl").read_text().splitlines()
+        for stage in ("base", "summary", "refine")
+    }
+    assert [len(lines) for lines in logs.values()] == [6, 2, 3]
+    # The refinement starts from the base stage's weights and moves all of them on, vision included.
+    before, after = (
+        load_file(runs / "base" / "base" / "model.safetensors"),
+        load_file(out / "base" / "model.safetensors"),
+    )
+    assert before.keys() == after.keys()
+    moved = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+    assert {"vision_model", "language_model"} <= moved
+    assert (out / "adapter" / "adapter.safetensors").read_bytes() == (
+        runs / "refine" / "adapter" / "adapter.safetensors"
+    ).read_bytes()
+    load_model(ModelConfig(path=out / "base", adapter=out / "adapter"))  # the adapter fits the refined base
+
+
 def test_base_sizes_and_each_phase_learning_rate(tmp_path: Path) -> None:
     folder = new_base(tmp_path / "init", seed=0, system_prompt=ModelConfig().system_prompt, size="tiny")
     config = json.loads((folder / "config.json").read_text())
