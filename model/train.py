@@ -544,7 +544,10 @@ class Trainer:
         state = {k: v for k, v in model.state_dict().items() if not _is_summary_key(k)}
         model.save_pretrained(folder, state_dict=state)
         self.lm.tokenizer.save_pretrained(folder)
-        card = {**self.lm.card, "trained": {"stage": "base", "steps": self.step, "seed": self.config.seed}}
+        trained = {"stage": "base", "steps": self.step, "seed": self.config.seed, "lr": self.config.lr}
+        if "trained" in self.lm.card:  # trained on from a trained base: the card keeps the whole lineage
+            trained["after"] = self.lm.card["trained"]
+        card = {**self.lm.card, "trained": trained}
         (folder / "longwatch.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         return folder
 

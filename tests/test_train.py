@@ -208,6 +208,8 @@ def test_demo_stage_runs_base_summary_refine_and_leaves_the_refined_model(tmp_pa
         runs / "refine" / "adapter" / "adapter.safetensors"
     ).read_bytes()
     load_model(ModelConfig(path=out / "base", adapter=out / "adapter"))  # the adapter fits the refined base
+    trained = json.loads((out / "base" / "longwatch.json").read_text())["trained"]
+    assert (trained["steps"], trained["lr"], trained["after"]["steps"]) == (3, 3e-4, 6)
 
 
 def test_base_sizes_and_each_phase_learning_rate(tmp_path: Path) -> None:
