@@ -74,6 +74,10 @@ class NeedleClips:
     height: int = 56
     fps: float = 1.0
     haystack_s: int = 3600
+    # With min_haystack_s, each clip is cut from a haystack of a length drawn log-uniformly from
+    # [min_haystack_s, haystack_s]: times of every magnitude. Cut from hour-long haystacks only,
+    # a model answered "when" with hour-scale times on a one-minute video.
+    min_haystack_s: int | None = None
     split: Split = "train"
     # The question kinds drawn from; all_questions asks every one of them about the needle, not
     # just one drawn at random (evaluation asks one).
@@ -87,7 +91,10 @@ class NeedleClips:
         if self.short_chunks and rng.random() < 0.5:
             f, n_chunks = int(rng.choice(self.short_chunks)), 1
         chunk_s = f / self.fps
-        slots = int(self.haystack_s // chunk_s)
+        haystack_s = self.haystack_s
+        if self.min_haystack_s is not None:
+            haystack_s = float(np.exp(rng.uniform(np.log(self.min_haystack_s), np.log(self.haystack_s))))
+        slots = max(int(haystack_s // chunk_s), n_chunks)
         starts = np.sort(rng.choice(slots, size=n_chunks, replace=False)) * chunk_s
         evidence = int(rng.integers(n_chunks))
         # The needle starts on a sampled frame inside its chunk and may run on past it.

@@ -221,8 +221,10 @@ def run_train(args: argparse.Namespace) -> int:
     train_stage(summary_config, out / "runs" / "summary", base, source, args, base_adapter)
     adapter = out / "runs" / "summary" / "adapter"
     if args.refine_steps > 0:
+        # Refinement also sees haystacks from a minute to an hour long, so times of every size.
+        refine_source = replace(source, min_haystack_s=60) if isinstance(source, NeedleClips) else source
         base = train_stage(
-            refine_config_from_args(args), out / "runs" / "refine", base, source, args, adapter
+            refine_config_from_args(args), out / "runs" / "refine", base, refine_source, args, adapter
         )
         adapter = out / "runs" / "refine" / "adapter"
     for name, src in (("base", base), ("adapter", adapter)):
