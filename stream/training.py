@@ -132,11 +132,12 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
 
 
 def refine_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Stage demo's last stage: every weight again, on the full mixture, at a lower rate.
+    """Stage demo's optional last stage: every weight again, on the full mixture, at a lower rate.
 
-    From the shipped recipe's model, 6000 such steps at 3e-4 took "when" through summary tokens
-    from 3% to 58% of six-chunk evaluation clips, while 6000 more steps inside the base stage's
-    own cosine (--steps 20000) did not (4%): saying when is learned late, at a low rate.
+    From the shipped demo model, 6000 such steps at 3e-4 took "when" through summary tokens from
+    2% to 45% of six-chunk clips (6000 more steps inside the base stage's cosine did not), but
+    the times it said were sized like its training haystacks, not read from the labels: see the
+    README's demo model recipe. Off by default, and the shipped model does not use it.
     """
     return TrainConfig(
         stage="base",
