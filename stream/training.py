@@ -139,15 +139,16 @@ def refine_config_from_args(args: argparse.Namespace) -> TrainConfig:
     the times it said were sized like its training haystacks, not read from the labels: see the
     README's demo model recipe. Off by default, and the shipped model does not use it.
     """
-    return TrainConfig(
-        stage="base",
+    base = train_config_from_args(args, "base")
+    return replace(
+        base,
         steps=args.refine_steps,
         lr=args.refine_lr,
-        seed=args.seed,
-        alphas=tuple(int(a) for a in args.alphas.split(",")),
+        vision_steps=0,
+        freeze_vision_steps=0,
+        copy_steps=0,
+        reading_steps=0,
         warmup_steps=50,
-        checkpoint_every=args.checkpoint_every,
-        clips_per_step=args.clips_per_step,
     )
 
 
