@@ -174,7 +174,9 @@ def test_summary_chunk_keeps_only_summary_kv(summary_lm: LoadedModel, video: tup
     assert question_vector(summary_lm, QUESTION).shape == (summary_lm.retrieval_dim,)
 
 
-def test_keep_timestamp_tokens_keeps_labels_beside_summaries(checkpoint: Path, video: tuple) -> None:
+def test_keep_timestamp_tokens_keeps_labels_beside_summaries(
+    checkpoint: Path, summary_lm: LoadedModel, video: tuple
+) -> None:
     lm = load_model(ModelConfig(path=checkpoint, mode="summary", alpha=4, keep_timestamp_tokens=True))
     frames = chunk_frames(lm, video, 1, 3)
     seq = build_chunk_sequence(lm, frames, 4)
@@ -183,9 +185,7 @@ def test_keep_timestamp_tokens_keeps_labels_beside_summaries(checkpoint: Path, v
     assert chunk.positions.tolist() == [lm.prefix_len + i for i in kept]
     # The summary tokens' K/V are those of a model that keeps only them: keeping labels costs
     # storage, it does not change what the summaries hold.
-    plain = SummaryCompressor(load_model(ModelConfig(path=checkpoint, mode="summary", alpha=4))).compress(
-        "s", 0, frames
-    )
+    plain = SummaryCompressor(summary_lm).compress("s", 0, frames)  # the same checkpoint, alpha 4
     is_summary = torch.tensor([seq.kinds[i] == SUMMARY for i in kept])
     torch.testing.assert_close(chunk.keys[:, :, is_summary], plain.keys)
     # The trainer and the in-process evaluation call run_chunk: they keep the same tokens.
