@@ -340,6 +340,11 @@ def _add_eval(commands: Any) -> None:
     sub.add_argument("--clips", type=int, default=120, help="clips: evaluation clips per chunk count")
     sub.add_argument("--chunks", default="6,16", help="clips: chunks per clip, one run per count")
     sub.add_argument(
+        "--haystacks",
+        default="3600",
+        help="clips: seconds of haystack the clips are cut from, one run per length (sets the digits of a time)",
+    )
+    sub.add_argument(
         "--raw-max-frames",
         type=int,
         default=900,
@@ -378,12 +383,19 @@ def _eval_clips(args: argparse.Namespace) -> int:
 
     lm = load_model(ModelConfig(path=args.model, adapter=args.adapter))
     print(
-        f"{'chunks':>6}  {'clips':>5}  {'what':>6}  {'colour':>6}  {'when':>6}  {'recall@' + str(args.top_k):>9}"
+        f"{'haystack':>8}  {'chunks':>6}  {'clips':>5}  {'what':>6}  {'colour':>6}  {'when':>6}"
+        f"  {'recall@' + str(args.top_k):>9}"
     )
-    for n_chunks in (int(x) for x in args.chunks.split(",")):
-        acc = evaluate_clips(lm, args.clips, top_k=args.top_k, n_chunks=n_chunks).accuracy()
-        cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
-        print(f"{n_chunks:>6}  {args.clips:>5}  {'  '.join(cells)}  {acc['recall@k']:9.1%}", flush=True)
+    for haystack_s in (int(x) for x in args.haystacks.split(",")):
+        for n_chunks in (int(x) for x in args.chunks.split(",")):
+            acc = evaluate_clips(
+                lm, args.clips, top_k=args.top_k, n_chunks=n_chunks, haystack_s=haystack_s
+            ).accuracy()
+            cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
+            print(
+                f"{haystack_s:>7}s  {n_chunks:>6}  {args.clips:>5}  {'  '.join(cells)}  {acc['recall@k']:9.1%}",
+                flush=True,
+            )
     return 0
 
 

@@ -61,9 +61,14 @@ def evaluate_clips(
     max_tokens: int = 4,
     seed: int = 0,
     n_chunks: int = 6,
+    haystack_s: int = 3600,
 ) -> ClipEval:
-    """Accuracy per question kind and retrieval recall on `n` evaluation-split clips."""
-    source = NeedleClips(n_chunks=n_chunks, split="eval")
+    """Accuracy per question kind and retrieval recall on `n` evaluation-split clips.
+
+    haystack_s: length of the haystack the clips are cut from; it sets how many digits a
+    "when" answer has (a minute: two; an hour: mostly four).
+    """
+    source = NeedleClips(n_chunks=n_chunks, split="eval", haystack_s=haystack_s)
     result = ClipEval()
     for i in range(n):
         clip = source.clip(np.random.default_rng([seed, i, 7]))

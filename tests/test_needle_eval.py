@@ -67,11 +67,12 @@ def test_keep_raw_cells_past_its_limit_are_reported_skipped() -> None:
 
 
 def test_eval_clips_prints_accuracy_of_the_shipped_model(capsys) -> None:  # noqa: ANN001
-    code = cli.main(["eval", "clips", "--clips", "12", "--chunks", "3", "--top-k", "1"])
-    assert code == 0
-    header, row = capsys.readouterr().out.strip().splitlines()[-2:]
-    assert header.split() == ["chunks", "clips", "what", "colour", "when", "recall@1"]
-    chunks, clips, what, colour, when, recall = row.split()
-    assert (chunks, clips) == ("3", "12")
-    # The shipped demo model reads colours, and its retrieval finds the needle's chunk among three.
-    assert float(colour.rstrip("%")) >= 75 and float(recall.rstrip("%")) >= 75
+    args = ["eval", "clips", "--clips", "12", "--chunks", "3", "--top-k", "1", "--haystacks", "60,3600"]
+    assert cli.main(args) == 0
+    header, *rows = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert header.split() == ["haystack", "chunks", "clips", "what", "colour", "when", "recall@1"]
+    assert [row.split()[:3] for row in rows] == [["60s", "3", "12"], ["3600s", "3", "12"]]
+    for row in rows:
+        colour, recall = row.split()[4], row.split()[6]
+        # The shipped demo model reads colours, and its retrieval finds the needle's chunk among three.
+        assert float(colour.rstrip("%")) >= 75 and float(recall.rstrip("%")) >= 75
