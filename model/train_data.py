@@ -74,10 +74,12 @@ class NeedleClips:
     height: int = 56
     fps: float = 1.0
     haystack_s: int = 3600
-    # With min_haystack_s, each clip is cut from a haystack of a length drawn log-uniformly from
-    # [min_haystack_s, haystack_s]: times of every magnitude. Cut from hour-long haystacks only,
-    # a model answered "when" with hour-scale times on a one-minute video.
-    min_haystack_s: int | None = None
+    # With haystack_lengths, each clip is cut from a haystack of one of these lengths, drawn
+    # uniformly: (100, 1000, 3600) makes needle times of two, three and four digits about equally
+    # common. Cut from hour-long haystacks only, a model answered "when" on a ten-minute video
+    # with four digits; cut from lengths log-uniform in one minute to an hour, it stopped after
+    # two or three digits of hour-scale times.
+    haystack_lengths: tuple[int, ...] = ()
     split: Split = "train"
     # The question kinds drawn from; all_questions asks every one of them about the needle, not
     # just one drawn at random (evaluation asks one).
@@ -92,8 +94,8 @@ class NeedleClips:
             f, n_chunks = int(rng.choice(self.short_chunks)), 1
         chunk_s = f / self.fps
         haystack_s = self.haystack_s
-        if self.min_haystack_s is not None:
-            haystack_s = float(np.exp(rng.uniform(np.log(self.min_haystack_s), np.log(self.haystack_s))))
+        if self.haystack_lengths:
+            haystack_s = self.haystack_lengths[int(rng.integers(len(self.haystack_lengths)))]
         slots = max(int(haystack_s // chunk_s), n_chunks)
         starts = np.sort(rng.choice(slots, size=n_chunks, replace=False)) * chunk_s
         evidence = int(rng.integers(n_chunks))

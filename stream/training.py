@@ -223,8 +223,11 @@ def run_train(args: argparse.Namespace) -> int:
     train_stage(summary_config, out / "runs" / "summary", base, source, args, base_adapter)
     adapter = out / "runs" / "summary" / "adapter"
     if args.refine_steps > 0:
-        # Refinement also sees haystacks from a minute to an hour long, so times of every size.
-        refine_source = replace(source, min_haystack_s=60) if isinstance(source, NeedleClips) else source
+        # Refinement sees needle times of two, three and four digits alike (see NeedleClips).
+        lengths = (100, 1000, 3600)
+        refine_source = (
+            replace(source, haystack_lengths=lengths) if isinstance(source, NeedleClips) else source
+        )
         base = train_stage(
             refine_config_from_args(args), out / "runs" / "refine", base, refine_source, args, adapter
         )

@@ -300,17 +300,17 @@ def test_every_question_of_a_clip_answers_from_one_shared_context(base: Path) ->
             torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-4)
 
 
-def test_clips_from_haystacks_of_every_length_carry_times_of_every_size() -> None:
-    def last_times(source: NeedleClips) -> np.ndarray:
-        return np.array([source.clip(np.random.default_rng([4, i])).times[-1] for i in range(150)])
+def test_clips_from_haystacks_of_three_lengths_carry_times_of_every_size() -> None:
+    def digit_shares(source: NeedleClips) -> np.ndarray:
+        starts = [source.clip(np.random.default_rng([4, i])).needle.start_s for i in range(240)]
+        return np.bincount([len(str(int(t))) for t in starts], minlength=5) / len(starts)
 
-    hour = last_times(NeedleClips(n_chunks=6, frames_per_chunk=1))
-    mixed = last_times(NeedleClips(n_chunks=6, frames_per_chunk=1, min_haystack_s=60))
-    # A log-uniform length from 1 to 60 min is under 5 min 39% of the time; cut from hour-long
-    # haystacks only, a clip of six chunks almost never ends that early.
-    assert (hour < 300).mean() < 0.02
-    assert 0.25 < (mixed < 300).mean() < 0.55 and mixed.max() < 3600
-    assert (mixed >= 5).all()  # six 1-frame chunks fit even in the shortest haystack
+    hour = digit_shares(NeedleClips(n_chunks=6))
+    three = digit_shares(NeedleClips(n_chunks=6, haystack_lengths=(100, 1000, 3600)))
+    # Cut from hour-long haystacks only, most needle times have four digits and almost none two;
+    # the refine stage's three lengths give two, three and four digits alike.
+    assert hour[4] > 0.6 and hour[2] < 0.05
+    assert all(0.2 < share < 0.5 for share in three[2:5])
 
 
 def test_needle_seeds_never_overlap_and_answers_are_judged() -> None:
