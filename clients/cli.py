@@ -344,6 +344,7 @@ def _add_eval(commands: Any) -> None:
         default="3600",
         help="clips: seconds of haystack the clips are cut from, one run per length (sets the digits of a time)",
     )
+    sub.add_argument("--kinds", default="what,colour,when", help="clips: question kinds asked, one per clip")
     sub.add_argument(
         "--raw-max-frames",
         type=int,
@@ -380,7 +381,13 @@ def _eval_clips(args: argparse.Namespace) -> int:
     from longwatch.model.config import ModelConfig
     from longwatch.model.evaluate import evaluate_clips
     from longwatch.model.loading import load_model
+    from longwatch.model.needles import QUESTION_KINDS
 
+    kinds = tuple(args.kinds.split(","))
+    if unknown := set(kinds) - set(QUESTION_KINDS):
+        return _fail(
+            f"unknown question kinds {sorted(unknown)}; choose from {', '.join(QUESTION_KINDS)}", code=2
+        )
     lm = load_model(ModelConfig(path=args.model, adapter=args.adapter))
     print(
         f"{'haystack':>8}  {'chunks':>6}  {'clips':>5}  {'what':>6}  {'colour':>6}  {'when':>6}"
@@ -389,7 +396,7 @@ def _eval_clips(args: argparse.Namespace) -> int:
     for haystack_s in (int(x) for x in args.haystacks.split(",")):
         for n_chunks in (int(x) for x in args.chunks.split(",")):
             acc = evaluate_clips(
-                lm, args.clips, top_k=args.top_k, n_chunks=n_chunks, haystack_s=haystack_s
+                lm, args.clips, top_k=args.top_k, n_chunks=n_chunks, haystack_s=haystack_s, kinds=kinds
             ).accuracy()
             cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
             print(

@@ -17,7 +17,7 @@ from longwatch.memory.chunk import ChunkCache
 from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.model.compressor import run_chunk
 from longwatch.model.loading import LoadedModel
-from longwatch.model.needles import judge
+from longwatch.model.needles import QUESTION_KINDS, QuestionKind, judge
 from longwatch.model.train import clip_chunks
 from longwatch.model.train_data import NeedleClips, TrainingClip
 
@@ -62,13 +62,15 @@ def evaluate_clips(
     seed: int = 0,
     n_chunks: int = 6,
     haystack_s: int = 3600,
+    kinds: tuple[QuestionKind, ...] = QUESTION_KINDS,
 ) -> ClipEval:
     """Accuracy per question kind and retrieval recall on `n` evaluation-split clips.
 
     haystack_s: length of the haystack the clips are cut from; it sets how many digits a
     "when" answer has (a minute: two; an hour: mostly four).
+    kinds: the question kinds asked, one drawn per clip.
     """
-    source = NeedleClips(n_chunks=n_chunks, split="eval", haystack_s=haystack_s)
+    source = NeedleClips(n_chunks=n_chunks, split="eval", haystack_s=haystack_s, kinds=kinds)
     result = ClipEval()
     for i in range(n):
         clip = source.clip(np.random.default_rng([seed, i, 7]))

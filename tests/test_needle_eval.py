@@ -76,3 +76,11 @@ def test_eval_clips_prints_accuracy_of_the_shipped_model(capsys) -> None:  # noq
         colour, recall = row.split()[4], row.split()[6]
         # The shipped demo model reads colours, and its retrieval finds the needle's chunk among three.
         assert float(colour.rstrip("%")) >= 75 and float(recall.rstrip("%")) >= 75
+
+
+def test_eval_clips_asks_only_the_kinds_given(capsys) -> None:  # noqa: ANN001
+    assert cli.main(["eval", "clips", "--clips", "3", "--chunks", "2", "--kinds", "when"]) == 0
+    what, colour, when = capsys.readouterr().out.strip().splitlines()[-1].split()[3:6]
+    assert (what, colour) == ("-", "-") and when.endswith("%")
+    assert cli.main(["eval", "clips", "--kinds", "when,weather"]) == 2
+    assert "unknown question kinds ['weather']" in capsys.readouterr().err
