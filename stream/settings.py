@@ -217,7 +217,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         type=Path,
         default=_env("MODEL"),
-        help="local HF-format VideoLLaMA3 folder (LONGWATCH_MODEL); unset uses the built-in tiny model",
+        help="local HF-format VideoLLaMA3 folder (LONGWATCH_MODEL); unset uses the built-in demo model (model/demo)",
     )
     g.add_argument("--adapter", type=Path, default=_env("ADAPTER"), help="summary-token adapter folder")
     g.add_argument("--device", default=_env("DEVICE", "cpu"))
