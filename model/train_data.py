@@ -24,6 +24,10 @@ from longwatch.model.needles import (
 )
 from longwatch.model.synthetic import SyntheticFootage
 
+# Haystack lengths the refine stage cuts its clips from: needle times of two, three and four
+# digits about equally often (see NeedleClips.haystack_lengths).
+DIGIT_BALANCED_HAYSTACKS_S = (100, 1000, 3600)
+
 
 @dataclass
 class TrainingClip:

@@ -26,7 +26,7 @@ from longwatch.model.config import ModelConfig
 from longwatch.model.frames import grid_for, resize_frames
 from longwatch.model.loading import checkpoint_fingerprint, load_model
 from longwatch.model.train import StepMetrics, TrainConfig, Trainer, new_base
-from longwatch.model.train_data import ClipSource, NeedleClips, TrainingClip
+from longwatch.model.train_data import DIGIT_BALANCED_HAYSTACKS_S, ClipSource, NeedleClips, TrainingClip
 from longwatch.stream.decode import VideoFileReader
 
 DEFAULT_QUESTION = "What happens in the video?"
@@ -223,10 +223,10 @@ def run_train(args: argparse.Namespace) -> int:
     train_stage(summary_config, out / "runs" / "summary", base, source, args, base_adapter)
     adapter = out / "runs" / "summary" / "adapter"
     if args.refine_steps > 0:
-        # Refinement sees needle times of two, three and four digits alike (see NeedleClips).
-        lengths = (100, 1000, 3600)
         refine_source = (
-            replace(source, haystack_lengths=lengths) if isinstance(source, NeedleClips) else source
+            replace(source, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S)
+            if isinstance(source, NeedleClips)
+            else source
         )
         base = train_stage(
             refine_config_from_args(args), out / "runs" / "refine", base, refine_source, args, adapter

@@ -34,7 +34,7 @@ from longwatch.model.train import (
     qa_logits,
     raw_cache,
 )
-from longwatch.model.train_data import NeedleClips, TrainingClip, vision_frames
+from longwatch.model.train_data import DIGIT_BALANCED_HAYSTACKS_S, NeedleClips, TrainingClip, vision_frames
 from longwatch.stream.training import JsonlClips, read_jsonl
 
 
@@ -306,7 +306,7 @@ def test_clips_from_haystacks_of_three_lengths_carry_times_of_every_size() -> No
         return np.bincount([len(str(int(t))) for t in starts], minlength=5) / len(starts)
 
     hour = digit_shares(NeedleClips(n_chunks=6))
-    three = digit_shares(NeedleClips(n_chunks=6, haystack_lengths=(100, 1000, 3600)))
+    three = digit_shares(NeedleClips(n_chunks=6, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S))
     # Cut from hour-long haystacks only, most needle times have four digits and almost none two;
     # the refine stage's three lengths give two, three and four digits alike.
     assert hour[4] > 0.6 and hour[2] < 0.05
