@@ -134,9 +134,9 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
 def refine_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Stage demo's last stage: every weight again, on the full mixture, at a lower rate.
 
-    It is where a decoder from scratch learns to say "when" through summary tokens: 24000 such
-    steps took the shipped demo model from 2% to 62% of six-chunk clips from hour-long haystacks
-    and from 0% to 89% from one-minute ones (6000 more steps inside the base stage's cosine did
+    It is where a decoder from scratch learns to say "when" through summary tokens: 36000 such
+    steps took the shipped demo model from 2% to 70% of six-chunk clips from hour-long haystacks
+    and from 0% to 92% from one-minute ones (6000 more steps inside the base stage's cosine did
     nothing). See the README's demo model recipe for what its clips must be cut from.
     """
     base = train_config_from_args(args, "base")
