@@ -134,10 +134,9 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
 def refine_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Stage demo's last stage: every weight again, on the full mixture, at a lower rate.
 
-    It is where a decoder from scratch learns to say "when" through summary tokens: 36000 such
-    steps took the shipped demo model from 2% to 70% of six-chunk clips from hour-long haystacks
-    and from 0% to 92% from one-minute ones (6000 more steps inside the base stage's cosine did
-    nothing). See the README's demo model recipe for what its clips must be cut from.
+    It is where a decoder from scratch learns to say "when" through summary tokens (more steps
+    inside the base stage's own cosine did not do it). The README's demo model recipe has the
+    figures by refine length and why its clips are cut from DIGIT_BALANCED_HAYSTACKS_S.
     """
     base = train_config_from_args(args, "base")
     return replace(
