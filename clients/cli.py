@@ -144,7 +144,12 @@ def _add_train(commands: Any) -> None:
     sub.add_argument("--adapter", type=Path, help="stage summary: start from this adapter instead of copies")
     sub.add_argument("--data", default="needles", help="'needles' (synthetic) or a JSONL file")
     sub.add_argument("--steps", type=int, default=1000, help="steps after vision pretraining")
-    sub.add_argument("--vision-steps", type=int, default=3000, help="stage base: vision pretraining steps")
+    sub.add_argument(
+        "--vision-steps",
+        type=int,
+        default=3000,
+        help="stage base: vision pretraining steps (the shipped demo model: 22000)",
+    )
     sub.add_argument(
         "--freeze-vision-steps", type=int, default=2500, help="stage base: steps with vision frozen"
     )
