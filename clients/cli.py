@@ -182,7 +182,7 @@ def _add_train(commands: Any) -> None:
         "--refine-steps",
         type=int,
         default=0,
-        help="stage demo: steps of every weight again after the summary stage (the shipped model: 36000)",
+        help="stage demo: steps of every weight again after the summary stage (the shipped model: 60000)",
     )
     sub.add_argument("--refine-lr", type=float, default=3e-4, help="stage demo: lr of the refine steps")
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
