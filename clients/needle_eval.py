@@ -79,8 +79,11 @@ class EvalPlan:
 class Cell:
     correct: dict[str, list[bool]] = field(default_factory=lambda: defaultdict(list))
     recalled: list[bool] = field(default_factory=list)
+    # Each wrong answer with what it should have said, so a report shows how answers fail
+    # (a time a few seconds off, a wrong digit) and not only how often.
+    misses: list[dict] = field(default_factory=list)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict:
         if not self.correct:
             return {"skipped": True}
         out = {k: sum(v) / len(v) for k, v in sorted(self.correct.items())}
@@ -89,6 +92,7 @@ class Cell:
         )
         if self.recalled:
             out["recall@k"] = sum(self.recalled) / len(self.recalled)
+        out["misses"] = self.misses
         return out
 
 
@@ -140,9 +144,21 @@ def evaluate_video(
     needle = video.needle
     for kind, qa in questions_for(needle).items():
         result = client.ask(sid, qa.question, top_k=top_k, max_new_tokens=12)
-        cell.correct[kind].append(judge(kind, result.answer, needle))
+        right = judge(kind, result.answer, needle)
+        cell.correct[kind].append(right)
         if row != "uniform-180":
             cell.recalled.append(any(e.start_s <= needle.start_s < e.end_s for e in result.evidence))
+        if not right:
+            cell.misses.append(
+                {
+                    "video": video.seed,
+                    "question": qa.question,
+                    "answer": result.answer,
+                    "expected": qa.answer,
+                    "needle_s": [needle.start_s, needle.start_s + needle.duration_s],
+                    "evidence_s": [[e.start_s, e.end_s] for e in result.evidence],
+                }
+            )
     client.delete_stream(sid)
 
 

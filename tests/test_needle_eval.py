@@ -35,6 +35,11 @@ def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) ->
         for c in cells:
             assert {"what", "colour", "when", "all"} <= set(c) and 0.0 <= c["all"] <= 1.0
             assert ("recall@k" in c) == (row != "uniform-180")
+            # Every wrong answer is kept beside what was expected, so failures can be read.
+            wrong = sum(round(1 - c[k]) for k in ("what", "colour", "when"))  # one question per kind
+            assert len(c["misses"]) == wrong
+            for m in c["misses"]:
+                assert m["answer"] != m["expected"] and m["question"].endswith("?")
     assert (out / "needle_eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert "longwatch" in table and "recall@k" in table
