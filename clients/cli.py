@@ -185,6 +185,12 @@ def _add_train(commands: Any) -> None:
         help="stage demo: steps of every weight again after the summary stage (the shipped model: 60000)",
     )
     sub.add_argument("--refine-lr", type=float, default=3e-4, help="stage demo: lr of the refine steps")
+    sub.add_argument(
+        "--refine-codec-share",
+        type=float,
+        default=0.0,
+        help="stage demo: share of refine clips whose frames go through an mp4 round trip first",
+    )
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
     sub.add_argument("--device", default="cpu")
@@ -351,6 +357,11 @@ def _add_eval(commands: Any) -> None:
     )
     sub.add_argument("--kinds", default="what,colour,when", help="clips: question kinds asked, one per clip")
     sub.add_argument(
+        "--encoded",
+        action="store_true",
+        help="clips: answer from the same clips' frames after an mp4 round trip, as footage reaches the service",
+    )
+    sub.add_argument(
         "--raw-max-frames",
         type=int,
         default=900,
@@ -401,7 +412,13 @@ def _eval_clips(args: argparse.Namespace) -> int:
     for haystack_s in (int(x) for x in args.haystacks.split(",")):
         for n_chunks in (int(x) for x in args.chunks.split(",")):
             acc = evaluate_clips(
-                lm, args.clips, top_k=args.top_k, n_chunks=n_chunks, haystack_s=haystack_s, kinds=kinds
+                lm,
+                args.clips,
+                top_k=args.top_k,
+                n_chunks=n_chunks,
+                haystack_s=haystack_s,
+                kinds=kinds,
+                encoded=args.encoded,
             ).accuracy()
             cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
             print(

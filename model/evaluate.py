@@ -63,14 +63,18 @@ def evaluate_clips(
     n_chunks: int = 6,
     haystack_s: int = 3600,
     kinds: tuple[QuestionKind, ...] = QUESTION_KINDS,
+    encoded: bool = False,
 ) -> ClipEval:
     """Accuracy per question kind and retrieval recall on `n` evaluation-split clips.
 
     haystack_s: length of the haystack the clips are cut from; it sets how many digits a
     "when" answer has (a minute: two; an hour: mostly four).
     kinds: the question kinds asked, one drawn per clip.
+    encoded: answer from the clips' frames after an mp4 round trip (the same clips otherwise).
     """
-    source = NeedleClips(n_chunks=n_chunks, split="eval", haystack_s=haystack_s, kinds=kinds)
+    source = NeedleClips(
+        n_chunks=n_chunks, split="eval", haystack_s=haystack_s, kinds=kinds, codec_share=float(encoded)
+    )
     result = ClipEval()
     for i in range(n):
         clip = source.clip(np.random.default_rng([seed, i, 7]))

@@ -14,6 +14,7 @@ events ("needles") that questions will later ask about.
 from __future__ import annotations
 
 import bisect
+import io
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -283,22 +284,53 @@ def encode_video(
     Sizes must be even (4:2:0 chroma). `progress` hears the seconds written after each frame.
     """
     path = Path(path)
-    rate = Fraction(fps).limit_denominator(1001)
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), mode="w", options=options) as container:
-        stream = None
-        for i, image in enumerate(frames):
-            if stream is None:
-                stream = _add_video_stream(container, codec or pick_encoder(), rate, image.shape)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i, 1 / rate
-            container.mux(stream.encode(frame))
-            if progress is not None:
-                progress((i + 1) / fps)
-        if stream is None:
-            raise ValueError("no frames to encode")
-        container.mux(stream.encode(None))
+        _encode_into(container, frames, fps, codec, progress)
     return path
+
+
+def codec_round_trip(frames: np.ndarray, fps: float = 1.0, codec: str | None = None) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 as they come back from an mp4 of them: encoded as `encode_video` does, decoded.
+
+    What a user's footage looks like by the time the service samples it (blocking, 4:2:0
+    chroma, still noise flattened into copies), made in memory in tens of milliseconds for a
+    few dozen small frames. Decoding runs on one thread: frame threads cost ten times more
+    than they save on clips this short.
+    """
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        _encode_into(container, iter(frames), fps, codec, None)
+    buffer.seek(0)
+    with av.open(buffer) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        out = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+    if out.shape != frames.shape:
+        raise RuntimeError(f"round trip gave {out.shape[0]} frames of {frames.shape[0]}")
+    return out
+
+
+def _encode_into(
+    container: av.container.OutputContainer,
+    frames: Iterator[np.ndarray],
+    fps: float,
+    codec: str | None,
+    progress: Progress | None,
+) -> None:
+    rate = Fraction(fps).limit_denominator(1001)
+    stream = None
+    for i, image in enumerate(frames):
+        if stream is None:
+            stream = _add_video_stream(container, codec or pick_encoder(), rate, image.shape)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = i, 1 / rate
+        container.mux(stream.encode(frame))
+        if progress is not None:
+            progress((i + 1) / fps)
+    if stream is None:
+        raise ValueError("no frames to encode")
+    container.mux(stream.encode(None))
 
 
 def _add_video_stream(

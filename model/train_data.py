@@ -22,7 +22,7 @@ from longwatch.model.needles import (
     random_needle,
     seed_for,
 )
-from longwatch.model.synthetic import SyntheticFootage
+from longwatch.model.synthetic import SyntheticFootage, codec_round_trip
 
 # Haystack lengths the refine stage cuts its clips from: needle times of two, three and four
 # digits about equally often (see NeedleClips.haystack_lengths).
@@ -89,6 +89,10 @@ class NeedleClips:
     # just one drawn at random (evaluation asks one).
     kinds: tuple[QuestionKind, ...] = QUESTION_KINDS
     all_questions: bool = False
+    # Share of clips whose frames go through an mp4 round trip (`codec_round_trip`) first: the
+    # service sees footage after a codec, and a model refined on rendered frames only answered
+    # "when" about an hour-long haystack worse from encoded frames of the same clips.
+    codec_share: float = 0.0
 
     def clip(self, rng: np.random.Generator) -> TrainingClip:
         seed = seed_for(self.split, int(rng.integers(0, 1 << 39)))
@@ -113,6 +117,9 @@ class NeedleClips:
         qa = qas[self.kinds[int(rng.integers(len(self.kinds)))]]
         others = [qas[k] for k in self.kinds if k != qa.kind] if self.all_questions else []
         also = [(o.question, o.answer) for o in others]
+        # Drawn last, and only when asked for: a run without it draws the same clips as before.
+        if self.codec_share and rng.random() < self.codec_share:
+            frames = codec_round_trip(frames, self.fps)
         return TrainingClip(frames, times, qa.question, qa.answer, [evidence], f, needle, qa.kind, also)
 
 

@@ -212,6 +212,8 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
+    if not 0.0 <= args.refine_codec_share <= 1.0:
+        raise ValueError(f"--refine-codec-share must be in [0, 1], got {args.refine_codec_share}")
     if args.stage != "demo":
         train_stage(train_config_from_args(args, args.stage), out, args.base, source, args, args.adapter)
         return 0
@@ -223,7 +225,7 @@ def run_train(args: argparse.Namespace) -> int:
     adapter = out / "runs" / "summary" / "adapter"
     if args.refine_steps > 0:
         refine_source = (
-            replace(source, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S)
+            replace(source, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S, codec_share=args.refine_codec_share)
             if isinstance(source, NeedleClips)
             else source
         )

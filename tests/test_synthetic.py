@@ -13,6 +13,8 @@ from longwatch.model.synthetic import (
     Drifter,
     Scene,
     SyntheticFootage,
+    codec_round_trip,
+    encode_video,
     make_schedule,
     pick_encoder,
     random_scene,
@@ -108,6 +110,19 @@ def test_write_video_round_trip(tmp_path: Path) -> None:
     original = SyntheticFootage(seed=2, width=160, height=96, fps=10).frame_at(17).astype(np.float32)
     assert len(frames) == 30
     assert np.abs(frames[17].image.astype(np.float32) - original).mean() < 6
+
+
+def test_codec_round_trip_is_what_a_reader_of_the_encoded_file_sees(tmp_path: Path) -> None:
+    frames = np.stack([SyntheticFootage(seed=5, width=56, height=56, fps=1).frame_at(i) for i in range(12)])
+    trip = codec_round_trip(frames)
+    assert trip.shape == frames.shape and trip.dtype == np.uint8
+    # Lossy, but the same picture: a training clip encoded in memory looks like the footage.
+    error = np.abs(trip.astype(np.float32) - frames).mean()
+    assert 0.5 < error < 6
+    # And exactly what the service's reader decodes from the same frames written to a file.
+    path = encode_video(tmp_path / "same.mp4", iter(frames), fps=1)
+    read = np.stack([f.image for f in VideoFileReader(path, fps=1)])
+    assert np.array_equal(trip, read)
 
 
 def test_write_video_rejects_odd_sizes(tmp_path: Path) -> None:

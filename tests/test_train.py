@@ -189,7 +189,9 @@ def test_demo_stage_runs_base_summary_refine_and_leaves_the_refined_model(tmp_pa
     out = tmp_path / "demo"
     args = ["train", "--stage", "demo", "--out", str(out), "--size", "tiny", "--vision-steps", "3"]
     args += ["--freeze-vision-steps", "1", "--steps", "3", "--summary-steps", "2", "--refine-steps", "3"]
-    assert cli.main(args) == 0
+    assert cli.main([*args, "--refine-codec-share", "1.5"]) == 2  # refused before any training
+    assert not out.exists()
+    assert cli.main([*args, "--refine-codec-share", "0.5"]) == 0
     runs = out / "runs"
     logs = {
         stage: (runs / stage / "train_log.jsonl").read_text().splitlines()
@@ -311,6 +313,24 @@ def test_clips_from_haystacks_of_three_lengths_carry_times_of_every_size() -> No
     # the refine stage's three lengths give two, three and four digits alike.
     assert hour[4] > 0.6 and hour[2] < 0.05
     assert all(0.2 < share < 0.5 for share in three[2:5])
+
+
+def test_codec_share_encodes_that_share_of_clips_and_changes_nothing_else() -> None:
+    plain, encoded = NeedleClips(n_chunks=2), NeedleClips(n_chunks=2, codec_share=0.5)
+    changed = []
+    for i in range(24):
+        a, b = plain.clip(np.random.default_rng([9, i])), encoded.clip(np.random.default_rng([9, i]))
+        assert (a.needle, a.times, a.question, a.answer, a.evidence) == (
+            b.needle,
+            b.times,
+            b.question,
+            b.answer,
+            b.evidence,
+        )
+        changed.append(not np.array_equal(a.frames, b.frames))
+        if changed[-1]:  # through a codec: the same picture, a few levels off
+            assert np.abs(a.frames.astype(np.float32) - b.frames).mean() < 6
+    assert 6 <= sum(changed) <= 18
 
 
 def test_needle_seeds_never_overlap_and_answers_are_judged() -> None:
