@@ -149,16 +149,16 @@ def evaluate_video(
         if row != "uniform-180":
             cell.recalled.append(any(e.start_s <= needle.start_s < e.end_s for e in result.evidence))
         if not right:
-            cell.misses.append(
-                {
-                    "video": video.seed,
-                    "question": qa.question,
-                    "answer": result.answer,
-                    "expected": qa.answer,
-                    "needle_s": [needle.start_s, needle.start_s + needle.duration_s],
-                    "evidence_s": [[e.start_s, e.end_s] for e in result.evidence],
-                }
-            )
+            miss = {
+                "video": video.seed,
+                "question": qa.question,
+                "answer": result.answer,
+                "expected": qa.answer,
+                "needle_s": [needle.start_s, needle.start_s + needle.duration_s],
+            }
+            if row != "uniform-180":  # it has every chunk in context: no evidence was chosen
+                miss["evidence_s"] = [[e.start_s, e.end_s] for e in result.evidence]
+            cell.misses.append(miss)
     client.delete_stream(sid)
 
 

@@ -42,6 +42,7 @@ def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) ->
             assert len(c["misses"]) == wrong
             for m in c["misses"]:
                 assert m["answer"] != m["expected"] and m["question"].endswith("?")
+                assert ("evidence_s" in m) == (row != "uniform-180")  # only retrieval chooses evidence
     assert (out / "needle_eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert "longwatch" in table and "recall@k" in table
