@@ -295,12 +295,14 @@ def codec_round_trip(frames: np.ndarray, fps: float = 1.0, codec: str | None = N
 
     What a user's footage looks like by the time the service samples it (blocking, 4:2:0
     chroma, still noise flattened into copies), made in memory in tens of milliseconds for a
-    few dozen small frames. Decoding runs on one thread: frame threads cost ten times more
-    than they save on clips this short.
+    few dozen small frames. The same frames always come back the same, so that training runs
+    reproduce (x264 without its macroblock tree: on six-chunk clips its mean error against the
+    rendered frames is 2.77 levels, against 2.97 with it). Decoding runs on one thread: frame threads cost ten times more than they save on
+    clips this short.
     """
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        _encode_into(container, iter(frames), fps, codec, None)
+        _encode_into(container, iter(frames), fps, codec, None, deterministic=True)
     buffer.seek(0)
     with av.open(buffer) as container:
         stream = container.streams.video[0]
@@ -317,12 +319,13 @@ def _encode_into(
     fps: float,
     codec: str | None,
     progress: Progress | None,
+    deterministic: bool = False,
 ) -> None:
     rate = Fraction(fps).limit_denominator(1001)
     stream = None
     for i, image in enumerate(frames):
         if stream is None:
-            stream = _add_video_stream(container, codec or pick_encoder(), rate, image.shape)
+            stream = _add_video_stream(container, codec or pick_encoder(), rate, image.shape, deterministic)
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts, frame.time_base = i, 1 / rate
         container.mux(stream.encode(frame))
@@ -334,7 +337,11 @@ def _encode_into(
 
 
 def _add_video_stream(
-    container: av.container.OutputContainer, codec: str, rate: Fraction, shape: tuple[int, ...]
+    container: av.container.OutputContainer,
+    codec: str,
+    rate: Fraction,
+    shape: tuple[int, ...],
+    deterministic: bool = False,
 ) -> av.video.stream.VideoStream:
     height, width = shape[:2]
     if height % 2 or width % 2:
@@ -343,7 +350,10 @@ def _add_video_stream(
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.time_base = 1 / rate
     if codec == "libx264":
-        stream.options = {"preset": "veryfast", "crf": "23"}
+        # x264's macroblock-tree rate control gave a different stream for about one clip in
+        # four here (threads or not); without it, the same frames always give the same.
+        extra = {"x264-params": "mbtree=0"} if deterministic else {}
+        stream.options = {"preset": "veryfast", "crf": "23", **extra}
     elif codec == "mpeg4":
         stream.bit_rate = 8 * width * height * int(rate)  # about 8 bits a pixel a second
     return stream
