@@ -359,7 +359,7 @@ def _add_eval(commands: Any) -> None:
     sub.add_argument(
         "--encoded",
         action="store_true",
-        help="clips: answer from the same clips' frames after an mp4 round trip, as footage reaches the service",
+        help="clips: answer from the same clips' frames after an mp4 round trip (x264 at the sampled rate)",
     )
     sub.add_argument(
         "--raw-max-frames",

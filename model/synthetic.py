@@ -291,14 +291,14 @@ def encode_video(
 
 
 def codec_round_trip(frames: np.ndarray, fps: float = 1.0, codec: str | None = None) -> np.ndarray:
-    """Frames (T, H, W, 3) uint8 as they come back from an mp4 of them: encoded as `encode_video` does, decoded.
+    """Frames (T, H, W, 3) uint8 as they come back from an mp4 of them at `fps`, encoded and decoded.
 
-    What a user's footage looks like by the time the service samples it (blocking, 4:2:0
-    chroma, still noise flattened into copies), made in memory in tens of milliseconds for a
-    few dozen small frames. The same frames always come back the same, so that training runs
-    reproduce (x264 without its macroblock tree: on six-chunk clips its mean error against the
-    rendered frames is 2.77 levels, against 2.97 with it). Decoding runs on one thread: frame threads cost ten times more than they save on
-    clips this short.
+    Codec artefacts (blocking, 4:2:0 chroma, still noise flattened into copies), made in memory
+    in tens of milliseconds for a few dozen small frames. The same frames always come back the
+    same, so that training runs reproduce: x264 runs without its macroblock tree, unlike
+    `encode_video` (on six-chunk clips, a mean error against the rendered frames of 2.77 levels
+    against 2.97 with it). Decoding runs on one thread: frame threads cost ten times more than
+    they save on clips this short.
     """
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:

@@ -90,8 +90,8 @@ class NeedleClips:
     kinds: tuple[QuestionKind, ...] = QUESTION_KINDS
     all_questions: bool = False
     # Share of clips whose frames go through an mp4 round trip (`codec_round_trip`) first: the
-    # service sees footage after a codec, and a model refined on rendered frames only answered
-    # "when" about an hour-long haystack worse from encoded frames of the same clips.
+    # service only ever sees footage after a codec. The README's demo model recipe has what the
+    # round trip does and does not reproduce of the grid's encoded videos.
     codec_share: float = 0.0
 
     def clip(self, rng: np.random.Generator) -> TrainingClip:
