@@ -295,10 +295,10 @@ def codec_round_trip(frames: np.ndarray, fps: float = 1.0, codec: str | None = N
 
     Codec artefacts (blocking, 4:2:0 chroma, still noise flattened into copies), made in memory
     in tens of milliseconds for a few dozen small frames. The same frames always come back the
-    same, so that training runs reproduce: x264 runs without its macroblock tree, unlike
-    `encode_video` (on six-chunk clips, a mean error against the rendered frames of 2.77 levels
-    against 2.97 with it). Decoding runs on one thread: frame threads cost ten times more than
-    they save on clips this short.
+    same, so that training runs reproduce: x264 runs without B-frames, unlike `encode_video`
+    (see `_add_video_stream`); its macroblock tree stays on, since at a footage rate of 10 fps
+    that tree is what costs a model its "when" answers (README, demo model recipe). Decoding
+    runs on one thread: frame threads cost ten times more than they save on clips this short.
     """
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
@@ -350,9 +350,10 @@ def _add_video_stream(
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.time_base = 1 / rate
     if codec == "libx264":
-        # x264's macroblock-tree rate control gave a different stream for about one clip in
-        # four here (threads or not); without it, the same frames always give the same.
-        extra = {"x264-params": "mbtree=0"} if deterministic else {}
+        # With B-frames, x264's macroblock tree reads memory it never wrote: the same frames
+        # encoded twice in one process differed for about one clip in four, and under glibc's
+        # MALLOC_PERTURB_ the stream follows the fill byte. Without B-frames it never did.
+        extra = {"x264-params": "bframes=0"} if deterministic else {}
         stream.options = {"preset": "veryfast", "crf": "23", **extra}
     elif codec == "mpeg4":
         stream.bit_rate = 8 * width * height * int(rate)  # about 8 bits a pixel a second
