@@ -189,7 +189,7 @@ def _add_train(commands: Any) -> None:
         "--refine-codec-share",
         type=float,
         default=0.0,
-        help="stage demo: share of refine clips whose frames go through an mp4 round trip first",
+        help="stage demo: share of refine clips whose needle chunk is sampled from an mp4 of 10 fps footage",
     )
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
@@ -359,7 +359,7 @@ def _add_eval(commands: Any) -> None:
     sub.add_argument(
         "--encoded",
         action="store_true",
-        help="clips: answer from the same clips' frames after an mp4 round trip (x264 at the sampled rate)",
+        help="clips: the same clips with the needle's chunk sampled from an mp4 of 10 fps footage",
     )
     sub.add_argument(
         "--raw-max-frames",

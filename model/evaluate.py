@@ -70,7 +70,7 @@ def evaluate_clips(
     haystack_s: length of the haystack the clips are cut from; it sets how many digits a
     "when" answer has (a minute: two; an hour: mostly four).
     kinds: the question kinds asked, one drawn per clip.
-    encoded: answer from the clips' frames after an mp4 round trip (the same clips otherwise).
+    encoded: the needle's chunk is sampled from an mp4 of 10 fps footage (the same clips otherwise).
     """
     source = NeedleClips(
         n_chunks=n_chunks, split="eval", haystack_s=haystack_s, kinds=kinds, codec_share=float(encoded)

@@ -315,7 +315,7 @@ def test_clips_from_haystacks_of_three_lengths_carry_times_of_every_size() -> No
     assert all(0.2 < share < 0.5 for share in three[2:5])
 
 
-def test_codec_share_encodes_that_share_of_clips_and_changes_nothing_else() -> None:
+def test_codec_share_encodes_the_needle_chunk_of_that_share_of_clips_and_changes_nothing_else() -> None:
     def beyond_frames(c: TrainingClip) -> tuple:
         return c.needle, c.times, c.question, c.answer, c.evidence
 
@@ -324,10 +324,16 @@ def test_codec_share_encodes_that_share_of_clips_and_changes_nothing_else() -> N
     for i in range(24):
         a, b = plain.clip(np.random.default_rng([9, i])), encoded.clip(np.random.default_rng([9, i]))
         assert beyond_frames(a) == beyond_frames(b)
-        changed.append(not np.array_equal(a.frames, b.frames))
-        if changed[-1]:  # through a codec: the same picture, a few levels off
-            assert np.abs(a.frames.astype(np.float32) - b.frames).mean() < 6
+        needle = slice(a.evidence[0] * a.frames_per_chunk, (a.evidence[0] + 1) * a.frames_per_chunk)
+        others = np.ones(len(a.frames), dtype=bool)
+        others[needle] = False
+        assert np.array_equal(a.frames[others], b.frames[others])
+        changed.append(not np.array_equal(a.frames[needle], b.frames[needle]))
+        if changed[-1]:  # from encoded 10 fps footage: the same picture, a few levels off
+            assert np.abs(a.frames[needle].astype(np.float32) - b.frames[needle]).mean() < 6
     assert 6 <= sum(changed) <= 18
+    with pytest.raises(ValueError, match="whole multiple"):
+        NeedleClips(footage_fps=2.5)
 
 
 def test_needle_seeds_never_overlap_and_answers_are_judged() -> None:
