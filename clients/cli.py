@@ -182,7 +182,7 @@ def _add_train(commands: Any) -> None:
         "--refine-steps",
         type=int,
         default=0,
-        help="stage demo: steps of every weight again after the summary stage (the shipped model: 60000)",
+        help="stage demo: steps of every weight again after the summary stage (the shipped model: 90000)",
     )
     sub.add_argument("--refine-lr", type=float, default=3e-4, help="stage demo: lr of the refine steps")
     sub.add_argument(
