@@ -14,9 +14,14 @@ events ("needles") that questions will later ask about.
 from __future__ import annotations
 
 import bisect
+import ctypes
+import ctypes.util
 import io
 import math
+import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -282,10 +287,11 @@ def encode_video(
     """Encode (H, W, 3) uint8 RGB frames to a yuv420p video; `faststart` puts the mp4 index first.
 
     Sizes must be even (4:2:0 chroma). `progress` hears the seconds written after each frame.
+    The same frames always give the same file (see `pinned_heap`).
     """
     path = Path(path)
     options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), mode="w", options=options) as container:
+    with pinned_heap(), av.open(str(path), mode="w", options=options) as container:
         _encode_into(container, frames, fps, codec, progress)
     return path
 
@@ -294,15 +300,14 @@ def codec_round_trip(frames: np.ndarray, fps: float = 1.0, codec: str | None = N
     """Frames (T, H, W, 3) uint8 as they come back from an mp4 of them at `fps`, encoded and decoded.
 
     Codec artefacts (blocking, 4:2:0 chroma, still noise flattened into copies), made in memory
-    in tens of milliseconds for a few dozen small frames. The same frames always come back the
-    same, so that training runs reproduce: x264 runs without B-frames, unlike `encode_video`
-    (see `_add_video_stream`); its macroblock tree stays on, since at a footage rate of 10 fps
-    that tree is what costs a model its "when" answers (README, demo model recipe). Decoding
-    runs on one thread: frame threads cost ten times more than they save on clips this short.
+    in tens of milliseconds for a few dozen small frames, with `encode_video`'s encoder and
+    settings: the frames a reader decodes from the file `encode_video` writes of them. The same
+    frames always come back the same, so that training runs reproduce. Decoding runs on one
+    thread: frame threads cost ten times more than they save on clips this short.
     """
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        _encode_into(container, iter(frames), fps, codec, None, deterministic=True)
+    with pinned_heap(), av.open(buffer, mode="w", format="mp4") as container:
+        _encode_into(container, iter(frames), fps, codec, None)
     buffer.seek(0)
     with av.open(buffer) as container:
         stream = container.streams.video[0]
@@ -313,19 +318,65 @@ def codec_round_trip(frames: np.ndarray, fps: float = 1.0, codec: str | None = N
     return out
 
 
+# glibc's mallopt option that fills each allocation with the complement of a byte (and each
+# freed block with the byte), as the MALLOC_PERTURB_ variable does from a process's start.
+_M_PERTURB = -6
+_HEAP_FILL = 0x5A
+_heap_lock = threading.Lock()
+_heap_users = 0
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): no such option
+        return None
+
+
+_MALLOPT = _mallopt()
+
+
+@contextmanager
+def pinned_heap() -> Iterator[None]:
+    """While inside, every new heap allocation of the process starts filled with one fixed byte.
+
+    x264 with B-frames and its macroblock tree (its defaults) reads memory it never wrote: the
+    same frames encoded twice in one process came back different for about one clip in four,
+    and across processes they followed glibc's MALLOC_PERTURB_ fill byte. With what it reads
+    pinned, its output depends on the frames alone. Process-wide (other threads' allocations
+    meanwhile are filled too: a cost, never a change); on a C library without glibc's
+    M_PERTURB it pins nothing.
+    """
+    global _heap_users
+    if _MALLOPT is None:
+        yield
+        return
+    with _heap_lock:
+        if _heap_users == 0:
+            _MALLOPT(_M_PERTURB, _HEAP_FILL)
+        _heap_users += 1
+    try:
+        yield
+    finally:
+        with _heap_lock:
+            _heap_users -= 1
+            if _heap_users == 0:  # back to the process's own setting
+                _MALLOPT(_M_PERTURB, int(os.environ.get("MALLOC_PERTURB_") or 0) & 0xFF)
+
+
 def _encode_into(
     container: av.container.OutputContainer,
     frames: Iterator[np.ndarray],
     fps: float,
     codec: str | None,
     progress: Progress | None,
-    deterministic: bool = False,
 ) -> None:
     rate = Fraction(fps).limit_denominator(1001)
     stream = None
     for i, image in enumerate(frames):
         if stream is None:
-            stream = _add_video_stream(container, codec or pick_encoder(), rate, image.shape, deterministic)
+            stream = _add_video_stream(container, codec or pick_encoder(), rate, image.shape)
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts, frame.time_base = i, 1 / rate
         container.mux(stream.encode(frame))
@@ -337,11 +388,7 @@ def _encode_into(
 
 
 def _add_video_stream(
-    container: av.container.OutputContainer,
-    codec: str,
-    rate: Fraction,
-    shape: tuple[int, ...],
-    deterministic: bool = False,
+    container: av.container.OutputContainer, codec: str, rate: Fraction, shape: tuple[int, ...]
 ) -> av.video.stream.VideoStream:
     height, width = shape[:2]
     if height % 2 or width % 2:
@@ -350,11 +397,7 @@ def _add_video_stream(
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.time_base = 1 / rate
     if codec == "libx264":
-        # With B-frames, x264's macroblock tree reads memory it never wrote: the same frames
-        # encoded twice in one process differed for about one clip in four, and under glibc's
-        # MALLOC_PERTURB_ the stream follows the fill byte. Without B-frames it never did.
-        extra = {"x264-params": "bframes=0"} if deterministic else {}
-        stream.options = {"preset": "veryfast", "crf": "23", **extra}
+        stream.options = {"preset": "veryfast", "crf": "23"}
     elif codec == "mpeg4":
         stream.bit_rate = 8 * width * height * int(rate)  # about 8 bits a pixel a second
     return stream
