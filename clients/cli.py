@@ -133,7 +133,8 @@ def _add_train(commands: Any) -> None:
         "--stage",
         choices=["summary", "base", "demo"],
         default="summary",
-        help="summary: adapter for --base; base: every weight (from scratch or --base); demo: base, summary, refine",
+        help="summary: adapter for --base; base: every weight (from scratch or --base); "
+        "demo: base, summary, refine, encoded",
     )
     sub.add_argument(
         "--out", type=Path, required=True, help="run folder: checkpoint, log, adapter (and base)"
@@ -186,10 +187,18 @@ def _add_train(commands: Any) -> None:
     )
     sub.add_argument("--refine-lr", type=float, default=3e-4, help="stage demo: lr of the refine steps")
     sub.add_argument(
-        "--refine-codec-share",
+        "--encoded-steps",
+        type=int,
+        default=0,
+        help="stage demo: steps of a last refinement, from the refined model, with --encoded-share of its "
+        "clips' needle chunks sampled from an mp4 of the footage (x264, 1 or 10 fps)",
+    )
+    sub.add_argument("--encoded-lr", type=float, default=1e-4, help="stage demo: lr of the encoded steps")
+    sub.add_argument(
+        "--encoded-share",
         type=float,
-        default=0.0,
-        help="stage demo: share of refine clips whose needle chunk is sampled from an mp4 of 10 fps footage",
+        default=0.5,
+        help="stage demo: share of the encoded steps' clips whose needle chunk comes through x264",
     )
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
@@ -358,8 +367,12 @@ def _add_eval(commands: Any) -> None:
     sub.add_argument("--kinds", default="what,colour,when", help="clips: question kinds asked, one per clip")
     sub.add_argument(
         "--encoded",
-        action="store_true",
-        help="clips: the same clips with the needle's chunk sampled from an mp4 of 10 fps footage",
+        type=float,
+        nargs="?",
+        const=1.0,
+        metavar="FPS",
+        help="clips: the same clips with the needle's chunk sampled from an mp4 of footage at FPS "
+        "(default 1: every frame sampled, as in the needle grid's videos; 10: as from a camera)",
     )
     sub.add_argument(
         "--raw-max-frames",
@@ -418,7 +431,7 @@ def _eval_clips(args: argparse.Namespace) -> int:
                 n_chunks=n_chunks,
                 haystack_s=haystack_s,
                 kinds=kinds,
-                encoded=args.encoded,
+                encoded_fps=args.encoded,
             ).accuracy()
             cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
             print(

@@ -63,17 +63,23 @@ def evaluate_clips(
     n_chunks: int = 6,
     haystack_s: int = 3600,
     kinds: tuple[QuestionKind, ...] = QUESTION_KINDS,
-    encoded: bool = False,
+    encoded_fps: float | None = None,
 ) -> ClipEval:
     """Accuracy per question kind and retrieval recall on `n` evaluation-split clips.
 
     haystack_s: length of the haystack the clips are cut from; it sets how many digits a
     "when" answer has (a minute: two; an hour: mostly four).
     kinds: the question kinds asked, one drawn per clip.
-    encoded: the needle's chunk is sampled from an mp4 of 10 fps footage (the same clips otherwise).
+    encoded_fps: the needle's chunk is sampled from an mp4 of footage at this rate (the same
+        clips otherwise); None: rendered frames.
     """
     source = NeedleClips(
-        n_chunks=n_chunks, split="eval", haystack_s=haystack_s, kinds=kinds, codec_share=float(encoded)
+        n_chunks=n_chunks,
+        split="eval",
+        haystack_s=haystack_s,
+        kinds=kinds,
+        codec_share=0.0 if encoded_fps is None else 1.0,
+        footage_rates=(encoded_fps or 1.0,),
     )
     result = ClipEval()
     for i in range(n):

@@ -27,6 +27,9 @@ from longwatch.model.synthetic import SyntheticFootage, codec_round_trip
 # Haystack lengths the refine stage cuts its clips from: needle times of two, three and four
 # digits about equally often (see NeedleClips.haystack_lengths).
 DIGIT_BALANCED_HAYSTACKS_S = (100, 1000, 3600)
+# Footage frames encoded either side of an encoded chunk: x264's look-ahead at its veryfast
+# preset (the encoder `encode_video` uses) is 10 frames.
+CODEC_CONTEXT_FRAMES = 10
 
 
 @dataclass
@@ -89,20 +92,20 @@ class NeedleClips:
     # just one drawn at random (evaluation asks one).
     kinds: tuple[QuestionKind, ...] = QUESTION_KINDS
     all_questions: bool = False
-    # Share of clips whose needle chunk comes from video encoded at footage_fps, sampled at fps:
-    # the service only ever sees footage after a codec, and x264's macroblock tree at a footage
-    # rate cost a demo model "when" answers that a round trip of the sampled frames did not.
-    # Only the needle's chunk, since it alone carried that cost (README, demo model recipe) and
-    # rendering at 10 fps costs ten times as much per frame.
+    # Share of clips whose needle chunk comes through x264, as the service only ever sees footage:
+    # sampled from an mp4 of the haystack at a rate drawn from footage_rates. 1 fps is a video
+    # whose every frame is sampled (the needle evaluation's), 10 fps one sampled at a tenth of
+    # its frames, as a camera's are; each cost a demo model "when" answers that rendered frames
+    # did not (README, demo model recipe). Only the needle's chunk, since it alone carried that
+    # cost, and rendering at 10 fps costs ten times as much per second of footage.
     codec_share: float = 0.0
-    footage_fps: float = 10.0
+    footage_rates: tuple[float, ...] = (1.0, 10.0)
 
     def __post_init__(self) -> None:
-        ratio = self.footage_fps / self.fps
-        if ratio < 1 or ratio != round(ratio):
-            raise ValueError(
-                f"footage_fps must be a whole multiple of fps, got {self.footage_fps} and {self.fps}"
-            )
+        for rate in self.footage_rates:
+            ratio = rate / self.fps
+            if ratio < 1 or ratio != round(ratio):
+                raise ValueError(f"footage rates must be whole multiples of fps, got {rate} and {self.fps}")
 
     def clip(self, rng: np.random.Generator) -> TrainingClip:
         seed = seed_for(self.split, int(rng.integers(0, 1 << 39)))
@@ -129,18 +132,27 @@ class NeedleClips:
         also = [(o.question, o.answer) for o in others]
         # Drawn last, and only when asked for: a run without it draws the same clips as before.
         if self.codec_share and rng.random() < self.codec_share:
+            rate = self.footage_rates[int(rng.integers(len(self.footage_rates)))]
             frames[evidence * f : (evidence + 1) * f] = self.encoded_chunk(
-                seed, needle, float(starts[evidence]), f
+                seed, needle, float(starts[evidence]), f, rate
             )
         return TrainingClip(frames, times, qa.question, qa.answer, [evidence], f, needle, qa.kind, also)
 
-    def encoded_chunk(self, seed: int, needle: Needle, start_s: float, f: int) -> np.ndarray:
-        """A chunk's f frames from `start_s` as a stream samples them from an mp4 at footage_fps."""
-        step = round(self.footage_fps / self.fps)
-        footage = SyntheticFootage(seed, self.width, self.height, self.footage_fps, overlays=[needle])
-        first = round(start_s * self.footage_fps)
-        video = np.stack([footage.frame_at(first + i) for i in range(f * step)])  # (f * step, H, W, 3)
-        return codec_round_trip(video, self.footage_fps)[::step]
+    def encoded_chunk(self, seed: int, needle: Needle, start_s: float, f: int, rate: float) -> np.ndarray:
+        """A chunk's f frames from `start_s` as a stream samples them from an mp4 at `rate` fps.
+
+        The mp4 holds CODEC_CONTEXT_FRAMES of footage either side of the chunk, so that its frames
+        are coded as inside a long video (predicted from earlier ones, x264 looking ahead).
+        """
+        step = round(rate / self.fps)
+        footage = SyntheticFootage(seed, self.width, self.height, rate, overlays=[needle])
+        first = round(start_s * rate)
+        lead = min(first, CODEC_CONTEXT_FRAMES)
+        n = f * step
+        video = np.stack(
+            [footage.frame_at(i) for i in range(first - lead, first + n + CODEC_CONTEXT_FRAMES)]
+        )  # (lead + n + CODEC_CONTEXT_FRAMES, H, W, 3)
+        return codec_round_trip(video, rate)[lead : lead + n : step]
 
 
 def vision_frames(
