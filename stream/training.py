@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -198,11 +198,75 @@ def train_stage(
     return base
 
 
+def encoded_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Stage demo's last stage: the refinement again, from the refined model, on encoded footage.
+
+    Every weight trains at one rate, the vision tower's too: codec artefacts are what it has to
+    learn to see through.
+    """
+    lr = args.encoded_lr
+    return replace(refine_config_from_args(args), steps=args.encoded_steps, lr=lr, vision_lr=lr)
+
+
+@dataclass
+class DemoPhase:
+    """One stage of `--stage demo`, trained into OUT/runs/<name>."""
+
+    name: str
+    config: TrainConfig
+    source: ClipSource
+
+    def describe(self, args: argparse.Namespace) -> dict:
+        """What decides this stage's weights, as JSON: its config (less how often it checkpoints) and data."""
+        config = {k: v for k, v in asdict(self.config).items() if k != "checkpoint_every"}
+        data = asdict(self.source) if isinstance(self.source, NeedleClips) else {"jsonl": str(args.data)}
+        return json.loads(json.dumps({"stage": self.name, "config": config, "data": data}))
+
+
+FINISHED = "finished.json"
+
+
+def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]:
+    """The stages of `--stage demo`, in order: base from scratch, its summary tokens, the refinements."""
+    phases = [
+        DemoPhase("base", train_config_from_args(args, "base"), source),
+        DemoPhase("summary", train_config_from_args(args, "summary"), source),
+    ]
+    needles = isinstance(source, NeedleClips)
+    if args.refine_steps > 0:
+        refine_source = replace(source, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S) if needles else source
+        phases.append(DemoPhase("refine", refine_config_from_args(args), refine_source))
+    if args.encoded_steps > 0:
+        encoded_source = source
+        if needles:
+            encoded_source = replace(
+                source, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S, codec_share=args.encoded_share
+            )
+        phases.append(DemoPhase("encoded", encoded_config_from_args(args), encoded_source))
+    return phases
+
+
+def finished_phase(
+    out: Path, phases: list[DemoPhase], args: argparse.Namespace
+) -> tuple[int, Path, Path] | None:
+    """The last stage already finished in `out` by this very recipe: (its number, base, adapter)."""
+    lineage = [p.describe(args) for p in phases]
+    for i in reversed(range(len(phases))):
+        marker = out / "runs" / phases[i].name / FINISHED
+        if marker.exists():
+            done = json.loads(marker.read_text())
+            if done["lineage"] == lineage[: i + 1]:
+                return i, out / done["base"], out / done["adapter"]
+    return None
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """`longwatch train`: one stage, or `--stage demo` = base from scratch, its summary tokens, a refinement.
+    """`longwatch train`: one stage, or `--stage demo` = base from scratch, its summary tokens, refinements.
 
     The demo stage leaves `OUT/base` and `OUT/adapter`, the layout the service loads as its
-    built-in model (model/demo/ in the repository).
+    built-in model (model/demo/ in the repository). A stage it finishes is marked with what it
+    was trained from (FINISHED); run again, the command goes on after the last stage finished by
+    this same recipe, resuming the next one from its checkpoint.
     """
     out = Path(args.out)
     source: ClipSource = (
@@ -212,27 +276,30 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
-    if not 0.0 <= args.refine_codec_share <= 1.0:
-        raise ValueError(f"--refine-codec-share must be in [0, 1], got {args.refine_codec_share}")
+    if not 0.0 <= args.encoded_share <= 1.0:
+        raise ValueError(f"--encoded-share must be in [0, 1], got {args.encoded_share}")
     if args.stage != "demo":
         train_stage(train_config_from_args(args, args.stage), out, args.base, source, args, args.adapter)
         return 0
-    base = train_stage(train_config_from_args(args, "base"), out / "runs" / "base", None, source, args)
-    # The base stage trains summary tokens jointly; the summary stage refines that adapter.
-    base_adapter = out / "runs" / "base" / "adapter"
-    summary_config = train_config_from_args(args, "summary")
-    train_stage(summary_config, out / "runs" / "summary", base, source, args, base_adapter)
-    adapter = out / "runs" / "summary" / "adapter"
-    if args.refine_steps > 0:
-        refine_source = (
-            replace(source, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S, codec_share=args.refine_codec_share)
-            if isinstance(source, NeedleClips)
-            else source
-        )
-        base = train_stage(
-            refine_config_from_args(args), out / "runs" / "refine", base, refine_source, args, adapter
-        )
-        adapter = out / "runs" / "refine" / "adapter"
+    phases = demo_phases(args, source)
+    base: Path | None = None
+    adapter: Path | None = None
+    first = 0
+    if done := finished_phase(out, phases, args):
+        first, base, adapter = done[0] + 1, done[1], done[2]
+        print(f"{out}: stages up to {phases[done[0]].name} already finished")
+    for i in range(first, len(phases)):
+        phase = phases[i]
+        folder = out / "runs" / phase.name
+        # The base stage trains summary tokens jointly; each later stage starts from the last adapter.
+        base = train_stage(phase.config, folder, base, phase.source, args, adapter)
+        adapter = folder / "adapter"
+        marker = {
+            "lineage": [p.describe(args) for p in phases[: i + 1]],
+            "base": str(base.relative_to(out)),
+            "adapter": str(adapter.relative_to(out)),
+        }
+        (folder / FINISHED).write_text(json.dumps(marker, indent=2) + "\n")
     for name, src in (("base", base), ("adapter", adapter)):
         if (out / name).exists():
             shutil.rmtree(out / name)

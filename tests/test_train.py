@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from longwatch.model.needles import (
     judge,
     make_needle_video,
     questions_for,
+    random_needle,
     seed_for,
     split_of,
 )
+from longwatch.model.synthetic import SyntheticFootage, encode_video
 from longwatch.model.tiny import build_tiny_model
 from longwatch.model.train import (
     TrainConfig,
@@ -34,7 +37,13 @@ from longwatch.model.train import (
     qa_logits,
     raw_cache,
 )
-from longwatch.model.train_data import DIGIT_BALANCED_HAYSTACKS_S, NeedleClips, TrainingClip, vision_frames
+from longwatch.model.train_data import (
+    CODEC_CONTEXT_FRAMES,
+    DIGIT_BALANCED_HAYSTACKS_S,
+    NeedleClips,
+    TrainingClip,
+    vision_frames,
+)
 from longwatch.stream.training import JsonlClips, read_jsonl
 
 
@@ -181,7 +190,7 @@ def test_base_stage_from_scratch_learns(tmp_path: Path) -> None:
     assert reloaded.tokenizer.decode(reloaded.tokenize("at 123 s")) == "at 123 s"
 
 
-def test_demo_stage_runs_base_summary_refine_and_leaves_the_refined_model(tmp_path: Path) -> None:
+def test_demo_stage_runs_base_summary_refine_encoded_and_leaves_the_last_model(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from longwatch.clients import cli
@@ -189,29 +198,53 @@ def test_demo_stage_runs_base_summary_refine_and_leaves_the_refined_model(tmp_pa
     out = tmp_path / "demo"
     args = ["train", "--stage", "demo", "--out", str(out), "--size", "tiny", "--vision-steps", "3"]
     args += ["--freeze-vision-steps", "1", "--steps", "3", "--summary-steps", "2", "--refine-steps", "3"]
-    assert cli.main([*args, "--refine-codec-share", "1.5"]) == 2  # refused before any training
+    args += ["--encoded-steps", "2"]
+    assert cli.main([*args, "--encoded-share", "1.5"]) == 2  # refused before any training
     assert not out.exists()
-    assert cli.main([*args, "--refine-codec-share", "0.5"]) == 0
+    assert cli.main(args) == 0
     runs = out / "runs"
-    logs = {
-        stage: (runs / stage / "train_log.jsonl").read_text().splitlines()
-        for stage in ("base", "summary", "refine")
-    }
-    assert [len(lines) for lines in logs.values()] == [6, 2, 3]
-    # The refinement starts from the base stage's weights and moves all of them on, vision included.
-    before, after = (
-        load_file(runs / "base" / "base" / "model.safetensors"),
-        load_file(out / "base" / "model.safetensors"),
-    )
-    assert before.keys() == after.keys()
-    moved = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
-    assert {"vision_model", "language_model"} <= moved
-    assert (out / "adapter" / "adapter.safetensors").read_bytes() == (
-        runs / "refine" / "adapter" / "adapter.safetensors"
-    ).read_bytes()
-    load_model(ModelConfig(path=out / "base", adapter=out / "adapter"))  # the adapter fits the refined base
+    stages = ("base", "summary", "refine", "encoded")
+
+    def logged() -> list[int]:
+        return [len((runs / s / "train_log.jsonl").read_text().splitlines()) for s in stages]
+
+    assert logged() == [6, 2, 3, 2]
+    # Each refinement starts from the stage before and moves every weight on, vision included.
+    for before, after in (("base", "refine"), ("refine", "encoded")):
+        a = load_file(runs / before / "base" / "model.safetensors")
+        b = load_file(runs / after / "base" / "model.safetensors")
+        assert a.keys() == b.keys()
+        assert {"vision_model", "language_model"} <= {
+            k.split(".")[1] for k in a if not torch.equal(a[k], b[k])
+        }
+    for name in ("base/model.safetensors", "adapter/adapter.safetensors"):
+        assert (out / name).read_bytes() == (runs / "encoded" / name).read_bytes()
+    load_model(ModelConfig(path=out / "base", adapter=out / "adapter"))  # the adapter fits the last base
     trained = json.loads((out / "base" / "longwatch.json").read_text())["trained"]
-    assert (trained["steps"], trained["lr"], trained["after"]["steps"]) == (3, 3e-4, 6)
+    assert (
+        trained["steps"],
+        trained["lr"],
+        trained["after"]["steps"],
+        trained["after"]["after"]["steps"],
+    ) == (
+        2,
+        1e-4,
+        3,
+        6,
+    )
+    # Run again, the same recipe trains nothing more.
+    shipped = (out / "base" / "model.safetensors").read_bytes()
+    assert cli.main(args) == 0
+    assert logged() == [6, 2, 3, 2] and (out / "base" / "model.safetensors").read_bytes() == shipped
+    # Only the refined model kept (as the repository keeps the demo model): the encoded stage
+    # alone runs again from it, and makes the same model.
+    for stage in ("base", "summary", "encoded"):
+        shutil.rmtree(runs / stage)
+    assert cli.main(args) == 0
+    assert not (runs / "base").exists() and (out / "base" / "model.safetensors").read_bytes() == shipped
+    # A recipe that differs in an earlier stage does not take that stage as finished.
+    assert cli.main([*args, "--refine-lr", "2e-4"]) == 0
+    assert (runs / "base" / "finished.json").exists()
 
 
 def test_base_sizes_and_each_phase_learning_rate(tmp_path: Path) -> None:
@@ -329,11 +362,35 @@ def test_codec_share_encodes_the_needle_chunk_of_that_share_of_clips_and_changes
         others[needle] = False
         assert np.array_equal(a.frames[others], b.frames[others])
         changed.append(not np.array_equal(a.frames[needle], b.frames[needle]))
-        if changed[-1]:  # from encoded 10 fps footage: the same picture, a few levels off
+        if changed[-1]:  # from encoded footage: the same picture, a few levels off
             assert np.abs(a.frames[needle].astype(np.float32) - b.frames[needle]).mean() < 6
     assert 6 <= sum(changed) <= 18
-    with pytest.raises(ValueError, match="whole multiple"):
-        NeedleClips(footage_fps=2.5)
+    with pytest.raises(ValueError, match="whole multiples"):
+        NeedleClips(footage_rates=(1.0, 2.5))
+
+
+def error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 frame stacks, in 8-bit levels."""
+    return float(np.abs(a.astype(np.float32) - b).mean())
+
+
+def test_an_encoded_chunk_looks_like_what_the_service_decodes_from_the_haystack_file(tmp_path: Path) -> None:
+    from longwatch.stream.decode import VideoFileReader
+
+    clips, seed, start = NeedleClips(), seed_for("train", 3), 48.0
+    needle = random_needle(np.random.default_rng(3), start + 2, 56, 56)
+    for rate in clips.footage_rates:
+        footage = SyntheticFootage(seed, 56, 56, rate, overlays=[needle])
+        end = round((start + 8) * rate) + CODEC_CONTEXT_FRAMES
+        path = encode_video(tmp_path / f"{rate}.mp4", (footage.frame_at(i) for i in range(end)), rate)
+        decoded = np.stack([f.image for f in VideoFileReader(path, fps=1.0) if start <= f.pts_s < start + 8])
+        rendered = np.stack([footage.frame_at(round(t * rate)) for t in np.arange(start, start + 8)])
+        chunk = clips.encoded_chunk(seed, needle, start, 8, rate)
+        # As lossy as the file; at 1 fps (every frame sampled, no I-frame inside this chunk of
+        # the file either) nearly the very frames, which a chunk coded alone would not be.
+        assert 0.6 * error(decoded, rendered) < error(chunk, rendered) < 1.4 * error(decoded, rendered)
+        if rate == 1.0:
+            assert error(chunk, decoded) < 0.4 * error(rendered, decoded)
 
 
 def test_needle_seeds_never_overlap_and_answers_are_judged() -> None:
