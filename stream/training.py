@@ -246,11 +246,12 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
     return phases
 
 
-def finished_phase(
-    out: Path, phases: list[DemoPhase], args: argparse.Namespace
-) -> tuple[int, Path, Path] | None:
-    """The last stage already finished in `out` by this very recipe: (its number, base, adapter)."""
-    lineage = [p.describe(args) for p in phases]
+def finished_phase(out: Path, phases: list[DemoPhase], lineage: list[dict]) -> tuple[int, Path, Path] | None:
+    """The last stage already finished in `out` by this very recipe: (its number, base, adapter).
+
+    lineage: each stage's `describe()`; a stage counts as finished only if it recorded the same
+    stages up to itself.
+    """
     for i in reversed(range(len(phases))):
         marker = out / "runs" / phases[i].name / FINISHED
         if marker.exists():
@@ -282,10 +283,11 @@ def run_train(args: argparse.Namespace) -> int:
         train_stage(train_config_from_args(args, args.stage), out, args.base, source, args, args.adapter)
         return 0
     phases = demo_phases(args, source)
+    lineage = [p.describe(args) for p in phases]
     base: Path | None = None
     adapter: Path | None = None
     first = 0
-    if done := finished_phase(out, phases, args):
+    if done := finished_phase(out, phases, lineage):
         first, base, adapter = done[0] + 1, done[1], done[2]
         print(f"{out}: stages up to {phases[done[0]].name} already finished")
     for i in range(first, len(phases)):
@@ -295,7 +297,7 @@ def run_train(args: argparse.Namespace) -> int:
         base = train_stage(phase.config, folder, base, phase.source, args, adapter)
         adapter = folder / "adapter"
         marker = {
-            "lineage": [p.describe(args) for p in phases[: i + 1]],
+            "lineage": lineage[: i + 1],
             "base": str(base.relative_to(out)),
             "adapter": str(adapter.relative_to(out)),
         }
