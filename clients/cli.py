@@ -134,7 +134,7 @@ def _add_train(commands: Any) -> None:
         choices=["summary", "base", "demo"],
         default="summary",
         help="summary: adapter for --base; base: every weight (from scratch or --base); "
-        "demo: base, summary, refine, encoded",
+        "demo: base, summary, refine, hard",
     )
     sub.add_argument(
         "--out", type=Path, required=True, help="run folder: checkpoint, log, adapter (and base)"
@@ -187,18 +187,27 @@ def _add_train(commands: Any) -> None:
     )
     sub.add_argument("--refine-lr", type=float, default=3e-4, help="stage demo: lr of the refine steps")
     sub.add_argument(
-        "--encoded-steps",
+        "--hard-steps",
         type=int,
         default=0,
-        help="stage demo: steps of a last refinement, from the refined model, with --encoded-share of its "
-        "clips' needle chunks sampled from an mp4 of the footage (x264, 1 or 10 fps)",
+        help="stage demo: steps of a last refinement, from the refined model, on clips as hard as Ask's: "
+        "needle chunks through x264 (--hard-codec-share) and distractors chosen by retrieval "
+        "(--hard-distractor-pool)",
     )
-    sub.add_argument("--encoded-lr", type=float, default=1e-4, help="stage demo: lr of the encoded steps")
+    sub.add_argument("--hard-lr", type=float, default=1e-4, help="stage demo: lr of the hard steps")
     sub.add_argument(
-        "--encoded-share",
+        "--hard-codec-share",
         type=float,
         default=0.5,
-        help="stage demo: share of the encoded steps' clips whose needle chunk comes through x264",
+        help="stage demo: share of the hard steps' clips whose needle chunk comes from an mp4 of the footage "
+        "(x264, 1 or 10 fps)",
+    )
+    sub.add_argument(
+        "--hard-distractor-pool",
+        type=int,
+        default=0,
+        help="stage demo: chunks drawn besides each hard clip's, of which it keeps those the question "
+        "scores highest",
     )
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)

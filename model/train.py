@@ -159,6 +159,28 @@ def clip_chunks(lm: LoadedModel, clip: TrainingClip, threshold: float, max_token
     return chunks
 
 
+@torch.no_grad()
+def hardest_chunks(
+    lm: LoadedModel,
+    clip: TrainingClip,
+    threshold: float,
+    max_tokens: int,
+    prefix: list[tuple[torch.Tensor, torch.Tensor]],
+) -> list[int]:
+    """The evidence and the `clip.keep_chunks` - 1 other chunks its question scores highest, in clip order.
+
+    Scored as Ask's retrieval scores them, with the model as it is now (no gradients): the
+    chunks that look most like an answer are the distractors a long haystack puts beside it.
+    """
+    chunks = clip_chunks(lm, clip, threshold, max_tokens)
+    vectors = torch.stack(
+        [run_chunk(lm, c, lm.config.alpha, _cache(lm, prefix), len(lm.prefix_ids)).retrieval for c in chunks]
+    )  # (n_chunks, retrieval_dim)
+    query = question_queries(lm, lm.tokenize(question_text(clip.question)), _cache(lm, prefix))
+    ranked = [c for c in (vectors @ query).argsort(descending=True).tolist() if c not in clip.evidence]
+    return sorted(clip.evidence + ranked[: clip.keep_chunks - len(clip.evidence)])
+
+
 def answer_context(clip: TrainingClip, rng: np.random.Generator, k: int, dropout: float) -> list[int]:
     """Chunk numbers the answer is decoded from: the evidence, plus others kept past dropout, in time order."""
     others = [c for c in rng.permutation(clip.n_chunks).tolist() if c not in clip.evidence]
@@ -232,9 +254,11 @@ def clip_losses(
     """The losses of one clip; raw_share overrides the config's (the reading curriculum)."""
     raw_share = config.raw_share if raw_share is None else raw_share
     threshold = float(rng.uniform(*config.diff_thresholds))
-    chunks = clip_chunks(lm, clip, threshold, config.max_tokens_per_frame)
     # Stage base recomputes the prefix so that gradients reach the embeddings.
     prefix = prefill_prefix(lm.model, lm.prefix_ids) if config.stage == "base" else lm.prefix_kv
+    if clip.keep_chunks is not None and clip.keep_chunks < clip.n_chunks:
+        clip = clip.subset(hardest_chunks(lm, clip, threshold, config.max_tokens_per_frame, prefix))
+    chunks = clip_chunks(lm, clip, threshold, config.max_tokens_per_frame)
     context = answer_context(clip, rng, config.answer_chunks, config.chunk_dropout)
     qas = [answer_ids(lm, q, a) for q, a in clip.questions_and_answers]
     if config.stage == "base" and rng.random() < raw_share:

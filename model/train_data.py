@@ -8,7 +8,7 @@ is what makes the answers hold at inference.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -45,10 +45,27 @@ class TrainingClip:
     # More (question, answer) pairs about the same evidence, trained on the same context: the
     # context's forward pass is shared, so each one is nearly free supervision.
     also_asked: list[tuple[str, str]] = field(default_factory=list)
+    # Clips with a pool of distractors: how many chunks to train on, the evidence and the others
+    # the question scores highest (the trainer picks them); None: all of them.
+    keep_chunks: int | None = None
 
     @property
     def n_chunks(self) -> int:
         return len(self.times) // self.frames_per_chunk
+
+    def subset(self, chunks: list[int]) -> TrainingClip:
+        """The clip cut to these chunks (in clip order), the evidence among them."""
+        if not set(self.evidence) <= set(chunks):
+            raise ValueError(f"a subset must keep the evidence {self.evidence}, got {chunks}")
+        f = self.frames_per_chunk
+        rows = [i for c in chunks for i in range(c * f, (c + 1) * f)]
+        return replace(
+            self,
+            frames=self.frames[rows],
+            times=[self.times[i] for i in rows],
+            evidence=[chunks.index(c) for c in self.evidence],
+            keep_chunks=None,
+        )
 
     @property
     def questions_and_answers(self) -> list[tuple[str, str]]:
@@ -100,6 +117,11 @@ class NeedleClips:
     # cost, and rendering at 10 fps costs ten times as much per second of footage.
     codec_share: float = 0.0
     footage_rates: tuple[float, ...] = (1.0, 10.0)
+    # Chunks drawn besides the n_chunks of each clip of two or more, from which the trainer keeps
+    # the ones the question scores highest: Ask's top-k brings the chunks that look most like
+    # an answer, not random ones, and those are what cost a demo model answers on long haystacks
+    # (with the needle's chunk retrieved first, one such distractor beside it changed them).
+    distractor_pool: int = 0
 
     def __post_init__(self) -> None:
         for rate in self.footage_rates:
@@ -117,6 +139,9 @@ class NeedleClips:
         haystack_s = self.haystack_s
         if self.haystack_lengths:
             haystack_s = self.haystack_lengths[int(rng.integers(len(self.haystack_lengths)))]
+        keep = None
+        if self.distractor_pool and n_chunks > 1:
+            keep, n_chunks = n_chunks, n_chunks + self.distractor_pool
         slots = max(int(haystack_s // chunk_s), n_chunks)
         starts = np.sort(rng.choice(slots, size=n_chunks, replace=False)) * chunk_s
         evidence = int(rng.integers(n_chunks))
@@ -136,7 +161,7 @@ class NeedleClips:
             frames[evidence * f : (evidence + 1) * f] = self.encoded_chunk(
                 seed, needle, float(starts[evidence]), f, rate
             )
-        return TrainingClip(frames, times, qa.question, qa.answer, [evidence], f, needle, qa.kind, also)
+        return TrainingClip(frames, times, qa.question, qa.answer, [evidence], f, needle, qa.kind, also, keep)
 
     def encoded_chunk(self, seed: int, needle: Needle, start_s: float, f: int, rate: float) -> np.ndarray:
         """A chunk's f frames from `start_s` as a stream samples them from an mp4 at `rate` fps.

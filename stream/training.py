@@ -198,14 +198,14 @@ def train_stage(
     return base
 
 
-def encoded_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Stage demo's last stage: the refinement again, from the refined model, on encoded footage.
+def hard_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Stage demo's last stage: the refinement again, from the refined model, on clips as hard as Ask's.
 
     Every weight trains at one rate, the vision tower's too: codec artefacts are what it has to
     learn to see through.
     """
-    lr = args.encoded_lr
-    return replace(refine_config_from_args(args), steps=args.encoded_steps, lr=lr, vision_lr=lr)
+    lr = args.hard_lr
+    return replace(refine_config_from_args(args), steps=args.hard_steps, lr=lr, vision_lr=lr)
 
 
 @dataclass
@@ -227,7 +227,7 @@ FINISHED = "finished.json"
 
 
 def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]:
-    """The stages of `--stage demo`, in order: base from scratch, its summary tokens, the refinements."""
+    """The stages of `--stage demo`, in order: base from scratch, its summary tokens, refine, hard."""
     phases = [
         DemoPhase("base", train_config_from_args(args, "base"), source),
         DemoPhase("summary", train_config_from_args(args, "summary"), source),
@@ -236,13 +236,16 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
     if args.refine_steps > 0:
         refine_source = replace(source, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S) if needles else source
         phases.append(DemoPhase("refine", refine_config_from_args(args), refine_source))
-    if args.encoded_steps > 0:
-        encoded_source = source
+    if args.hard_steps > 0:
+        hard_source = source
         if needles:
-            encoded_source = replace(
-                source, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S, codec_share=args.encoded_share
+            hard_source = replace(
+                source,
+                haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S,
+                codec_share=args.hard_codec_share,
+                distractor_pool=args.hard_distractor_pool,
             )
-        phases.append(DemoPhase("encoded", encoded_config_from_args(args), encoded_source))
+        phases.append(DemoPhase("hard", hard_config_from_args(args), hard_source))
     return phases
 
 
@@ -277,8 +280,10 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
-    if not 0.0 <= args.encoded_share <= 1.0:
-        raise ValueError(f"--encoded-share must be in [0, 1], got {args.encoded_share}")
+    if not 0.0 <= args.hard_codec_share <= 1.0:
+        raise ValueError(f"--hard-codec-share must be in [0, 1], got {args.hard_codec_share}")
+    if args.hard_distractor_pool < 0:
+        raise ValueError(f"--hard-distractor-pool must be >= 0, got {args.hard_distractor_pool}")
     if args.stage != "demo":
         train_stage(train_config_from_args(args, args.stage), out, args.base, source, args, args.adapter)
         return 0

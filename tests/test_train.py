@@ -190,7 +190,7 @@ def test_base_stage_from_scratch_learns(tmp_path: Path) -> None:
     assert reloaded.tokenizer.decode(reloaded.tokenize("at 123 s")) == "at 123 s"
 
 
-def test_demo_stage_runs_base_summary_refine_encoded_and_leaves_the_last_model(tmp_path: Path) -> None:
+def test_demo_stage_runs_base_summary_refine_hard_and_leaves_the_last_model(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from longwatch.clients import cli
@@ -198,19 +198,20 @@ def test_demo_stage_runs_base_summary_refine_encoded_and_leaves_the_last_model(t
     out = tmp_path / "demo"
     args = ["train", "--stage", "demo", "--out", str(out), "--size", "tiny", "--vision-steps", "3"]
     args += ["--freeze-vision-steps", "1", "--steps", "3", "--summary-steps", "2", "--refine-steps", "3"]
-    args += ["--encoded-steps", "2"]
-    assert cli.main([*args, "--encoded-share", "1.5"]) == 2  # refused before any training
+    args += ["--hard-steps", "2", "--hard-distractor-pool", "3"]
+    assert cli.main([*args, "--hard-codec-share", "1.5"]) == 2  # refused before any training
+    assert cli.main([*args, "--hard-distractor-pool", "-1"]) == 2
     assert not out.exists()
     assert cli.main(args) == 0
     runs = out / "runs"
-    stages = ("base", "summary", "refine", "encoded")
+    stages = ("base", "summary", "refine", "hard")
 
     def logged() -> list[int]:
         return [len((runs / s / "train_log.jsonl").read_text().splitlines()) for s in stages]
 
     assert logged() == [6, 2, 3, 2]
     # Each refinement starts from the stage before and moves every weight on, vision included.
-    for before, after in (("base", "refine"), ("refine", "encoded")):
+    for before, after in (("base", "refine"), ("refine", "hard")):
         a = load_file(runs / before / "base" / "model.safetensors")
         b = load_file(runs / after / "base" / "model.safetensors")
         assert a.keys() == b.keys()
@@ -218,7 +219,7 @@ def test_demo_stage_runs_base_summary_refine_encoded_and_leaves_the_last_model(t
             k.split(".")[1] for k in a if not torch.equal(a[k], b[k])
         }
     for name in ("base/model.safetensors", "adapter/adapter.safetensors"):
-        assert (out / name).read_bytes() == (runs / "encoded" / name).read_bytes()
+        assert (out / name).read_bytes() == (runs / "hard" / name).read_bytes()
     load_model(ModelConfig(path=out / "base", adapter=out / "adapter"))  # the adapter fits the last base
     trained = json.loads((out / "base" / "longwatch.json").read_text())["trained"]
     assert (
@@ -236,9 +237,9 @@ def test_demo_stage_runs_base_summary_refine_encoded_and_leaves_the_last_model(t
     shipped = (out / "base" / "model.safetensors").read_bytes()
     assert cli.main(args) == 0
     assert logged() == [6, 2, 3, 2] and (out / "base" / "model.safetensors").read_bytes() == shipped
-    # Only the refined model kept (as the repository keeps the demo model): the encoded stage
+    # Only the refined model kept (as the repository keeps the demo model): the hard stage
     # alone runs again from it, and makes the same model.
-    for stage in ("base", "summary", "encoded"):
+    for stage in ("base", "summary", "hard"):
         shutil.rmtree(runs / stage)
     assert cli.main(args) == 0
     assert not (runs / "base").exists() and (out / "base" / "model.safetensors").read_bytes() == shipped
@@ -460,3 +461,45 @@ def test_in_process_clip_evaluation(base: Path) -> None:
     assert accuracy["recall@k"] == 1.0 and all(0.0 <= v <= 1.0 for v in accuracy.values())
     one = evaluate_clips(lm, n=3, top_k=1, n_chunks=3)
     assert len(one.recalled) == 3  # one chunk of three: recall now depends on retrieval
+
+
+def test_a_distractor_pool_adds_chunks_to_clips_of_several_and_changes_nothing_without_one() -> None:
+    plain, pooled = NeedleClips(min_chunks=1, short_chunks=(1,)), NeedleClips(
+        min_chunks=1, short_chunks=(1,), distractor_pool=5
+    )
+    for i in range(16):
+        a, b = plain.clip(np.random.default_rng([4, i])), pooled.clip(np.random.default_rng([4, i]))
+        assert a.keep_chunks is None
+        if a.n_chunks == 1:  # a single chunk has no others to choose among
+            assert b.keep_chunks is None and np.array_equal(a.frames, b.frames)
+        else:
+            assert (b.n_chunks, b.keep_chunks) == (a.n_chunks + 5, a.n_chunks)
+    clip = NeedleClips(n_chunks=3, distractor_pool=5).clip(np.random.default_rng(4))
+    assert (clip.n_chunks, clip.keep_chunks) == (8, 3)
+    other = next(c for c in range(8) if c not in clip.evidence)
+    cut = clip.subset(sorted([other, clip.evidence[0]]))
+    assert cut.n_chunks == 2 and cut.keep_chunks is None
+    assert cut.times[cut.evidence[0] * 8] == clip.times[clip.evidence[0] * 8]  # the needle's chunk kept
+    assert np.array_equal(cut.frames[cut.evidence[0] * 8], clip.frames[clip.evidence[0] * 8])
+    with pytest.raises(ValueError, match="must keep the evidence"):
+        clip.subset([c for c in range(clip.n_chunks) if c not in clip.evidence][:2])
+
+
+def test_hardest_chunks_are_the_ones_asks_retrieval_ranks_first() -> None:
+    from longwatch.model.answer import question_vector
+    from longwatch.model.compressor import run_chunk
+    from longwatch.model.train import hardest_chunks
+
+    lm = load_model(ModelConfig())  # the shipped demo model: its retrieval has something to rank
+    source = NeedleClips(n_chunks=3, distractor_pool=9, split="eval")
+    for i in range(3):
+        clip = source.clip(np.random.default_rng([5, i]))
+        kept = hardest_chunks(lm, clip, 0.1, 4, lm.prefix_kv)
+        # Scored the way the service's Ask scores stored chunks.
+        chunks = clip_chunks(lm, clip, 0.1, 4)
+        vectors = [run_chunk(lm, c, 16, lm.prefix_cache(), lm.prefix_len).retrieval for c in chunks]
+        scores = torch.stack(vectors) @ question_vector(lm, clip.question)
+        others = [c for c in range(clip.n_chunks) if c not in clip.evidence]
+        ranked = sorted(others, key=lambda c: -float(scores[c]))
+        assert kept == sorted(clip.evidence + ranked[:2])
+        assert kept == sorted(kept) and clip.evidence[0] in kept
