@@ -209,6 +209,13 @@ def _add_train(commands: Any) -> None:
         help="stage demo: chunks drawn besides each hard clip's, of which it keeps those the question "
         "scores highest",
     )
+    sub.add_argument(
+        "--hard-rollover-share",
+        type=float,
+        default=0.0,
+        help="stage demo: share of the hard steps' clips whose needle's chunk holds a multiple of 100 s "
+        "(the time's hundreds digit turns over inside it)",
+    )
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
     sub.add_argument("--device", default="cpu")

@@ -122,6 +122,13 @@ class NeedleClips:
     # an answer, not random ones, and those are what cost a demo model answers on long haystacks
     # (with the needle's chunk retrieved first, one such distractor beside it changed them).
     distractor_pool: int = 0
+    # Share of clips whose needle's chunk is one in which the time's hundreds digit turns over
+    # (it holds a multiple of 100 s). The shipped demo model said "when" right on 84.6% of such
+    # clips from encoded footage against 95.4% of the others (eval clips from hour-long
+    # haystacks): around the turnover a summary token's group of frames reads two prefixes
+    # ("89x" and "90x"), and a frame DiffFP prunes a token more moves the group. At random
+    # they are one clip in twenty-five.
+    rollover_share: float = 0.0
 
     def __post_init__(self) -> None:
         for rate in self.footage_rates:
@@ -145,6 +152,8 @@ class NeedleClips:
         slots = max(int(haystack_s // chunk_s), n_chunks)
         starts = np.sort(rng.choice(slots, size=n_chunks, replace=False)) * chunk_s
         evidence = int(rng.integers(n_chunks))
+        if self.rollover_share and rng.random() < self.rollover_share:
+            starts, evidence = rollover_evidence(rng, starts, evidence, slots, chunk_s, 1 / self.fps)
         # The needle starts on a sampled frame inside its chunk and may run on past it.
         t0 = float(starts[evidence] + rng.integers(f) / self.fps)
         needle = random_needle(rng, t0, self.width, self.height)
@@ -178,6 +187,26 @@ class NeedleClips:
             [footage.frame_at(i) for i in range(first - lead, first + n + CODEC_CONTEXT_FRAMES)]
         )  # (lead + n + CODEC_CONTEXT_FRAMES, H, W, 3)
         return codec_round_trip(video, rate)[lead : lead + n : step]
+
+
+def rollover_evidence(
+    rng: np.random.Generator, starts: np.ndarray, evidence: int, slots: int, chunk_s: float, frame_s: float
+) -> tuple[np.ndarray, int]:
+    """Starts with the evidence chunk moved to a free slot whose frames' hundreds digit turns over.
+
+    Unchanged where the haystack has no such slot (under 100 s).
+    """
+    used = {round(s / chunk_s) for s in starts}
+    turns = [
+        k
+        for k in range(slots)
+        if k not in used and int(k * chunk_s // 100) != int(((k + 1) * chunk_s - frame_s) // 100)
+    ]
+    if not turns:
+        return starts, evidence
+    moved = float(turns[int(rng.integers(len(turns)))] * chunk_s)
+    new = np.sort(np.append(np.delete(starts, evidence), moved))
+    return new, int(np.flatnonzero(new == moved)[0])
 
 
 def vision_frames(

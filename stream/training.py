@@ -244,6 +244,7 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
                 haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S,
                 codec_share=args.hard_codec_share,
                 distractor_pool=args.hard_distractor_pool,
+                rollover_share=args.hard_rollover_share,
             )
         phases.append(DemoPhase("hard", hard_config_from_args(args), hard_source))
     return phases
@@ -282,6 +283,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
     if not 0.0 <= args.hard_codec_share <= 1.0:
         raise ValueError(f"--hard-codec-share must be in [0, 1], got {args.hard_codec_share}")
+    if not 0.0 <= args.hard_rollover_share <= 1.0:
+        raise ValueError(f"--hard-rollover-share must be in [0, 1], got {args.hard_rollover_share}")
     if args.hard_distractor_pool < 0:
         raise ValueError(f"--hard-distractor-pool must be >= 0, got {args.hard_distractor_pool}")
     if args.stage != "demo":

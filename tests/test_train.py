@@ -464,8 +464,9 @@ def test_in_process_clip_evaluation(base: Path) -> None:
 
 
 def test_a_distractor_pool_adds_chunks_to_clips_of_several_and_changes_nothing_without_one() -> None:
-    plain, pooled = NeedleClips(min_chunks=1, short_chunks=(1,)), NeedleClips(
-        min_chunks=1, short_chunks=(1,), distractor_pool=5
+    plain, pooled = (
+        NeedleClips(min_chunks=1, short_chunks=(1,)),
+        NeedleClips(min_chunks=1, short_chunks=(1,), distractor_pool=5),
     )
     for i in range(16):
         a, b = plain.clip(np.random.default_rng([4, i])), pooled.clip(np.random.default_rng([4, i]))
@@ -503,3 +504,23 @@ def test_hardest_chunks_are_the_ones_asks_retrieval_ranks_first() -> None:
         ranked = sorted(others, key=lambda c: -float(scores[c]))
         assert kept == sorted(clip.evidence + ranked[:2])
         assert kept == sorted(kept) and clip.evidence[0] in kept
+
+
+def test_a_rollover_share_puts_that_share_of_needles_where_the_hundreds_digit_turns_over() -> None:
+    def turns(clip: TrainingClip) -> bool:
+        start = clip.times[clip.evidence[0] * clip.frames_per_chunk]
+        return int(start // 100) != int((start + clip.frames_per_chunk - 1) // 100)
+
+    plain = NeedleClips(n_chunks=4, haystack_s=1000)
+    half = NeedleClips(n_chunks=4, haystack_s=1000, rollover_share=0.5)
+    shares = []
+    for source in (plain, half):
+        clips = [source.clip(np.random.default_rng([8, i])) for i in range(200)]
+        assert all(c.times == sorted(c.times) and len(set(c.times)) == len(c.times) for c in clips)
+        assert all(c.needle.start_s in c.times[c.evidence[0] * 8 : (c.evidence[0] + 1) * 8] for c in clips)
+        shares.append(np.mean([turns(c) for c in clips]))
+    # At random few needle chunks hold a multiple of 100 s inside them (5 of the 125 of 1000 s).
+    assert shares[0] < 0.15 and 0.45 < shares[1] < 0.65
+    # Under 100 s there is no such chunk: the clip stays as drawn.
+    short = NeedleClips(n_chunks=4, haystack_s=90, rollover_share=1.0).clip(np.random.default_rng(1))
+    assert short.times == NeedleClips(n_chunks=4, haystack_s=90).clip(np.random.default_rng(1)).times
