@@ -391,6 +391,11 @@ def _add_eval(commands: Any) -> None:
         "(default 1: every frame sampled, as in the needle grid's videos; 10: as from a camera)",
     )
     sub.add_argument(
+        "--rollover",
+        action="store_true",
+        help="clips: every needle in a chunk where the time's hundreds digit turns over (a hard case for when)",
+    )
+    sub.add_argument(
         "--raw-max-frames",
         type=int,
         default=900,
@@ -448,6 +453,7 @@ def _eval_clips(args: argparse.Namespace) -> int:
                 haystack_s=haystack_s,
                 kinds=kinds,
                 encoded_fps=args.encoded,
+                rollover=args.rollover,
             ).accuracy()
             cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
             print(

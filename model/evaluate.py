@@ -64,6 +64,7 @@ def evaluate_clips(
     haystack_s: int = 3600,
     kinds: tuple[QuestionKind, ...] = QUESTION_KINDS,
     encoded_fps: float | None = None,
+    rollover: bool = False,
 ) -> ClipEval:
     """Accuracy per question kind and retrieval recall on `n` evaluation-split clips.
 
@@ -72,6 +73,7 @@ def evaluate_clips(
     kinds: the question kinds asked, one drawn per clip.
     encoded_fps: the needle's chunk is sampled from an mp4 of footage at this rate (the same
         clips otherwise); None: rendered frames.
+    rollover: every needle in a chunk where the time's hundreds digit turns over.
     """
     source = NeedleClips(
         n_chunks=n_chunks,
@@ -80,6 +82,7 @@ def evaluate_clips(
         kinds=kinds,
         codec_share=0.0 if encoded_fps is None else 1.0,
         footage_rates=(encoded_fps or 1.0,),
+        rollover_share=float(rollover),
     )
     result = ClipEval()
     for i in range(n):
