@@ -158,10 +158,12 @@ def train_stage(
     source: ClipSource,
     args: argparse.Namespace,
     adapter: Path | None = None,
+    label: str | None = None,
 ) -> Path:
     """Run one stage into `out` (resuming from its checkpoint); returns the base folder its adapter fits.
 
     Stage base starts from `base` when one is given (every weight trains on), else from scratch.
+    label: what the progress bar calls it (default: the config's stage).
     """
     out.mkdir(parents=True, exist_ok=True)
     model_config = ModelConfig(device=args.device, dtype=args.dtype)
@@ -181,7 +183,7 @@ def train_stage(
     if trainer.load_checkpoint():
         print(f"resuming {out} at step {trainer.step}/{config.total_steps}")
     with tqdm(
-        total=config.total_steps, initial=trainer.step, unit="step", desc=f"train {config.stage}"
+        total=config.total_steps, initial=trainer.step, unit="step", desc=f"train {label or config.stage}"
     ) as bar:
 
         def progress(m: StepMetrics) -> None:
@@ -302,7 +304,7 @@ def run_train(args: argparse.Namespace) -> int:
         phase = phases[i]
         folder = out / "runs" / phase.name
         # The base stage trains summary tokens jointly; each later stage starts from the last adapter.
-        base = train_stage(phase.config, folder, base, phase.source, args, adapter)
+        base = train_stage(phase.config, folder, base, phase.source, args, adapter, phase.name)
         adapter = folder / "adapter"
         marker = {
             "lineage": lineage[: i + 1],
