@@ -497,9 +497,10 @@ def test_hardest_chunks_are_the_ones_asks_retrieval_ranks_first() -> None:
         clip = source.clip(np.random.default_rng([5, i]))
         kept = hardest_chunks(lm, clip, 0.1, 4, lm.prefix_kv)
         # Scored the way the service's Ask scores stored chunks.
-        chunks = clip_chunks(lm, clip, 0.1, 4)
-        vectors = [run_chunk(lm, c, 16, lm.prefix_cache(), lm.prefix_len).retrieval for c in chunks]
-        scores = torch.stack(vectors) @ question_vector(lm, clip.question)
+        with torch.no_grad():
+            chunks = clip_chunks(lm, clip, 0.1, 4)
+            vectors = [run_chunk(lm, c, 16, lm.prefix_cache(), lm.prefix_len).retrieval for c in chunks]
+            scores = torch.stack(vectors) @ question_vector(lm, clip.question)
         others = [c for c in range(clip.n_chunks) if c not in clip.evidence]
         ranked = sorted(others, key=lambda c: -float(scores[c]))
         assert kept == sorted(clip.evidence + ranked[:2])
