@@ -216,6 +216,12 @@ def _add_train(commands: Any) -> None:
         help="stage demo: share of the hard steps' clips whose needle's chunk holds a multiple of 100 s "
         "(the time's hundreds digit turns over inside it)",
     )
+    sub.add_argument(
+        "--hard-stream-start-share",
+        type=float,
+        default=0.0,
+        help="stage demo: share of the hard steps' clips whose needle's chunk is the stream's first",
+    )
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
     sub.add_argument("--device", default="cpu")
@@ -396,6 +402,11 @@ def _add_eval(commands: Any) -> None:
         help="clips: every needle in a chunk where the time's hundreds digit turns over (a hard case for when)",
     )
     sub.add_argument(
+        "--stream-start",
+        action="store_true",
+        help="clips: every needle in the stream's first chunk (the needle grid's depth 0)",
+    )
+    sub.add_argument(
         "--raw-max-frames",
         type=int,
         default=900,
@@ -454,6 +465,7 @@ def _eval_clips(args: argparse.Namespace) -> int:
                 kinds=kinds,
                 encoded_fps=args.encoded,
                 rollover=args.rollover,
+                stream_start=args.stream_start,
             ).accuracy()
             cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
             print(

@@ -65,6 +65,7 @@ def evaluate_clips(
     kinds: tuple[QuestionKind, ...] = QUESTION_KINDS,
     encoded_fps: float | None = None,
     rollover: bool = False,
+    stream_start: bool = False,
 ) -> ClipEval:
     """Accuracy per question kind and retrieval recall on `n` evaluation-split clips.
 
@@ -83,6 +84,7 @@ def evaluate_clips(
         codec_share=0.0 if encoded_fps is None else 1.0,
         footage_rates=(encoded_fps or 1.0,),
         rollover_share=float(rollover),
+        stream_start_share=float(stream_start),
     )
     result = ClipEval()
     for i in range(n):

@@ -151,7 +151,7 @@ def clip_chunks(lm: LoadedModel, clip: TrainingClip, threshold: float, max_token
                 frame_times=clip.times[c * f : (c + 1) * f],
                 features=feats[rows][k],
                 tokens_per_frame=k.view(f, tpf).sum(1).tolist(),
-                first_in_stream=False,
+                first_in_stream=clip.opens_stream and c == 0,
                 tokens_seen=f * tpf,
                 end_s=clip.times[(c + 1) * f - 1] + 1.0,
             )

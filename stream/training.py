@@ -110,6 +110,7 @@ class JsonlClips:
             ex.answer,
             [chosen.index(c) for c in evidence],
             f,
+            opens_stream=chosen[0] == 0,
         )
 
 
@@ -247,6 +248,7 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
                 codec_share=args.hard_codec_share,
                 distractor_pool=args.hard_distractor_pool,
                 rollover_share=args.hard_rollover_share,
+                stream_start_share=args.hard_stream_start_share,
             )
         phases.append(DemoPhase("hard", hard_config_from_args(args), hard_source))
     return phases
@@ -283,10 +285,9 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
-    if not 0.0 <= args.hard_codec_share <= 1.0:
-        raise ValueError(f"--hard-codec-share must be in [0, 1], got {args.hard_codec_share}")
-    if not 0.0 <= args.hard_rollover_share <= 1.0:
-        raise ValueError(f"--hard-rollover-share must be in [0, 1], got {args.hard_rollover_share}")
+    for flag in ("hard_codec_share", "hard_rollover_share", "hard_stream_start_share"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if args.hard_distractor_pool < 0:
         raise ValueError(f"--hard-distractor-pool must be >= 0, got {args.hard_distractor_pool}")
     if args.stage != "demo":

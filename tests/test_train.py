@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +200,7 @@ def test_demo_stage_runs_base_summary_refine_hard_and_leaves_the_last_model(tmp_
     args += ["--freeze-vision-steps", "1", "--steps", "3", "--summary-steps", "2", "--refine-steps", "3"]
     args += ["--hard-steps", "2", "--hard-distractor-pool", "3"]
     assert cli.main([*args, "--hard-codec-share", "1.5"]) == 2  # refused before any training
+    assert cli.main([*args, "--hard-stream-start-share", "-0.1"]) == 2
     assert cli.main([*args, "--hard-distractor-pool", "-1"]) == 2
     assert not out.exists()
     assert cli.main(args) == 0
@@ -525,3 +526,39 @@ def test_a_rollover_share_puts_that_share_of_needles_where_the_hundreds_digit_tu
     # Under 100 s there is no such chunk: the clip stays as drawn.
     short = NeedleClips(n_chunks=4, haystack_s=90, rollover_share=1.0).clip(np.random.default_rng(1))
     assert short.times == NeedleClips(n_chunks=4, haystack_s=90).clip(np.random.default_rng(1)).times
+
+
+def test_a_stream_start_share_puts_that_share_of_needles_in_the_streams_first_chunk() -> None:
+    plain = NeedleClips(n_chunks=4, haystack_s=3600)
+    half = NeedleClips(n_chunks=4, haystack_s=3600, stream_start_share=0.5)
+    shares = []
+    for source in (plain, half):
+        clips = [source.clip(np.random.default_rng([9, i])) for i in range(200)]
+        assert all(c.times == sorted(c.times) and len(set(c.times)) == len(c.times) for c in clips)
+        assert all(c.needle.start_s in c.times[c.evidence[0] * 8 : (c.evidence[0] + 1) * 8] for c in clips)
+        # A clip opens its stream exactly when its first chunk starts the haystack.
+        assert all(c.opens_stream == (c.times[0] == 0.0) for c in clips)
+        at_start = [c.opens_stream and c.evidence == [0] for c in clips]
+        shares.append(np.mean(at_start))
+    # At random a clip of an hour holds the stream's first chunk about once in a hundred.
+    assert shares[0] < 0.05 and 0.4 < shares[1] < 0.6
+
+
+def test_only_the_streams_first_chunk_is_laid_out_as_the_service_lays_out_chunk_0(base: Path) -> None:
+    """The trainer writes the stream's first label without "," as the service does, and only there."""
+    from longwatch.model.compressor import build_chunk_sequence
+    from longwatch.model.loading import frame_label
+
+    lm = load_model(ModelConfig(path=base))
+    clip = NeedleClips(n_chunks=3, haystack_s=600, stream_start_share=1.0).clip(np.random.default_rng(3))
+    assert clip.opens_stream and clip.times[0] == 0.0
+    chunks = clip_chunks(lm, clip, 0.1, 4)
+    assert [c.first_in_stream for c in chunks] == [True, False, False]
+    seq = build_chunk_sequence(lm, chunks[0], alpha=16)
+    label = lm.tokenize(frame_label(0.0, first_in_stream=True))
+    assert seq.ids[: len(label)] == label and lm.tokenize(",")[0] not in label
+    # Cut to chunks without the first, a clip no longer opens its stream; with it, it still does.
+    assert clip.subset([0, 2]).opens_stream
+    later = replace(clip, evidence=[1]).subset([1, 2])
+    assert not later.opens_stream
+    assert not any(c.first_in_stream for c in clip_chunks(lm, later, 0.1, 4))
