@@ -222,6 +222,13 @@ def _add_train(commands: Any) -> None:
         default=0.0,
         help="stage demo: share of the hard steps' clips whose needle's chunk is the stream's first",
     )
+    sub.add_argument(
+        "--start-from",
+        type=Path,
+        metavar="DIR",
+        help="stage demo: take this demo model (base/ + adapter/, e.g. the shipped one) as the recipe's "
+        "stages before its last, and train the last one alone",
+    )
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
     sub.add_argument("--device", default="cpu")

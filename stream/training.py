@@ -269,6 +269,32 @@ def finished_phase(out: Path, phases: list[DemoPhase], lineage: list[dict]) -> t
     return None
 
 
+def start_from(out: Path, phases: list[DemoPhase], lineage: list[dict], model: Path) -> None:
+    """Take `model` (base/ + adapter/, a demo model) as what the recipe's stages before its last made.
+
+    Copies it into that stage's folder and marks it finished, noting where it came from, so that
+    the command trains the last stage alone (hours of earlier stages skipped). Nothing is done
+    where that stage or a later one is already finished.
+    """
+    if len(phases) < 2:
+        raise ValueError("--start-from needs a recipe of two or more stages")
+    for part in ("base/config.json", "adapter/adapter_config.json"):
+        if not (model / part).is_file():
+            raise ValueError(f"--start-from {model}: no {part} (a demo model folder has base/ and adapter/)")
+    i = len(phases) - 2
+    done = finished_phase(out, phases, lineage)
+    if done is not None and done[0] >= i:
+        return
+    folder = out / "runs" / phases[i].name
+    for name in ("base", "adapter"):
+        if (folder / name).exists():
+            shutil.rmtree(folder / name)
+        shutil.copytree(model / name, folder / name)
+    marker = {"lineage": lineage[: i + 1], "base": f"runs/{phases[i].name}/base"}
+    marker |= {"adapter": f"runs/{phases[i].name}/adapter", "from": str(model)}
+    (folder / FINISHED).write_text(json.dumps(marker, indent=2) + "\n")
+
+
 def run_train(args: argparse.Namespace) -> int:
     """`longwatch train`: one stage, or `--stage demo` = base from scratch, its summary tokens, refinements.
 
@@ -290,11 +316,15 @@ def run_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if args.hard_distractor_pool < 0:
         raise ValueError(f"--hard-distractor-pool must be >= 0, got {args.hard_distractor_pool}")
+    if args.start_from is not None and args.stage != "demo":
+        raise ValueError("--start-from needs --stage demo")
     if args.stage != "demo":
         train_stage(train_config_from_args(args, args.stage), out, args.base, source, args, args.adapter)
         return 0
     phases = demo_phases(args, source)
     lineage = [p.describe(args) for p in phases]
+    if args.start_from is not None:
+        start_from(out, phases, lineage, Path(args.start_from))
     base: Path | None = None
     adapter: Path | None = None
     first = 0

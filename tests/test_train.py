@@ -247,6 +247,17 @@ def test_demo_stage_runs_base_summary_refine_hard_and_leaves_the_last_model(tmp_
     # A recipe that differs in an earlier stage does not take that stage as finished.
     assert cli.main([*args, "--refine-lr", "2e-4"]) == 0
     assert (runs / "base" / "finished.json").exists()
+    # Started from a finished demo model, a recipe trains its last stage alone, from that model.
+    later = tmp_path / "later"
+    assert cli.main([*args, "--out", str(later), "--start-from", str(tmp_path / "nothing")]) == 2
+    assert cli.main([*args, "--out", str(later), "--start-from", str(out)]) == 0
+    assert sorted(p.name for p in (later / "runs").iterdir()) == ["hard", "refine"]
+    seeded = json.loads((later / "runs" / "refine" / "finished.json").read_text())
+    assert seeded["from"] == str(out)
+    started = (out / "base" / "model.safetensors").read_bytes()
+    assert (later / "runs" / "refine" / "base" / "model.safetensors").read_bytes() == started
+    after = json.loads((later / "base" / "longwatch.json").read_text())["trained"]
+    assert after["steps"] == 2 and after["after"]["steps"] == 2  # hard, from the model it started from
 
 
 def test_base_sizes_and_each_phase_learning_rate(tmp_path: Path) -> None:
