@@ -551,8 +551,11 @@ def test_a_stream_start_share_puts_that_share_of_needles_in_the_streams_first_ch
         assert all(c.opens_stream == (c.times[0] == 0.0) for c in clips)
         at_start = [c.opens_stream and c.evidence == [0] for c in clips]
         shares.append(np.mean(at_start))
-    # At random a clip of an hour holds the stream's first chunk about once in a hundred.
+        first_frame = np.mean([c.needle.start_s == 0.0 for c, s in zip(clips, at_start, strict=True) if s])
+    # At random a clip of an hour holds the stream's first chunk about once in a hundred; drawn
+    # there, half the needles start on the stream's first frame (one in eight would at random).
     assert shares[0] < 0.05 and 0.4 < shares[1] < 0.6
+    assert 0.4 < first_frame < 0.7
 
 
 def test_only_the_streams_first_chunk_is_laid_out_as_the_service_lays_out_chunk_0(base: Path) -> None:
