@@ -197,7 +197,7 @@ class NeedleClips:
             qa.kind,
             also,
             keep,
-            bool(starts[0] == 0),
+            opens_stream=bool(starts[0] == 0),
         )
 
     def encoded_chunk(self, seed: int, needle: Needle, start_s: float, f: int, rate: float) -> np.ndarray:
