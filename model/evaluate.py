@@ -85,6 +85,7 @@ def evaluate_clips(
         footage_rates=(encoded_fps or 1.0,),
         rollover_share=float(rollover),
         stream_start_share=float(stream_start),
+        stream_start_needle=stream_start,
     )
     result = ClipEval()
     for i in range(n):

@@ -133,13 +133,16 @@ class NeedleClips:
     # ("89x" and "90x"), and a frame DiffFP prunes a token more moves the group. At random
     # they are one clip in twenty-five.
     rollover_share: float = 0.0
-    # Share of clips whose needle's chunk is the stream's first, as depth 0 of the needle grid
-    # puts it, half of them with the needle on the stream's first frame: a one-digit time among
-    # distractors of up to four digits, which clips cut at random from an hour almost never hold.
-    # On the grid with 9 needles a cell, the shipped demo model missed 14 of the 135 questions at
-    # depth 0 against 15 of the other 540; on 240 encoded when-only clips of 48 chunks from an
-    # hour it said "when" right for 97.9% of needles in the first chunk, 93.8% on its first frame.
+    # Share of clips that hold the stream's first chunk, as depth 0 of the needle grid puts it
+    # (a needle there is a one-digit time among distractors of up to four digits, which clips cut
+    # at random from an hour almost never hold), with the needle in any of their chunks alike:
+    # trained with the needle always there, a demo model's retrieval learned that the stream's
+    # opening holds the needle and brought it into Ask's top-4 for every question it missed
+    # anywhere on the grid (DEMO-MODEL.md). A needle in the first chunk is on the stream's first
+    # frame half the time (a recording that opens on it). stream_start_needle puts every needle
+    # there: the evaluation of depth 0 (`eval clips --stream-start`).
     stream_start_share: float = 0.0
+    stream_start_needle: bool = False
 
     def __post_init__(self) -> None:
         for rate in self.footage_rates:
@@ -169,8 +172,10 @@ class NeedleClips:
         # stream's start, on its very first frame half the time (a recording that opens on it).
         frame = None
         if self.stream_start_share and rng.random() < self.stream_start_share:
-            starts, evidence = stream_start_evidence(starts, evidence)
-            frame = 0 if rng.random() < 0.5 else None
+            replaced = evidence if self.stream_start_needle else int(rng.integers(len(starts)))
+            starts, evidence = with_stream_start(starts, evidence, replaced)
+            if evidence == 0:
+                frame = 0 if rng.random() < 0.5 else None
         t0 = float(starts[evidence] + (rng.integers(f) if frame is None else frame) / self.fps)
         needle = random_needle(rng, t0, self.width, self.height)
         footage = SyntheticFootage(seed, self.width, self.height, self.fps, overlays=[needle])
@@ -237,11 +242,16 @@ def rollover_evidence(
     return new, int(np.flatnonzero(new == moved)[0])
 
 
-def stream_start_evidence(starts: np.ndarray, evidence: int) -> tuple[np.ndarray, int]:
-    """Starts with the evidence chunk at the stream's start (slot 0), the other chunks where they were."""
-    if starts[0] != 0:
-        starts = np.sort(np.append(np.delete(starts, evidence), 0.0))
-    return starts, 0
+def with_stream_start(starts: np.ndarray, evidence: int, replaced: int) -> tuple[np.ndarray, int]:
+    """Chunk starts with the stream's first chunk (slot 0) in place of chunk `replaced`, and the
+    evidence's new index: the first chunk when it replaced the evidence's (the needle moves there).
+    """
+    if starts[0] == 0:
+        return starts, 0 if replaced == evidence else evidence
+    moved = np.sort(np.append(np.delete(starts, replaced), 0.0))
+    if replaced == evidence:
+        return moved, 0
+    return moved, evidence + (1 if replaced > evidence else 0)
 
 
 def vision_frames(

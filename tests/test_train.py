@@ -539,23 +539,29 @@ def test_a_rollover_share_puts_that_share_of_needles_where_the_hundreds_digit_tu
     assert short.times == NeedleClips(n_chunks=4, haystack_s=90).clip(np.random.default_rng(1)).times
 
 
-def test_a_stream_start_share_puts_that_share_of_needles_in_the_streams_first_chunk() -> None:
+def test_a_stream_start_share_opens_that_share_of_clips_at_the_streams_start() -> None:
     plain = NeedleClips(n_chunks=4, haystack_s=3600)
     half = NeedleClips(n_chunks=4, haystack_s=3600, stream_start_share=0.5)
-    shares = []
-    for source in (plain, half):
-        clips = [source.clip(np.random.default_rng([9, i])) for i in range(200)]
+    depth0 = NeedleClips(n_chunks=4, haystack_s=3600, stream_start_share=1.0, stream_start_needle=True)
+    drawn = {}
+    for name, source in (("plain", plain), ("half", half), ("depth0", depth0)):
+        clips = [source.clip(np.random.default_rng([9, i])) for i in range(400)]
         assert all(c.times == sorted(c.times) and len(set(c.times)) == len(c.times) for c in clips)
         assert all(c.needle.start_s in c.times[c.evidence[0] * 8 : (c.evidence[0] + 1) * 8] for c in clips)
         # A clip opens its stream exactly when its first chunk starts the haystack.
         assert all(c.opens_stream == (c.times[0] == 0.0) for c in clips)
-        at_start = [c.opens_stream and c.evidence == [0] for c in clips]
-        shares.append(np.mean(at_start))
-        first_frame = np.mean([c.needle.start_s == 0.0 for c, s in zip(clips, at_start, strict=True) if s])
-    # At random a clip of an hour holds the stream's first chunk about once in a hundred; drawn
-    # there, half the needles start on the stream's first frame (one in eight would at random).
-    assert shares[0] < 0.05 and 0.4 < shares[1] < 0.6
-    assert 0.4 < first_frame < 0.7
+        drawn[name] = clips
+    # At random a clip of an hour holds the stream's first chunk about once in a hundred.
+    assert np.mean([c.opens_stream for c in drawn["plain"]]) < 0.05
+    opened = [c for c in drawn["half"] if c.opens_stream]
+    assert 0.4 < len(opened) / 400 < 0.6
+    # Training's opening chunk holds the needle as often as any other of the clip's four chunks,
+    # so that it is no cue where the needle is; the other three times it is haystack.
+    assert 0.15 < np.mean([c.evidence == [0] for c in opened]) < 0.35
+    # The depth-0 evaluation puts every needle there, half of them on the stream's first frame
+    # (one in eight would be at random).
+    assert all(c.opens_stream and c.evidence == [0] for c in drawn["depth0"])
+    assert 0.4 < np.mean([c.needle.start_s == 0.0 for c in drawn["depth0"]]) < 0.6
 
 
 def test_only_the_streams_first_chunk_is_laid_out_as_the_service_lays_out_chunk_0(base: Path) -> None:
@@ -564,7 +570,8 @@ def test_only_the_streams_first_chunk_is_laid_out_as_the_service_lays_out_chunk_
     from longwatch.model.loading import frame_label
 
     lm = load_model(ModelConfig(path=base))
-    clip = NeedleClips(n_chunks=3, haystack_s=600, stream_start_share=1.0).clip(np.random.default_rng(3))
+    source = NeedleClips(n_chunks=3, haystack_s=600, stream_start_share=1.0, stream_start_needle=True)
+    clip = source.clip(np.random.default_rng(3))
     assert clip.opens_stream and clip.times[0] == 0.0
     chunks = clip_chunks(lm, clip, 0.1, 4)
     assert [c.first_in_stream for c in chunks] == [True, False, False]
