@@ -246,12 +246,10 @@ def with_stream_start(starts: np.ndarray, evidence: int, replaced: int) -> tuple
     """Chunk starts with the stream's first chunk (slot 0) in place of chunk `replaced`, and the
     evidence's new index: the first chunk when it replaced the evidence's (the needle moves there).
     """
-    if starts[0] == 0:
-        return starts, 0 if replaced == evidence else evidence
-    moved = np.sort(np.append(np.delete(starts, replaced), 0.0))
+    new = starts if starts[0] == 0 else np.sort(np.append(np.delete(starts, replaced), 0.0))
     if replaced == evidence:
-        return moved, 0
-    return moved, evidence + (1 if replaced > evidence else 0)
+        return new, 0
+    return new, int(np.flatnonzero(new == starts[evidence])[0])
 
 
 def vision_frames(
