@@ -140,7 +140,9 @@ class NeedleClips:
     # opening holds the needle and brought it into Ask's top-4 for every question it missed
     # anywhere on the grid (DEMO-MODEL.md). A needle in the first chunk is on the stream's first
     # frame half the time (a recording that opens on it). stream_start_needle puts every needle
-    # there: the evaluation of depth 0 (`eval clips --stream-start`).
+    # there: the evaluation of depth 0 (`eval clips --stream-start`). Training opens only clips
+    # of two or more chunks: a one-chunk clip opened at the stream's start holds the needle there
+    # every time, and with short clips half of all, that taught the same prior again.
     stream_start_share: float = 0.0
     stream_start_needle: bool = False
 
@@ -171,7 +173,8 @@ class NeedleClips:
         # The needle starts on a sampled frame inside its chunk and may run on past it; at the
         # stream's start, on its very first frame half the time (a recording that opens on it).
         frame = None
-        if self.stream_start_share and rng.random() < self.stream_start_share:
+        opens = len(starts) > 1 or self.stream_start_needle
+        if self.stream_start_share and opens and rng.random() < self.stream_start_share:
             replaced = evidence if self.stream_start_needle else int(rng.integers(len(starts)))
             starts, evidence = with_stream_start(starts, evidence, replaced)
             if evidence == 0:

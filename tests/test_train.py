@@ -564,6 +564,27 @@ def test_a_stream_start_share_opens_that_share_of_clips_at_the_streams_start() -
     assert 0.4 < np.mean([c.needle.start_s == 0.0 for c in drawn["depth0"]]) < 0.6
 
 
+def test_training_opens_no_one_chunk_clip_at_the_streams_start() -> None:
+    """A one-chunk clip at the stream's start would hold the needle there every time: a cue."""
+    source = NeedleClips(
+        n_chunks=4, min_chunks=1, short_chunks=(1, 2), haystack_s=600, stream_start_share=1.0
+    )
+    clips = [source.clip(np.random.default_rng([4, i])) for i in range(300)]
+    single = [c for c in clips if len(c.times) == c.frames_per_chunk]
+    several = [c for c in clips if len(c.times) > c.frames_per_chunk]
+    assert len(single) > 100 and len(several) > 100
+    assert not any(c.opens_stream for c in single)
+    assert all(c.opens_stream for c in several)
+    # So the opening holds the needle in a share of clips set by their chunk counts, not in half.
+    assert np.mean([c.evidence == [0] and c.opens_stream for c in clips]) < 0.25
+    # The depth-0 evaluation still opens every clip, one chunk or more, with the needle there.
+    depth0 = replace(source, stream_start_needle=True)
+    assert all(
+        c.opens_stream and c.evidence == [0]
+        for c in (depth0.clip(np.random.default_rng([4, i])) for i in range(50))
+    )
+
+
 def test_only_the_streams_first_chunk_is_laid_out_as_the_service_lays_out_chunk_0(base: Path) -> None:
     """The trainer writes the stream's first label without "," as the service does, and only there."""
     from longwatch.model.compressor import build_chunk_sequence
