@@ -220,8 +220,8 @@ def _add_train(commands: Any) -> None:
         "--hard-stream-start-share",
         type=float,
         default=0.0,
-        help="stage demo: share of the hard steps' clips that hold the stream's first chunk (the needle "
-        "in any of their chunks alike, so that the opening is no cue)",
+        help="stage demo: share of the hard steps' clips of two or more chunks that hold the stream's "
+        "first chunk (the needle in any of their chunks alike, so that the opening is no cue)",
     )
     sub.add_argument(
         "--start-from",
