@@ -569,11 +569,17 @@ def test_training_opens_no_one_chunk_clip_at_the_streams_start() -> None:
     source = NeedleClips(
         n_chunks=4, min_chunks=1, short_chunks=(1, 2), haystack_s=600, stream_start_share=1.0
     )
-    clips = [source.clip(np.random.default_rng([4, i])) for i in range(300)]
-    single = [c for c in clips if len(c.times) == c.frames_per_chunk]
+    plain = replace(source, stream_start_share=0.0)
+    drawn = [
+        (source.clip(np.random.default_rng([4, i])), plain.clip(np.random.default_rng([4, i])))
+        for i in range(300)
+    ]
+    clips = [c for c, _ in drawn]
+    single = [(c, p) for c, p in drawn if len(c.times) == c.frames_per_chunk]
     several = [c for c in clips if len(c.times) > c.frames_per_chunk]
     assert len(single) > 100 and len(several) > 100
-    assert not any(c.opens_stream for c in single)
+    # One-chunk clips are drawn as with no share at all: at the stream's start only by chance.
+    assert all(c.times == p.times and c.needle == p.needle for c, p in single)
     assert all(c.opens_stream for c in several)
     # So the opening holds the needle in a share of clips set by their chunk counts, not in half.
     assert np.mean([c.evidence == [0] and c.opens_stream for c in clips]) < 0.25
