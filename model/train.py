@@ -171,14 +171,20 @@ def hardest_chunks(
 
     Scored as Ask's retrieval scores them, with the model as it is now (no gradients): the
     chunks that look most like an answer are the distractors a long haystack puts beside it.
+    A clip that opens its stream keeps the opening, whatever it scores. Its layout sets it apart
+    (no "," before its first label), and were it kept only when it ranked high, retrieval would
+    be told it is no answer only then, and that it is the answer every time it held the needle:
+    runs trained so brought the opening into Ask's top-4 for 28-31 of 72 questions about needles
+    later in the stream (DEMO-MODEL.md).
     """
     chunks = clip_chunks(lm, clip, threshold, max_tokens)
     vectors = torch.stack(
         [run_chunk(lm, c, lm.config.alpha, _cache(lm, prefix), len(lm.prefix_ids)).retrieval for c in chunks]
     )  # (n_chunks, retrieval_dim)
     query = question_queries(lm, lm.tokenize(question_text(clip.question)), _cache(lm, prefix))
-    ranked = [c for c in (vectors @ query).argsort(descending=True).tolist() if c not in clip.evidence]
-    return sorted(clip.evidence + ranked[: clip.keep_chunks - len(clip.evidence)])
+    kept = clip.evidence + ([0] if clip.opens_stream and 0 not in clip.evidence else [])
+    ranked = [c for c in (vectors @ query).argsort(descending=True).tolist() if c not in kept]
+    return sorted(kept + ranked[: max(0, clip.keep_chunks - len(kept))])
 
 
 def answer_context(clip: TrainingClip, rng: np.random.Generator, k: int, dropout: float) -> list[int]:

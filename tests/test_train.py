@@ -519,6 +519,21 @@ def test_hardest_chunks_are_the_ones_asks_retrieval_ranks_first() -> None:
         assert kept == sorted(kept) and clip.evidence[0] in kept
 
 
+def test_a_clip_that_opens_the_stream_keeps_its_opening_among_the_hardest_chunks() -> None:
+    """Else retrieval would learn the opening is no answer only when it already ranks high."""
+    from longwatch.model.train import hardest_chunks
+
+    lm = load_model(ModelConfig())
+    source = NeedleClips(n_chunks=3, distractor_pool=9, split="eval", stream_start_share=1.0)
+    clips = [source.clip(np.random.default_rng([6, i])) for i in range(6)]
+    later = [c for c in clips if c.evidence != [0]]
+    assert len(later) >= 3 and all(c.opens_stream for c in later)
+    for clip in later[:3]:
+        kept = hardest_chunks(lm, clip, 0.1, 4, lm.prefix_kv)
+        assert len(kept) == 3 and kept[0] == 0 and clip.evidence[0] in kept
+        assert clip.subset(kept).opens_stream
+
+
 def test_a_rollover_share_puts_that_share_of_needles_where_the_hundreds_digit_turns_over() -> None:
     def turns(clip: TrainingClip) -> bool:
         start = clip.times[clip.evidence[0] * clip.frames_per_chunk]
