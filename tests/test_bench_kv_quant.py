@@ -23,5 +23,6 @@ def test_kv_quant_quick_rows_are_sane() -> None:
     for row in int8_rows:
         assert row["kv_bytes_per_token"] < float_row["kv_bytes_per_token"] / 3  # float32 -> int8 + scales
         assert row["questions"] == 6
-        assert 0 <= row["max_abs_logit_diff"] < 0.1
+        # Relative to the logits' scale, which is the model's: int8 moves none by 2% of the largest.
+        assert 0 <= row["max_abs_logit_diff"] < 0.02 * row["max_abs_logit"]
         assert 0 <= row["greedy_answer_agreement"] <= row["first_token_agreement"] <= 1
