@@ -142,7 +142,8 @@ class NeedleClips:
     # frame half the time (a recording that opens on it). stream_start_needle puts every needle
     # there: the evaluation of depth 0 (`eval clips --stream-start`). Training opens only clips
     # of two or more chunks: a one-chunk clip opened at the stream's start holds the needle there
-    # every time, and with short clips half of all, that was the same cue again.
+    # every time, and with short clips half of all, that was the same cue again. A clip that
+    # opens its stream keeps the opening through the trainer's hardest-chunk cut (`hardest_chunks`).
     stream_start_share: float = 0.0
     stream_start_needle: bool = False
 
