@@ -224,6 +224,13 @@ def _add_train(commands: Any) -> None:
         "first chunk (the needle in any of their chunks alike, so that the opening is no cue)",
     )
     sub.add_argument(
+        "--hard-straddle-share",
+        type=float,
+        default=0.0,
+        help="stage demo: share of the hard steps' clips of two or more chunks whose needle runs from its "
+        "chunk into the next, both in the clip (an event across a chunk boundary)",
+    )
+    sub.add_argument(
         "--start-from",
         type=Path,
         metavar="DIR",
@@ -415,6 +422,11 @@ def _add_eval(commands: Any) -> None:
         help="clips: every needle in the stream's first chunk (the needle grid's depth 0)",
     )
     sub.add_argument(
+        "--straddle",
+        action="store_true",
+        help="clips: every needle runs from its chunk into the next, both in the clip",
+    )
+    sub.add_argument(
         "--raw-max-frames",
         type=int,
         default=900,
@@ -473,6 +485,7 @@ def _eval_clips(args: argparse.Namespace) -> int:
                 kinds=kinds,
                 encoded_fps=args.encoded,
                 rollover=args.rollover,
+                straddle=args.straddle,
                 stream_start=args.stream_start,
             ).accuracy()
             cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]

@@ -66,6 +66,7 @@ def evaluate_clips(
     encoded_fps: float | None = None,
     rollover: bool = False,
     stream_start: bool = False,
+    straddle: bool = False,
 ) -> ClipEval:
     """Accuracy per question kind and retrieval recall on `n` evaluation-split clips.
 
@@ -75,6 +76,8 @@ def evaluate_clips(
     encoded_fps: the needle's chunk is sampled from an mp4 of footage at this rate (the same
         clips otherwise); None: rendered frames.
     rollover: every needle in a chunk where the time's hundreds digit turns over.
+    straddle: every needle runs from its chunk into the next, both in the clip (recall counts
+        either chunk retrieved).
     """
     source = NeedleClips(
         n_chunks=n_chunks,
@@ -86,6 +89,7 @@ def evaluate_clips(
         rollover_share=float(rollover),
         stream_start_share=float(stream_start),
         stream_start_needle=stream_start,
+        straddle_share=float(straddle),
     )
     result = ClipEval()
     for i in range(n):

@@ -7,7 +7,7 @@ the one context. Losses, averaged over the questions:
 - next-token loss on the answer tokens;
 - self-distillation (stage "summary"): KL from the keep-raw teacher (the same base, every
   token's K/V, chunks seeing earlier ones) to the summary student; needs no labels;
-- retrieval (stage "base"): the question's in-model vector must score the evidence chunk
+- retrieval (stage "base"): the question's in-model vector must score the evidence chunks
   above the clip's other chunks.
 Stage "summary" freezes the base and trains the `<vs>` embedding and per-layer Q/K/V copies,
 saved as an adapter. Stage "base" trains every weight of a small model from scratch, after an
@@ -187,6 +187,15 @@ def hardest_chunks(
     return sorted(kept + ranked[: max(0, clip.keep_chunks - len(kept))])
 
 
+def retrieval_loss(scores: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of chunk scores (n_chunks,) onto the evidence chunks taken as one class.
+
+    With one evidence chunk it is the plain cross-entropy; where the answer is in two (a needle
+    across their boundary), their shares add up, so either may score highest.
+    """
+    return torch.logsumexp(scores, 0) - torch.logsumexp(scores[evidence], 0)
+
+
 def answer_context(clip: TrainingClip, rng: np.random.Generator, k: int, dropout: float) -> list[int]:
     """Chunk numbers the answer is decoded from: the evidence, plus others kept past dropout, in time order."""
     others = [c for c in rng.permutation(clip.n_chunks).tolist() if c not in clip.evidence]
@@ -289,12 +298,12 @@ def clip_losses(
             ]
         )
     if config.stage == "base" and config.retrieval_weight > 0 and clip.evidence:
-        target = torch.tensor([clip.evidence[0]], device=lm.device)
+        evidence = torch.tensor(clip.evidence, device=lm.device)  # (n_evidence,)
         scores = torch.stack([kvs[c].retrieval for c in range(clip.n_chunks)])  # (n_chunks, dim)
         parts = []
         for question, _ in clip.questions_and_answers:
             q = question_queries(lm, lm.tokenize(question_text(question)), _cache(lm, prefix))
-            parts.append(F.cross_entropy((scores @ q)[None], target))
+            parts.append(retrieval_loss(scores @ q, evidence))
         losses["retrieval"] = _mean(parts)
     return losses
 

@@ -146,6 +146,13 @@ class NeedleClips:
     # opens its stream keeps the opening through the trainer's hardest-chunk cut (`hardest_chunks`).
     stream_start_share: float = 0.0
     stream_start_needle: bool = False
+    # Share of clips of two or more chunks whose needle starts in the last frames of its chunk and
+    # runs on into the next, that next chunk in the clip too: an event across a chunk boundary is
+    # in two chunks, and Ask retrieves both. Drawn at random, the next chunk is almost never in
+    # the clip, and a demo model that had never seen a needle in two chunks mixed their times
+    # ("at 1879 s" for a needle at 1799-1801 s, chunks from 1792 s and 1800 s). With the
+    # rollover draw too, the boundary is one where the time's hundreds digit turns over.
+    straddle_share: float = 0.0
 
     def __post_init__(self) -> None:
         for rate in self.footage_rates:
@@ -169,8 +176,11 @@ class NeedleClips:
         slots = max(int(haystack_s // chunk_s), n_chunks)
         starts = np.sort(rng.choice(slots, size=n_chunks, replace=False)) * chunk_s
         evidence = int(rng.integers(n_chunks))
+        straddle = bool(self.straddle_share) and n_chunks > 1 and rng.random() < self.straddle_share
         if self.rollover_share and rng.random() < self.rollover_share:
-            starts, evidence = rollover_evidence(rng, starts, evidence, slots, chunk_s, 1 / self.fps)
+            starts, evidence = rollover_evidence(
+                rng, starts, evidence, slots, chunk_s, 1 / self.fps, across=straddle
+            )
         # The needle starts on a sampled frame inside its chunk and may run on past it; at the
         # stream's start, on its very first frame half the time (a recording that opens on it).
         frame = None
@@ -180,8 +190,18 @@ class NeedleClips:
             starts, evidence = with_stream_start(starts, evidence, replaced)
             if evidence == 0:
                 frame = 0 if rng.random() < 0.5 else None
+        if straddle and frame is None:
+            starts, evidence, straddle = with_next_chunk(rng, starts, evidence, slots, chunk_s)
+        else:
+            straddle = False
         t0 = float(starts[evidence] + (rng.integers(f) if frame is None else frame) / self.fps)
         needle = random_needle(rng, t0, self.width, self.height)
+        if straddle:
+            shown = max(2, round(needle.duration_s * self.fps))  # frames; at least one in each chunk
+            inside = int(rng.integers(1, shown))  # of which in the needle's own chunk
+            start = float(starts[evidence] + (f - inside) / self.fps)
+            needle = replace(needle, start_s=start, duration_s=shown / self.fps)
+        held = [evidence, evidence + 1] if straddle else [evidence]
         footage = SyntheticFootage(seed, self.width, self.height, self.fps, overlays=[needle])
         times = [float(s + i / self.fps) for s in starts for i in range(f)]
         frames = np.stack([footage.frame_at(round(t * self.fps)) for t in times])
@@ -192,15 +212,14 @@ class NeedleClips:
         # Drawn last, and only when asked for: a run without it draws the same clips as before.
         if self.codec_share and rng.random() < self.codec_share:
             rate = self.footage_rates[int(rng.integers(len(self.footage_rates)))]
-            frames[evidence * f : (evidence + 1) * f] = self.encoded_chunk(
-                seed, needle, float(starts[evidence]), f, rate
-            )
+            for c in held:
+                frames[c * f : (c + 1) * f] = self.encoded_chunk(seed, needle, float(starts[c]), f, rate)
         return TrainingClip(
             frames,
             times,
             qa.question,
             qa.answer,
-            [evidence],
+            held,
             f,
             needle,
             qa.kind,
@@ -227,17 +246,26 @@ class NeedleClips:
 
 
 def rollover_evidence(
-    rng: np.random.Generator, starts: np.ndarray, evidence: int, slots: int, chunk_s: float, frame_s: float
+    rng: np.random.Generator,
+    starts: np.ndarray,
+    evidence: int,
+    slots: int,
+    chunk_s: float,
+    frame_s: float,
+    across: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Starts with the evidence chunk moved to a free slot whose frames' hundreds digit turns over.
 
-    Unchanged where the haystack has no such slot (under 100 s).
+    across: the turnover may also fall between the slot and the next one (a needle that runs on
+    into the next chunk), and the slot is never the haystack's last. Unchanged where the haystack
+    has no such slot (under 100 s).
     """
     used = {round(s / chunk_s) for s in starts}
+    last = chunk_s if across else chunk_s - frame_s  # the last frame's time, from the slot's start
     turns = [
         k
-        for k in range(slots)
-        if k not in used and int(k * chunk_s // 100) != int(((k + 1) * chunk_s - frame_s) // 100)
+        for k in range(slots - int(across))
+        if k not in used and int(k * chunk_s // 100) != int((k * chunk_s + last) // 100)
     ]
     if not turns:
         return starts, evidence
@@ -254,6 +282,26 @@ def with_stream_start(starts: np.ndarray, evidence: int, replaced: int) -> tuple
     if replaced == evidence:
         return new, 0
     return new, int(np.flatnonzero(new == starts[evidence])[0])
+
+
+def with_next_chunk(
+    rng: np.random.Generator, starts: np.ndarray, evidence: int, slots: int, chunk_s: float
+) -> tuple[np.ndarray, int, bool]:
+    """Starts with the haystack's chunk after the evidence's in the clip, in place of another
+    (never the evidence's, nor the stream's opening); returns them, the evidence's new index, and
+    whether the next chunk is in the clip (not where the evidence's chunk is the haystack's last).
+    """
+    following = float(starts[evidence] + chunk_s)
+    if round(following / chunk_s) >= slots:
+        return starts, evidence, False
+    if following in starts:
+        return starts, evidence, True
+    others = [i for i in range(len(starts)) if i != evidence and starts[i] != 0]
+    if not others:
+        return starts, evidence, False
+    dropped = others[int(rng.integers(len(others)))]
+    new = np.sort(np.append(np.delete(starts, dropped), following))
+    return new, int(np.flatnonzero(new == starts[evidence])[0]), True
 
 
 def vision_frames(

@@ -249,6 +249,7 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
                 distractor_pool=args.hard_distractor_pool,
                 rollover_share=args.hard_rollover_share,
                 stream_start_share=args.hard_stream_start_share,
+                straddle_share=args.hard_straddle_share,
             )
         phases.append(DemoPhase("hard", hard_config_from_args(args), hard_source))
     return phases
@@ -311,7 +312,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
-    for flag in ("hard_codec_share", "hard_rollover_share", "hard_stream_start_share"):
+    for flag in ("hard_codec_share", "hard_rollover_share", "hard_stream_start_share", "hard_straddle_share"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if args.hard_distractor_pool < 0:

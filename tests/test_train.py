@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from footage import real_clip
+from torch.nn import functional as F
 
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.config import BASE_SIZES, ModelConfig
@@ -36,6 +37,7 @@ from longwatch.model.train import (
     new_base,
     qa_logits,
     raw_cache,
+    retrieval_loss,
 )
 from longwatch.model.train_data import (
     CODEC_CONTEXT_FRAMES,
@@ -552,6 +554,57 @@ def test_a_rollover_share_puts_that_share_of_needles_where_the_hundreds_digit_tu
     # Under 100 s there is no such chunk: the clip stays as drawn.
     short = NeedleClips(n_chunks=4, haystack_s=90, rollover_share=1.0).clip(np.random.default_rng(1))
     assert short.times == NeedleClips(n_chunks=4, haystack_s=90).clip(np.random.default_rng(1)).times
+
+
+def test_a_straddle_share_runs_that_share_of_needles_into_the_next_chunk_of_the_clip() -> None:
+    def spans(clip: TrainingClip) -> list[list[float]]:
+        f = clip.frames_per_chunk
+        return [clip.times[c * f : (c + 1) * f] for c in clip.evidence]
+
+    def shown(clip: TrainingClip, times: list[float]) -> list[float]:
+        return [t for t in times if clip.needle.start_s <= t < clip.needle.end_s]
+
+    plain = NeedleClips(n_chunks=4, haystack_s=1000)
+    half = NeedleClips(n_chunks=4, haystack_s=1000, straddle_share=0.5)
+    both = NeedleClips(n_chunks=4, haystack_s=1000, straddle_share=1.0, rollover_share=1.0)
+    drawn = {}
+    for name, source in (("plain", plain), ("half", half), ("both", both)):
+        clips = [source.clip(np.random.default_rng([5, i])) for i in range(200)]
+        assert all(c.times == sorted(c.times) and len(set(c.times)) == len(c.times) for c in clips)
+        assert all(len(c.times) == 32 for c in clips)
+        drawn[name] = clips
+    assert all(len(c.evidence) == 1 for c in drawn["plain"])
+    straddling = [c for c in drawn["half"] if len(c.evidence) == 2]
+    assert 0.4 < len(straddling) / 200 < 0.6
+    for clip in straddling + drawn["both"]:
+        first, following = spans(clip)
+        # Two chunks next to each other in the haystack, the needle on frames of both.
+        assert clip.evidence[1] == clip.evidence[0] + 1 and following[0] == first[-1] + 1.0
+        assert shown(clip, first) and shown(clip, following)
+        # The answer to "when" is its start, in the first of them.
+        assert first[0] <= clip.needle.start_s <= first[-1]
+    # With the rollover draw, the hundreds digit turns over across the two chunks' frames.
+    assert all(
+        int(spans(c)[0][0] // 100) != int(spans(c)[1][0] // 100)
+        or int(spans(c)[0][0] // 100) != int(spans(c)[0][-1] // 100)
+        for c in drawn["both"]
+    )
+    # A one-chunk clip has no next chunk to run into.
+    single = NeedleClips(n_chunks=1, haystack_s=1000, straddle_share=1.0).clip(np.random.default_rng(3))
+    assert len(single.evidence) == 1
+
+
+def test_retrieval_loss_takes_either_evidence_chunk_as_the_answer() -> None:
+    scores = torch.tensor([0.5, 3.0, -1.0, 0.2])
+    one = retrieval_loss(scores, torch.tensor([1]))
+    assert torch.allclose(one, F.cross_entropy(scores[None], torch.tensor([1])))
+    # Two evidence chunks: the loss is the same however their share is split between them...
+    split = [
+        retrieval_loss(torch.tensor([a, b, -9.0, -9.0]), torch.tensor([0, 1])) for a, b in ((5, 5), (9, 1))
+    ]
+    assert all(x < 0.01 for x in split)
+    # ...and it is high when a chunk outside them scores highest.
+    assert retrieval_loss(torch.tensor([0.0, 0.0, 6.0, 0.0]), torch.tensor([0, 1])) > 4
 
 
 def test_a_stream_start_share_opens_that_share_of_clips_at_the_streams_start() -> None:
