@@ -76,8 +76,8 @@ def test_keep_raw_cells_past_its_limit_are_reported_skipped() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--encoded"], ["--encoded", "10"], ["--rollover"], ["--stream-start"]],
-    ids=["rendered", "encoded", "encoded-10fps", "rollover", "stream-start"],
+    [[], ["--encoded"], ["--encoded", "10"], ["--rollover"], ["--stream-start"], ["--straddle"]],
+    ids=["rendered", "encoded", "encoded-10fps", "rollover", "stream-start", "straddle"],
 )
 def test_eval_clips_prints_accuracy_of_the_shipped_model(capsys, extra: list[str]) -> None:  # noqa: ANN001
     args = ["eval", "clips", "--clips", "12", "--chunks", "3", "--top-k", "1", "--haystacks", "60,3600"]
@@ -89,7 +89,8 @@ def test_eval_clips_prints_accuracy_of_the_shipped_model(capsys, extra: list[str
         colour, recall = row.split()[4], row.split()[6]
         # The shipped demo model reads colours, and its retrieval finds the needle's chunk among
         # three, from rendered frames, from the same frames through a codec, and with the needle
-        # where the hundreds digit of its time turns over, or at the stream's start.
+        # where the hundreds digit of its time turns over, at the stream's start, or across two
+        # chunks (recall: either of them retrieved).
         assert float(colour.rstrip("%")) >= 75 and float(recall.rstrip("%")) >= 75
 
 
