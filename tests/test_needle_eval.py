@@ -37,6 +37,9 @@ def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) ->
         for c in cells:
             assert {"what", "colour", "when", "all"} <= set(c) and 0.0 <= c["all"] <= 1.0
             assert ("recall@k" in c) == (row != "uniform-180")
+            # Whether the stream's first chunk was cited is counted for needles past it only
+            # (depth 100%), by the rows that retrieve.
+            assert ("opening_cited" in c) == (row != "uniform-180" and c["depth"] == 1.0)
             # Every wrong answer is kept beside what was expected, so failures can be read.
             wrong = sum(round(1 - c[k]) for k in ("what", "colour", "when"))  # one question per kind
             assert len(c["misses"]) == wrong
@@ -45,7 +48,7 @@ def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) ->
                 assert ("evidence_s" in m) == (row != "uniform-180")  # only retrieval chooses evidence
     assert (out / "needle_eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
-    assert "longwatch" in table and "recall@k" in table
+    assert "longwatch" in table and "recall@k" in table and "opening" in table
     # Evaluation videos come from the evaluation split only.
     videos = sorted(p.name for p in (out / "videos").iterdir())
     assert videos == sorted(
@@ -72,6 +75,19 @@ def test_keep_raw_cells_past_its_limit_are_reported_skipped() -> None:
     assert report["rows"]["keep-raw"][1] == {"length": 3600, "depth": 0.0, "skipped": True}
     line = format_report(report).splitlines()[1]
     assert "50.0%" in line and line.endswith("1/2")  # the skipped cell is not averaged in as 0%
+
+
+def test_the_report_averages_how_often_the_opening_is_cited_over_the_cells_that_count_it() -> None:
+    from longwatch.clients.needle_eval import Cell, format_report
+
+    at_start, later = Cell(), Cell()
+    at_start.correct["what"].append(True)  # a needle in the first chunk: nothing to count
+    later.correct["what"] += [True, True]
+    later.opening_cited += [True, False, False, False]
+    cells = [{"length": 60, "depth": d, **c.summary()} for d, c in ((0.0, at_start), (1.0, later))]
+    assert "opening_cited" not in cells[0] and cells[1]["opening_cited"] == 0.25
+    header, line = format_report({"rows": {"longwatch": cells}}).splitlines()
+    assert header.split()[-2] == "opening" and line.split()[-2] == "25.0%"
 
 
 @pytest.mark.parametrize(
