@@ -231,6 +231,13 @@ def _add_train(commands: Any) -> None:
         "chunk into the next, both in the clip (an event across a chunk boundary)",
     )
     sub.add_argument(
+        "--hard-opening-as-kept",
+        action="store_true",
+        help="stage demo: a hard clip that opens its stream holds the needle in the opening as often as "
+        "in any chunk the trainer keeps of the pool (not 1 in the pool), retrieval's loss on those "
+        "clips weighted back to the pool's rate",
+    )
+    sub.add_argument(
         "--start-from",
         type=Path,
         metavar="DIR",
