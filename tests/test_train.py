@@ -252,8 +252,12 @@ def test_demo_stage_runs_base_summary_refine_hard_and_leaves_the_last_model(tmp_
     # Started from a finished demo model, a recipe trains its last stage alone, from that model.
     later = tmp_path / "later"
     assert cli.main([*args, "--out", str(later), "--start-from", str(tmp_path / "nothing")]) == 2
-    assert cli.main([*args, "--out", str(later), "--start-from", str(out)]) == 0
+    hard_flags = ["--hard-straddle-share", "0.3", "--hard-opening-as-kept", "--hard-rollover-share", "0.25"]
+    assert cli.main([*args, *hard_flags, "--out", str(later), "--start-from", str(out)]) == 0
     assert sorted(p.name for p in (later / "runs").iterdir()) == ["hard", "refine"]
+    # The hard stage's clips were drawn as its flags say (its record of them is what it ran).
+    drawn = json.loads((later / "runs" / "hard" / "finished.json").read_text())["lineage"][-1]["data"]
+    assert (drawn["straddle_share"], drawn["opening_as_kept"], drawn["rollover_share"]) == (0.3, True, 0.25)
     seeded = json.loads((later / "runs" / "refine" / "finished.json").read_text())
     assert seeded["from"] == str(out)
     started = (out / "base" / "model.safetensors").read_bytes()
