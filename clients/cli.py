@@ -221,7 +221,7 @@ def _add_train(commands: Any) -> None:
         type=float,
         default=0.0,
         help="stage demo: share of the hard steps' clips of two or more chunks that hold the stream's "
-        "first chunk (the needle in any of their chunks alike, so that the opening is no cue)",
+        "first chunk (the needle there as in any chunk of the clip and its pool)",
     )
     sub.add_argument(
         "--hard-straddle-share",
@@ -229,13 +229,6 @@ def _add_train(commands: Any) -> None:
         default=0.0,
         help="stage demo: share of the hard steps' clips of two or more chunks whose needle runs from its "
         "chunk into the next, both in the clip (an event across a chunk boundary)",
-    )
-    sub.add_argument(
-        "--hard-opening-as-kept",
-        action="store_true",
-        help="stage demo: a hard clip that opens its stream holds the needle in the opening as often as "
-        "in any chunk the trainer keeps of the pool (not 1 in the pool), retrieval's loss on those "
-        "clips weighted back to the pool's rate",
     )
     sub.add_argument(
         "--start-from",

@@ -304,7 +304,7 @@ def clip_losses(
         for question, _ in clip.questions_and_answers:
             q = question_queries(lm, lm.tokenize(question_text(question)), _cache(lm, prefix))
             parts.append(retrieval_loss(scores @ q, evidence))
-        losses["retrieval"] = _mean(parts) * clip.retrieval_weight
+        losses["retrieval"] = _mean(parts)
     return losses
 
 

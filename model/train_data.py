@@ -51,9 +51,6 @@ class TrainingClip:
     # The clip's first chunk is its stream's first (chunk 0): the service writes that chunk's
     # first label without the "," that joins every later one, as VideoLLaMA3 joins frames.
     opens_stream: bool = False
-    # Scales retrieval's loss on this clip: a clip whose needle was put in the stream's opening
-    # more often than the pool's rate, for the answer's sake, counts for retrieval at that rate.
-    retrieval_weight: float = 1.0
 
     @property
     def n_chunks(self) -> int:
@@ -149,13 +146,6 @@ class NeedleClips:
     # opens its stream keeps the opening through the trainer's hardest-chunk cut (`hardest_chunks`).
     stream_start_share: float = 0.0
     stream_start_needle: bool = False
-    # With a distractor pool, the opening holds the needle as often as any chunk of the pool (1 in
-    # 22 at the shipped pool), but the trainer keeps the opening and a few of the pool (one of 2-6
-    # kept chunks holds the needle): the answer learned that the opening seldom holds it, and the shipped model said another chunk's time for 2-4 needles at depth 0 of the
-    # nine-needle grid ("at 838 s" for 0 s). opening_as_kept puts the needle there as often as in
-    # any kept chunk, and weights retrieval's loss on those clips back to the pool's rate, so that
-    # retrieval learns no prior for the opening either (see `opening_replaced`).
-    opening_as_kept: bool = False
     # Share of clips of two or more chunks whose needle starts in the last frames of its chunk and
     # runs on into the next, that next chunk in the clip too: an event across a chunk boundary is
     # in two chunks, and Ask retrieves both. Drawn at random, the next chunk is almost never in
@@ -194,15 +184,9 @@ class NeedleClips:
         # The needle starts on a sampled frame inside its chunk and may run on past it; at the
         # stream's start, on its very first frame half the time (a recording that opens on it).
         frame = None
-        retrieval_weight = 1.0
         opens = len(starts) > 1 or self.stream_start_needle
         if self.stream_start_share and opens and rng.random() < self.stream_start_share:
-            if self.stream_start_needle:
-                replaced = evidence
-            elif self.opening_as_kept and keep:
-                replaced, retrieval_weight = opening_replaced(rng, evidence, len(starts), keep)
-            else:
-                replaced = int(rng.integers(len(starts)))
+            replaced = evidence if self.stream_start_needle else int(rng.integers(len(starts)))
             starts, evidence = with_stream_start(starts, evidence, replaced)
             if evidence == 0:
                 frame = 0 if rng.random() < 0.5 else None
@@ -242,7 +226,6 @@ class NeedleClips:
             also,
             keep,
             opens_stream=bool(starts[0] == 0),
-            retrieval_weight=retrieval_weight if evidence == 0 else 1.0,
         )
 
     def encoded_chunk(self, seed: int, needle: Needle, start_s: float, f: int, rate: float) -> np.ndarray:
@@ -289,21 +272,6 @@ def rollover_evidence(
     moved = float(turns[int(rng.integers(len(turns)))] * chunk_s)
     new = np.sort(np.append(np.delete(starts, evidence), moved))
     return new, int(np.flatnonzero(new == moved)[0])
-
-
-def opening_replaced(rng: np.random.Generator, evidence: int, n: int, keep: int) -> tuple[int, float]:
-    """Which of a pool's n chunks the stream's opening replaces, so that it holds the needle 1 in
-    `keep` times (the evidence's), and the retrieval weight of a clip whose needle it then holds.
-
-    Weighted so, the opening holds the needle 1 in n times in retrieval's loss, as any chunk of
-    the pool does: with p = 1 / keep, p * w / (p * w + 1 - p) = 1 / n gives w = (keep - 1) / (n - 1).
-    """
-    if n <= keep:
-        return int(rng.integers(n)), 1.0
-    if rng.random() < 1 / keep:
-        return evidence, (keep - 1) / (n - 1)
-    others = [i for i in range(n) if i != evidence]
-    return others[int(rng.integers(len(others)))], 1.0
 
 
 def with_stream_start(starts: np.ndarray, evidence: int, replaced: int) -> tuple[np.ndarray, int]:

@@ -250,7 +250,6 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
                 rollover_share=args.hard_rollover_share,
                 stream_start_share=args.hard_stream_start_share,
                 straddle_share=args.hard_straddle_share,
-                opening_as_kept=args.hard_opening_as_kept,
             )
         phases.append(DemoPhase("hard", hard_config_from_args(args), hard_source))
     return phases

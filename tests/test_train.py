@@ -252,12 +252,16 @@ def test_demo_stage_runs_base_summary_refine_hard_and_leaves_the_last_model(tmp_
     # Started from a finished demo model, a recipe trains its last stage alone, from that model.
     later = tmp_path / "later"
     assert cli.main([*args, "--out", str(later), "--start-from", str(tmp_path / "nothing")]) == 2
-    hard_flags = ["--hard-straddle-share", "0.3", "--hard-opening-as-kept", "--hard-rollover-share", "0.25"]
+    hard_flags = ["--hard-straddle-share", "0.3", "--hard-rollover-share", "0.25", "--hard-lr", "3e-5"]
     assert cli.main([*args, *hard_flags, "--out", str(later), "--start-from", str(out)]) == 0
     assert sorted(p.name for p in (later / "runs").iterdir()) == ["hard", "refine"]
-    # The hard stage's clips were drawn as its flags say (its record of them is what it ran).
-    drawn = json.loads((later / "runs" / "hard" / "finished.json").read_text())["lineage"][-1]["data"]
-    assert (drawn["straddle_share"], drawn["opening_as_kept"], drawn["rollover_share"]) == (0.3, True, 0.25)
+    # The hard stage ran as its flags say (its record of them is what it ran).
+    hard = json.loads((later / "runs" / "hard" / "finished.json").read_text())["lineage"][-1]
+    assert (hard["data"]["straddle_share"], hard["data"]["rollover_share"], hard["config"]["lr"]) == (
+        0.3,
+        0.25,
+        3e-5,
+    )
     seeded = json.loads((later / "runs" / "refine" / "finished.json").read_text())
     assert seeded["from"] == str(out)
     started = (out / "base" / "model.safetensors").read_bytes()
@@ -634,28 +638,6 @@ def test_a_stream_start_share_opens_that_share_of_clips_at_the_streams_start() -
     # (one in eight would be at random).
     assert all(c.opens_stream and c.evidence == [0] for c in drawn["depth0"])
     assert 0.4 < np.mean([c.needle.start_s == 0.0 for c in drawn["depth0"]]) < 0.6
-
-
-def test_opening_as_kept_puts_the_needle_in_the_opening_as_often_as_in_any_kept_chunk() -> None:
-    """With a pool, the opening is one chunk of the few the trainer keeps, not one of the pool:
-    the answer should find the needle there as often as anywhere, retrieval as often as in the pool."""
-    pool = NeedleClips(n_chunks=4, haystack_s=3600, distractor_pool=6, stream_start_share=1.0)
-    kept = replace(pool, opening_as_kept=True)
-    drawn = {}
-    for name, source in (("pool", pool), ("kept", kept)):
-        clips = [source.clip(np.random.default_rng([11, i])) for i in range(300)]
-        assert all(c.opens_stream and c.keep_chunks == 4 and c.n_chunks == 10 for c in clips)
-        drawn[name] = clips
-    in_opening = {name: [c.evidence == [0] for c in clips] for name, clips in drawn.items()}
-    assert 0.04 < np.mean(in_opening["pool"]) < 0.17  # 1 in 10
-    assert 0.18 < np.mean(in_opening["kept"]) < 0.35  # 1 in 4
-    assert all(c.retrieval_weight == 1.0 for c in drawn["pool"])
-    # Only clips whose needle the opening took get a lower weight, and it brings retrieval's
-    # share of them back to the pool's 1 in 10.
-    weights = np.array([c.retrieval_weight for c in drawn["kept"]])
-    assert set(weights[~np.array(in_opening["kept"])]) == {1.0}
-    assert 3 / 9 in set(weights[in_opening["kept"]])
-    assert 0.04 < weights[in_opening["kept"]].sum() / weights.sum() < 0.17
 
 
 def test_training_opens_no_one_chunk_clip_at_the_streams_start() -> None:
