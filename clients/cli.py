@@ -192,7 +192,7 @@ def _add_train(commands: Any) -> None:
         default=0,
         help="stage demo: steps of a last refinement, from the refined model, on clips as hard as Ask's: "
         "needle chunks through x264 (--hard-codec-share) and distractors chosen by retrieval "
-        "(--hard-distractor-pool); the shipped model: 24000",
+        "(--hard-distractor-pool); the shipped model: 24000, then 9000 more from that model (README)",
     )
     sub.add_argument("--hard-lr", type=float, default=1e-4, help="stage demo: lr of the hard steps")
     sub.add_argument(
