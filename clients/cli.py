@@ -134,7 +134,7 @@ def _add_train(commands: Any) -> None:
         choices=["summary", "base", "demo"],
         default="summary",
         help="summary: adapter for --base; base: every weight (from scratch or --base); "
-        "demo: base, summary, refine, hard",
+        "demo: base, summary, refine, hard, polish",
     )
     sub.add_argument(
         "--out", type=Path, required=True, help="run folder: checkpoint, log, adapter (and base)"
@@ -192,7 +192,7 @@ def _add_train(commands: Any) -> None:
         default=0,
         help="stage demo: steps of a last refinement, from the refined model, on clips as hard as Ask's: "
         "needle chunks through x264 (--hard-codec-share) and distractors chosen by retrieval "
-        "(--hard-distractor-pool); the shipped model: 24000, then 9000 more from that model (README)",
+        "(--hard-distractor-pool); the shipped model: 24000",
     )
     sub.add_argument("--hard-lr", type=float, default=1e-4, help="stage demo: lr of the hard steps")
     sub.add_argument(
@@ -229,6 +229,20 @@ def _add_train(commands: Any) -> None:
         default=0.0,
         help="stage demo: share of the hard steps' clips of two or more chunks whose needle runs from its "
         "chunk into the next, both in the clip (an event across a chunk boundary)",
+    )
+    sub.add_argument(
+        "--polish-steps",
+        type=int,
+        default=0,
+        help="stage demo: steps of one more hard stage, from the hard stage's model, on its clips but "
+        "--polish-straddle-share; the shipped model: 9000",
+    )
+    sub.add_argument("--polish-lr", type=float, default=3e-5, help="stage demo: lr of the polish steps")
+    sub.add_argument(
+        "--polish-straddle-share",
+        type=float,
+        default=0.0,
+        help="stage demo: --hard-straddle-share for the polish steps (the shipped model: 0.3)",
     )
     sub.add_argument(
         "--start-from",

@@ -201,14 +201,28 @@ def train_stage(
     return base
 
 
-def hard_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Stage demo's last stage: the refinement again, from the refined model, on clips as hard as Ask's.
+def hard_config_from_args(args: argparse.Namespace, steps: int, lr: float) -> TrainConfig:
+    """Stage demo's hard stages: the refinement again, from the model before, on clips as hard as Ask's.
 
     Every weight trains at one rate, the vision tower's too: codec artefacts are what it has to
     learn to see through.
     """
-    lr = args.hard_lr
-    return replace(refine_config_from_args(args), steps=args.hard_steps, lr=lr, vision_lr=lr)
+    return replace(refine_config_from_args(args), steps=steps, lr=lr, vision_lr=lr)
+
+
+def hard_clips(args: argparse.Namespace, source: ClipSource, straddle_share: float) -> ClipSource:
+    """The hard stages' clips: the --hard-* flags' draws, with a needle across two chunks at that share."""
+    if not isinstance(source, NeedleClips):
+        return source
+    return replace(
+        source,
+        haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S,
+        codec_share=args.hard_codec_share,
+        distractor_pool=args.hard_distractor_pool,
+        rollover_share=args.hard_rollover_share,
+        stream_start_share=args.hard_stream_start_share,
+        straddle_share=straddle_share,
+    )
 
 
 @dataclass
@@ -230,7 +244,7 @@ FINISHED = "finished.json"
 
 
 def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]:
-    """The stages of `--stage demo`, in order: base from scratch, its summary tokens, refine, hard."""
+    """The stages of `--stage demo`, in order: base from scratch, its summary tokens, refine, hard, polish."""
     phases = [
         DemoPhase("base", train_config_from_args(args, "base"), source),
         DemoPhase("summary", train_config_from_args(args, "summary"), source),
@@ -240,18 +254,13 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
         refine_source = replace(source, haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S) if needles else source
         phases.append(DemoPhase("refine", refine_config_from_args(args), refine_source))
     if args.hard_steps > 0:
-        hard_source = source
-        if needles:
-            hard_source = replace(
-                source,
-                haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S,
-                codec_share=args.hard_codec_share,
-                distractor_pool=args.hard_distractor_pool,
-                rollover_share=args.hard_rollover_share,
-                stream_start_share=args.hard_stream_start_share,
-                straddle_share=args.hard_straddle_share,
-            )
-        phases.append(DemoPhase("hard", hard_config_from_args(args), hard_source))
+        hard = hard_config_from_args(args, args.hard_steps, args.hard_lr)
+        phases.append(DemoPhase("hard", hard, hard_clips(args, source, args.hard_straddle_share)))
+    if args.polish_steps > 0:
+        # The hard stage's clips again at a lower rate, some across a chunk boundary: the shipped
+        # model's last 9000 steps (14000 of them at 1e-4 lost the clip checks; DEMO-MODEL.md).
+        polish = hard_config_from_args(args, args.polish_steps, args.polish_lr)
+        phases.append(DemoPhase("polish", polish, hard_clips(args, source, args.polish_straddle_share)))
     return phases
 
 
@@ -312,7 +321,8 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
-    for flag in ("hard_codec_share", "hard_rollover_share", "hard_stream_start_share", "hard_straddle_share"):
+    shares = ("hard_codec_share", "hard_rollover_share", "hard_stream_start_share", "hard_straddle_share")
+    for flag in (*shares, "polish_straddle_share"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if args.hard_distractor_pool < 0:

@@ -192,7 +192,7 @@ def test_base_stage_from_scratch_learns(tmp_path: Path) -> None:
     assert reloaded.tokenizer.decode(reloaded.tokenize("at 123 s")) == "at 123 s"
 
 
-def test_demo_stage_runs_base_summary_refine_hard_and_leaves_the_last_model(tmp_path: Path) -> None:
+def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_model(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from longwatch.clients import cli
@@ -200,21 +200,22 @@ def test_demo_stage_runs_base_summary_refine_hard_and_leaves_the_last_model(tmp_
     out = tmp_path / "demo"
     args = ["train", "--stage", "demo", "--out", str(out), "--size", "tiny", "--vision-steps", "3"]
     args += ["--freeze-vision-steps", "1", "--steps", "3", "--summary-steps", "2", "--refine-steps", "3"]
-    args += ["--hard-steps", "2", "--hard-distractor-pool", "3"]
+    args += ["--hard-steps", "2", "--hard-distractor-pool", "3", "--polish-steps", "2"]
     assert cli.main([*args, "--hard-codec-share", "1.5"]) == 2  # refused before any training
     assert cli.main([*args, "--hard-stream-start-share", "-0.1"]) == 2
     assert cli.main([*args, "--hard-distractor-pool", "-1"]) == 2
+    assert cli.main([*args, "--polish-straddle-share", "2"]) == 2
     assert not out.exists()
     assert cli.main(args) == 0
     runs = out / "runs"
-    stages = ("base", "summary", "refine", "hard")
+    stages = ("base", "summary", "refine", "hard", "polish")
 
     def logged() -> list[int]:
         return [len((runs / s / "train_log.jsonl").read_text().splitlines()) for s in stages]
 
-    assert logged() == [6, 2, 3, 2]
+    assert logged() == [6, 2, 3, 2, 2]
     # Each refinement starts from the stage before and moves every weight on, vision included.
-    for before, after in (("base", "refine"), ("refine", "hard")):
+    for before, after in (("base", "refine"), ("refine", "hard"), ("hard", "polish")):
         a = load_file(runs / before / "base" / "model.safetensors")
         b = load_file(runs / after / "base" / "model.safetensors")
         assert a.keys() == b.keys()
@@ -222,27 +223,23 @@ def test_demo_stage_runs_base_summary_refine_hard_and_leaves_the_last_model(tmp_
             k.split(".")[1] for k in a if not torch.equal(a[k], b[k])
         }
     for name in ("base/model.safetensors", "adapter/adapter.safetensors"):
-        assert (out / name).read_bytes() == (runs / "hard" / name).read_bytes()
+        assert (out / name).read_bytes() == (runs / "polish" / name).read_bytes()
     load_model(ModelConfig(path=out / "base", adapter=out / "adapter"))  # the adapter fits the last base
     trained = json.loads((out / "base" / "longwatch.json").read_text())["trained"]
     assert (
         trained["steps"],
         trained["lr"],
         trained["after"]["steps"],
+        trained["after"]["lr"],
         trained["after"]["after"]["steps"],
-    ) == (
-        2,
-        1e-4,
-        3,
-        6,
-    )
+    ) == (2, 3e-5, 2, 1e-4, 3)
     # Run again, the same recipe trains nothing more.
     shipped = (out / "base" / "model.safetensors").read_bytes()
     assert cli.main(args) == 0
-    assert logged() == [6, 2, 3, 2] and (out / "base" / "model.safetensors").read_bytes() == shipped
-    # Only the refined model kept (as the repository keeps the demo model): the hard stage
-    # alone runs again from it, and makes the same model.
-    for stage in ("base", "summary", "hard"):
+    assert logged() == [6, 2, 3, 2, 2] and (out / "base" / "model.safetensors").read_bytes() == shipped
+    # Only the refined model kept: the hard and polish stages alone run again from it, and make
+    # the same model.
+    for stage in ("base", "summary", "hard", "polish"):
         shutil.rmtree(runs / stage)
     assert cli.main(args) == 0
     assert not (runs / "base").exists() and (out / "base" / "model.safetensors").read_bytes() == shipped
@@ -252,22 +249,25 @@ def test_demo_stage_runs_base_summary_refine_hard_and_leaves_the_last_model(tmp_
     # Started from a finished demo model, a recipe trains its last stage alone, from that model.
     later = tmp_path / "later"
     assert cli.main([*args, "--out", str(later), "--start-from", str(tmp_path / "nothing")]) == 2
-    hard_flags = ["--hard-straddle-share", "0.3", "--hard-rollover-share", "0.25", "--hard-lr", "3e-5"]
-    assert cli.main([*args, *hard_flags, "--out", str(later), "--start-from", str(out)]) == 0
-    assert sorted(p.name for p in (later / "runs").iterdir()) == ["hard", "refine"]
-    # The hard stage ran as its flags say (its record of them is what it ran).
-    hard = json.loads((later / "runs" / "hard" / "finished.json").read_text())["lineage"][-1]
-    assert (hard["data"]["straddle_share"], hard["data"]["rollover_share"], hard["config"]["lr"]) == (
+    polish_flags = ["--polish-straddle-share", "0.3", "--hard-rollover-share", "0.25", "--polish-lr", "2e-5"]
+    assert cli.main([*args, *polish_flags, "--out", str(later), "--start-from", str(out)]) == 0
+    assert sorted(p.name for p in (later / "runs").iterdir()) == ["hard", "polish"]
+    # The polish stage ran as its flags say (its record of them is what it ran): the hard stage's
+    # clips, its own straddle share and rate.
+    polish = json.loads((later / "runs" / "polish" / "finished.json").read_text())["lineage"][-1]
+    assert (polish["data"]["straddle_share"], polish["data"]["rollover_share"], polish["config"]["lr"]) == (
         0.3,
         0.25,
-        3e-5,
+        2e-5,
     )
-    seeded = json.loads((later / "runs" / "refine" / "finished.json").read_text())
+    hard = json.loads((later / "runs" / "hard" / "finished.json").read_text())["lineage"][-1]
+    assert hard["data"]["straddle_share"] == 0.0 and hard["config"]["lr"] == 1e-4
+    seeded = json.loads((later / "runs" / "hard" / "finished.json").read_text())
     assert seeded["from"] == str(out)
     started = (out / "base" / "model.safetensors").read_bytes()
-    assert (later / "runs" / "refine" / "base" / "model.safetensors").read_bytes() == started
+    assert (later / "runs" / "hard" / "base" / "model.safetensors").read_bytes() == started
     after = json.loads((later / "base" / "longwatch.json").read_text())["trained"]
-    assert after["steps"] == 2 and after["after"]["steps"] == 2  # hard, from the model it started from
+    assert after["steps"] == 2 and after["after"]["steps"] == 2  # polish, from the model it started from
 
 
 def test_base_sizes_and_each_phase_learning_rate(tmp_path: Path) -> None:
