@@ -245,6 +245,13 @@ def _add_train(commands: Any) -> None:
         help="stage demo: --hard-straddle-share for the polish steps (the shipped model: 0.3)",
     )
     sub.add_argument(
+        "--polish-turnover-share",
+        type=float,
+        default=0.0,
+        help="stage demo: share of the polish steps' rollover clips (--hard-rollover-share) whose needle "
+        "starts 1-2 s before the hundreds digit turns over and is still shown when it has",
+    )
+    sub.add_argument(
         "--start-from",
         type=Path,
         metavar="DIR",
@@ -431,6 +438,12 @@ def _add_eval(commands: Any) -> None:
         help="clips: every needle in a chunk where the time's hundreds digit turns over (a hard case for when)",
     )
     sub.add_argument(
+        "--turnover",
+        action="store_true",
+        help="clips: every needle starts 1-2 s before the time's hundreds digit turns over and is still "
+        "shown when it has (as the needle grid's depth 75%% of an hour, 2698-2701 s)",
+    )
+    sub.add_argument(
         "--stream-start",
         action="store_true",
         help="clips: every needle in the stream's first chunk (the needle grid's depth 0)",
@@ -499,6 +512,7 @@ def _eval_clips(args: argparse.Namespace) -> int:
                 kinds=kinds,
                 encoded_fps=args.encoded,
                 rollover=args.rollover,
+                turnover=args.turnover,
                 straddle=args.straddle,
                 stream_start=args.stream_start,
             ).accuracy()

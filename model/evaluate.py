@@ -65,6 +65,7 @@ def evaluate_clips(
     kinds: tuple[QuestionKind, ...] = QUESTION_KINDS,
     encoded_fps: float | None = None,
     rollover: bool = False,
+    turnover: bool = False,
     stream_start: bool = False,
     straddle: bool = False,
 ) -> ClipEval:
@@ -76,6 +77,8 @@ def evaluate_clips(
     encoded_fps: the needle's chunk is sampled from an mp4 of footage at this rate (the same
         clips otherwise); None: rendered frames.
     rollover: every needle in a chunk where the time's hundreds digit turns over.
+    turnover: every needle starts just before that digit turns over and is still shown when it
+        has (where a needle's chunk holds no turnover, as in a haystack under 100 s, as drawn).
     straddle: every needle runs from its chunk into the next, both in the clip (recall counts
         either chunk retrieved).
     """
@@ -86,7 +89,8 @@ def evaluate_clips(
         kinds=kinds,
         codec_share=0.0 if encoded_fps is None else 1.0,
         footage_rates=(encoded_fps or 1.0,),
-        rollover_share=float(rollover),
+        rollover_share=float(rollover or turnover),
+        turnover_share=float(turnover),
         stream_start_share=float(stream_start),
         stream_start_needle=stream_start,
         straddle_share=float(straddle),

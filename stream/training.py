@@ -210,8 +210,11 @@ def hard_config_from_args(args: argparse.Namespace, steps: int, lr: float) -> Tr
     return replace(refine_config_from_args(args), steps=steps, lr=lr, vision_lr=lr)
 
 
-def hard_clips(args: argparse.Namespace, source: ClipSource, straddle_share: float) -> ClipSource:
-    """The hard stages' clips: the --hard-* flags' draws, with a needle across two chunks at that share."""
+def hard_clips(
+    args: argparse.Namespace, source: ClipSource, straddle_share: float, turnover_share: float = 0.0
+) -> ClipSource:
+    """The hard stages' clips: the --hard-* flags' draws, with needles across two chunks and across a
+    hundreds turnover at these shares."""
     if not isinstance(source, NeedleClips):
         return source
     return replace(
@@ -222,6 +225,7 @@ def hard_clips(args: argparse.Namespace, source: ClipSource, straddle_share: flo
         rollover_share=args.hard_rollover_share,
         stream_start_share=args.hard_stream_start_share,
         straddle_share=straddle_share,
+        turnover_share=turnover_share,
     )
 
 
@@ -260,7 +264,8 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
         # The hard stage's clips again at a lower rate, some across a chunk boundary: the shipped
         # model's last 9000 steps (14000 of them at 1e-4 lost the clip checks; DEMO-MODEL.md).
         polish = hard_config_from_args(args, args.polish_steps, args.polish_lr)
-        phases.append(DemoPhase("polish", polish, hard_clips(args, source, args.polish_straddle_share)))
+        clips = hard_clips(args, source, args.polish_straddle_share, args.polish_turnover_share)
+        phases.append(DemoPhase("polish", polish, clips))
     return phases
 
 
@@ -322,7 +327,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
     shares = ("hard_codec_share", "hard_rollover_share", "hard_stream_start_share", "hard_straddle_share")
-    for flag in (*shares, "polish_straddle_share"):
+    for flag in (*shares, "polish_straddle_share", "polish_turnover_share"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if args.hard_distractor_pool < 0:

@@ -205,6 +205,7 @@ def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_mod
     assert cli.main([*args, "--hard-stream-start-share", "-0.1"]) == 2
     assert cli.main([*args, "--hard-distractor-pool", "-1"]) == 2
     assert cli.main([*args, "--polish-straddle-share", "2"]) == 2
+    assert cli.main([*args, "--polish-turnover-share", "-1"]) == 2
     assert not out.exists()
     assert cli.main(args) == 0
     runs = out / "runs"
@@ -250,18 +251,30 @@ def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_mod
     later = tmp_path / "later"
     assert cli.main([*args, "--out", str(later), "--start-from", str(tmp_path / "nothing")]) == 2
     polish_flags = ["--polish-straddle-share", "0.3", "--hard-rollover-share", "0.25", "--polish-lr", "2e-5"]
+    polish_flags += ["--polish-turnover-share", "0.5"]
     assert cli.main([*args, *polish_flags, "--out", str(later), "--start-from", str(out)]) == 0
     assert sorted(p.name for p in (later / "runs").iterdir()) == ["hard", "polish"]
     # The polish stage ran as its flags say (its record of them is what it ran): the hard stage's
     # clips, its own straddle share and rate.
     polish = json.loads((later / "runs" / "polish" / "finished.json").read_text())["lineage"][-1]
-    assert (polish["data"]["straddle_share"], polish["data"]["rollover_share"], polish["config"]["lr"]) == (
+    data = polish["data"]
+    assert (
+        data["straddle_share"],
+        data["rollover_share"],
+        data["turnover_share"],
+        polish["config"]["lr"],
+    ) == (
         0.3,
         0.25,
+        0.5,
         2e-5,
     )
     hard = json.loads((later / "runs" / "hard" / "finished.json").read_text())["lineage"][-1]
-    assert hard["data"]["straddle_share"] == 0.0 and hard["config"]["lr"] == 1e-4
+    assert (hard["data"]["straddle_share"], hard["data"]["turnover_share"], hard["config"]["lr"]) == (
+        0,
+        0,
+        1e-4,
+    )
     seeded = json.loads((later / "runs" / "hard" / "finished.json").read_text())
     assert seeded["from"] == str(out)
     started = (out / "base" / "model.safetensors").read_bytes()
@@ -562,6 +575,34 @@ def test_a_rollover_share_puts_that_share_of_needles_where_the_hundreds_digit_tu
     # Under 100 s there is no such chunk: the clip stays as drawn.
     short = NeedleClips(n_chunks=4, haystack_s=90, rollover_share=1.0).clip(np.random.default_rng(1))
     assert short.times == NeedleClips(n_chunks=4, haystack_s=90).clip(np.random.default_rng(1)).times
+
+
+def test_a_turnover_share_runs_that_share_of_rollover_needles_across_the_hundreds_turnover() -> None:
+    def across(clip: TrainingClip) -> bool:
+        turn = (int(clip.needle.start_s) // 100 + 1) * 100
+        shown = [t for t in clip.times if clip.needle.start_s <= t < clip.needle.end_s]
+        return bool(shown) and shown[0] < turn <= shown[-1]  # on frames both sides of it
+
+    rollover = NeedleClips(n_chunks=4, haystack_s=1000, rollover_share=1.0)
+    half = NeedleClips(n_chunks=4, haystack_s=1000, rollover_share=1.0, turnover_share=0.5)
+    drawn = {}
+    for name, source in (("rollover", rollover), ("half", half)):
+        clips = [source.clip(np.random.default_rng([6, i])) for i in range(200)]
+        # The needle still starts on one of its chunk's frames, and the clip is as long.
+        assert all(c.needle.start_s in c.times[c.evidence[0] * 8 : (c.evidence[0] + 1) * 8] for c in clips)
+        assert all(len(c.times) == 32 for c in clips)
+        drawn[name] = np.mean([across(c) for c in clips])
+    # At random about one rollover needle in nine runs across it; the share adds half of the rest.
+    assert drawn["rollover"] < 0.2 and 0.45 < drawn["half"] < 0.7
+    # It moves the needle inside its chunk, not the chunks, nor what the needle is.
+    for i in range(20):
+        a, b = rollover.clip(np.random.default_rng([6, i])), half.clip(np.random.default_rng([6, i]))
+        assert a.times == b.times and a.evidence == b.evidence
+        assert (a.needle.shape, a.needle.colour, a.needle.digit) == (
+            b.needle.shape,
+            b.needle.colour,
+            b.needle.digit,
+        )
 
 
 def test_a_straddle_share_runs_that_share_of_needles_into_the_next_chunk_of_the_clip() -> None:
