@@ -61,28 +61,24 @@ def _write(tmp_path: Path, seconds: int, write: Callable[..., Path]) -> None:
 def needle_plan(state_dir: Path) -> DemoPlan:
     """For the trained demo model: a 10-minute haystack with one needle, and the three questions about it."""
     from longwatch.model.needles import make_needle_video, questions_for, seed_for
+    from longwatch.model.synthetic import write_once
 
     video = make_needle_video(seed_for("eval", 10**6), DEMO_SECONDS, depth=0.6)
-    path = state_dir / "samples" / f"needle-{video.seed}-{DEMO_SECONDS}s.mp4"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("partial-" + path.name)
-        _write(tmp, DEMO_SECONDS, video.write)
-        tmp.replace(path)
+    path = write_once(state_dir / "samples" / video.file_name, lambda p: _write(p, DEMO_SECONDS, video.write))
     qs = [DemoQuestion(qa.question, qa.answer, kind) for kind, qa in questions_for(video.needle).items()]
     return DemoPlan(path, qs, needle=video.needle)
 
 
 def footage_plan(state_dir: Path) -> DemoPlan:
     """For an untrained model: footage-like video (still scenes, pans, cuts) and open questions."""
-    from longwatch.model.synthetic import write_video
+    from longwatch.model.synthetic import write_once, write_video
 
-    path = state_dir / "samples" / f"demo-{DEMO_SECONDS}s.mp4"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("partial-" + path.name)
-        _write(tmp, DEMO_SECONDS, lambda p, progress: write_video(p, DEMO_SECONDS, 10, 320, 180, 7, progress))
-        tmp.replace(path)
+    path = write_once(
+        state_dir / "samples" / f"demo-{DEMO_SECONDS}s.mp4",
+        lambda p: _write(
+            p, DEMO_SECONDS, lambda q, progress: write_video(q, DEMO_SECONDS, 10, 320, 180, 7, progress)
+        ),
+    )
     questions = [
         "What happens in this video?",
         "When does the camera pan?",

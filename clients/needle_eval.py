@@ -34,6 +34,7 @@ from longwatch.model.needles import (
     questions_for,
     seed_for,
 )
+from longwatch.model.synthetic import write_once
 
 if TYPE_CHECKING:
     from longwatch.stream.settings import ServiceSettings
@@ -189,9 +190,7 @@ def run_needle_eval(
             for length, depth, n, video in plan.videos():
                 if not plan.runs(row, length):
                     continue
-                path = videos_dir / f"needle-{video.seed}-{length}s.mp4"
-                if not path.exists():
-                    video.write(path)
+                path = write_once(videos_dir / video.file_name, video.write)
                 evaluate_video(client, row, video, path, plan, cells[row][(length, depth)])
                 progress(f"{row}: {length} frames, depth {depth:.0%}, needle {n + 1}/{plan.needles}")
         timings[row] = time.perf_counter() - t0

@@ -199,6 +199,17 @@ class NeedleVideo:
     def write(self, path: str | Path, progress: Progress | None = None) -> Path:
         return self.footage().write(path, self.seconds, faststart=True, progress=progress)
 
+    @property
+    def file_name(self) -> str:
+        """A name that differs wherever the pixels do.
+
+        The seed alone does not say where the needle is: the same seed at another depth (another
+        grid plan) is another video, and a cache by seed answered one plan's questions from
+        another's videos.
+        """
+        at = f"{self.needle.start_s:g}s-{self.width}x{self.height}-{self.fps:g}fps"
+        return f"needle-{self.seed}-{self.seconds}s-at{at}.mp4"
+
 
 def make_needle_video(
     seed: int, seconds: int, depth: float, width: int = 56, height: int = 56

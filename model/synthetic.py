@@ -264,6 +264,20 @@ def write_video(
     return SyntheticFootage(seed, width, height, fps).write(path, seconds, progress=progress)
 
 
+def write_once(path: Path, write: Callable[[Path], object]) -> Path:
+    """`path`, made by `write` (given a path beside it) first if it is not there.
+
+    The file appears whole or not at all: a run stopped while writing leaves only a partial-*
+    file, which the next run writes over instead of reading a truncated video as the real one.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name("partial-" + path.name)
+        write(partial)
+        partial.replace(path)
+    return path
+
+
 def pick_encoder() -> str:
     """The best video encoder this PyAV build has: H.264 where it can, else MPEG-4 part 2."""
     for name in _ENCODERS:

@@ -52,8 +52,7 @@ def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) ->
     # Evaluation videos come from the evaluation split only.
     videos = sorted(p.name for p in (out / "videos").iterdir())
     assert videos == sorted(
-        f"needle-{make_needle_video(seed_for('eval', i), 60, d).seed}-60s.mp4"
-        for i, d in enumerate((0.0, 1.0))
+        make_needle_video(seed_for("eval", i), 60, d).file_name for i, d in enumerate((0.0, 1.0))
     )
 
 

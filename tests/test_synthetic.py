@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from longwatch.model.needles import make_needle_video, seed_for
 from longwatch.model.synthetic import (
     BoxEvent,
     Drifter,
@@ -21,6 +22,7 @@ from longwatch.model.synthetic import (
     make_schedule,
     pick_encoder,
     random_scene,
+    write_once,
     write_video,
 )
 from longwatch.stream.decode import VideoFileReader, probe_video
@@ -183,3 +185,28 @@ def test_bad_footage_arguments() -> None:
         SyntheticFootage(width=8)
     with pytest.raises(ValueError, match="fps"):
         SyntheticFootage(fps=0)
+
+
+def test_write_once_leaves_a_whole_file_or_none(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "clip.mp4"
+
+    def stopped(partial: Path) -> None:
+        partial.write_bytes(b"half a vid")
+        raise KeyboardInterrupt  # a run stopped while writing
+
+    with pytest.raises(KeyboardInterrupt):
+        write_once(path, stopped)
+    assert not path.exists()  # the next run does not read the truncated file as the video
+    assert write_once(path, lambda p: write_video(p, 2, fps=2, width=64, height=48)) == path
+    assert probe_video(path).frames_estimate == 4
+    # Once there, it is read, not written again.
+    assert write_once(path, stopped) == path
+
+
+def test_needle_videos_are_named_by_what_is_in_them() -> None:
+    seed = seed_for("eval", 3)
+    at_start, at_end = make_needle_video(seed, 60, 0.0), make_needle_video(seed, 60, 1.0)
+    # One seed at two depths (two grid plans) is two videos, so a cache keeps them apart.
+    assert at_start.file_name != at_end.file_name
+    assert at_start.file_name == make_needle_video(seed, 60, 0.0).file_name
+    assert make_needle_video(seed, 60, 0.0, width=64, height=64).file_name != at_start.file_name
