@@ -258,6 +258,13 @@ def _add_train(commands: Any) -> None:
         help="stage demo: take this demo model (base/ + adapter/, e.g. the shipped one) as the recipe's "
         "stages before its last, and train the last one alone",
     )
+    sub.add_argument(
+        "--score-margin",
+        type=float,
+        metavar="M",
+        help="stage demo: write into the model's card that Ask leaves out retrieved chunks scoring more "
+        "than M below the best (the service's default for it; the shipped model: 5)",
+    )
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
     sub.add_argument("--device", default="cpu")
@@ -415,6 +422,12 @@ def _add_eval(commands: Any) -> None:
     sub.add_argument("--needles", type=int, default=3, help="needles per cell")
     sub.add_argument("--rows", default="longwatch,longwatch-float,keep-raw,uniform-180")
     sub.add_argument("--top-k", type=int, default=4)
+    sub.add_argument(
+        "--score-margin",
+        type=float,
+        help="needle: the longwatch rows' --score-margin (retrieved chunks this far below the best left out; "
+        "default: the model card's)",
+    )
     sub.add_argument("--clips", type=int, default=120, help="clips: evaluation clips per chunk count")
     sub.add_argument("--chunks", default="6,16", help="clips: chunks per clip, one run per count")
     sub.add_argument(
@@ -476,6 +489,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         needles=args.needles,
         rows=rows,
         top_k=args.top_k,
+        score_margin=args.score_margin,
         raw_max_frames=args.raw_max_frames,
     )
     report = run_needle_eval(ModelConfig(path=args.model, adapter=args.adapter), plan, args.out)

@@ -59,6 +59,8 @@ class EvalPlan:
     needles: int = 3
     rows: tuple[str, ...] = ROWS
     top_k: int = 4
+    # The longwatch rows' --score-margin (None: the model card's); the raw rows use plain top-k.
+    score_margin: float | None = None
     frames_per_chunk: int = 8
     max_tokens_per_frame: int = 4
     raw_max_frames: int = 900  # keep-raw cells beyond this are skipped (reported as such)
@@ -121,6 +123,7 @@ def row_settings(row: str, base: ModelConfig, plan: EvalPlan, state_dir: Path) -
         http_port=0,
         state_dir=state_dir,
         top_k=plan.top_k,
+        score_margin=plan.score_margin if mode == "summary" else 0.0,
         max_new_tokens=12,
         kv_storage=ROW_KV_STORAGE[row],
         ingest=IngestConfig(
@@ -181,18 +184,19 @@ def run_needle_eval(
     videos_dir.mkdir(exist_ok=True)
     cells: dict[str, dict[tuple[int, float], Cell]] = {row: defaultdict(Cell) for row in plan.rows}
     timings: dict[str, float] = {}
+    margins: dict[str, float | None] = {}
     for row in plan.rows:
         t0 = time.perf_counter()
-        with (
-            tempfile.TemporaryDirectory(prefix="lw-eval-") as state,
-            running(row_settings(row, base, plan, Path(state))) as client,
-        ):
-            for length, depth, n, video in plan.videos():
-                if not plan.runs(row, length):
-                    continue
-                path = write_once(videos_dir / video.file_name, video.write)
-                evaluate_video(client, row, video, path, plan, cells[row][(length, depth)])
-                progress(f"{row}: {length} frames, depth {depth:.0%}, needle {n + 1}/{plan.needles}")
+        with tempfile.TemporaryDirectory(prefix="lw-eval-") as state:
+            settings = row_settings(row, base, plan, Path(state))
+            with running(settings) as client:
+                for length, depth, n, video in plan.videos():
+                    if not plan.runs(row, length):
+                        continue
+                    path = write_once(videos_dir / video.file_name, video.write)
+                    evaluate_video(client, row, video, path, plan, cells[row][(length, depth)])
+                    progress(f"{row}: {length} frames, depth {depth:.0%}, needle {n + 1}/{plan.needles}")
+            margins[row] = settings.score_margin  # as served: the card's where the plan set none
         timings[row] = time.perf_counter() - t0
     report = {
         "plan": {
@@ -200,6 +204,7 @@ def run_needle_eval(
             "depths": list(plan.depths),
             "needles": plan.needles,
             "top_k": plan.top_k,
+            "score_margin": margins,
             "raw_max_frames": plan.raw_max_frames,
         },
         "question_kinds": list(QUESTION_KINDS),

@@ -59,3 +59,16 @@ def query_vector(
         q = q.view(q.shape[0], num_kv_heads, groups, head_dim).sum(dim=2)  # (seq, kv_heads, head_dim)
         parts.append(q.mean(dim=0).reshape(-1))
     return torch.cat(parts)
+
+
+def within_margin(hits: list[tuple[int, float]], margin: float) -> list[tuple[int, float]]:
+    """The (chunk, score) hits scoring at most `margin` below the best; their order kept.
+
+    Retrieval's scores are not probabilities, so top-k always fills k places; a margin keeps
+    only the chunks that score like the best one (both halves of an event across a chunk
+    boundary do), not those that merely rank next.
+    """
+    if not hits:
+        return []
+    best = max(score for _, score in hits)
+    return [(chunk, score) for chunk, score in hits if score >= best - margin]

@@ -21,6 +21,7 @@ from longwatch.memory.index import IndexRegistry
 from longwatch.memory.records import StreamRecord, StreamState
 from longwatch.memory.store import ChunkStore
 from longwatch.model.answer import AnswerStream, question_vector
+from longwatch.model.retrieval import within_margin
 from longwatch.stream.errors import BadRequest, NotReady, StreamMissing
 from longwatch.stream.pipeline import ModelRunner
 
@@ -77,6 +78,9 @@ class QuestionAnswerer:
     """Runs Ask against the store, the stream indexes and the model (and the live streams, if any).
 
     recent_chunks: latest committed chunks always added for a LIVE stream.
+    score_margin: retrieved chunks scoring more than this below the best are left out (0: none
+        are), so a question whose answer one chunk holds is decoded from that chunk, not beside
+        top-k - 1 others that only look like it.
     """
 
     def __init__(
@@ -87,13 +91,17 @@ class QuestionAnswerer:
         max_question_chars: int,
         live: LiveView | None = None,
         recent_chunks: int = 1,
+        score_margin: float = 0.0,
     ) -> None:
+        if score_margin < 0:
+            raise ValueError(f"score_margin must be >= 0, got {score_margin}")
         self.runner = runner
         self.store = store
         self.indexes = indexes
         self.max_question_chars = max_question_chars
         self.live = live
         self.recent_chunks = recent_chunks
+        self.score_margin = score_margin
 
     def check(self, params: AskParams) -> StreamRecord:
         """Validate a request before any work; returns the stream's record."""
@@ -163,6 +171,8 @@ class QuestionAnswerer:
         if record.chunks and allowed != set():
             index = self.indexes.get(params.stream_id)
             hits = index.search(qvec.numpy(), params.top_k or len(index), allowed)
+            if params.top_k and self.score_margin:  # top_k 0 asks for every chunk: all are kept
+                hits = within_margin(hits, self.score_margin)
         t1 = time.perf_counter()
         scores = dict(hits)
         recent, pending = self._live_extras(record, set(scores), params.time_range)

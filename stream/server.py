@@ -30,7 +30,7 @@ from longwatch.stream.http_server import LiveHttpServer
 from longwatch.stream.live import settle_interrupted_live_streams
 from longwatch.stream.pipeline import ModelRunner
 from longwatch.stream.service import LongWatchService
-from longwatch.stream.settings import ServiceSettings, ingest_for_model
+from longwatch.stream.settings import ServiceSettings, ingest_for_model, score_margin_for_model
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name
@@ -76,6 +76,7 @@ class LongWatchServer:
                 log.warning("live streams cut off by an earlier stop are ready again: %s", ", ".join(settled))
             lm = load_model(s.model, state_dir=s.state_dir)
             s.ingest = ingest_for_model(s, lm.card)
+            s.score_margin = score_margin_for_model(s, lm.card)
             runner = ModelRunner(lm=lm, compressor=SummaryCompressor(lm))
             service = LongWatchService(s, runner, self.store, IndexRegistry(self.store))
             self.service = service

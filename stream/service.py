@@ -141,6 +141,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
             settings.max_question_chars,
             live=self.live,
             recent_chunks=settings.live.recent_chunks,
+            score_margin=settings.score_margin or 0.0,
         )
 
     def _record(self, stream_id: str) -> StreamRecord:

@@ -91,6 +91,17 @@ def ingest_for_model(settings: ServiceSettings, card: dict) -> IngestConfig:
     return IngestConfig(**values)
 
 
+def score_margin_for_model(settings: ServiceSettings, card: dict) -> float:
+    """The score margin to serve with: the one set, else the model card's, else 0 (plain top-k).
+
+    A card's margin is for its summary tokens' retrieval scores; keep-raw mode scores chunks
+    computed in their stream's running context, on another scale, so it takes none from the card.
+    """
+    if settings.score_margin is not None:
+        return settings.score_margin
+    return float(card.get("score_margin", 0.0)) if settings.model.mode == "summary" else 0.0
+
+
 @dataclass
 class ServiceSettings:
     """Everything `longwatch serve` needs.
@@ -108,6 +119,9 @@ class ServiceSettings:
     workers: int = 8
     max_message_mb: int = 256
     top_k: int = 4
+    # Of the top-k, leave out chunks scoring more than this below the best (0: keep all k). The
+    # scale is the model's, so None takes its card's (`score_margin_for_model`).
+    score_margin: float | None = None
     max_new_tokens: int = 32
     max_question_chars: int = 2000
     # How new streams keep their K/V in Redis: "int8" (codes + per-token scales: about half of
@@ -189,7 +203,19 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path(_env("STATE_DIR") or default_state_dir()),
         help="embedded Redis data and generated models (LONGWATCH_STATE_DIR)",
     )
-    g.add_argument("--top-k", type=int, default=_env("TOP_K", "4"), help="chunks retrieved per question")
+    g.add_argument(
+        "--top-k",
+        type=int,
+        default=_env("TOP_K", "4"),
+        help="chunks retrieved per question (at most: --score-margin leaves out those far below the best)",
+    )
+    g.add_argument(
+        "--score-margin",
+        type=float,
+        default=_env("SCORE_MARGIN"),
+        help="leave out retrieved chunks scoring more than this below the best (LONGWATCH_SCORE_MARGIN; "
+        "0: keep all top-k; default: the model card's, the demo model's 5)",
+    )
     g.add_argument("--max-new-tokens", type=int, default=_env("MAX_NEW_TOKENS", "32"))
     g.add_argument(
         "--kv-storage",
@@ -234,6 +260,7 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         redis_url=args.redis_url or None,
         state_dir=Path(args.state_dir),
         top_k=args.top_k,
+        score_margin=args.score_margin,
         max_new_tokens=args.max_new_tokens,
         kv_storage=args.kv_storage,
         ingest=IngestConfig(**{k: getattr(args, k) for k in INGEST_FIELDS if getattr(args, k) is not None}),

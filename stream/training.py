@@ -334,6 +334,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--hard-distractor-pool must be >= 0, got {args.hard_distractor_pool}")
     if args.start_from is not None and args.stage != "demo":
         raise ValueError("--start-from needs --stage demo")
+    if args.score_margin is not None and (args.stage != "demo" or args.score_margin < 0):
+        raise ValueError(f"--score-margin needs --stage demo and a margin >= 0, got {args.score_margin}")
     if args.stage != "demo":
         train_stage(train_config_from_args(args, args.stage), out, args.base, source, args, args.adapter)
         return 0
@@ -363,5 +365,11 @@ def run_train(args: argparse.Namespace) -> int:
         if (out / name).exists():
             shutil.rmtree(out / name)
         shutil.copytree(src, out / name)
+    if args.score_margin is not None:  # how Ask serves this model (`score_margin_for_model`)
+        card_path = out / "base" / "longwatch.json"
+        card = json.loads(card_path.read_text())
+        card_path.write_text(
+            json.dumps({**card, "score_margin": args.score_margin}, indent=2, sort_keys=True) + "\n"
+        )
     print(f"demo model in {out}: base/ and adapter/")
     return 0

@@ -20,6 +20,7 @@ from longwatch.model.compressor import (
 )
 from longwatch.model.config import ModelConfig
 from longwatch.model.loading import LoadedModel, frame_label, load_model, question_suffix
+from longwatch.model.retrieval import within_margin
 from longwatch.model.rope import shift_keys
 from longwatch.model.summary import load_adapter, save_adapter
 from longwatch.model.tiny import build_tiny_model
@@ -254,3 +255,11 @@ def test_retrieval_inner_product_equals_rekv_score() -> None:
         for h in range(heads):
             rekv += float(mean_q[h] @ mean_k[h // (heads // kv_heads)])
     assert abs(float(ours) - rekv) < 1e-4
+
+
+def test_within_margin_keeps_the_hits_that_score_like_the_best() -> None:
+    hits = [(7, 40.0), (8, 37.5), (2, 12.0), (0, 11.0)]  # as the index returns them, best first
+    assert within_margin(hits, 5.0) == [(7, 40.0), (8, 37.5)]  # an event across two chunks: both
+    assert within_margin(hits, 1.0) == [(7, 40.0)]
+    assert within_margin(hits, 100.0) == hits
+    assert within_margin([], 5.0) == []

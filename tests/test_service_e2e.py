@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -20,9 +21,14 @@ from longwatch.clients.client import (
     NotFound,
 )
 from longwatch.memory.redis_server import EmbeddedRedis
+from longwatch.model.config import ModelConfig
+from longwatch.model.loading import DEMO_MODEL_DIR
+from longwatch.model.needles import make_needle_video, questions_for, seed_for
 from longwatch.model.synthetic import SyntheticFootage, write_video
 from longwatch.stream.server import LongWatchServer
-from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
+from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings, score_margin_for_model
+
+DEMO_CARD = json.loads((DEMO_MODEL_DIR / "base" / "longwatch.json").read_text())
 
 GENERATED_SECONDS = 240
 
@@ -57,6 +63,7 @@ def make_settings(state_dir: Path, redis_url: str | None) -> ServiceSettings:
         redis_url=redis_url,
         state_dir=state_dir,
         workers=4,
+        score_margin=0.0,  # plain top-k: these tests count the chunks Ask retrieves
         ingest=IngestConfig(fps=1.0, frames_per_chunk=8, max_tokens_per_frame=16),
         live=LiveConfig(ice_addresses=("127.0.0.1",)),  # WebRTC, unused here, kept on loopback
     )
@@ -270,3 +277,41 @@ def test_health_and_reflection_are_served(server: LongWatchServer) -> None:
             health_pb2.HealthCheckRequest(service="longwatch.v1.LongWatch"), timeout=5
         )
         assert check.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_score_margin_leaves_out_chunks_that_only_rank_next(
+    module_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    video = make_needle_video(seed_for("eval", 7), 120, 0.5)
+    path = video.write(tmp_path / video.file_name)
+    settings = replace(
+        make_settings(tmp_path / "state", module_redis.url),
+        score_margin=None,  # none set: the demo model's card says
+        ingest=IngestConfig(fps=1.0, frames_per_chunk=8, max_tokens_per_frame=4),  # the demo model's
+    )
+    needle = video.needle
+    with LongWatchServer(settings) as srv, LongWatchClient(f"127.0.0.1:{srv.port}", timeout=120) as c:
+        margin = srv.settings.score_margin
+        assert margin == DEMO_CARD["score_margin"] > 0
+        c.wait_ready(timeout=10)
+        ingest(c, "margin", path)
+        question = questions_for(needle)["colour"].question
+        result = c.ask("margin", question, top_k=4, max_new_tokens=4)
+        best = max(e.score for e in result.evidence)
+        assert all(e.score >= best - margin for e in result.evidence)
+        assert any(e.start_s <= needle.start_s < e.end_s for e in result.evidence)
+        # The demo model scores the needle's chunk far above the other 14: they are left out.
+        assert len(result.evidence) < 4
+        # top_k 0 still asks for every chunk.
+        assert len(c.ask("margin", question, top_k=0, max_new_tokens=1).evidence) == 15
+
+
+def test_the_score_margin_served_is_the_one_set_else_the_cards_in_summary_mode() -> None:
+    card = {"score_margin": 5.0}
+    summary, raw = ServiceSettings(), ServiceSettings(model=ModelConfig(mode="raw"))
+    assert score_margin_for_model(summary, card) == 5.0
+    assert score_margin_for_model(summary, {}) == 0.0  # a card without one: plain top-k
+    assert score_margin_for_model(replace(summary, score_margin=0.0), card) == 0.0  # set: wins
+    assert score_margin_for_model(replace(raw, score_margin=2.0), card) == 2.0
+    # Keep-raw scores are on another scale: the card's margin is not theirs.
+    assert score_margin_for_model(raw, card) == 0.0

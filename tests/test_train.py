@@ -206,6 +206,7 @@ def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_mod
     assert cli.main([*args, "--hard-distractor-pool", "-1"]) == 2
     assert cli.main([*args, "--polish-straddle-share", "2"]) == 2
     assert cli.main([*args, "--polish-turnover-share", "-1"]) == 2
+    assert cli.main([*args, "--score-margin", "-1"]) == 2
     assert not out.exists()
     assert cli.main(args) == 0
     runs = out / "runs"
@@ -226,6 +227,7 @@ def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_mod
     for name in ("base/model.safetensors", "adapter/adapter.safetensors"):
         assert (out / name).read_bytes() == (runs / "polish" / name).read_bytes()
     load_model(ModelConfig(path=out / "base", adapter=out / "adapter"))  # the adapter fits the last base
+    assert "score_margin" not in json.loads((out / "base" / "longwatch.json").read_text())  # plain top-k
     trained = json.loads((out / "base" / "longwatch.json").read_text())["trained"]
     assert (
         trained["steps"],
@@ -252,7 +254,12 @@ def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_mod
     assert cli.main([*args, "--out", str(later), "--start-from", str(tmp_path / "nothing")]) == 2
     polish_flags = ["--polish-straddle-share", "0.3", "--hard-rollover-share", "0.25", "--polish-lr", "2e-5"]
     polish_flags += ["--polish-turnover-share", "0.5"]
-    assert cli.main([*args, *polish_flags, "--out", str(later), "--start-from", str(out)]) == 0
+    assert (
+        cli.main([*args, *polish_flags, "--out", str(later), "--start-from", str(out), "--score-margin", "5"])
+        == 0
+    )
+    # The margin Ask serves the model with is in its card.
+    assert json.loads((later / "base" / "longwatch.json").read_text())["score_margin"] == 5.0
     assert sorted(p.name for p in (later / "runs").iterdir()) == ["hard", "polish"]
     # The polish stage ran as its flags say (its record of them is what it ran): the hard stage's
     # clips, its own straddle share and rate.
