@@ -135,6 +135,10 @@ class ServiceSettings:
     live: LiveConfig = field(default_factory=LiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    def __post_init__(self) -> None:
+        if self.score_margin is not None and not self.score_margin >= 0:  # NaN too
+            raise ValueError(f"score margin must be >= 0, got {self.score_margin}")
+
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"

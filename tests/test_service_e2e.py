@@ -315,3 +315,7 @@ def test_the_score_margin_served_is_the_one_set_else_the_cards_in_summary_mode()
     assert score_margin_for_model(replace(raw, score_margin=2.0), card) == 2.0
     # Keep-raw scores are on another scale: the card's margin is not theirs.
     assert score_margin_for_model(raw, card) == 0.0
+    with pytest.raises(ValueError, match="score margin must be >= 0"):
+        ServiceSettings(score_margin=-1.0)
+    # On the command line: one line, before anything starts.
+    assert cli.main(["serve", "--score-margin", "-1"]) == 2
