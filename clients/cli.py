@@ -234,8 +234,8 @@ def _add_train(commands: Any) -> None:
         "--polish-steps",
         type=int,
         default=0,
-        help="stage demo: steps of one more hard stage, from the hard stage's model, on its clips but "
-        "--polish-straddle-share; the shipped model: 9000",
+        help="stage demo: steps of one more hard stage, from the hard stage's model, on its clips but with "
+        "--polish-straddle-share and --polish-turnover-share; the shipped model: 9000",
     )
     sub.add_argument("--polish-lr", type=float, default=3e-5, help="stage demo: lr of the polish steps")
     sub.add_argument(
