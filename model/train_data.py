@@ -203,13 +203,13 @@ class NeedleClips:
             straddle = False
         t0 = float(starts[evidence] + (rng.integers(f) if frame is None else frame) / self.fps)
         needle = random_needle(rng, t0, self.width, self.height)
-        turn = (int(starts[evidence]) // 100 + 1) * 100  # the next multiple of 100 s
-        turn_frame = round((turn - starts[evidence]) * self.fps)  # its frame in the chunk, if < f
-        across = rolled and not straddle and frame is None and 0 < turn_frame < f
-        if across and self.turnover_share and rng.random() < self.turnover_share:
-            shown = max(2, round(needle.duration_s * self.fps))  # frames
-            before = min(int(rng.integers(1, shown)), turn_frame)  # of which before the turnover
-            needle = replace(needle, start_s=turn - before / self.fps, duration_s=shown / self.fps)
+        if rolled and self.turnover_share and not straddle and frame is None:
+            turn = (int(starts[evidence]) // 100 + 1) * 100  # the next multiple of 100 s
+            turn_frame = round((turn - starts[evidence]) * self.fps)  # its frame in the chunk, if < f
+            if 0 < turn_frame < f and rng.random() < self.turnover_share:
+                shown = max(2, round(needle.duration_s * self.fps))  # frames
+                before = min(int(rng.integers(1, shown)), turn_frame)  # of which before the turnover
+                needle = replace(needle, start_s=turn - before / self.fps, duration_s=shown / self.fps)
         if straddle:
             shown = max(2, round(needle.duration_s * self.fps))  # frames; at least one in each chunk
             inside = int(rng.integers(1, shown))  # of which in the needle's own chunk
