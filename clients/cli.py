@@ -330,6 +330,12 @@ def _add_ask(commands: Any, connection: argparse.ArgumentParser) -> None:
     sub.add_argument("question", metavar="QUESTION")
     sub.add_argument("--top-k", type=int, metavar="K", help="chunks to retrieve (default: the server's)")
     sub.add_argument(
+        "--score-margin",
+        type=float,
+        metavar="M",
+        help="leave out retrieved chunks scoring more than M below the best (default: the server's; 0: all k)",
+    )
+    sub.add_argument(
         "--from", dest="start_s", type=parse_seconds, metavar="S", help="start of the time range"
     )
     sub.add_argument("--to", dest="end_s", type=parse_seconds, metavar="S", help="end of the time range")
@@ -623,7 +629,12 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     time_range = None if args.start_s is None else (args.start_s, args.end_s)
-    query = dict(top_k=args.top_k, time_range=time_range, max_new_tokens=args.max_new_tokens)
+    query = dict(
+        top_k=args.top_k,
+        time_range=time_range,
+        max_new_tokens=args.max_new_tokens,
+        score_margin=args.score_margin,
+    )
     with _client(args) as client:
         if args.stream:
             return _ask_streaming(client, args.stream_id, args.question, query)

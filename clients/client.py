@@ -335,11 +335,14 @@ def ask_request(
     top_k: int | None = None,
     time_range: tuple[float, float] | None = None,
     max_new_tokens: int = 0,
+    score_margin: float | None = None,
 ) -> pb.AskRequest:
-    """top_k None and max_new_tokens 0 leave the choice to the server's defaults."""
+    """top_k and score_margin None and max_new_tokens 0 leave the choice to the server's defaults."""
     request = pb.AskRequest(stream_id=stream_id, question=question, max_new_tokens=max_new_tokens)
     if top_k is not None:
         request.top_k = top_k
+    if score_margin is not None:
+        request.score_margin = score_margin
     if time_range is not None:
         start_s, end_s = time_range
         request.time_range.CopyFrom(pb.TimeRange(start_s=start_s, end_s=end_s))
@@ -464,8 +467,9 @@ class LongWatchClient:
         top_k: int | None = None,
         time_range: tuple[float, float] | None = None,
         max_new_tokens: int = 0,
+        score_margin: float | None = None,
     ) -> AskResult:
-        request = ask_request(stream_id, question, top_k, time_range, max_new_tokens)
+        request = ask_request(stream_id, question, top_k, time_range, max_new_tokens, score_margin)
         return AskResult.from_proto(self._unary(self._stub.Ask, request, idempotent=True))
 
     def ask_stream(
@@ -475,9 +479,10 @@ class LongWatchClient:
         top_k: int | None = None,
         time_range: tuple[float, float] | None = None,
         max_new_tokens: int = 0,
+        score_margin: float | None = None,
     ) -> AskStream:
         """Like ask, yielding text as it is generated; not retried, as text may already be shown."""
-        request = ask_request(stream_id, question, top_k, time_range, max_new_tokens)
+        request = ask_request(stream_id, question, top_k, time_range, max_new_tokens, score_margin)
         return AskStream(self._server_stream(self._stub.AskStream, request, timeout=self.timeout))
 
     def get_stream(self, stream_id: str) -> StreamSummary:

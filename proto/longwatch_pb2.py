@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0flongwatch.proto\x12\x0clongwatch.v1\"]\n\x11IngestFileRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x42\x08\n\x06source\"\xf7\x01\n\x0eIngestProgress\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\nposition_s\x18\x02 \x01(\x01\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x16\n\x0e\x66rames_decoded\x18\x04 \x01(\x04\x12\x16\n\x0e\x66rames_sampled\x18\x05 \x01(\x04\x12\x13\n\x0btokens_seen\x18\x06 \x01(\x04\x12\x13\n\x0btokens_kept\x18\x07 \x01(\x04\x12\x18\n\x10\x63hunks_committed\x18\x08 \x01(\x04\x12\x0c\n\x04\x64one\x18\t \x01(\x08\x12(\n\x06stream\x18\n \x01(\x0b\x32\x18.longwatch.v1.StreamInfo\"m\n\x13IngestFramesRequest\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.longwatch.v1.LiveStartH\x00\x12$\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x13.longwatch.v1.FrameH\x00\x42\x06\n\x04kind\"+\n\tLiveStart\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\"_\n\x05\x46rame\x12\x13\n\x0btimestamp_s\x18\x01 \x01(\x01\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12%\n\x03raw\x18\x03 \x01(\x0b\x32\x16.longwatch.v1.RawFrameH\x00\x42\x07\n\x05image\"6\n\x08RawFrame\x12\x0b\n\x03rgb\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"\xd0\x01\n\x0cLiveProgress\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66rames_received\x18\x02 \x01(\x04\x12\x16\n\x0e\x66rames_sampled\x18\x03 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x04 \x01(\x04\x12\x18\n\x10\x63hunks_committed\x18\x05 \x01(\x04\x12\x12\n\nposition_s\x18\x06 \x01(\x01\x12\x0c\n\x04\x64one\x18\x07 \x01(\x08\x12(\n\x06stream\x18\x08 \x01(\x0b\x32\x18.longwatch.v1.StreamInfo\"+\n\tTimeRange\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\"\xa8\x01\n\nAskRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x30\n\ntime_range\x18\x04 \x01(\x0b\x32\x17.longwatch.v1.TimeRangeH\x01\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\rB\x08\n\x06_top_kB\r\n\x0b_time_range\"N\n\x08\x45vidence\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\r\"\xc0\x01\n\nAskTimings\x12\x13\n\x0bretrieve_ms\x18\x01 \x01(\x01\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\x12\x12\n\nprefill_ms\x18\x03 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x04 \x01(\x01\x12\x13\n\x0bgenerate_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x13\n\x0bquestion_ms\x18\x07 \x01(\x01\x12\x11\n\tsearch_ms\x18\x08 \x01(\x01\x12\x11\n\trepack_ms\x18\t \x01(\x01\"\xae\x01\n\x0b\x41skResponse\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12(\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x16.longwatch.v1.Evidence\x12)\n\x07timings\x18\x04 \x01(\x0b\x32\x18.longwatch.v1.AskTimings\x12\x18\n\x10tokens_generated\x18\x05 \x01(\r\x12\r\n\x05model\x18\x06 \x01(\t\"O\n\x11\x41skStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12+\n\x08response\x18\x02 \x01(\x0b\x32\x19.longwatch.v1.AskResponse\"%\n\x10GetStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"\xf6\x02\n\nStreamInfo\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.longwatch.v1.StreamState\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x16\n\x0e\x66rames_decoded\x18\x05 \x01(\x04\x12\x16\n\x0e\x66rames_sampled\x18\x06 \x01(\x04\x12\x13\n\x0b\x66rames_kept\x18\x07 \x01(\x04\x12\x13\n\x0btokens_seen\x18\x08 \x01(\x04\x12\x13\n\x0btokens_kept\x18\t \x01(\x04\x12\x0e\n\x06\x63hunks\x18\n \x01(\x04\x12\x14\n\x0c\x62ytes_stored\x18\x0b \x01(\x04\x12\x0b\n\x03\x66ps\x18\x0c \x01(\x01\x12\r\n\x05model\x18\r \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x0e \x01(\x01\x12\x14\n\x0cupdated_unix\x18\x0f \x01(\x01\x12\x16\n\x0e\x66rames_dropped\x18\x10 \x01(\x04\x12\x12\n\nkv_storage\x18\x11 \x01(\t\"\x14\n\x12ListStreamsRequest\"@\n\x13ListStreamsResponse\x12)\n\x07streams\x18\x01 \x03(\x0b\x32\x18.longwatch.v1.StreamInfo\"(\n\x13\x44\x65leteStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\",\n\x14\x44\x65leteStreamResponse\x12\x14\n\x0ckeys_deleted\x18\x01 \x01(\x04*v\n\x0bStreamState\x12\x1c\n\x18STREAM_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16STREAM_STATE_INGESTING\x10\x01\x12\x16\n\x12STREAM_STATE_READY\x10\x02\x12\x15\n\x11STREAM_STATE_LIVE\x10\x03\x32\xa5\x04\n\tLongWatch\x12M\n\nIngestFile\x12\x1f.longwatch.v1.IngestFileRequest\x1a\x1c.longwatch.v1.IngestProgress0\x01\x12Q\n\x0cIngestFrames\x12!.longwatch.v1.IngestFramesRequest\x1a\x1a.longwatch.v1.LiveProgress(\x01\x30\x01\x12:\n\x03\x41sk\x12\x18.longwatch.v1.AskRequest\x1a\x19.longwatch.v1.AskResponse\x12H\n\tAskStream\x12\x18.longwatch.v1.AskRequest\x1a\x1f.longwatch.v1.AskStreamResponse0\x01\x12\x45\n\tGetStream\x12\x1e.longwatch.v1.GetStreamRequest\x1a\x18.longwatch.v1.StreamInfo\x12R\n\x0bListStreams\x12 .longwatch.v1.ListStreamsRequest\x1a!.longwatch.v1.ListStreamsResponse\x12U\n\x0c\x44\x65leteStream\x12!.longwatch.v1.DeleteStreamRequest\x1a\".longwatch.v1.DeleteStreamResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0flongwatch.proto\x12\x0clongwatch.v1\"]\n\x11IngestFileRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x42\x08\n\x06source\"\xf7\x01\n\x0eIngestProgress\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\nposition_s\x18\x02 \x01(\x01\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x16\n\x0e\x66rames_decoded\x18\x04 \x01(\x04\x12\x16\n\x0e\x66rames_sampled\x18\x05 \x01(\x04\x12\x13\n\x0btokens_seen\x18\x06 \x01(\x04\x12\x13\n\x0btokens_kept\x18\x07 \x01(\x04\x12\x18\n\x10\x63hunks_committed\x18\x08 \x01(\x04\x12\x0c\n\x04\x64one\x18\t \x01(\x08\x12(\n\x06stream\x18\n \x01(\x0b\x32\x18.longwatch.v1.StreamInfo\"m\n\x13IngestFramesRequest\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.longwatch.v1.LiveStartH\x00\x12$\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x13.longwatch.v1.FrameH\x00\x42\x06\n\x04kind\"+\n\tLiveStart\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\"_\n\x05\x46rame\x12\x13\n\x0btimestamp_s\x18\x01 \x01(\x01\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12%\n\x03raw\x18\x03 \x01(\x0b\x32\x16.longwatch.v1.RawFrameH\x00\x42\x07\n\x05image\"6\n\x08RawFrame\x12\x0b\n\x03rgb\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"\xd0\x01\n\x0cLiveProgress\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66rames_received\x18\x02 \x01(\x04\x12\x16\n\x0e\x66rames_sampled\x18\x03 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x04 \x01(\x04\x12\x18\n\x10\x63hunks_committed\x18\x05 \x01(\x04\x12\x12\n\nposition_s\x18\x06 \x01(\x01\x12\x0c\n\x04\x64one\x18\x07 \x01(\x08\x12(\n\x06stream\x18\x08 \x01(\x0b\x32\x18.longwatch.v1.StreamInfo\"+\n\tTimeRange\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\"\xd4\x01\n\nAskRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x30\n\ntime_range\x18\x04 \x01(\x0b\x32\x17.longwatch.v1.TimeRangeH\x01\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x19\n\x0cscore_margin\x18\x06 \x01(\x02H\x02\x88\x01\x01\x42\x08\n\x06_top_kB\r\n\x0b_time_rangeB\x0f\n\r_score_margin\"N\n\x08\x45vidence\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\r\"\xc0\x01\n\nAskTimings\x12\x13\n\x0bretrieve_ms\x18\x01 \x01(\x01\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\x12\x12\n\nprefill_ms\x18\x03 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x04 \x01(\x01\x12\x13\n\x0bgenerate_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x13\n\x0bquestion_ms\x18\x07 \x01(\x01\x12\x11\n\tsearch_ms\x18\x08 \x01(\x01\x12\x11\n\trepack_ms\x18\t \x01(\x01\"\xae\x01\n\x0b\x41skResponse\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12(\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x16.longwatch.v1.Evidence\x12)\n\x07timings\x18\x04 \x01(\x0b\x32\x18.longwatch.v1.AskTimings\x12\x18\n\x10tokens_generated\x18\x05 \x01(\r\x12\r\n\x05model\x18\x06 \x01(\t\"O\n\x11\x41skStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12+\n\x08response\x18\x02 \x01(\x0b\x32\x19.longwatch.v1.AskResponse\"%\n\x10GetStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"\xf6\x02\n\nStreamInfo\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.longwatch.v1.StreamState\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x16\n\x0e\x66rames_decoded\x18\x05 \x01(\x04\x12\x16\n\x0e\x66rames_sampled\x18\x06 \x01(\x04\x12\x13\n\x0b\x66rames_kept\x18\x07 \x01(\x04\x12\x13\n\x0btokens_seen\x18\x08 \x01(\x04\x12\x13\n\x0btokens_kept\x18\t \x01(\x04\x12\x0e\n\x06\x63hunks\x18\n \x01(\x04\x12\x14\n\x0c\x62ytes_stored\x18\x0b \x01(\x04\x12\x0b\n\x03\x66ps\x18\x0c \x01(\x01\x12\r\n\x05model\x18\r \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x0e \x01(\x01\x12\x14\n\x0cupdated_unix\x18\x0f \x01(\x01\x12\x16\n\x0e\x66rames_dropped\x18\x10 \x01(\x04\x12\x12\n\nkv_storage\x18\x11 \x01(\t\"\x14\n\x12ListStreamsRequest\"@\n\x13ListStreamsResponse\x12)\n\x07streams\x18\x01 \x03(\x0b\x32\x18.longwatch.v1.StreamInfo\"(\n\x13\x44\x65leteStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\",\n\x14\x44\x65leteStreamResponse\x12\x14\n\x0ckeys_deleted\x18\x01 \x01(\x04*v\n\x0bStreamState\x12\x1c\n\x18STREAM_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16STREAM_STATE_INGESTING\x10\x01\x12\x16\n\x12STREAM_STATE_READY\x10\x02\x12\x15\n\x11STREAM_STATE_LIVE\x10\x03\x32\xa5\x04\n\tLongWatch\x12M\n\nIngestFile\x12\x1f.longwatch.v1.IngestFileRequest\x1a\x1c.longwatch.v1.IngestProgress0\x01\x12Q\n\x0cIngestFrames\x12!.longwatch.v1.IngestFramesRequest\x1a\x1a.longwatch.v1.LiveProgress(\x01\x30\x01\x12:\n\x03\x41sk\x12\x18.longwatch.v1.AskRequest\x1a\x19.longwatch.v1.AskResponse\x12H\n\tAskStream\x12\x18.longwatch.v1.AskRequest\x1a\x1f.longwatch.v1.AskStreamResponse0\x01\x12\x45\n\tGetStream\x12\x1e.longwatch.v1.GetStreamRequest\x1a\x18.longwatch.v1.StreamInfo\x12R\n\x0bListStreams\x12 .longwatch.v1.ListStreamsRequest\x1a!.longwatch.v1.ListStreamsResponse\x12U\n\x0c\x44\x65leteStream\x12!.longwatch.v1.DeleteStreamRequest\x1a\".longwatch.v1.DeleteStreamResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'longwatch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STREAMSTATE']._serialized_start=2239
-  _globals['_STREAMSTATE']._serialized_end=2357
+  _globals['_STREAMSTATE']._serialized_start=2283
+  _globals['_STREAMSTATE']._serialized_end=2401
   _globals['_INGESTFILEREQUEST']._serialized_start=33
   _globals['_INGESTFILEREQUEST']._serialized_end=126
   _globals['_INGESTPROGRESS']._serialized_start=129
@@ -50,27 +50,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMERANGE']._serialized_start=898
   _globals['_TIMERANGE']._serialized_end=941
   _globals['_ASKREQUEST']._serialized_start=944
-  _globals['_ASKREQUEST']._serialized_end=1112
-  _globals['_EVIDENCE']._serialized_start=1114
-  _globals['_EVIDENCE']._serialized_end=1192
-  _globals['_ASKTIMINGS']._serialized_start=1195
-  _globals['_ASKTIMINGS']._serialized_end=1387
-  _globals['_ASKRESPONSE']._serialized_start=1390
-  _globals['_ASKRESPONSE']._serialized_end=1564
-  _globals['_ASKSTREAMRESPONSE']._serialized_start=1566
-  _globals['_ASKSTREAMRESPONSE']._serialized_end=1645
-  _globals['_GETSTREAMREQUEST']._serialized_start=1647
-  _globals['_GETSTREAMREQUEST']._serialized_end=1684
-  _globals['_STREAMINFO']._serialized_start=1687
-  _globals['_STREAMINFO']._serialized_end=2061
-  _globals['_LISTSTREAMSREQUEST']._serialized_start=2063
-  _globals['_LISTSTREAMSREQUEST']._serialized_end=2083
-  _globals['_LISTSTREAMSRESPONSE']._serialized_start=2085
-  _globals['_LISTSTREAMSRESPONSE']._serialized_end=2149
-  _globals['_DELETESTREAMREQUEST']._serialized_start=2151
-  _globals['_DELETESTREAMREQUEST']._serialized_end=2191
-  _globals['_DELETESTREAMRESPONSE']._serialized_start=2193
-  _globals['_DELETESTREAMRESPONSE']._serialized_end=2237
-  _globals['_LONGWATCH']._serialized_start=2360
-  _globals['_LONGWATCH']._serialized_end=2909
+  _globals['_ASKREQUEST']._serialized_end=1156
+  _globals['_EVIDENCE']._serialized_start=1158
+  _globals['_EVIDENCE']._serialized_end=1236
+  _globals['_ASKTIMINGS']._serialized_start=1239
+  _globals['_ASKTIMINGS']._serialized_end=1431
+  _globals['_ASKRESPONSE']._serialized_start=1434
+  _globals['_ASKRESPONSE']._serialized_end=1608
+  _globals['_ASKSTREAMRESPONSE']._serialized_start=1610
+  _globals['_ASKSTREAMRESPONSE']._serialized_end=1689
+  _globals['_GETSTREAMREQUEST']._serialized_start=1691
+  _globals['_GETSTREAMREQUEST']._serialized_end=1728
+  _globals['_STREAMINFO']._serialized_start=1731
+  _globals['_STREAMINFO']._serialized_end=2105
+  _globals['_LISTSTREAMSREQUEST']._serialized_start=2107
+  _globals['_LISTSTREAMSREQUEST']._serialized_end=2127
+  _globals['_LISTSTREAMSRESPONSE']._serialized_start=2129
+  _globals['_LISTSTREAMSRESPONSE']._serialized_end=2193
+  _globals['_DELETESTREAMREQUEST']._serialized_start=2195
+  _globals['_DELETESTREAMREQUEST']._serialized_end=2235
+  _globals['_DELETESTREAMRESPONSE']._serialized_start=2237
+  _globals['_DELETESTREAMRESPONSE']._serialized_end=2281
+  _globals['_LONGWATCH']._serialized_start=2404
+  _globals['_LONGWATCH']._serialized_end=2953
 # @@protoc_insertion_point(module_scope)

@@ -119,18 +119,20 @@ class TimeRange(_message.Message):
     def __init__(self, start_s: _Optional[float] = ..., end_s: _Optional[float] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("stream_id", "question", "top_k", "time_range", "max_new_tokens")
+    __slots__ = ("stream_id", "question", "top_k", "time_range", "max_new_tokens", "score_margin")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TIME_RANGE_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_MARGIN_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     question: str
     top_k: int
     time_range: TimeRange
     max_new_tokens: int
-    def __init__(self, stream_id: _Optional[str] = ..., question: _Optional[str] = ..., top_k: _Optional[int] = ..., time_range: _Optional[_Union[TimeRange, _Mapping]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    score_margin: float
+    def __init__(self, stream_id: _Optional[str] = ..., question: _Optional[str] = ..., top_k: _Optional[int] = ..., time_range: _Optional[_Union[TimeRange, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., score_margin: _Optional[float] = ...) -> None: ...
 
 class Evidence(_message.Message):
     __slots__ = ("start_s", "end_s", "score", "chunk_index")

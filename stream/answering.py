@@ -38,6 +38,7 @@ class AskParams:
     top_k: int
     max_new_tokens: int
     time_range: tuple[float, float] | None = None
+    score_margin: float | None = None  # None: the answerer's
 
 
 @dataclass
@@ -108,6 +109,8 @@ class QuestionAnswerer:
         params.question = validate_question(params.question, self.max_question_chars)
         if not 0 <= params.top_k <= MAX_TOP_K:
             raise BadRequest(f"top_k must be in 1..{MAX_TOP_K}, or 0 for every chunk, got {params.top_k}")
+        if params.score_margin is not None and not params.score_margin >= 0:  # NaN too
+            raise BadRequest(f"score_margin must be >= 0, got {params.score_margin}")
         if not 1 <= params.max_new_tokens <= MAX_NEW_TOKENS:
             raise BadRequest(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, got {params.max_new_tokens}")
         if params.time_range is not None:
@@ -171,8 +174,9 @@ class QuestionAnswerer:
         if record.chunks and allowed != set():
             index = self.indexes.get(params.stream_id)
             hits = index.search(qvec.numpy(), params.top_k or len(index), allowed)
-            if params.top_k and self.score_margin:  # top_k 0 asks for every chunk: all are kept
-                hits = within_margin(hits, self.score_margin)
+            margin = self.score_margin if params.score_margin is None else params.score_margin
+            if params.top_k and margin:  # top_k 0 asks for every chunk: all are kept
+                hits = within_margin(hits, margin)
         t1 = time.perf_counter()
         scores = dict(hits)
         recent, pending = self._live_extras(record, set(scores), params.time_range)

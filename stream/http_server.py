@@ -7,7 +7,7 @@ own event loop in a thread of the service process. Routes:
     POST /offer             {"sdp", "type": "offer", "stream_id"?} -> {"sdp", "type": "answer", "stream_id"}
     GET  /api/streams       [stream, ...], the fields of ListStreams, state as "live"/"ready"/...
     GET  /api/streams/{id}  one stream
-    POST /api/ask           {"stream_id", "question", "top_k"?, "max_new_tokens"?}
+    POST /api/ask           {"stream_id", "question", "top_k"?, "max_new_tokens"?, "score_margin"?}
                             -> {"answer", "evidence": [{start_s, end_s, score, chunk_index}], ...}
 
 Errors are {"error": "<one line>"} with the HTTP status of the gRPC one the same error gets
@@ -121,6 +121,15 @@ def _optional_int(body: dict[str, Any], key: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{key} must be an integer, got {value!r:.40}")
     return value
+
+
+def _optional_number(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{key} must be a number, got {value!r:.40}")
+    return float(value)
 
 
 class LiveHttpServer:
@@ -241,6 +250,7 @@ class LiveHttpServer:
             question=question,
             top_k=_optional_int(body, "top_k", self.top_k),
             max_new_tokens=_optional_int(body, "max_new_tokens", self.max_new_tokens),
+            score_margin=_optional_number(body, "score_margin"),
         )
         outcome = await asyncio.to_thread(self._answer, params)
         return web.json_response(outcome_json(stream_id, outcome))

@@ -223,6 +223,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
             top_k=request.top_k if request.HasField("top_k") else self.settings.top_k,
             max_new_tokens=request.max_new_tokens or self.settings.max_new_tokens,
             time_range=time_range,
+            score_margin=request.score_margin if request.HasField("score_margin") else None,
         )
 
     @_abort_on_error

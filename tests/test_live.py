@@ -571,6 +571,14 @@ def test_bad_input_gets_clear_errors_and_leaves_other_streams_alone(
     assert code == 404 and answer["error"] == "no stream 'nope'"
     code, answer = http_json(base, "POST", "/api/ask", {"stream_id": "steady", "question": "  "})
     assert code == 400 and answer["error"] == "question is empty"
+    for margin, message in (
+        ("5", "score_margin must be a number, got '5'"),
+        (-1, "score_margin must be >= 0"),
+    ):
+        code, answer = http_json(
+            base, "POST", "/api/ask", {"stream_id": "steady", "question": "What?", "score_margin": margin}
+        )
+        assert code == 400 and answer["error"].startswith(message), answer
 
     feeder.join(timeout=60)
     final = steady["final"]

@@ -304,6 +304,10 @@ def test_a_score_margin_leaves_out_chunks_that_only_rank_next(
         assert len(result.evidence) < 4
         # top_k 0 still asks for every chunk.
         assert len(c.ask("margin", question, top_k=0, max_new_tokens=1).evidence) == 15
+        # A request may set its own margin: 0 keeps all top_k, a negative one is refused.
+        assert len(c.ask("margin", question, top_k=4, max_new_tokens=1, score_margin=0.0).evidence) == 4
+        with pytest.raises(InvalidArgument, match="score_margin must be >= 0"):
+            c.ask("margin", question, score_margin=-1.0)
 
 
 def test_the_score_margin_served_is_the_one_set_else_the_cards_in_summary_mode() -> None:
