@@ -80,7 +80,7 @@ class QuestionAnswerer:
 
     recent_chunks: latest committed chunks always added for a LIVE stream.
     score_margin: retrieved chunks scoring more than this below the best are left out (0: none
-        are), so a question whose answer one chunk holds is decoded from that chunk, not beside
+        are; ServiceSettings refuses a negative one), so a question whose answer one chunk holds is decoded from that chunk, not beside
         top-k - 1 others that only look like it.
     """
 
@@ -94,8 +94,6 @@ class QuestionAnswerer:
         recent_chunks: int = 1,
         score_margin: float = 0.0,
     ) -> None:
-        if score_margin < 0:
-            raise ValueError(f"score_margin must be >= 0, got {score_margin}")
         self.runner = runner
         self.store = store
         self.indexes = indexes

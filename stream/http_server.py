@@ -114,22 +114,22 @@ def _optional_str(body: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def _optional_int(body: dict[str, Any], key: str, default: int) -> int:
+def _optional(body: dict[str, Any], key: str, kinds: type | tuple[type, ...], what: str) -> Any:
+    """body[key] if it is one of `kinds` (JSON true/false is not a number), None if absent."""
     value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{key} must be an integer, got {value!r:.40}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+        raise BadRequest(f"{key} must be {what}, got {value!r:.40}")
     return value
 
 
+def _optional_int(body: dict[str, Any], key: str, default: int) -> int:
+    value = _optional(body, key, int, "an integer")
+    return default if value is None else value
+
+
 def _optional_number(body: dict[str, Any], key: str) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"{key} must be a number, got {value!r:.40}")
-    return float(value)
+    value = _optional(body, key, (int, float), "a number")
+    return None if value is None else float(value)
 
 
 class LiveHttpServer:
