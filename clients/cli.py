@@ -252,6 +252,13 @@ def _add_train(commands: Any) -> None:
         "starts 1-2 s before the hundreds digit turns over and is still shown when it has",
     )
     sub.add_argument(
+        "--polish-retrieval-margin",
+        type=float,
+        default=0.0,
+        help="stage demo: the polish steps' retrieval also pays while the evidence leads the best other "
+        "chunk by less than this (in the scores --score-margin reads; 0: off)",
+    )
+    sub.add_argument(
         "--start-from",
         type=Path,
         metavar="DIR",

@@ -72,6 +72,11 @@ class TrainConfig:
         then to find it among chunks and through summaries (mixed from the start, the decoder
         stayed at the answer prior).
     clips_per_step: clips whose gradients are averaged per optimizer step (a batch, accumulated).
+    retrieval_margin: stage "base": where > 0, retrieval also pays for every question whose
+        evidence leads the best other chunk by less than this (scores as Ask's --score-margin
+        reads them). The cross-entropy is zero to the third decimal once the evidence leads by
+        a few units, so it stops ranking the rest; Ask reads every chunk within its margin of
+        the best, so a lead under the margin puts a distractor beside the needle.
     """
 
     stage: str = "summary"
@@ -89,6 +94,7 @@ class TrainConfig:
     lm_weight: float = 1.0
     distill_weight: float = 1.0
     retrieval_weight: float = 0.5
+    retrieval_margin: float = 0.0
     vision_steps: int = 0
     vision_batch: int = 32
     vision_digit_share: float | None = 0.4
@@ -108,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"alphas must be drawn from 2, 4, 8, 16, got {self.alphas}")
         if self.steps < 0 or self.answer_chunks < 1:
             raise ValueError("steps must be >= 0 and answer_chunks >= 1")
+        if self.retrieval_margin < 0:
+            raise ValueError(f"retrieval_margin must be >= 0, got {self.retrieval_margin}")
 
     @property
     def total_steps(self) -> int:
@@ -187,13 +195,20 @@ def hardest_chunks(
     return sorted(kept + ranked[: max(0, clip.keep_chunks - len(kept))])
 
 
-def retrieval_loss(scores: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+def retrieval_loss(scores: torch.Tensor, evidence: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
     """Cross-entropy of chunk scores (n_chunks,) onto the evidence chunks taken as one class.
 
     With one evidence chunk it is the plain cross-entropy; where the answer is in two (a needle
     across their boundary), their shares add up, so either may score highest.
+    margin > 0 adds a hinge on the lead of the best evidence chunk over the best other one: it
+    is zero once the lead reaches the margin, and until then pushes those two apart.
     """
-    return torch.logsumexp(scores, 0) - torch.logsumexp(scores[evidence], 0)
+    loss = torch.logsumexp(scores, 0) - torch.logsumexp(scores[evidence], 0)
+    others = torch.ones_like(scores, dtype=torch.bool)
+    others[evidence] = False
+    if margin > 0 and others.any():
+        loss = loss + F.relu(margin - (scores[evidence].max() - scores[others].max()))
+    return loss
 
 
 def answer_context(clip: TrainingClip, rng: np.random.Generator, k: int, dropout: float) -> list[int]:
@@ -303,7 +318,7 @@ def clip_losses(
         parts = []
         for question, _ in clip.questions_and_answers:
             q = question_queries(lm, lm.tokenize(question_text(question)), _cache(lm, prefix))
-            parts.append(retrieval_loss(scores @ q, evidence))
+            parts.append(retrieval_loss(scores @ q, evidence, config.retrieval_margin))
         losses["retrieval"] = _mean(parts)
     return losses
 

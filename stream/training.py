@@ -264,6 +264,7 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
         # The hard stage's clips again at a lower rate, some across a chunk boundary: the shipped
         # model's last 9000 steps (14000 of them at 1e-4 lost the clip checks; DEMO-MODEL.md).
         polish = hard_config_from_args(args, args.polish_steps, args.polish_lr)
+        polish = replace(polish, retrieval_margin=args.polish_retrieval_margin)
         clips = hard_clips(args, source, args.polish_straddle_share, args.polish_turnover_share)
         phases.append(DemoPhase("polish", polish, clips))
     return phases
@@ -330,6 +331,8 @@ def run_train(args: argparse.Namespace) -> int:
     for flag in (*shares, "polish_straddle_share", "polish_turnover_share"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
+    if args.polish_retrieval_margin < 0:
+        raise ValueError(f"--polish-retrieval-margin must be >= 0, got {args.polish_retrieval_margin}")
     if args.hard_distractor_pool < 0:
         raise ValueError(f"--hard-distractor-pool must be >= 0, got {args.hard_distractor_pool}")
     if args.start_from is not None and args.stage != "demo":

@@ -206,6 +206,7 @@ def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_mod
     assert cli.main([*args, "--hard-distractor-pool", "-1"]) == 2
     assert cli.main([*args, "--polish-straddle-share", "2"]) == 2
     assert cli.main([*args, "--polish-turnover-share", "-1"]) == 2
+    assert cli.main([*args, "--polish-retrieval-margin", "-1"]) == 2
     assert cli.main([*args, "--score-margin", "-1"]) == 2
     assert not out.exists()
     assert cli.main(args) == 0
@@ -253,7 +254,7 @@ def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_mod
     later = tmp_path / "later"
     assert cli.main([*args, "--out", str(later), "--start-from", str(tmp_path / "nothing")]) == 2
     polish_flags = ["--polish-straddle-share", "0.3", "--hard-rollover-share", "0.25", "--polish-lr", "2e-5"]
-    polish_flags += ["--polish-turnover-share", "0.5"]
+    polish_flags += ["--polish-turnover-share", "0.5", "--polish-retrieval-margin", "10"]
     assert (
         cli.main([*args, *polish_flags, "--out", str(later), "--start-from", str(out), "--score-margin", "5"])
         == 0
@@ -270,18 +271,15 @@ def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_mod
         data["rollover_share"],
         data["turnover_share"],
         polish["config"]["lr"],
-    ) == (
-        0.3,
-        0.25,
-        0.5,
-        2e-5,
-    )
+        polish["config"]["retrieval_margin"],
+    ) == (0.3, 0.25, 0.5, 2e-5, 10.0)
     hard = json.loads((later / "runs" / "hard" / "finished.json").read_text())["lineage"][-1]
-    assert (hard["data"]["straddle_share"], hard["data"]["turnover_share"], hard["config"]["lr"]) == (
-        0,
-        0,
-        1e-4,
-    )
+    assert (
+        hard["data"]["straddle_share"],
+        hard["data"]["turnover_share"],
+        hard["config"]["lr"],
+        hard["config"]["retrieval_margin"],
+    ) == (0, 0, 1e-4, 0.0)
     seeded = json.loads((later / "runs" / "hard" / "finished.json").read_text())
     assert seeded["from"] == str(out)
     started = (out / "base" / "model.safetensors").read_bytes()
@@ -661,6 +659,32 @@ def test_retrieval_loss_takes_either_evidence_chunk_as_the_answer() -> None:
     assert all(x < 0.01 for x in split)
     # ...and it is high when a chunk outside them scores highest.
     assert retrieval_loss(torch.tensor([0.0, 0.0, 6.0, 0.0]), torch.tensor([0, 1])) > 4
+
+
+def test_a_retrieval_margin_pushes_the_best_other_chunk_down_until_the_evidence_leads_by_it() -> None:
+    evidence = torch.tensor([0])
+    # A lead of 7 leaves the cross-entropy near zero, and so the ranking without a gradient...
+    scores = torch.tensor([7.0, 0.0, -5.0], requires_grad=True)
+    retrieval_loss(scores, evidence).backward()
+    assert scores.grad.abs().max() < 0.002
+    # ...where a margin of 10 pays 3 for it and pulls those two chunks apart, the rest left alone.
+    scores.grad = None
+    loss = retrieval_loss(scores, evidence, margin=10.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(3.0, abs=0.01)
+    assert scores.grad[0] < -0.99 and scores.grad[1] > 0.99 and abs(scores.grad[2]) < 0.001
+    # At the margin or past it, nothing is added; nor for a clip of evidence alone.
+    for lead in (10.0, 25.0):
+        assert retrieval_loss(torch.tensor([lead, 0.0]), evidence, margin=10.0) == retrieval_loss(
+            torch.tensor([lead, 0.0]), evidence
+        )
+    assert retrieval_loss(torch.tensor([1.0, 2.0]), torch.tensor([0, 1]), margin=10.0) == 0.0
+    # Across two evidence chunks, the better one's lead counts.
+    assert retrieval_loss(torch.tensor([2.0, 9.0, 0.0]), torch.tensor([0, 1]), margin=10.0) == pytest.approx(
+        1.0, abs=0.01
+    )
+    with pytest.raises(ValueError, match="retrieval_margin must be >= 0"):
+        TrainConfig(retrieval_margin=-1.0)
 
 
 def test_a_stream_start_share_opens_that_share_of_clips_at_the_streams_start() -> None:
