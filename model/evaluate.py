@@ -18,6 +18,7 @@ from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.model.compressor import run_chunk
 from longwatch.model.loading import LoadedModel
 from longwatch.model.needles import QUESTION_KINDS, QuestionKind, judge
+from longwatch.model.retrieval import within_margin
 from longwatch.model.train import clip_chunks
 from longwatch.model.train_data import NeedleClips, TrainingClip
 
@@ -34,21 +35,39 @@ class ClipEval:
 
 
 @torch.no_grad()
-def answer_clip(
-    lm: LoadedModel, clip: TrainingClip, alpha: int, top_k: int, max_tokens: int, threshold: float = 0.1
-) -> tuple[str, list[int]]:
-    """The answer to a clip's question and the chunk numbers retrieval chose."""
-    chunks = clip_chunks(lm, clip, threshold, max_tokens)
+def compress_clip(
+    lm: LoadedModel, clip: TrainingClip, alpha: int, max_tokens: int, threshold: float
+) -> list[ChunkCache]:
+    """Each of a clip's chunks as the service stores it: summary K/V and retrieval vector."""
     caches = []
-    for i, frames in enumerate(chunks):
+    for i, frames in enumerate(clip_chunks(lm, clip, threshold, max_tokens)):
         kv = run_chunk(lm, frames, alpha, lm.prefix_cache(), lm.prefix_len)
         caches.append(
             ChunkCache(
                 "eval", i, frames.frame_times[0], frames.end_s, kv.keys, kv.values, kv.positions, kv.retrieval
             )
         )
+    return caches
+
+
+@torch.no_grad()
+def answer_clip(
+    lm: LoadedModel,
+    clip: TrainingClip,
+    alpha: int,
+    top_k: int,
+    max_tokens: int,
+    threshold: float = 0.1,
+    score_margin: float | None = None,
+) -> tuple[str, list[int]]:
+    """The answer to a clip's question and the chunk numbers retrieval chose (top-k, then Ask's margin)."""
+    caches = compress_clip(lm, clip, alpha, max_tokens, threshold)
     scores = torch.stack([c.retrieval for c in caches]) @ question_vector(lm, clip.question)
-    chosen = sorted(scores.topk(min(top_k, len(caches))).indices.tolist())
+    top = scores.topk(min(top_k, len(caches)))
+    hits = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+    if score_margin is not None:
+        hits = within_margin(hits, score_margin)
+    chosen = sorted(c for c, _ in hits)
     stream = AnswerStream(lm, [caches[i] for i in chosen], clip.question, max_new_tokens=8)
     return "".join(stream), chosen
 
@@ -68,6 +87,7 @@ def evaluate_clips(
     turnover: bool = False,
     stream_start: bool = False,
     straddle: bool = False,
+    score_margin: float | None = None,
 ) -> ClipEval:
     """Accuracy per question kind and retrieval recall on `n` evaluation-split clips.
 
@@ -81,6 +101,8 @@ def evaluate_clips(
         has (where a needle's chunk holds no turnover, as in a haystack under 100 s, as drawn).
     straddle: every needle runs from its chunk into the next, both in the clip (recall counts
         either chunk retrieved).
+    score_margin: of the top-k, keep only chunks scoring at most this below the best, as Ask
+        does (`within_margin`); None: plain top-k.
     """
     source = NeedleClips(
         n_chunks=n_chunks,
@@ -98,7 +120,66 @@ def evaluate_clips(
     result = ClipEval()
     for i in range(n):
         clip = source.clip(np.random.default_rng([seed, i, 7]))
-        answer, chosen = answer_clip(lm, clip, alpha, top_k, max_tokens)
+        answer, chosen = answer_clip(lm, clip, alpha, top_k, max_tokens, score_margin=score_margin)
         result.correct[clip.kind].append(judge(clip.kind, answer, clip.needle))
         result.recalled.append(bool(set(clip.evidence) & set(chosen)))
     return result
+
+
+@dataclass
+class EvidenceLeads:
+    """Per question, how far the needle's chunk scores above the best other chunk of its clip.
+
+    The scores are the ones Ask's --score-margin reads, so these say what a margin does: a lead
+    under it keeps a distractor beside the needle; a lead below minus it leaves the needle out.
+    straddle_gaps: for needles across two chunks, how far apart their two chunks score.
+    """
+
+    leads: list[float] = field(default_factory=list)
+    straddle_gaps: list[float] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.leads, q))
+
+    def straddle_median(self) -> float:
+        return float(np.median(self.straddle_gaps))
+
+    def share_within(self, margin: float) -> float:
+        """Share of questions with another chunk within `margin` of the needle's (or above it)."""
+        return float(np.mean([lead <= margin for lead in self.leads]))
+
+    def share_left_out(self, margin: float) -> float:
+        """Share of questions whose needle's chunk scores more than `margin` below another: Ask drops it."""
+        return float(np.mean([lead < -margin for lead in self.leads]))
+
+
+@torch.no_grad()
+def evidence_leads(
+    lm: LoadedModel,
+    source: NeedleClips,
+    n: int,
+    alpha: int = 16,
+    max_tokens: int = 4,
+    threshold: float = 0.1,
+    seed: int = 0,
+) -> EvidenceLeads:
+    """Score every chunk of `n` clips of `source` for each of their questions; measure the needle's lead.
+
+    Every chunk a clip draws is scored, its distractor pool included (the trainer's hardest-chunk
+    cut is not applied), as Ask scores a whole stream.
+    """
+    out = EvidenceLeads()
+    for i in range(n):
+        clip = source.clip(np.random.default_rng([seed, i, 11]))
+        caches = compress_clip(lm, clip, alpha, max_tokens, threshold)
+        vectors = torch.stack([c.retrieval for c in caches])  # (n_chunks, retrieval_dim)
+        others = torch.ones(len(caches), dtype=torch.bool)
+        others[clip.evidence] = False
+        for question, _ in clip.questions_and_answers:
+            scores = vectors @ question_vector(lm, question)  # (n_chunks,)
+            evidence = scores[clip.evidence]
+            if others.any():
+                out.leads.append(float(evidence.max() - scores[others].max()))
+            if len(clip.evidence) == 2:
+                out.straddle_gaps.append(float((evidence[0] - evidence[1]).abs()))
+    return out

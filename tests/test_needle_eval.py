@@ -123,3 +123,25 @@ def test_eval_clips_asks_only_the_kinds_given(capsys) -> None:  # noqa: ANN001
     assert (what, colour) == ("-", "-") and when.endswith("%")
     assert cli.main(["eval", "clips", "--kinds", "when,weather"]) == 2
     assert "unknown question kinds ['weather']" in capsys.readouterr().err
+
+
+def test_eval_clips_with_a_zero_score_margin_reads_the_best_chunk_alone(capsys) -> None:  # noqa: ANN001
+    """As Ask does: of the top-k, only chunks within the margin of the best are read."""
+    args = ["eval", "clips", "--clips", "6", "--chunks", "3", "--haystacks", "300"]
+    assert cli.main([*args, "--top-k", "1"]) == 0
+    top1 = capsys.readouterr().out.strip().splitlines()[-1]
+    assert cli.main([*args, "--top-k", "3", "--score-margin", "0"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == top1
+
+
+def test_eval_margins_tabulates_what_each_margin_keeps_and_drops(capsys) -> None:  # noqa: ANN001
+    assert cli.main(["eval", "margins", "--clips", "2", "--margins", "0,5,1000"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("6 questions on 2 training-split clips")  # three questions a clip
+    assert out[1].startswith("needle chunk's lead over the best other: median")
+    rows = {line.split()[0]: line.split()[1:] for line in out[-3:]}
+    assert list(rows) == ["0", "5", "1000"]
+    # A margin wider than any lead keeps a distractor beside every needle and drops none.
+    assert rows["1000"] == ["100.0%", "0.0%"]
+    assert cli.main(["eval", "margins", "--margins", "five"]) == 2
+    assert "--margins wants numbers" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from longwatch.model.loading import LoadedModel, load_model
 from longwatch.model.needles import (
     COLOURS,
     EVAL_SEED_BASE,
+    QUESTION_KINDS,
     judge,
     make_needle_video,
     questions_for,
@@ -501,6 +502,29 @@ def test_in_process_clip_evaluation(base: Path) -> None:
     assert accuracy["recall@k"] == 1.0 and all(0.0 <= v <= 1.0 for v in accuracy.values())
     one = evaluate_clips(lm, n=3, top_k=1, n_chunks=3)
     assert len(one.recalled) == 3  # one chunk of three: recall now depends on retrieval
+
+
+def test_evidence_leads_measure_the_needle_chunks_lead_as_asks_margin_reads_it(base: Path) -> None:
+    from longwatch.model.answer import question_vector
+    from longwatch.model.evaluate import compress_clip, evidence_leads
+
+    lm = load_model(ModelConfig(path=base))
+    source = NeedleClips(n_chunks=3, all_questions=True, distractor_pool=2)
+    leads = evidence_leads(lm, source, 2)
+    assert len(leads.leads) == 2 * len(QUESTION_KINDS)  # every question of every clip
+    # Each lead is the needle chunk's score less the best of the clip's other chunks, pool included.
+    clip = source.clip(np.random.default_rng([0, 0, 11]))
+    assert clip.n_chunks == 5
+    vectors = torch.stack([c.retrieval for c in compress_clip(lm, clip, 16, 4, 0.1)])
+    scores = vectors @ question_vector(lm, clip.question)
+    others = [c for c in range(clip.n_chunks) if c not in clip.evidence]
+    assert leads.leads[0] == pytest.approx(
+        float(scores[clip.evidence].max() - scores[others].max()), abs=1e-4
+    )
+    # A margin keeps a distractor where the lead is under it, and drops the needle where it is under minus it.
+    low = min(leads.leads)
+    assert leads.share_within(low - 0.01) == 0.0 and leads.share_within(max(leads.leads)) == 1.0
+    assert leads.share_left_out(-low + 0.01) == 0.0
 
 
 def test_a_distractor_pool_adds_chunks_to_clips_of_several_and_changes_nothing_without_one() -> None:
