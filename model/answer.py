@@ -38,7 +38,7 @@ def question_queries(lm: LoadedModel, ids: list[int], cache: DynamicCache) -> to
     with capture_projections(lm.language_model, "q_proj", lm.retrieval_layers, detach=False) as queries:
         lm.language_model(
             inputs_embeds=lm.embed(ids).unsqueeze(0),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             position_ids=positions,
         )
@@ -100,7 +100,7 @@ def continue_logits(lm: LoadedModel, cache: DynamicCache, ids: list[int]) -> tor
     positions = torch.arange(start, start + len(ids), device=lm.device).unsqueeze(0)
     out = lm.language_model(
         inputs_embeds=lm.embed(ids).unsqueeze(0),
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
         position_ids=positions,
     )
@@ -163,7 +163,7 @@ class AnswerStream:
             position = torch.tensor([[cache.get_seq_length()]], device=lm.device)
             out = lm.language_model(
                 inputs_embeds=lm.embed([next_id]).unsqueeze(0),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 position_ids=position,
             )

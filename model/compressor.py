@@ -110,7 +110,7 @@ def run_chunk(
     with capture_projections(lm.language_model, "k_proj", lm.retrieval_layers, detach=False) as keys_pre_rope:
         lm.language_model(
             inputs_embeds=embeds,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             position_ids=positions.unsqueeze(0),
             summary_mask=(kinds == SUMMARY).unsqueeze(0),

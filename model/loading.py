@@ -144,7 +144,7 @@ def prefill_prefix(
     lm = model.model.language_model
     cache = DynamicCache(config=model.config.text_config)
     ids_t = torch.tensor([ids], device=model.lm_head.weight.device)
-    lm(input_ids=ids_t, past_key_values=cache, use_cache=True)
+    lm(input_ids=ids_t, cache=cache, use_cache=True)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
