@@ -565,33 +565,17 @@ def _eval_clips(args: argparse.Namespace) -> int:
 
 
 def _eval_margins(args: argparse.Namespace) -> int:
-    """The needle chunk's score lead on clips drawn as the hard stage draws them, in the training split.
-
-    The split a margin is chosen on: the evaluation's needles stay unseen by it.
-    """
+    """The needle chunk's score lead on hard training-split clips (`MARGIN_CLIPS`), and what margins do."""
     from longwatch.model.config import ModelConfig
-    from longwatch.model.evaluate import evidence_leads
+    from longwatch.model.evaluate import MARGIN_CLIPS, evidence_leads
     from longwatch.model.loading import load_model
-    from longwatch.model.train_data import DIGIT_BALANCED_HAYSTACKS_S, NeedleClips
 
     try:
         margins = [float(x) for x in args.margins.split(",")]
     except ValueError:
         return _fail(f"--margins wants numbers separated by commas, got {args.margins!r}", code=2)
-    source = NeedleClips(
-        n_chunks=6,
-        split="train",
-        haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S,
-        all_questions=True,
-        codec_share=0.5,
-        distractor_pool=18,
-        rollover_share=0.25,
-        turnover_share=0.5,
-        straddle_share=0.3,
-        stream_start_share=1.0,
-    )
     lm = load_model(ModelConfig(path=args.model, adapter=args.adapter))
-    leads = evidence_leads(lm, source, args.clips)
+    leads = evidence_leads(lm, MARGIN_CLIPS, args.clips)
     print(
         f"{len(leads.leads)} questions on {args.clips} training-split clips drawn as the polish stage's: 24 chunks "
         "(6 and a pool of 18) opening their stream, half the needles' chunks through x264, a quarter at a "

@@ -18,9 +18,9 @@ from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.model.compressor import run_chunk
 from longwatch.model.loading import LoadedModel
 from longwatch.model.needles import QUESTION_KINDS, QuestionKind, judge
-from longwatch.model.retrieval import within_margin
+from longwatch.model.retrieval import evidence_lead, within_margin
 from longwatch.model.train import clip_chunks
-from longwatch.model.train_data import NeedleClips, TrainingClip
+from longwatch.model.train_data import DIGIT_BALANCED_HAYSTACKS_S, NeedleClips, TrainingClip
 
 
 @dataclass
@@ -126,6 +126,23 @@ def evaluate_clips(
     return result
 
 
+# The clips a score margin is chosen on: the polish stage's draw in the README's recipe (the
+# shipped model's last stage), six chunks and a pool of 18 each, from the training split, so that
+# the evaluation's needles stay unseen by the choice.
+MARGIN_CLIPS = NeedleClips(
+    n_chunks=6,
+    split="train",
+    haystack_lengths=DIGIT_BALANCED_HAYSTACKS_S,
+    all_questions=True,
+    codec_share=0.5,
+    distractor_pool=18,
+    rollover_share=0.25,
+    turnover_share=0.5,
+    straddle_share=0.3,
+    stream_start_share=1.0,
+)
+
+
 @dataclass
 class EvidenceLeads:
     """Per question, how far the needle's chunk scores above the best other chunk of its clip.
@@ -173,13 +190,11 @@ def evidence_leads(
         clip = source.clip(np.random.default_rng([seed, i, 11]))
         caches = compress_clip(lm, clip, alpha, max_tokens, threshold)
         vectors = torch.stack([c.retrieval for c in caches])  # (n_chunks, retrieval_dim)
-        others = torch.ones(len(caches), dtype=torch.bool)
-        others[clip.evidence] = False
+        evidence = torch.tensor(clip.evidence)
         for question, _ in clip.questions_and_answers:
             scores = vectors @ question_vector(lm, question)  # (n_chunks,)
-            evidence = scores[clip.evidence]
-            if others.any():
-                out.leads.append(float(evidence.max() - scores[others].max()))
+            if (lead := evidence_lead(scores, evidence)) is not None:
+                out.leads.append(float(lead))
             if len(clip.evidence) == 2:
-                out.straddle_gaps.append(float((evidence[0] - evidence[1]).abs()))
+                out.straddle_gaps.append(float((scores[evidence[0]] - scores[evidence[1]]).abs()))
     return out

@@ -72,3 +72,17 @@ def within_margin(hits: list[tuple[int, float]], margin: float) -> list[tuple[in
         return []
     best = max(score for _, score in hits)
     return [(chunk, score) for chunk, score in hits if score >= best - margin]
+
+
+def evidence_lead(scores: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor | None:
+    """How far the best evidence chunk scores above the best other chunk (a scalar tensor).
+
+    scores: (n_chunks,); evidence: the chunk numbers that hold the answer. This is what a score
+    margin reads: under the margin, a distractor is read beside the evidence; below minus the
+    margin, the evidence is left out. None when every chunk is evidence.
+    """
+    others = torch.ones_like(scores, dtype=torch.bool)
+    others[evidence] = False
+    if not others.any():
+        return None
+    return scores[evidence].max() - scores[others].max()

@@ -38,6 +38,7 @@ from longwatch.model.diffp import DiffFramePruner
 from longwatch.model.frames import frames_to_pixel_values, grid_for
 from longwatch.model.loading import LoadedModel, prefill_prefix, question_suffix, question_text
 from longwatch.model.needles import COLOURS, DIGITS, SHAPES
+from longwatch.model.retrieval import evidence_lead
 from longwatch.model.summary import save_adapter
 from longwatch.model.train_data import ClipSource, TrainingClip, vision_frames
 
@@ -204,10 +205,8 @@ def retrieval_loss(scores: torch.Tensor, evidence: torch.Tensor, margin: float =
     is zero once the lead reaches the margin, and until then pushes those two apart.
     """
     loss = torch.logsumexp(scores, 0) - torch.logsumexp(scores[evidence], 0)
-    others = torch.ones_like(scores, dtype=torch.bool)
-    others[evidence] = False
-    if margin > 0 and others.any():
-        loss = loss + F.relu(margin - (scores[evidence].max() - scores[others].max()))
+    if margin > 0 and (lead := evidence_lead(scores, evidence)) is not None:
+        loss = loss + F.relu(margin - lead)
     return loss
 
 
