@@ -33,8 +33,8 @@ from longwatch.memory.store import ChunkStore, open_store
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.config import ModelConfig
 from longwatch.model.loading import DEMO_MODEL_DIR, LoadedModel, load_model
-from longwatch.model.synthetic import SyntheticFootage
-from longwatch.model.train import new_base
+from longwatch.model.train.synthetic import SyntheticFootage
+from longwatch.model.train.trainer import new_base
 from longwatch.stream.archive import ArchiveProgress, ingest_archive
 from longwatch.stream.pipeline import ModelRunner, StageTimes
 from longwatch.stream.settings import IngestConfig, ServiceSettings, ingest_for_model

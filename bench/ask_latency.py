@@ -38,8 +38,8 @@ from common import bench_main, machine, percentile, timer  # noqa: E402
 
 from longwatch.clients.client import LiveFrame, LongWatchClient  # noqa: E402
 from longwatch.model.config import ModelConfig  # noqa: E402
-from longwatch.model.synthetic import SyntheticFootage  # noqa: E402
-from longwatch.model.train import new_base  # noqa: E402
+from longwatch.model.train.synthetic import SyntheticFootage  # noqa: E402
+from longwatch.model.train.trainer import new_base  # noqa: E402
 from longwatch.proto import longwatch_pb2 as pb  # noqa: E402
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc  # noqa: E402
 from longwatch.stream.server import LongWatchServer  # noqa: E402

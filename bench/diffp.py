@@ -34,7 +34,7 @@ from common import bench_main, machine
 
 from longwatch.model.diffp import DiffFramePruner
 from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
-from longwatch.model.synthetic import SyntheticFootage, encode_video
+from longwatch.model.train.synthetic import SyntheticFootage, encode_video
 from longwatch.stream.decode import VideoFileReader
 
 # The one door to transformers' native VideoLLaMA3 processor (and its torchvision stub) is the

@@ -30,7 +30,7 @@ from common import add_json_out, emit_and_save, machine
 
 from longwatch.clients.client import LiveFrame, LongWatchClient
 from longwatch.clients.webrtc import TestPatternTrack, send_video
-from longwatch.model.synthetic import SyntheticFootage
+from longwatch.model.train.synthetic import SyntheticFootage
 from longwatch.stream.server import LongWatchServer
 from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
 

@@ -50,7 +50,7 @@ from common import add_json_out, cached_file, emit_and_save, machine, model_plac
 
 from longwatch.clients.webrtc import FramePacer, WebRTCSender
 from longwatch.model.config import ModelConfig
-from longwatch.model.synthetic import SyntheticFootage
+from longwatch.model.train.synthetic import SyntheticFootage
 
 if TYPE_CHECKING:  # the senders' process runs this file too and must not pay for importing torch
     from longwatch.stream.server import LongWatchServer
@@ -205,7 +205,7 @@ def demo_model(folder: Path) -> Path:
     shipped = Path(__file__).resolve().parent.parent / "model" / "demo" / "base"
     if (shipped / "config.json").is_file():
         return shipped
-    from longwatch.model.train import new_base
+    from longwatch.model.train.trainer import new_base
 
     return new_base(folder / "demo-base", seed=0, system_prompt=ModelConfig().system_prompt)
 

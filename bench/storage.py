@@ -49,9 +49,9 @@ from common import bench_main, machine, timer  # noqa: E402
 from longwatch.clients.client import LongWatchClient  # noqa: E402
 from longwatch.memory.store import StreamKeys, open_store  # noqa: E402
 from longwatch.model.config import ModelConfig  # noqa: E402
-from longwatch.model.synthetic import write_video  # noqa: E402
 from longwatch.model.tiny import build_tiny_model  # noqa: E402
-from longwatch.model.train import new_base  # noqa: E402
+from longwatch.model.train.synthetic import write_video  # noqa: E402
+from longwatch.model.train.trainer import new_base  # noqa: E402
 from longwatch.stream.server import LongWatchServer  # noqa: E402
 from longwatch.stream.settings import IngestConfig, ServiceSettings  # noqa: E402
 

@@ -413,7 +413,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from longwatch.clients.demo import run_demo  # starts a server, so imports torch
+    from longwatch.model.eval.demo import run_demo  # starts a server, so imports torch
 
     return int(run_demo(args))
 
@@ -502,8 +502,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_clips(args)
     if args.suite == "margins":
         return _eval_margins(args)
-    from longwatch.clients.needle_eval import ROWS, EvalPlan, format_report, run_needle_eval
     from longwatch.model.config import ModelConfig
+    from longwatch.model.eval.needle_grid import ROWS, EvalPlan, format_report, run_needle_eval
 
     rows = tuple(args.rows.split(","))
     if unknown := set(rows) - set(ROWS):
@@ -526,9 +526,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _eval_clips(args: argparse.Namespace) -> int:
     """Accuracy per question kind on evaluation clips, in process: minutes, where the grid takes tens."""
     from longwatch.model.config import ModelConfig
-    from longwatch.model.evaluate import evaluate_clips
+    from longwatch.model.eval.clips import evaluate_clips
     from longwatch.model.loading import load_model
-    from longwatch.model.needles import QUESTION_KINDS
+    from longwatch.model.train.needles import QUESTION_KINDS
 
     kinds = tuple(args.kinds.split(","))
     if unknown := set(kinds) - set(QUESTION_KINDS):
@@ -567,7 +567,7 @@ def _eval_clips(args: argparse.Namespace) -> int:
 def _eval_margins(args: argparse.Namespace) -> int:
     """The needle chunk's score lead on hard training-split clips (`MARGIN_CLIPS`), and what margins do."""
     from longwatch.model.config import ModelConfig
-    from longwatch.model.evaluate import MARGIN_CLIPS, evidence_leads
+    from longwatch.model.eval.clips import MARGIN_CLIPS, evidence_leads
     from longwatch.model.loading import load_model
 
     try:
@@ -598,7 +598,7 @@ def _eval_margins(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from longwatch.stream.training import run_train  # imports torch: only when training
+    from longwatch.model.train.recipe import run_train  # imports torch: only when training
 
     try:
         return run_train(args)

@@ -12,7 +12,7 @@ the connection and waits until the service reports the stream no longer live, i.
 partial chunk is committed, so an immediate reconnect with the same id continues the stream.
 Files play at their own speed (aiortc's MediaPlayer paces them), as a camera would.
 
-`ice_addresses` keeps the connection on those addresses at both ends (longwatch.stream.ice):
+`ice_addresses` keeps the connection on those addresses at both ends (longwatch.clients.ice):
 `("127.0.0.1",)` to a service started with `--webrtc-address 127.0.0.1` never leaves loopback.
 """
 
@@ -34,7 +34,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from longwatch.clients.client import DEFAULT_HTTP_SERVER, LongWatchError
-from longwatch.stream.ice import parse_ice_addresses, restrict_remote_sdp, set_local_description
+from longwatch.clients.ice import parse_ice_addresses, restrict_remote_sdp, set_local_description
 
 __all__ = [
     "DEFAULT_HTTP_SERVER",

@@ -3,7 +3,7 @@
 aiortc needs asyncio and the gRPC server is synchronous, so this runs an aiohttp server on its
 own event loop in a thread of the service process. Routes:
 
-    GET  /                  the browser page (clients/static/index.html; its files under /static/)
+    GET  /                  the browser page (stream/static/index.html; its files under /static/)
     POST /offer             {"sdp", "type": "offer", "stream_id"?} -> {"sdp", "type": "answer", "stream_id"}
     GET  /api/streams       [stream, ...], the fields of ListStreams, state as "live"/"ready"/...
     GET  /api/streams/{id}  one stream
@@ -12,7 +12,7 @@ own event loop in a thread of the service process. Routes:
 
 Errors are {"error": "<one line>"} with the HTTP status of the gRPC one the same error gets
 (400 bad input, 404 unknown stream, 409 taken or busy or not ready, 503 stopping, 500 a bug).
-The page is the clients layer's static data, served from the installed package's files.
+The page's files sit beside this module (stream/static/), served from the installed package.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from longwatch.clients.ice import check_bindable
 from longwatch.memory.records import StreamRecord
 from longwatch.memory.store import ChunkStore
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.errors import BadRequest, StreamMissing, one_line, status_for
-from longwatch.stream.ice import check_bindable
 from longwatch.stream.live import LiveRegistry
 from longwatch.stream.webrtc import WebRTCIngest
 
@@ -52,8 +52,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def static_dir() -> Path:
-    """The browser page's folder, shipped as package data of longwatch.clients."""
-    return Path(str(importlib.resources.files("longwatch.clients").joinpath("static")))
+    """The browser page's folder, beside this module (package data of longwatch.stream)."""
+    return Path(str(importlib.resources.files("longwatch.stream").joinpath("static")))
 
 
 def record_json(record: StreamRecord) -> dict[str, Any]:

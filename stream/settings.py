@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longwatch.clients.ice import parse_ice_addresses
 from longwatch.memory.records import KV_STORAGE
 from longwatch.model.config import ModelConfig
-from longwatch.stream.ice import parse_ice_addresses
 
 SERVICE_KV_STORAGE = "int8"  # the store's own default stays lossless ("float"); the service saves bytes
 
@@ -54,7 +54,7 @@ class LiveConfig:
     recent_chunks: latest committed chunks Ask always adds for a live stream, besides top-k.
     max_frame_side, max_frame_bytes: the largest frame accepted over IngestFrames (width and
         height each, and bytes of one encoded or raw image); larger is INVALID_ARGUMENT.
-    ice_addresses: the addresses WebRTC peers may use on both ends (stream/ice.py): host
+    ice_addresses: the addresses WebRTC peers may use on both ends (clients/ice.py): host
         candidates are gathered on these only, and a sender's candidates on other addresses are
         ignored. None offers all of the machine's addresses but loopback (aioice's default), for
         browsers on other machines; ("127.0.0.1",) keeps WebRTC on loopback (tests, CI, the demo).

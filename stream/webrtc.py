@@ -4,7 +4,7 @@ Signalling is one HTTP exchange (stream/http.py): the sender POSTs an SDP offer 
 holds its ICE candidates (no trickle) and gets the answer back. The service offers host
 candidates only and contacts no STUN server, so a sender must reach one of the service's own
 addresses (the same machine or network). `LiveConfig.ice_addresses` narrows those addresses,
-on both ends (stream/ice.py): 127.0.0.1 keeps every packet on loopback.
+on both ends (clients/ice.py): 127.0.0.1 keeps every packet on loopback.
 
 Each received frame (an av.VideoFrame, decoded by aiortc) goes to the stream's `LiveSession`
 with its presentation time; only the frames the sampler keeps are colour-converted. The peer is
@@ -25,13 +25,13 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from longwatch.stream.errors import BadRequest, Stopping, one_line
-from longwatch.stream.ice import (
+from longwatch.clients.ice import (
     enlarge_receive_buffers,
     restrict_remote_sdp,
     selected_pair,
     set_local_description,
 )
+from longwatch.stream.errors import BadRequest, Stopping, one_line
 from longwatch.stream.images import VideoFrameImage
 from longwatch.stream.live import LiveRegistry, LiveSession
 

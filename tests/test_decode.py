@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from footage import cut_at_packet, cut_in_half, real_clip, write_audio_only
 
-from longwatch.model.synthetic import SyntheticFootage
+from longwatch.model.train.synthetic import SyntheticFootage
 from longwatch.stream.decode import (
     SampledFrame,
     TimeSampler,

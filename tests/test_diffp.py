@@ -13,7 +13,7 @@ from native_videollama3 import native_compression_mask
 
 from longwatch.model.diffp import DiffFramePruner, GridChangedError, frames_kept, token_change
 from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
-from longwatch.model.synthetic import SyntheticFootage
+from longwatch.model.train.synthetic import SyntheticFootage
 from longwatch.stream.decode import VideoFileReader
 
 CHUNKS = (1, 3, 2, 5, 4, 1, 7)

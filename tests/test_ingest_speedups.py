@@ -18,8 +18,8 @@ from longwatch.memory.store import RedisChunkStore
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.config import ModelConfig
 from longwatch.model.loading import load_model
-from longwatch.model.synthetic import SyntheticFootage
 from longwatch.model.tiny import build_tiny_model
+from longwatch.model.train.synthetic import SyntheticFootage
 from longwatch.stream.archive import decoded_ahead, ingest_archive
 from longwatch.stream.decode import SampledFrame, TimeSampler, UnsampledFrameSkipper, VideoFileReader
 from longwatch.stream.errors import BadRequest

@@ -29,15 +29,15 @@ from test_live_units import _real_offer, candidate_hosts, encode_still
 
 from longwatch.clients import cli
 from longwatch.clients.client import LiveFrame, LongWatchClient, LongWatchError
+from longwatch.clients.ice import restrict_remote_sdp, selected_pair, set_local_description
 from longwatch.clients.webrtc import open_source, send_video
 from longwatch.memory.records import StreamState
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.memory.store import open_store as open_store_for
-from longwatch.model.synthetic import encode_video
+from longwatch.model.train.synthetic import encode_video
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.stream.decode import VideoFileReader
-from longwatch.stream.ice import restrict_remote_sdp, selected_pair, set_local_description
 from longwatch.stream.images import scale_rgb
 from longwatch.stream.server import LongWatchServer
 from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings

@@ -15,7 +15,7 @@ import pytest
 import torch
 from aiortc import RTCPeerConnection
 
-from longwatch.clients import cli
+from longwatch.clients import cli, ice
 from longwatch.clients.cli import parse_size
 from longwatch.clients.format import format_send_summary
 from longwatch.clients.webrtc import (
@@ -27,7 +27,6 @@ from longwatch.clients.webrtc import (
     http_base,
     video_codecs,
 )
-from longwatch.stream import ice
 from longwatch.stream.errors import BadRequest
 from longwatch.stream.images import EncodedImage, RawImage, decode_image
 from longwatch.stream.live import IngestState, StreamClock

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from longwatch.clients import cli
-from longwatch.model.needles import make_needle_video, seed_for
+from longwatch.model.train.needles import make_needle_video, seed_for
 
 
 def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) -> None:  # noqa: ANN001
@@ -57,7 +57,7 @@ def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) ->
 
 
 def test_keep_raw_cells_past_its_limit_are_reported_skipped() -> None:
-    from longwatch.clients.needle_eval import Cell, EvalPlan, format_report
+    from longwatch.model.eval.needle_grid import Cell, EvalPlan, format_report
 
     plan = EvalPlan(lengths=(60, 3600), raw_max_frames=900)
     assert plan.runs("keep-raw", 60) and not plan.runs("keep-raw", 3600) and plan.runs("longwatch", 3600)
@@ -77,7 +77,7 @@ def test_keep_raw_cells_past_its_limit_are_reported_skipped() -> None:
 
 
 def test_the_report_averages_how_often_the_opening_is_cited_over_the_cells_that_count_it() -> None:
-    from longwatch.clients.needle_eval import Cell, format_report
+    from longwatch.model.eval.needle_grid import Cell, format_report
 
     at_start, later = Cell(), Cell()
     at_start.correct["what"].append(True)  # a needle in the first chunk: nothing to count

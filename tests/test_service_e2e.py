@@ -23,8 +23,8 @@ from longwatch.clients.client import (
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.model.config import ModelConfig
 from longwatch.model.loading import DEMO_MODEL_DIR
-from longwatch.model.needles import make_needle_video, questions_for, seed_for
-from longwatch.model.synthetic import SyntheticFootage, write_video
+from longwatch.model.train.needles import make_needle_video, questions_for, seed_for
+from longwatch.model.train.synthetic import SyntheticFootage, write_video
 from longwatch.stream.server import LongWatchServer
 from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings, score_margin_for_model
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from longwatch.model.needles import make_needle_video, seed_for
-from longwatch.model.synthetic import (
+from longwatch.model.train.needles import make_needle_video, seed_for
+from longwatch.model.train.synthetic import (
     BoxEvent,
     Drifter,
     Scene,
@@ -134,7 +134,7 @@ def test_codec_round_trip_gives_the_frames_a_reader_decodes_from_the_written_fil
 # allocations, and a 1 fps video written to a file; prints their hashes.
 ROUND_TRIPS = """
 import hashlib, sys, numpy as np
-from longwatch.model.synthetic import SyntheticFootage, codec_round_trip, encode_video
+from longwatch.model.train.synthetic import SyntheticFootage, codec_round_trip, encode_video
 out = []
 for seed in range(1001, 1005):
     footage = SyntheticFootage(seed=seed, width=56, height=56, fps=10)

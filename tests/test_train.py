@@ -17,7 +17,15 @@ from torch.nn import functional as F
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.config import BASE_SIZES, ModelConfig
 from longwatch.model.loading import LoadedModel, load_model
-from longwatch.model.needles import (
+from longwatch.model.tiny import build_tiny_model
+from longwatch.model.train.clips import (
+    CODEC_CONTEXT_FRAMES,
+    DIGIT_BALANCED_HAYSTACKS_S,
+    NeedleClips,
+    TrainingClip,
+    vision_frames,
+)
+from longwatch.model.train.needles import (
     COLOURS,
     EVAL_SEED_BASE,
     QUESTION_KINDS,
@@ -28,9 +36,9 @@ from longwatch.model.needles import (
     seed_for,
     split_of,
 )
-from longwatch.model.synthetic import SyntheticFootage, encode_video
-from longwatch.model.tiny import build_tiny_model
-from longwatch.model.train import (
+from longwatch.model.train.recipe import JsonlClips, read_jsonl
+from longwatch.model.train.synthetic import SyntheticFootage, encode_video
+from longwatch.model.train.trainer import (
     TrainConfig,
     Trainer,
     answer_ids,
@@ -40,14 +48,6 @@ from longwatch.model.train import (
     raw_cache,
     retrieval_loss,
 )
-from longwatch.model.train_data import (
-    CODEC_CONTEXT_FRAMES,
-    DIGIT_BALANCED_HAYSTACKS_S,
-    NeedleClips,
-    TrainingClip,
-    vision_frames,
-)
-from longwatch.stream.training import JsonlClips, read_jsonl
 
 
 @dataclass
@@ -144,7 +144,7 @@ def test_adapter_round_trips_into_the_service_path(base: Path, clips: FixedClips
     assert served.fingerprint != untrained.fingerprint  # caches made with another adapter are refused
 
     def compress(lm: LoadedModel) -> torch.Tensor:
-        from longwatch.model.train import clip_chunks
+        from longwatch.model.train.trainer import clip_chunks
 
         frames = clip_chunks(lm, clips.clips[0], 0.1, 4)[0]
         return SummaryCompressor(lm).compress("s", 0, frames).keys
@@ -492,7 +492,7 @@ def test_jsonl_source_reads_real_video(tmp_path: Path) -> None:
 
 def test_in_process_clip_evaluation(base: Path) -> None:
     """The quick training-time check: the serving path on evaluation clips, judged per question kind."""
-    from longwatch.model.evaluate import evaluate_clips
+    from longwatch.model.eval.clips import evaluate_clips
 
     lm = load_model(ModelConfig(path=base))
     everything = evaluate_clips(lm, n=3, top_k=2, n_chunks=2)  # top-k covers every chunk
@@ -506,7 +506,7 @@ def test_in_process_clip_evaluation(base: Path) -> None:
 
 def test_evidence_leads_measure_the_needle_chunks_lead_as_asks_margin_reads_it(base: Path) -> None:
     from longwatch.model.answer import question_vector
-    from longwatch.model.evaluate import compress_clip, evidence_leads
+    from longwatch.model.eval.clips import compress_clip, evidence_leads
 
     lm = load_model(ModelConfig(path=base))
     source = NeedleClips(n_chunks=3, all_questions=True, distractor_pool=2)
@@ -553,7 +553,7 @@ def test_a_distractor_pool_adds_chunks_to_clips_of_several_and_changes_nothing_w
 def test_hardest_chunks_are_the_ones_asks_retrieval_ranks_first() -> None:
     from longwatch.model.answer import question_vector
     from longwatch.model.compressor import run_chunk
-    from longwatch.model.train import hardest_chunks
+    from longwatch.model.train.trainer import hardest_chunks
 
     lm = load_model(ModelConfig())  # the shipped demo model: its retrieval has something to rank
     source = NeedleClips(n_chunks=3, distractor_pool=9, split="eval")
@@ -573,7 +573,7 @@ def test_hardest_chunks_are_the_ones_asks_retrieval_ranks_first() -> None:
 
 def test_a_clip_that_opens_the_stream_keeps_its_opening_among_the_hardest_chunks() -> None:
     """Else retrieval would learn the opening is no answer only when it already ranks high."""
-    from longwatch.model.train import hardest_chunks
+    from longwatch.model.train.trainer import hardest_chunks
 
     lm = load_model(ModelConfig())
     source = NeedleClips(n_chunks=3, distractor_pool=9, split="eval", stream_start_share=1.0)

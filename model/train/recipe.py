@@ -1,6 +1,6 @@
 """`longwatch train`: the trainer wired to its data (synthetic needles or a user's JSONL) and outputs.
 
-The trainer itself is model/train.py; this layer adds what needs the stream side: decoding a
+The trainer itself is model/train/trainer.py; this layer adds what needs the stream side: decoding a
 user's video files for the JSONL format.
 
 JSONL format, one example per line:
@@ -25,8 +25,8 @@ from tqdm import tqdm
 from longwatch.model.config import ModelConfig
 from longwatch.model.frames import grid_for, resize_frames
 from longwatch.model.loading import checkpoint_fingerprint, load_model
-from longwatch.model.train import StepMetrics, TrainConfig, Trainer, new_base
-from longwatch.model.train_data import DIGIT_BALANCED_HAYSTACKS_S, ClipSource, NeedleClips, TrainingClip
+from longwatch.model.train.clips import DIGIT_BALANCED_HAYSTACKS_S, ClipSource, NeedleClips, TrainingClip
+from longwatch.model.train.trainer import StepMetrics, TrainConfig, Trainer, new_base
 from longwatch.stream.decode import VideoFileReader
 
 DEFAULT_QUESTION = "What happens in the video?"

@@ -37,10 +37,10 @@ from longwatch.model.config import BASE_SIZES, DEFAULT_BASE_SIZE
 from longwatch.model.diffp import DiffFramePruner
 from longwatch.model.frames import frames_to_pixel_values, grid_for
 from longwatch.model.loading import LoadedModel, prefill_prefix, question_suffix, question_text
-from longwatch.model.needles import COLOURS, DIGITS, SHAPES
 from longwatch.model.retrieval import evidence_lead
 from longwatch.model.summary import save_adapter
-from longwatch.model.train_data import ClipSource, TrainingClip, vision_frames
+from longwatch.model.train.clips import ClipSource, TrainingClip, vision_frames
+from longwatch.model.train.needles import COLOURS, DIGITS, SHAPES
 
 STAGES = ("summary", "base")
 
@@ -625,8 +625,8 @@ def new_base(
 ) -> Path:
     """A from-scratch base for the needle demo: word tokenizer, 56 px frames (4 tokens), a BASE_SIZES size."""
     from longwatch.model.tiny import build_tiny_model
-    from longwatch.model.train_data import corpus
-    from longwatch.model.vocab import build_word_tokenizer
+    from longwatch.model.train.clips import corpus
+    from longwatch.model.train.vocab import build_word_tokenizer
 
     if size not in BASE_SIZES:
         raise ValueError(f"size must be one of {sorted(BASE_SIZES)}, got {size!r}")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from longwatch.clients.client import LongWatchClient
 from longwatch.model.config import ModelConfig
-from longwatch.model.needles import (
+from longwatch.model.train.needles import (
     QUESTION_KINDS,
     NeedleVideo,
     judge,
@@ -34,7 +34,7 @@ from longwatch.model.needles import (
     questions_for,
     seed_for,
 )
-from longwatch.model.synthetic import write_once
+from longwatch.model.train.synthetic import write_once
 
 if TYPE_CHECKING:
     from longwatch.stream.settings import ServiceSettings

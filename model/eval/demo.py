@@ -48,7 +48,7 @@ class DemoPlan:
     def judge(self, q: DemoQuestion, answer: str) -> str:
         if self.needle is None or not q.kind:
             return ""
-        from longwatch.model.needles import judge
+        from longwatch.model.train.needles import judge
 
         return "right" if judge(q.kind, answer, self.needle) else f"wrong, expected {q.expected!r}"
 
@@ -60,8 +60,8 @@ def _write(tmp_path: Path, seconds: int, write: Callable[..., Path]) -> None:
 
 def needle_plan(state_dir: Path) -> DemoPlan:
     """For the trained demo model: a 10-minute haystack with one needle, and the three questions about it."""
-    from longwatch.model.needles import make_needle_video, questions_for, seed_for
-    from longwatch.model.synthetic import write_once
+    from longwatch.model.train.needles import make_needle_video, questions_for, seed_for
+    from longwatch.model.train.synthetic import write_once
 
     video = make_needle_video(seed_for("eval", 10**6), DEMO_SECONDS, depth=0.6)
     path = write_once(state_dir / "samples" / video.file_name, lambda p: _write(p, DEMO_SECONDS, video.write))
@@ -71,7 +71,7 @@ def needle_plan(state_dir: Path) -> DemoPlan:
 
 def footage_plan(state_dir: Path) -> DemoPlan:
     """For an untrained model: footage-like video (still scenes, pans, cuts) and open questions."""
-    from longwatch.model.synthetic import write_once, write_video
+    from longwatch.model.train.synthetic import write_once, write_video
 
     path = write_once(
         state_dir / "samples" / f"demo-{DEMO_SECONDS}s.mp4",

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from longwatch.model.synthetic import Progress, SyntheticFootage
+from longwatch.model.train.synthetic import Progress, SyntheticFootage
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 30, 30),

@@ -17,10 +17,10 @@ from longwatch.memory.chunk import ChunkCache
 from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.model.compressor import run_chunk
 from longwatch.model.loading import LoadedModel
-from longwatch.model.needles import QUESTION_KINDS, QuestionKind, judge
 from longwatch.model.retrieval import evidence_lead, within_margin
-from longwatch.model.train import clip_chunks
-from longwatch.model.train_data import DIGIT_BALANCED_HAYSTACKS_S, NeedleClips, TrainingClip
+from longwatch.model.train.clips import DIGIT_BALANCED_HAYSTACKS_S, NeedleClips, TrainingClip
+from longwatch.model.train.needles import QUESTION_KINDS, QuestionKind, judge
+from longwatch.model.train.trainer import clip_chunks
 
 
 @dataclass

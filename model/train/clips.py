@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from longwatch.model.needles import (
+from longwatch.model.train.needles import (
     QUESTION_KINDS,
     Needle,
     QuestionKind,
@@ -22,7 +22,7 @@ from longwatch.model.needles import (
     random_needle,
     seed_for,
 )
-from longwatch.model.synthetic import SyntheticFootage, codec_round_trip
+from longwatch.model.train.synthetic import SyntheticFootage, codec_round_trip
 
 # Haystack lengths the refine stage cuts its clips from: needle times of two, three and four
 # digits about equally often (see NeedleClips.haystack_lengths).
@@ -339,7 +339,7 @@ def vision_frames(
 def corpus(system_prompt: str) -> list[str]:
     """Texts a needle demo model must spell: prompts, labels, every question and answer form."""
     from longwatch.model.loading import frame_label, question_suffix, system_prefix
-    from longwatch.model.needles import COLOURS, DIGITS, SHAPES
+    from longwatch.model.train.needles import COLOURS, DIGITS, SHAPES
 
     texts = [system_prefix(system_prompt), frame_label(0.0, True), frame_label(1234.5, False), "6789"]
     for shape in (*SHAPES, "digit"):
