@@ -24,6 +24,7 @@ service reached by browsers on other machines needs. Tests, CI and the demo use 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import contextvars
 import ipaddress
@@ -60,6 +61,14 @@ def parse_ice_addresses(values: Iterable[str]) -> tuple[str, ...]:
     if not addresses:
         raise ValueError("expected at least one IP address (leave the setting unset for all of them)")
     return tuple(addresses)
+
+
+def address_list(text: str) -> list[str]:
+    """An argparse type: "127.0.0.1" or "127.0.0.1,::1" (a flag's value, or a variable's) as IP addresses."""
+    try:
+        return list(parse_ice_addresses(part for part in text.split(",") if part.strip()))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def allows(addresses: tuple[str, ...], host: str) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longwatch.clients.ice import parse_ice_addresses
+from longwatch.clients.ice import address_list, parse_ice_addresses
 from longwatch.memory.records import KV_STORAGE
 from longwatch.model.config import ModelConfig
 
@@ -146,14 +146,6 @@ class ServiceSettings:
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"LONGWATCH_{name}", default)
-
-
-def address_list(text: str) -> list[str]:
-    """Parse "127.0.0.1" or "127.0.0.1,::1" (a flag's value, or a variable's) as IP addresses."""
-    try:
-        return list(parse_ice_addresses(part for part in text.split(",") if part.strip()))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class AppendAddresses(argparse.Action):

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from longwatch.clients import cli
+from longwatch.clients import cli, main
 from longwatch.clients.client import (
     AlreadyExists,
     AskResult,
@@ -462,7 +462,7 @@ def test_wait_ready_gives_up_on_a_dead_server() -> None:
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
+    code = main.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -470,14 +470,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 @pytest.mark.parametrize("command", ["", "serve", "ingest", "ask", "streams", "show", "delete", "demo"])
 def test_help_needs_no_server(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.main([command, "--help"] if command else ["--help"])
+        main.main([command, "--help"] if command else ["--help"])
     assert exited.value.code == 0
     assert "usage: longwatch" in capsys.readouterr().out
 
 
 def test_server_flag_works_before_and_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LONGWATCH_SERVER", "envhost:1")
-    parser = cli.build_parser()
+    parser = main.build_parser()
     assert parser.parse_args(["streams"]).server == "envhost:1"
     assert parser.parse_args(["--server", "a:1", "streams"]).server == "a:1"
     assert parser.parse_args(["streams", "--server", "b:2"]).server == "b:2"
@@ -505,7 +505,7 @@ def test_parse_seconds_rejects(text: str) -> None:
 )
 def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.main(argv)
+        main.main(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
 

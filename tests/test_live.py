@@ -27,7 +27,7 @@ import redis
 from footage import real_clip
 from test_live_units import _real_offer, candidate_hosts, encode_still
 
-from longwatch.clients import cli
+from longwatch.clients import main
 from longwatch.clients.client import LiveFrame, LongWatchClient, LongWatchError
 from longwatch.clients.ice import restrict_remote_sdp, selected_pair, set_local_description
 from longwatch.clients.webrtc import open_source, send_video
@@ -262,7 +262,7 @@ def test_longwatch_stream_of_a_real_clip_beside_other_live_streams(
     workers = [threading.Thread(target=grpc_feed), threading.Thread(target=pattern)]
     for w in workers:
         w.start()
-    code = cli.main(
+    code = main.main(
         ["stream", str(real_clip("bikes.mp4")), "--stream", "bikes-live", "--http-server", http]
         + ["--ice-address", "127.0.0.1"]
     )

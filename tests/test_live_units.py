@@ -15,7 +15,7 @@ import pytest
 import torch
 from aiortc import RTCPeerConnection
 
-from longwatch.clients import cli, ice
+from longwatch.clients import ice, main
 from longwatch.clients.cli import parse_size
 from longwatch.clients.format import format_send_summary
 from longwatch.clients.webrtc import (
@@ -216,7 +216,7 @@ def test_ice_addresses_are_ip_literals_in_canonical_form() -> None:
 
 
 def serve_args(argv: list[str]) -> argparse.Namespace:
-    return cli.build_parser().parse_args(["serve", *argv])
+    return main.build_parser().parse_args(["serve", *argv])
 
 
 def test_webrtc_address_flag_and_variable(
@@ -238,7 +238,7 @@ def test_webrtc_address_flag_and_variable(
             serve_args(argv)
         assert exit_.value.code == 2
         assert "expected an IP address such as 127.0.0.1 or ::1, got 'nope'" in capsys.readouterr().err
-    args = cli.build_parser().parse_args(["stream", "--test-pattern", "--ice-address", "127.0.0.1"])
+    args = main.build_parser().parse_args(["stream", "--test-pattern", "--ice-address", "127.0.0.1"])
     assert args.ice_addresses == [["127.0.0.1"]]
 
 

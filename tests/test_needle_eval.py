@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from longwatch.clients import cli
+from longwatch.clients import main
 from longwatch.model.train.needles import make_needle_video, seed_for
 
 
 def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     out = tmp_path / "eval"
-    code = cli.main(
+    code = main.main(
         [
             "eval",
             "needle",
@@ -104,7 +104,7 @@ def test_the_report_averages_how_often_the_opening_is_cited_over_the_cells_that_
 )
 def test_eval_clips_prints_accuracy_of_the_shipped_model(capsys, extra: list[str]) -> None:  # noqa: ANN001
     args = ["eval", "clips", "--clips", "12", "--chunks", "3", "--top-k", "1", "--haystacks", "60,3600"]
-    assert cli.main(args + extra) == 0
+    assert main.main(args + extra) == 0
     header, *rows = capsys.readouterr().out.strip().splitlines()[-3:]
     assert header.split() == ["haystack", "chunks", "clips", "what", "colour", "when", "recall@1"]
     assert [row.split()[:3] for row in rows] == [["60s", "3", "12"], ["3600s", "3", "12"]]
@@ -118,24 +118,24 @@ def test_eval_clips_prints_accuracy_of_the_shipped_model(capsys, extra: list[str
 
 
 def test_eval_clips_asks_only_the_kinds_given(capsys) -> None:  # noqa: ANN001
-    assert cli.main(["eval", "clips", "--clips", "3", "--chunks", "2", "--kinds", "when"]) == 0
+    assert main.main(["eval", "clips", "--clips", "3", "--chunks", "2", "--kinds", "when"]) == 0
     what, colour, when = capsys.readouterr().out.strip().splitlines()[-1].split()[3:6]
     assert (what, colour) == ("-", "-") and when.endswith("%")
-    assert cli.main(["eval", "clips", "--kinds", "when,weather"]) == 2
+    assert main.main(["eval", "clips", "--kinds", "when,weather"]) == 2
     assert "unknown question kinds ['weather']" in capsys.readouterr().err
 
 
 def test_eval_clips_with_a_zero_score_margin_reads_the_best_chunk_alone(capsys) -> None:  # noqa: ANN001
     """As Ask does: of the top-k, only chunks within the margin of the best are read."""
     args = ["eval", "clips", "--clips", "6", "--chunks", "3", "--haystacks", "300"]
-    assert cli.main([*args, "--top-k", "1"]) == 0
+    assert main.main([*args, "--top-k", "1"]) == 0
     top1 = capsys.readouterr().out.strip().splitlines()[-1]
-    assert cli.main([*args, "--top-k", "3", "--score-margin", "0"]) == 0
+    assert main.main([*args, "--top-k", "3", "--score-margin", "0"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == top1
 
 
 def test_eval_margins_tabulates_what_each_margin_keeps_and_drops(capsys) -> None:  # noqa: ANN001
-    assert cli.main(["eval", "margins", "--clips", "2", "--margins", "0,5,1000"]) == 0
+    assert main.main(["eval", "margins", "--clips", "2", "--margins", "0,5,1000"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("6 questions on 2 training-split clips")  # three questions a clip
     assert out[1].startswith("needle chunk's lead over the best other: median")
@@ -143,5 +143,5 @@ def test_eval_margins_tabulates_what_each_margin_keeps_and_drops(capsys) -> None
     assert list(rows) == ["0", "5", "1000"]
     # A margin wider than any lead keeps a distractor beside every needle and drops none.
     assert rows["1000"] == ["100.0%", "0.0%"]
-    assert cli.main(["eval", "margins", "--margins", "five"]) == 2
+    assert main.main(["eval", "margins", "--margins", "five"]) == 2
     assert "--margins wants numbers" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import pytest
 import redis
 from footage import cut_at_packet, cut_in_half, real_clip, write_audio_only
 
-from longwatch.clients import cli
+from longwatch.clients import main
 from longwatch.clients.client import (
     AlreadyExists,
     InvalidArgument,
@@ -147,11 +147,11 @@ def test_cli_ask_json_and_streams(
     gen: str, server: LongWatchServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = f"127.0.0.1:{server.port}"
-    assert cli.main(["--server", target, "ask", "gen", "Where is the camera?", "--json"]) == 0
+    assert main.main(["--server", target, "ask", "gen", "Where is the camera?", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert isinstance(answer["answer"], str)
     assert answer["evidence"] and {"start_s", "end_s", "score"} <= set(answer["evidence"][0])
-    assert cli.main(["--server", target, "streams", "--json"]) == 0
+    assert main.main(["--server", target, "streams", "--json"]) == 0
     listed = {s["stream_id"]: s for s in json.loads(capsys.readouterr().out)}
     assert listed["gen"]["chunks"] == GENERATED_SECONDS // 8
 
@@ -322,4 +322,4 @@ def test_the_score_margin_served_is_the_one_set_else_the_cards_in_summary_mode()
     with pytest.raises(ValueError, match="score margin must be >= 0"):
         ServiceSettings(score_margin=-1.0)
     # On the command line: one line, before anything starts.
-    assert cli.main(["serve", "--score-margin", "-1"]) == 2
+    assert main.main(["serve", "--score-margin", "-1"]) == 2

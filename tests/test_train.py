@@ -196,21 +196,21 @@ def test_base_stage_from_scratch_learns(tmp_path: Path) -> None:
 def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_model(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from longwatch.clients import cli
+    from longwatch.clients import main
 
     out = tmp_path / "demo"
     args = ["train", "--stage", "demo", "--out", str(out), "--size", "tiny", "--vision-steps", "3"]
     args += ["--freeze-vision-steps", "1", "--steps", "3", "--summary-steps", "2", "--refine-steps", "3"]
     args += ["--hard-steps", "2", "--hard-distractor-pool", "3", "--polish-steps", "2"]
-    assert cli.main([*args, "--hard-codec-share", "1.5"]) == 2  # refused before any training
-    assert cli.main([*args, "--hard-stream-start-share", "-0.1"]) == 2
-    assert cli.main([*args, "--hard-distractor-pool", "-1"]) == 2
-    assert cli.main([*args, "--polish-straddle-share", "2"]) == 2
-    assert cli.main([*args, "--polish-turnover-share", "-1"]) == 2
-    assert cli.main([*args, "--polish-retrieval-margin", "-1"]) == 2
-    assert cli.main([*args, "--score-margin", "-1"]) == 2
+    assert main.main([*args, "--hard-codec-share", "1.5"]) == 2  # refused before any training
+    assert main.main([*args, "--hard-stream-start-share", "-0.1"]) == 2
+    assert main.main([*args, "--hard-distractor-pool", "-1"]) == 2
+    assert main.main([*args, "--polish-straddle-share", "2"]) == 2
+    assert main.main([*args, "--polish-turnover-share", "-1"]) == 2
+    assert main.main([*args, "--polish-retrieval-margin", "-1"]) == 2
+    assert main.main([*args, "--score-margin", "-1"]) == 2
     assert not out.exists()
-    assert cli.main(args) == 0
+    assert main.main(args) == 0
     runs = out / "runs"
     stages = ("base", "summary", "refine", "hard", "polish")
 
@@ -240,24 +240,26 @@ def test_demo_stage_runs_base_summary_refine_hard_polish_and_leaves_the_last_mod
     ) == (2, 3e-5, 2, 1e-4, 3)
     # Run again, the same recipe trains nothing more.
     shipped = (out / "base" / "model.safetensors").read_bytes()
-    assert cli.main(args) == 0
+    assert main.main(args) == 0
     assert logged() == [6, 2, 3, 2, 2] and (out / "base" / "model.safetensors").read_bytes() == shipped
     # Only the refined model kept: the hard and polish stages alone run again from it, and make
     # the same model.
     for stage in ("base", "summary", "hard", "polish"):
         shutil.rmtree(runs / stage)
-    assert cli.main(args) == 0
+    assert main.main(args) == 0
     assert not (runs / "base").exists() and (out / "base" / "model.safetensors").read_bytes() == shipped
     # A recipe that differs in an earlier stage does not take that stage as finished.
-    assert cli.main([*args, "--refine-lr", "2e-4"]) == 0
+    assert main.main([*args, "--refine-lr", "2e-4"]) == 0
     assert (runs / "base" / "finished.json").exists()
     # Started from a finished demo model, a recipe trains its last stage alone, from that model.
     later = tmp_path / "later"
-    assert cli.main([*args, "--out", str(later), "--start-from", str(tmp_path / "nothing")]) == 2
+    assert main.main([*args, "--out", str(later), "--start-from", str(tmp_path / "nothing")]) == 2
     polish_flags = ["--polish-straddle-share", "0.3", "--hard-rollover-share", "0.25", "--polish-lr", "2e-5"]
     polish_flags += ["--polish-turnover-share", "0.5", "--polish-retrieval-margin", "10"]
     assert (
-        cli.main([*args, *polish_flags, "--out", str(later), "--start-from", str(out), "--score-margin", "5"])
+        main.main(
+            [*args, *polish_flags, "--out", str(later), "--start-from", str(out), "--score-margin", "5"]
+        )
         == 0
     )
     # The margin Ask serves the model with is in its card.
