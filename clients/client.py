@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
+from longwatch.proto.streams import StreamRecord
 
 if TYPE_CHECKING:
     import numpy as np
@@ -197,45 +198,8 @@ class AskResult:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class StreamSummary:
-    """Everything the server reports about one stream (StreamInfo), state as "ingesting"/"ready"/"live"."""
-
-    stream_id: str
-    state: str
-    source: str
-    duration_s: float
-    frames_decoded: int
-    frames_sampled: int
-    frames_kept: int
-    tokens_seen: int
-    tokens_kept: int
-    chunks: int
-    bytes_stored: int
-    fps: float
-    model: str
-    created_unix: float
-    updated_unix: float
-    frames_dropped: int
-    kv_storage: str = "float"  # or "int8": how the stream's chunks keep their K/V
-
-    @classmethod
-    def from_proto(cls, info: pb.StreamInfo) -> StreamSummary:
-        values = {f.name: getattr(info, f.name) for f in pb.StreamInfo.DESCRIPTOR.fields}
-        values["state"] = state_name(info.state)
-        return cls(**values)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def state_name(state: int) -> str:
-    """STREAM_STATE_READY -> "ready"; a value newer than these stubs -> "unknown(7)"."""
-    try:
-        name = str(pb.StreamState.Name(state))
-    except ValueError:
-        return f"unknown({state})"
-    return name.removeprefix("STREAM_STATE_").lower()
+# What the server reports about one stream: the one definition both ends share (proto/streams.py).
+StreamSummary = StreamRecord
 
 
 class AskStream(Iterator[str]):

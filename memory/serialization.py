@@ -26,7 +26,8 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.kvquant import check_scales, dequantize_int8, quantize_int8
-from longwatch.memory.records import KV_STORAGE, CorruptChunk
+from longwatch.memory.records import CorruptChunk
+from longwatch.proto.streams import KV_STORAGE
 
 META_KEY = "longwatch.chunk"  # the one safetensors metadata entry: JSON of the scalars and "version"
 FORMAT_VERSION = 1  # float K/V

@@ -36,7 +36,6 @@ from redis.retry import Retry
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.records import (
-    KV_STORAGE,
     LEGACY_KV_STORAGE,
     ChunkExists,
     ChunkNotFound,
@@ -47,9 +46,8 @@ from longwatch.memory.records import (
     StoreUnavailable,
     StreamExists,
     StreamNotFound,
-    StreamRecord,
-    StreamState,
-    validate_stream_id,
+    record_from_hash,
+    record_to_hash,
 )
 from longwatch.memory.serialization import (
     chunk_from_bytes,
@@ -57,6 +55,7 @@ from longwatch.memory.serialization import (
     vector_from_bytes,
     vector_to_bytes,
 )
+from longwatch.proto.streams import KV_STORAGE, StreamRecord, StreamState, validate_stream_id
 
 STREAMS_KEY = "lw:streams"
 DEFAULT_KV_STORAGE = "float"
@@ -221,14 +220,14 @@ class RedisChunkStore(ChunkStore):
             if pipe.exists(keys.record):
                 raise StreamExists(f"stream {record.stream_id!r} already exists")
             pipe.multi()
-            pipe.hset(keys.record, mapping=record.to_hash())
+            pipe.hset(keys.record, mapping=record_to_hash(record))
 
         self._transact([keys.record], body)
 
     @_unavailable_as_store_error
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         data = self._r.hgetall(StreamKeys(stream_id).record)
-        return StreamRecord.from_hash(data) if data else None
+        return record_from_hash(data) if data else None
 
     @_unavailable_as_store_error
     def list_streams(self) -> list[StreamRecord]:
@@ -240,7 +239,7 @@ class RedisChunkStore(ChunkStore):
         pipe = self._r.pipeline(transaction=False)  # the records are in different slots
         for sid in ids:
             pipe.hgetall(StreamKeys(sid).record)
-        return [StreamRecord.from_hash(data) for data in pipe.execute() if data]
+        return [record_from_hash(data) for data in pipe.execute() if data]
 
     @_unavailable_as_store_error
     def set_state(self, stream_id: str, state: StreamState) -> None:

@@ -18,10 +18,10 @@ import torch
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import StreamRecord, StreamState
 from longwatch.memory.store import ChunkStore
 from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.model.retrieval import within_margin
+from longwatch.proto.streams import StreamRecord, StreamState
 from longwatch.stream.errors import BadRequest, NotReady, StreamMissing
 from longwatch.stream.pipeline import ModelRunner
 

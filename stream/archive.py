@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import StreamRecord, StreamState, validate_stream_id
 from longwatch.memory.store import ChunkStore
+from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
 from longwatch.stream.decode import SampledFrame, VideoFileReader, probe_video
 from longwatch.stream.errors import BadRequest
 from longwatch.stream.pipeline import ModelRunner, StageTimes, StreamIngestor

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from longwatch.memory.records import CorruptChunk, InvalidStreamId, StreamExists, StreamNotFound
+from longwatch.memory.records import CorruptChunk, StreamExists, StreamNotFound
+from longwatch.proto.streams import InvalidStreamId
 from longwatch.stream.decode import VideoDecodeError
 
 

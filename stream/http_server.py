@@ -18,7 +18,6 @@ The page's files sit beside this module (stream/static/), served from the instal
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.resources
 import logging
 import threading
@@ -30,7 +29,6 @@ import grpc
 from aiohttp import web
 
 from longwatch.clients.ice import check_bindable
-from longwatch.memory.records import StreamRecord
 from longwatch.memory.store import ChunkStore
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.errors import BadRequest, StreamMissing, one_line, status_for
@@ -54,10 +52,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def static_dir() -> Path:
     """The browser page's folder, beside this module (package data of longwatch.stream)."""
     return Path(str(importlib.resources.files("longwatch.stream").joinpath("static")))
-
-
-def record_json(record: StreamRecord) -> dict[str, Any]:
-    return {**dataclasses.asdict(record), "state": record.state.value}
 
 
 def outcome_json(stream_id: str, outcome: AskOutcome) -> dict[str, Any]:
@@ -228,14 +222,14 @@ class LiveHttpServer:
 
     async def _streams(self, request: web.Request) -> web.Response:
         records = await asyncio.to_thread(self.store.list_streams)
-        return web.json_response([record_json(r) for r in records])
+        return web.json_response([r.to_json_dict() for r in records])
 
     async def _stream(self, request: web.Request) -> web.Response:
         stream_id = request.match_info["stream_id"]
         record = await asyncio.to_thread(self.store.get_stream, stream_id)
         if record is None:
             raise StreamMissing(f"no stream {stream_id!r}")
-        return web.json_response(record_json(record))
+        return web.json_response(record.to_json_dict())
 
     async def _ask(self, request: web.Request) -> web.Response:
         body = await _json_body(request)

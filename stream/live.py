@@ -50,16 +50,10 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import (
-    IngestCounters,
-    StoreError,
-    StreamExists,
-    StreamRecord,
-    StreamState,
-    validate_stream_id,
-)
+from longwatch.memory.records import IngestCounters, StoreError, StreamExists
 from longwatch.memory.store import ChunkStore
 from longwatch.model.frames import grid_for
+from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
 from longwatch.stream.decode import SampledFrame, TimeSampler
 from longwatch.stream.errors import BadRequest, NotReady, Stopping, StreamBusy, one_line
 from longwatch.stream.images import FrameImage

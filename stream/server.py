@@ -19,13 +19,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import StreamState
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.memory.store import ChunkStore, open_store
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.loading import load_model
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
+from longwatch.proto.streams import StreamState
 from longwatch.stream.http_server import LiveHttpServer
 from longwatch.stream.live import settle_interrupted_live_streams
 from longwatch.stream.pipeline import ModelRunner

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 import grpc
 
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import StreamRecord, StreamState, validate_stream_id
 from longwatch.memory.store import ChunkStore
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
+from longwatch.proto.streams import StreamRecord, validate_stream_id
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.archive import ArchiveProgress, ingest_archive
 from longwatch.stream.errors import BadRequest, StreamBusy, StreamMissing, one_line, status_for
@@ -26,12 +26,6 @@ from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-
-_STATES = {
-    StreamState.INGESTING: pb.STREAM_STATE_INGESTING,
-    StreamState.READY: pb.STREAM_STATE_READY,
-    StreamState.LIVE: pb.STREAM_STATE_LIVE,
-}
 
 
 def _abort_on_error(method: F) -> F:
@@ -63,13 +57,6 @@ def _abort_on_error(method: F) -> F:
             handle(context, exc)
 
     return unary_wrapper  # type: ignore[return-value]
-
-
-def stream_info(record: StreamRecord) -> pb.StreamInfo:
-    """The record as its message: the fields share their names, only the state enum is mapped."""
-    fields = dataclasses.asdict(record)
-    state = fields.pop("state")
-    return pb.StreamInfo(state=_STATES.get(state, pb.STREAM_STATE_UNSPECIFIED), **fields)
 
 
 def _progress(stream_id: str, p: ArchiveProgress) -> pb.IngestProgress:
@@ -178,7 +165,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         for p in progress:
             msg = _progress(request.stream_id, p)
             if p.done:
-                msg.stream.CopyFrom(stream_info(self._record(request.stream_id)))
+                msg.stream.CopyFrom(self._record(request.stream_id).to_proto())
             yield msg
 
     @_abort_on_error
@@ -209,7 +196,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         final = _live_progress(session.stats(), done=True)
         record = self.store.get_stream(session.stream_id)
         if record is not None:  # None: a new stream that got no frame is not kept
-            final.stream.CopyFrom(stream_info(record))
+            final.stream.CopyFrom(record.to_proto())
         yield final
 
     def _ask_params(self, request: pb.AskRequest) -> AskParams:
@@ -244,13 +231,13 @@ class LongWatchService(pb_grpc.LongWatchServicer):
 
     @_abort_on_error
     def GetStream(self, request: pb.GetStreamRequest, context: grpc.ServicerContext) -> pb.StreamInfo:
-        return stream_info(self._record(request.stream_id))
+        return self._record(request.stream_id).to_proto()
 
     @_abort_on_error
     def ListStreams(
         self, request: pb.ListStreamsRequest, context: grpc.ServicerContext
     ) -> pb.ListStreamsResponse:
-        return pb.ListStreamsResponse(streams=[stream_info(r) for r in self.store.list_streams()])
+        return pb.ListStreamsResponse(streams=[r.to_proto() for r in self.store.list_streams()])
 
     @_abort_on_error
     def DeleteStream(

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from longwatch.clients.ice import address_list, parse_ice_addresses
-from longwatch.memory.records import KV_STORAGE
 from longwatch.model.config import ModelConfig
+from longwatch.proto.streams import KV_STORAGE
 
 SERVICE_KV_STORAGE = "int8"  # the store's own default stays lossless ("float"); the service saves bytes
 

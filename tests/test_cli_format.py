@@ -30,7 +30,6 @@ from longwatch.clients.client import (
     Unavailable,
     ask_request,
     is_loopback_target,
-    state_name,
 )
 from longwatch.clients.format import (
     answer_json,
@@ -43,6 +42,7 @@ from longwatch.clients.format import (
 )
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
+from longwatch.proto.streams import StreamState
 
 # --- format: exact strings ------------------------------------------------------------------
 
@@ -231,10 +231,12 @@ def test_results_from_proto() -> None:
     assert summary.to_json_dict()["state"] == "ingesting"
 
 
-def test_state_names() -> None:
-    assert state_name(pb.STREAM_STATE_READY) == "ready"
-    assert state_name(pb.STREAM_STATE_UNSPECIFIED) == "unspecified"
-    assert state_name(99) == "unknown(99)"
+def test_state_names_and_unknown_states() -> None:
+    assert StreamState.from_proto(pb.STREAM_STATE_READY) == "ready"
+    assert StreamState.from_proto(pb.STREAM_STATE_UNSPECIFIED) == "unspecified"
+    assert StreamState.from_proto(99) == "unspecified"  # a newer server's state these stubs do not know
+    assert all(StreamState.from_proto(s.to_proto()) is s for s in StreamState)
+    assert f"{StreamState.LIVE}" == "live"
 
 
 def test_ask_request_leaves_defaults_to_the_server() -> None:

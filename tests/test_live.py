@@ -31,12 +31,12 @@ from longwatch.clients import main
 from longwatch.clients.client import LiveFrame, LongWatchClient, LongWatchError
 from longwatch.clients.ice import restrict_remote_sdp, selected_pair, set_local_description
 from longwatch.clients.webrtc import open_source, send_video
-from longwatch.memory.records import StreamState
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.memory.store import open_store as open_store_for
 from longwatch.model.train.synthetic import encode_video
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
+from longwatch.proto.streams import StreamState
 from longwatch.stream.decode import VideoFileReader
 from longwatch.stream.images import scale_rgb
 from longwatch.stream.server import LongWatchServer

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from longwatch.memory import IndexRegistry, StreamIndex, StreamRecord
+from longwatch.memory.index import IndexRegistry, StreamIndex
+from longwatch.proto.streams import StreamRecord
 
 
 def brute_force(ids: np.ndarray, vectors: np.ndarray, query: np.ndarray, k: int, allowed=None):

@@ -9,9 +9,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from longwatch.memory import CorruptChunk, RedisChunkStore, StreamRecord, chunk_from_bytes, chunk_to_bytes
 from longwatch.memory.kvquant import dequantize_int8, quantize_int8
-from longwatch.memory.store import StreamKeys
+from longwatch.memory.records import CorruptChunk
+from longwatch.memory.serialization import chunk_from_bytes, chunk_to_bytes
+from longwatch.memory.store import RedisChunkStore, StreamKeys
+from longwatch.proto.streams import StreamRecord
 
 
 @pytest.mark.parametrize("granularity", ["token", "channel"])

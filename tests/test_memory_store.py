@@ -15,27 +15,27 @@ import torch
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from longwatch.memory import (
+from longwatch.memory.records import (
     ChunkExists,
     ChunkNotFound,
     ChunkSpan,
     CorruptChunk,
     IngestCounters,
-    InvalidStreamId,
-    RedisChunkStore,
     StoreError,
     StoreUnavailable,
     StreamExists,
     StreamNotFound,
-    StreamRecord,
-    StreamState,
+    record_from_hash,
+    record_to_hash,
+)
+from longwatch.memory.serialization import (
     chunk_from_bytes,
     chunk_to_bytes,
-    open_store,
-    validate_stream_id,
     vector_from_bytes,
     vector_to_bytes,
 )
+from longwatch.memory.store import RedisChunkStore, open_store
+from longwatch.proto.streams import InvalidStreamId, StreamRecord, StreamState, validate_stream_id
 
 
 def keys_of(client: redis.Redis, pattern: str) -> set[bytes]:
@@ -180,7 +180,7 @@ def test_vector_bytes_are_little_endian_float32() -> None:
 def test_invalid_stream_ids_are_rejected(store, redis_client, bad) -> None:
     with pytest.raises(InvalidStreamId) as info:
         validate_stream_id(bad)
-    assert isinstance(info.value, ValueError) and isinstance(info.value, StoreError)
+    assert isinstance(info.value, ValueError)  # bad input, before any store work
     assert "\n" not in str(info.value) and "[A-Za-z0-9._-]" in str(info.value)
     with pytest.raises(InvalidStreamId):
         store.get_stream(bad)
@@ -201,12 +201,12 @@ def test_record_hash_round_trip() -> None:
         stream_id="cam", source="rtsp://x", state=StreamState.READY, fps=0.1 + 0.2, model="tiny",
         created_unix=1.7e9 + 0.123, frames_decoded=10, tokens_kept=3, duration_s=12.5,
     )  # fmt: skip
-    data = rec.to_hash()
+    data = record_to_hash(rec)
     assert all(isinstance(v, str) for v in data.values())
-    assert StreamRecord.from_hash({k.encode(): v.encode() for k, v in data.items()}) == rec
-    assert StreamRecord.from_hash(data) == rec
+    assert record_from_hash({k.encode(): v.encode() for k, v in data.items()}) == rec
+    assert record_from_hash(data) == rec
     with pytest.raises(StoreError, match="frames_kept"):
-        StreamRecord.from_hash({**data, "frames_kept": "many"})
+        record_from_hash({**data, "frames_kept": "many"})
 
 
 def test_create_get_list_and_create_twice(store) -> None:

@@ -17,7 +17,6 @@ from footage import real_clip
 from native_videollama3 import native_compression_mask
 
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import StreamRecord
 from longwatch.memory.store import RedisChunkStore
 from longwatch.model.answer import prefill
 from longwatch.model.compressor import SummaryCompressor
@@ -25,6 +24,7 @@ from longwatch.model.config import ModelConfig
 from longwatch.model.frames import frames_to_pixel_values, grid_for
 from longwatch.model.loading import frame_label, load_model, question_suffix
 from longwatch.model.tiny import build_tiny_model
+from longwatch.proto.streams import StreamRecord
 from longwatch.stream.decode import VideoFileReader
 from longwatch.stream.pipeline import ModelRunner, StreamIngestor
 from longwatch.stream.settings import IngestConfig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import shutil
 from pathlib import Path
@@ -92,3 +93,16 @@ def test_messages_round_trip() -> None:
     assert parsed.HasField("top_k") and parsed.top_k == 3
     assert parsed.time_range.end_s == 2.0
     assert not pb.AskRequest(stream_id="cam1").HasField("top_k")
+
+
+def test_the_stream_record_is_stream_info_field_for_field() -> None:
+    """StreamRecord (proto/streams.py) is the one Python form of StreamInfo: the same fields by name."""
+    from longwatch.proto import longwatch_pb2 as pb
+    from longwatch.proto.streams import StreamRecord, StreamState
+
+    assert {f.name for f in dataclasses.fields(StreamRecord)} == set(pb.StreamInfo.DESCRIPTOR.fields_by_name)
+    record = StreamRecord(
+        "cam1", "file:a.mp4", StreamState.LIVE, 2.0, "m@x", 1.0, 2.0, 9, 8, 7, 6, 5, 4, 3, 2, 1.5, "int8"
+    )
+    assert StreamRecord.from_proto(record.to_proto()) == record
+    assert record.to_proto().state == pb.STREAM_STATE_LIVE

@@ -12,16 +12,11 @@ import pytest
 import redis
 import torch
 
-from longwatch.memory import (
-    EmbeddedRedis,
-    EmbeddedRedisError,
-    IndexRegistry,
-    IngestCounters,
-    StreamRecord,
-    StreamState,
-    find_redis_server,
-    open_store,
-)
+from longwatch.memory.index import IndexRegistry
+from longwatch.memory.records import IngestCounters
+from longwatch.memory.redis_server import EmbeddedRedis, EmbeddedRedisError, find_redis_server
+from longwatch.memory.store import open_store
+from longwatch.proto.streams import StreamRecord, StreamState
 
 
 def pid_alive(pid: int) -> bool:

@@ -44,7 +44,7 @@ def test_serve_stops_on_signal_and_reaps_redis(tmp_path: Path, sig: signal.Signa
     env.pop("REDIS_URL", None)
     env.pop("LONGWATCH_REDIS_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "longwatch.clients.cli", "serve", "--port", "0", "--http-port", "0"]
+        [sys.executable, "-m", "longwatch.clients.main", "serve", "--port", "0", "--http-port", "0"]
         + ["--webrtc-address", "127.0.0.1"],
         env=env,
         stdout=subprocess.PIPE,

@@ -1,0 +1,127 @@
+"""A stream as both ends see it: the one Python definition of StreamInfo's fields.
+
+`StreamRecord` is what the service stores (memory/records.py keeps it as a Redis hash) and what
+the client returns (`LongWatchClient.get_stream`, as `StreamSummary`); `to_proto`/`from_proto`
+cross the wire as `StreamInfo` (longwatch.proto), whose fields are these by name.
+tests/test_proto_stubs.py fails if the two lists ever differ.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from typing import Any
+
+from longwatch.proto import longwatch_pb2 as pb
+
+MAX_STREAM_ID_LEN = 128
+KV_STORAGE = ("float", "int8")  # how a stream's chunks keep their K/V (memory/serialization.py)
+_STREAM_ID_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_STREAM_ID_LEN}}}")
+
+
+class InvalidStreamId(ValueError):
+    """A stream id outside the allowed alphabet (INVALID_ARGUMENT at the edge)."""
+
+
+def validate_stream_id(stream_id: object) -> str:
+    """Return ``stream_id`` if it is 1-128 chars of [A-Za-z0-9._-], else raise InvalidStreamId.
+
+    The id is embedded in Redis keys inside a Cluster hash tag ``{...}`` and in glob patterns,
+    so braces, glob metacharacters, separators and whitespace are all refused here, once.
+    """
+    if not isinstance(stream_id, str):
+        raise InvalidStreamId(
+            f"stream id must be a str of 1-{MAX_STREAM_ID_LEN} chars from [A-Za-z0-9._-], "
+            f"got {type(stream_id).__name__}"
+        )
+    if _STREAM_ID_RE.fullmatch(stream_id) is None:
+        shown = stream_id if len(stream_id) <= 40 else stream_id[:40] + "..."
+        raise InvalidStreamId(
+            f"stream id must be 1-{MAX_STREAM_ID_LEN} chars from [A-Za-z0-9._-], "
+            f"got {shown!r} ({len(stream_id)} chars)"
+        )
+    return stream_id
+
+
+class StreamState(str, Enum):
+    """Where a stream is in its life.
+
+    INGESTING: an archive being read; READY: no one is feeding it and everything is committed
+    (a finished archive, or a live stream between connections); LIVE: a connection (WebRTC
+    peer or IngestFrames call) is feeding it now. UNSPECIFIED: what a client shows for a state
+    its stubs do not know (a newer server's).
+    """
+
+    UNSPECIFIED = "unspecified"
+    INGESTING = "ingesting"
+    READY = "ready"
+    LIVE = "live"
+
+    def __str__(self) -> str:  # "ready", also in f-strings (Python 3.11 would say StreamState.READY)
+        return self.value
+
+    def to_proto(self) -> int:
+        return int(pb.StreamState.Value(f"STREAM_STATE_{self.name}"))
+
+    @classmethod
+    def from_proto(cls, value: int) -> StreamState:
+        try:
+            name = str(pb.StreamState.Name(value)).removeprefix("STREAM_STATE_")
+        except ValueError:
+            return cls.UNSPECIFIED
+        return cls[name] if name in cls.__members__ else cls.UNSPECIFIED
+
+
+@dataclass
+class StreamRecord:
+    """One stream: where it came from, where it is in its life, what it holds and what it costs.
+
+    source: "file:<name>" for archives, "live:webrtc" or "live:grpc" for live streams.
+    model: the fingerprint of the model that made its chunks (another model cannot read them).
+    frames_kept: sampled frames that kept more tokens than the one DiffFP always keeps.
+    frames_dropped: sampled frames a live stream dropped because the pipeline was behind.
+    chunks, bytes_stored: committed chunks and the bytes their blobs and vectors take in Redis.
+    duration_s: end of the last committed chunk (seconds of video covered).
+    kv_storage: how the stream's chunks keep their K/V, "float" or "int8", fixed when the stream
+        is created ("" asks the store for its default).
+    """
+
+    stream_id: str
+    source: str = ""
+    state: StreamState = StreamState.INGESTING
+    fps: float = 1.0
+    model: str = ""
+    created_unix: float = 0.0
+    updated_unix: float = 0.0
+    frames_decoded: int = 0
+    frames_sampled: int = 0
+    frames_kept: int = 0
+    tokens_seen: int = 0
+    tokens_kept: int = 0
+    frames_dropped: int = 0
+    chunks: int = 0
+    bytes_stored: int = 0
+    duration_s: float = 0.0
+    kv_storage: str = ""
+
+    def __post_init__(self) -> None:
+        validate_stream_id(self.stream_id)
+        self.state = StreamState(self.state)
+        if self.kv_storage and self.kv_storage not in KV_STORAGE:
+            raise ValueError(f"kv_storage must be one of {KV_STORAGE}, got {self.kv_storage!r}")
+
+    def to_proto(self) -> pb.StreamInfo:
+        values = asdict(self)
+        values["state"] = self.state.to_proto()
+        return pb.StreamInfo(**values)
+
+    @classmethod
+    def from_proto(cls, info: pb.StreamInfo) -> StreamRecord:
+        values: dict[str, Any] = {f.name: getattr(info, f.name) for f in fields(cls)}
+        values["state"] = StreamState.from_proto(info.state)
+        return cls(**values)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The fields as JSON values, the state by name ("ready"): `streams --json`, GET /api/streams."""
+        return {**asdict(self), "state": self.state.value}
