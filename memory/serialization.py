@@ -160,8 +160,12 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:200]}"
 
 
-def _read_metadata(data: bytes, name: str) -> dict[str, object]:
-    """The safetensors header is an 8-byte little-endian length and that many bytes of JSON."""
+def safetensors_metadata(data: bytes, key: str, name: str) -> dict[str, object]:
+    """The JSON object under metadata entry `key` of a safetensors blob, read without loading tensors.
+
+    The header is an 8-byte little-endian length and that many bytes of JSON. Anything else is
+    CorruptChunk naming `name` (e.g. the Redis key). Used for chunks and live ingest state alike.
+    """
     if len(data) < 8:
         raise CorruptChunk(f"{name}: {len(data)} bytes is too short for a safetensors header")
     n = int.from_bytes(data[:8], "little")
@@ -172,16 +176,20 @@ def _read_metadata(data: bytes, name: str) -> dict[str, object]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptChunk(f"{name}: header is not JSON ({_one_line(e)})") from None
     entries = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(entries, dict) or not isinstance(entries.get(META_KEY), str):
-        raise CorruptChunk(f"{name}: safetensors metadata has no {META_KEY!r} entry (not a longwatch chunk)")
+    if not isinstance(entries, dict) or not isinstance(entries.get(key), str):
+        raise CorruptChunk(f"{name}: safetensors metadata has no {key!r} entry")
     try:
-        meta = json.loads(entries[META_KEY])
+        meta = json.loads(entries[key])
     except json.JSONDecodeError as e:
-        raise CorruptChunk(f"{name}: {META_KEY!r} metadata is not JSON ({_one_line(e)})") from None
+        raise CorruptChunk(f"{name}: {key!r} metadata is not JSON ({_one_line(e)})") from None
     if not isinstance(meta, dict):
-        raise CorruptChunk(
-            f"{name}: {META_KEY!r} metadata should be a JSON object, got {type(meta).__name__}"
-        )
+        raise CorruptChunk(f"{name}: {key!r} metadata should be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _read_metadata(data: bytes, name: str) -> dict[str, object]:
+    """A chunk blob's scalars, of a format version this reader takes."""
+    meta = safetensors_metadata(data, META_KEY, name)
     if meta.get("version") not in (FORMAT_VERSION, INT8_FORMAT_VERSION):
         raise CorruptChunk(
             f"{name}: chunk format version {meta.get('version')!r} is not one of the supported "

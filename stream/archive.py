@@ -17,7 +17,7 @@ from longwatch.memory.store import ChunkStore
 from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
 from longwatch.stream.decode import SampledFrame, VideoFileReader, probe_video
 from longwatch.stream.errors import BadRequest
-from longwatch.stream.pipeline import ModelRunner, StageTimes, StreamIngestor
+from longwatch.stream.pipeline import ModelRunner, StageTimes, StreamIngestor, forget_stream
 from longwatch.stream.settings import IngestConfig
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,7 @@ def ingest_archive(
         )
     except BaseException:
         # GeneratorExit (client gone) included: an archive is all or nothing.
-        store.delete_stream(stream_id)
-        indexes.drop(stream_id)
-        runner.compressor.end_stream(stream_id)
+        forget_stream(stream_id, runner, store, indexes)
         raise
 
 

@@ -38,7 +38,6 @@ import logging
 import math
 import queue
 import secrets
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -51,13 +50,14 @@ from safetensors.torch import save as save_safetensors_bytes
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
 from longwatch.memory.records import IngestCounters, StoreError, StreamExists
+from longwatch.memory.serialization import safetensors_metadata
 from longwatch.memory.store import ChunkStore
 from longwatch.model.frames import grid_for
 from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
 from longwatch.stream.decode import SampledFrame, TimeSampler
 from longwatch.stream.errors import BadRequest, NotReady, Stopping, StreamBusy, one_line
 from longwatch.stream.images import FrameImage
-from longwatch.stream.pipeline import CommittedChunk, ModelRunner, StreamIngestor
+from longwatch.stream.pipeline import CommittedChunk, ModelRunner, StreamIngestor, forget_stream
 from longwatch.stream.settings import IngestConfig, LiveConfig
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,7 @@ class IngestState:
     def from_bytes(cls, blob: bytes) -> IngestState:
         """Parse `to_bytes` output; ValueError (one line) for anything else."""
         try:
-            (header_len,) = struct.unpack("<Q", blob[:8])
-            header = json.loads(blob[8 : 8 + header_len])
-            meta = json.loads(header["__metadata__"][_INGEST_META])
+            meta = safetensors_metadata(blob, _INGEST_META, "ingest state")
             tensors = load_safetensors_bytes(blob)  # header + raw buffers; no pickle
             state = cls(
                 resume_s=float(meta["resume_s"]),
@@ -493,9 +491,7 @@ class LiveRegistry:
         with self._lock:
             try:
                 if session.created and session.stats().frames_sampled == 0:
-                    self.store.delete_stream(sid)
-                    self.indexes.drop(sid)
-                    self.runner.compressor.end_stream(sid)
+                    forget_stream(sid, self.runner, self.store, self.indexes)
                 else:
                     self.store.set_state(sid, StreamState.READY)
             except StoreError as e:

@@ -21,11 +21,11 @@ from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
 from longwatch.memory.records import IngestCounters
 from longwatch.memory.store import ChunkStore
-from longwatch.model.compressor import ChunkFrames, SummaryCompressor
+from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.diffp import DiffFramePruner, frames_kept
 from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
 from longwatch.model.loading import LoadedModel
-from longwatch.model.vision import encode_frames
+from longwatch.model.vision import chunk_frames, encode_frames
 from longwatch.stream.decode import SampledFrame
 from longwatch.stream.settings import IngestConfig
 
@@ -41,6 +41,17 @@ class ModelRunner:
     lm: LoadedModel
     compressor: SummaryCompressor
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def forget_stream(stream_id: str, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry) -> int:
+    """Remove all of a stream: its keys in Redis, its FAISS index and keep-raw mode's running cache.
+
+    Returns how many Redis keys were deleted (0 if it had none).
+    """
+    deleted = store.delete_stream(stream_id)
+    indexes.drop(stream_id)
+    runner.compressor.end_stream(stream_id)
+    return deleted
 
 
 Stage = Literal["decode", "resize", "diffp", "vision", "compression", "storage"]
@@ -171,23 +182,14 @@ class StreamIngestor:
         n = len(frames)
         with times.measure("diffp"):
             keep = pruner.push(pixel_values, grid, n)  # (T * tokens_per_frame,) bool
-        tpf = grid.tokens_per_frame
-        with self.runner.lock:
+        with self.runner.lock, torch.no_grad():
             with times.measure("vision"):
                 features = encode_frames(self.runner.lm, pixel_values, n, grid.grid_h, grid.grid_w)
-                kept = features[keep.to(features.device)]
-            per_frame = keep.view(n, tpf).sum(dim=1).tolist()
             interval = 1.0 / self.config.fps
-            chunk_frames = ChunkFrames(
-                frame_times=[f.pts_s for f in frames],
-                features=kept,
-                tokens_per_frame=[int(x) for x in per_frame],
-                first_in_stream=index == 0,
-                tokens_seen=n * tpf,
-                end_s=frames[-1].pts_s + interval,
-            )
+            times_s = [f.pts_s for f in frames]
+            encoded = chunk_frames(times_s, features, keep, index == 0, times_s[-1] + interval)
             with times.measure("compression"):
-                chunk = self.runner.compressor.compress(self.stream_id, index, chunk_frames)
+                chunk = self.runner.compressor.compress(self.stream_id, index, encoded)
         return chunk, keep
 
     def _commit_pending(self) -> None:

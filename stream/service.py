@@ -21,7 +21,7 @@ from longwatch.stream.archive import ArchiveProgress, ingest_archive
 from longwatch.stream.errors import BadRequest, StreamBusy, StreamMissing, one_line, status_for
 from longwatch.stream.images import EncodedImage, FrameImage, RawImage, check_bytes
 from longwatch.stream.live import LiveRegistry, LiveStats
-from longwatch.stream.pipeline import ModelRunner
+from longwatch.stream.pipeline import ModelRunner, forget_stream
 from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,5 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         self._record(request.stream_id)
         if self.live.is_live(request.stream_id):
             raise StreamBusy(f"stream {request.stream_id!r} is live: end its connection before deleting it")
-        deleted = self.store.delete_stream(request.stream_id)
-        self.indexes.drop(request.stream_id)
-        self.runner.compressor.end_stream(request.stream_id)
+        deleted = forget_stream(request.stream_id, self.runner, self.store, self.indexes)
         return pb.DeleteStreamResponse(keys_deleted=deleted)

@@ -41,6 +41,7 @@ from longwatch.model.retrieval import evidence_lead
 from longwatch.model.summary import save_adapter
 from longwatch.model.train.clips import ClipSource, TrainingClip, vision_frames
 from longwatch.model.train.needles import COLOURS, DIGITS, SHAPES
+from longwatch.model.vision import chunk_frames, encode_frames
 
 STAGES = ("summary", "base")
 
@@ -145,26 +146,14 @@ def clip_chunks(lm: LoadedModel, clip: TrainingClip, threshold: float, max_token
     pixels = frames_to_pixel_values(clip.frames, grid)  # (T * gh * gw, 3 * 14 * 14)
     n = len(clip.times)
     keep = DiffFramePruner(threshold=threshold).push(pixels, grid, n)  # (T * tokens_per_frame,)
-    feats = lm.model.model.get_video_features(
-        pixel_values_videos=pixels.to(lm.device, lm.dtype),
-        video_grid_thw=torch.tensor([[n, grid.grid_h, grid.grid_w]], device=lm.device),
-        video_merge_sizes=torch.tensor([2], device=lm.device),
-    ).pooler_output[0]  # (T * tokens_per_frame, hidden)
+    feats = encode_frames(lm, pixels, n, grid.grid_h, grid.grid_w)  # (T * tokens_per_frame, hidden)
     tpf, f = grid.tokens_per_frame, clip.frames_per_chunk
     chunks = []
     for c in range(clip.n_chunks):
         rows = slice(c * f * tpf, (c + 1) * f * tpf)
-        k = keep[rows].to(lm.device)
-        chunks.append(
-            ChunkFrames(
-                frame_times=clip.times[c * f : (c + 1) * f],
-                features=feats[rows][k],
-                tokens_per_frame=k.view(f, tpf).sum(1).tolist(),
-                first_in_stream=clip.opens_stream and c == 0,
-                tokens_seen=f * tpf,
-                end_s=clip.times[(c + 1) * f - 1] + 1.0,
-            )
-        )
+        times = clip.times[c * f : (c + 1) * f]
+        first = clip.opens_stream and c == 0
+        chunks.append(chunk_frames(times, feats[rows], keep[rows], first, times[-1] + 1.0))
     return chunks
 
 
