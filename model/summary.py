@@ -49,7 +49,14 @@ class SummaryLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
         mask = self.summary_mask
-        if mask is None or mask.shape != x.shape[:-1] or not bool(mask.any()):
+        if mask is None:
+            return out
+        if mask.shape != x.shape[:-1]:
+            # Silently skipping would answer from base projections where summary ones were meant.
+            raise ValueError(
+                f"summary_mask has shape {tuple(mask.shape)}, the tokens it flags {tuple(x.shape[:-1])}"
+            )
+        if not bool(mask.any()):
             return out
         # Merge out of place so autograd sees both branches.
         return out.index_put((mask,), self.summary(x[mask]))

@@ -24,6 +24,7 @@ from longwatch.model.retrieval import within_margin
 from longwatch.model.rope import shift_keys
 from longwatch.model.summary import load_adapter, save_adapter
 from longwatch.model.tiny import build_tiny_model
+from longwatch.model.vision import chunk_frames as encoded_chunk
 from longwatch.model.vision import encode_frames
 
 QUESTION = "What colour was the car that stopped?"
@@ -60,16 +61,10 @@ def video() -> tuple[torch.Tensor, torch.Tensor, list[float]]:
 
 def chunk_frames(lm: LoadedModel, video: tuple, start: int, n: int) -> ChunkFrames:
     pixels, mask, times = video
-    feats = encode_frames(lm, pixels[start * GH * GW : (start + n) * GH * GW], n, GH, GW)
+    with torch.no_grad():
+        feats = encode_frames(lm, pixels[start * GH * GW : (start + n) * GH * GW], n, GH, GW)
     m = mask[start * TPF : (start + n) * TPF]
-    return ChunkFrames(
-        frame_times=times[start : start + n],
-        features=feats[m],
-        tokens_per_frame=m.view(n, TPF).sum(1).tolist(),
-        first_in_stream=start == 0,
-        tokens_seen=n * TPF,
-        end_s=times[start + n - 1] + 1.0,
-    )
+    return encoded_chunk(times[start : start + n], feats, m, start == 0, times[start + n - 1] + 1.0)
 
 
 def native_question_logits(lm: LoadedModel, video: tuple) -> torch.Tensor:
@@ -211,6 +206,16 @@ def test_summary_projections_apply_only_to_summary_tokens(checkpoint: Path, vide
     # layer) their keys, and so the retrieval vector, are unchanged.
     assert lm.retrieval_layers == [0]
     assert torch.equal(after.retrieval, before.retrieval)
+
+
+def test_a_summary_mask_of_the_wrong_shape_is_refused(summary_lm: LoadedModel) -> None:
+    """A mask that does not fit the tokens must not quietly switch the summary projections off."""
+    ids = summary_lm.tokenize("Time 1.0s:")
+    embeds = summary_lm.embed(ids).unsqueeze(0)  # (1, n, hidden)
+    with torch.no_grad(), pytest.raises(ValueError, match="summary_mask has shape"):
+        summary_lm.language_model(
+            inputs_embeds=embeds, summary_mask=torch.ones(1, len(ids) + 1, dtype=torch.bool)
+        )
 
 
 def test_adapter_round_trip_and_mismatch(checkpoint: Path, tmp_path: Path) -> None:
