@@ -21,9 +21,9 @@ class BaseSize:
     decoder_kv_heads: int = 2
 
 
-# "tiny" was the first demo model. "small" is the shipped one: at 56 px a 2-layer, 64-wide vision
-# tower told the needle's shape from the background for 62% of needle frames after 3000
-# pretraining steps, a 4-layer, 96-wide one for 77%, and the decoder grows with it.
+# "tiny" was the first demo model. "small" is the shipped one: at 56 px a 4-layer, 96-wide vision
+# tower tells needle shapes far better than a 2-layer, 64-wide one, and the decoder grows with it
+# (docs/demo-model.md).
 BASE_SIZES = {
     "tiny": BaseSize(vision_width=64, vision_layers=2, vision_heads=2, decoder_width=96, decoder_layers=2),
     "small": BaseSize(vision_width=96, vision_layers=4, vision_heads=4, decoder_width=128, decoder_layers=4),

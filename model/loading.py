@@ -148,7 +148,7 @@ def prefill_prefix(
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-# The demo model shipped with the package (trained by `longwatch train`, see README).
+# The demo model shipped with the package (trained by `longwatch train`: docs/demo-model.md).
 DEMO_MODEL_DIR = Path(__file__).parent / "demo"
 
 

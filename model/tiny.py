@@ -98,8 +98,7 @@ def build_tiny_model(
     position or a wrong mask shows up as a large logit difference instead of hiding in noise.
     projector_scale: multiplies the projector's output layer at init. Visual tokens then enter the
     decoder near unit RMS per channel rather than at the word embeddings' init scale (std 0.02);
-    a decoder trained from scratch learned to read them several times faster (needle colour 87%
-    after 600 single-frame steps against 25% at scale 1, with the same pretrained vision tower).
+    a decoder trained from scratch learned to read them several times faster (docs/demo-model.md).
     card: extra fields for longwatch.json (e.g. the ingest settings the model was trained for).
     """
     tokenizer = tokenizer or build_byte_tokenizer()

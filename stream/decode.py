@@ -226,7 +226,7 @@ class VideoFileReader:
 
     def _decode(self, container: av.container.InputContainer) -> Iterator[SampledFrame]:
         stream = _video_stream(container, self.name)
-        # Frame threads decode ahead on the second core: about 20-30% faster on h264 here.
+        # Frame threads decode ahead on another core (archive ingest's decode stage: BENCHMARKS.md).
         stream.thread_type = "AUTO"
         codec = stream.codec_context
         sampler = TimeSampler(self.fps)

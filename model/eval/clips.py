@@ -126,7 +126,7 @@ def evaluate_clips(
     return result
 
 
-# The clips a score margin is chosen on: the polish stage's draw in the README's recipe (the
+# The clips a score margin is chosen on: the polish stage's draw in the demo model's recipe (the
 # shipped model's last stage), six chunks and a pool of 18 each, from the training split, so that
 # the evaluation's needles stay unseen by the choice.
 MARGIN_CLIPS = NeedleClips(

@@ -88,7 +88,7 @@ class Cell:
     # Per answer about a needle past the stream's first chunk: whether that chunk was among its
     # evidence anyway. Chance is about k in the stream's chunk count; far above it, retrieval has
     # learned that the opening holds the answer, and a user sees the stream's first seconds cited
-    # for an event an hour later (DEMO-MODEL.md, "The stream's first chunk").
+    # for an event an hour later (docs/experiments.md).
     opening_cited: list[bool] = field(default_factory=list)
 
     def summary(self) -> dict:

@@ -94,8 +94,8 @@ class NeedleClips:
     n_chunks: int = 6
     min_chunks: int | None = None
     # Chunk lengths to mix in besides frames_per_chunk: a 1- or 2-frame chunk with the needle on it
-    # is where a model from scratch first learns what a needle is (found by experiment: without
-    # them, 10k steps stayed at chance).
+    # is where a model from scratch first learns what a needle is (without them, training stayed
+    # at chance).
     short_chunks: tuple[int, ...] = ()
     frames_per_chunk: int = 8
     width: int = 56
@@ -117,7 +117,7 @@ class NeedleClips:
     # sampled from an mp4 of the haystack at a rate drawn from footage_rates. 1 fps is a video
     # whose every frame is sampled (the needle evaluation's), 10 fps one sampled at a tenth of
     # its frames, as a camera's are; each cost a demo model "when" answers that rendered frames
-    # did not (README, demo model recipe). Only the needle's chunk, since it alone carried that
+    # did not (docs/demo-model.md). Only the needle's chunk, since it alone carried that
     # cost, and rendering at 10 fps costs ten times as much per second of footage.
     codec_share: float = 0.0
     footage_rates: tuple[float, ...] = (1.0, 10.0)
@@ -127,9 +127,8 @@ class NeedleClips:
     # (with the needle's chunk retrieved first, one such distractor beside it changed them).
     distractor_pool: int = 0
     # Share of clips whose needle's chunk is one in which the time's hundreds digit turns over
-    # (it holds a multiple of 100 s). The shipped demo model said "when" right on 84.6% of such
-    # clips from encoded footage against 95.4% of the others (eval clips from hour-long
-    # haystacks): around the turnover a summary token's group of frames reads two prefixes
+    # (it holds a multiple of 100 s). A demo model said "when" worse on such clips than on the
+    # others (docs/demo-model.md): around the turnover a summary token's group of frames reads two prefixes
     # ("89x" and "90x"), and a frame DiffFP prunes a token more moves the group. At random
     # they are one clip in twenty-five.
     rollover_share: float = 0.0
@@ -138,7 +137,7 @@ class NeedleClips:
     # at random from an hour almost never hold), with the needle in any of their chunks alike:
     # trained with the needle always there, a demo model's retrieval learned that the stream's
     # opening holds the needle and brought it into Ask's top-4 for every question it missed
-    # anywhere on the grid (DEMO-MODEL.md). A needle in the first chunk is on the stream's first
+    # anywhere on the grid (docs/experiments.md). A needle in the first chunk is on the stream's first
     # frame half the time (a recording that opens on it). stream_start_needle puts every needle
     # there: the evaluation of depth 0 (`eval clips --stream-start`). Training opens only clips
     # of two or more chunks: a one-chunk clip opened at the stream's start holds the needle there

@@ -136,7 +136,7 @@ def refine_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Stage demo's last stage: every weight again, on the full mixture, at a lower rate.
 
     It is where a decoder from scratch learns to say "when" through summary tokens (more steps
-    inside the base stage's own cosine did not do it). The README's demo model recipe has the
+    inside the base stage's own cosine did not do it). docs/demo-model.md has the
     figures by refine length and why its clips are cut from DIGIT_BALANCED_HAYSTACKS_S.
     """
     base = train_config_from_args(args, "base")
@@ -262,7 +262,8 @@ def demo_phases(args: argparse.Namespace, source: ClipSource) -> list[DemoPhase]
         phases.append(DemoPhase("hard", hard, hard_clips(args, source, args.hard_straddle_share)))
     if args.polish_steps > 0:
         # The hard stage's clips again at a lower rate, some across a chunk boundary: the shipped
-        # model's last 9000 steps (14000 of them at 1e-4 lost the clip checks; DEMO-MODEL.md).
+        # model's last stage (a longer one at the hard stage's rate lost on the clip checks;
+        # docs/experiments.md).
         polish = hard_config_from_args(args, args.polish_steps, args.polish_lr)
         polish = replace(polish, retrieval_margin=args.polish_retrieval_margin)
         clips = hard_clips(args, source, args.polish_straddle_share, args.polish_turnover_share)

@@ -60,15 +60,14 @@ class TrainConfig:
         pretrain_vision_lr (a 4-layer tower learned shapes faster at 1e-3 than at 2e-3).
     vision_digit_share: share of the needles on vision pretraining frames that are digits (None:
         one kind in five). At one in five the tower's digit probe stayed at chance; at one in two
-        it rose from 8% to 20% over 3000 steps while shapes were learned more slowly.
+        it learned digits while shapes came more slowly (docs/demo-model.md).
     freeze_vision_steps: stage "base": steps after that with the vision tower frozen; then all
         weights train, the vision tower at vision_lr.
     raw_share: stage "base": share of clips answered in keep-raw mode (every token, no summaries).
     copy_steps: stage "base": the first steps after vision pretraining answer keep-raw on the
         trainer's `copy_source` (single frames, asked when): copying a frame's `Time t.ts:` label
         into the answer is a circuit a decoder from scratch formed on single frames asked only
-        when (57% exact after 1000 steps at lr 1e-3; at 2e-3 only once the rate had decayed), and
-        not in 4000 steps at 2e-3 of single frames asked all three questions.
+        when, at lr 1e-3, and not on single frames asked all three questions (docs/demo-model.md).
     reading_steps: stage "base": the steps after those answer keep-raw on the trainer's
         `reading_source` (short clips): a decoder from scratch first learns to read a needle,
         then to find it among chunks and through summaries (mixed from the start, the decoder
@@ -172,8 +171,8 @@ def hardest_chunks(
     A clip that opens its stream keeps the opening, whatever it scores. Its layout sets it apart
     (no "," before its first label), and were it kept only when it ranked high, retrieval would
     be told it is no answer only then, and that it is the answer every time it held the needle:
-    runs trained so brought the opening into Ask's top-4 for 28-31 of 72 questions about needles
-    later in the stream (DEMO-MODEL.md).
+    runs trained so brought the opening into Ask's top-4 for many questions about needles later
+    in the stream (docs/experiments.md).
     """
     chunks = clip_chunks(lm, clip, threshold, max_tokens)
     vectors = torch.stack(
