@@ -56,6 +56,18 @@ def test_needle_eval_runs_every_row_and_writes_report(tmp_path: Path, capsys) ->
     )
 
 
+def test_the_holdout_split_draws_other_videos_than_the_evaluation_split(tmp_path: Path) -> None:
+    from longwatch.model.eval.needle_grid import EvalPlan
+    from longwatch.model.train.needles import split_of
+
+    plan = EvalPlan(lengths=(60, 300), depths=(0.0, 0.5), needles=2)
+    held = EvalPlan(lengths=(60, 300), depths=(0.0, 0.5), needles=2, split="holdout")
+    eval_seeds = {v.seed for *_, v in plan.videos()}
+    held_seeds = {v.seed for *_, v in held.videos()}
+    assert len(held_seeds) == 8 and not eval_seeds & held_seeds
+    assert {split_of(s) for s in held_seeds} == {"holdout"} and {split_of(s) for s in eval_seeds} == {"eval"}
+
+
 def test_keep_raw_cells_past_its_limit_are_reported_skipped() -> None:
     from longwatch.model.eval.needle_grid import Cell, EvalPlan, format_report
 
@@ -145,3 +157,10 @@ def test_eval_margins_tabulates_what_each_margin_keeps_and_drops(capsys) -> None
     assert rows["1000"] == ["100.0%", "0.0%"]
     assert main.main(["eval", "margins", "--margins", "five"]) == 2
     assert "--margins wants numbers" in capsys.readouterr().err
+
+
+def test_eval_clips_takes_the_holdout_split_and_refuses_training_seeds(capsys) -> None:  # noqa: ANN001
+    assert main.main(["eval", "clips", "--clips", "2", "--chunks", "2", "--split", "holdout"]) == 0
+    with pytest.raises(SystemExit) as exited:
+        main.main(["eval", "clips", "--split", "train"])
+    assert exited.value.code == 2

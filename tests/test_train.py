@@ -440,6 +440,12 @@ def test_an_encoded_chunk_looks_like_what_the_service_decodes_from_the_haystack_
 def test_needle_seeds_never_overlap_and_answers_are_judged() -> None:
     assert split_of(seed_for("train", 5)) == "train" and split_of(seed_for("eval", 5)) == "eval"
     assert seed_for("eval", 0) == EVAL_SEED_BASE > seed_for("train", EVAL_SEED_BASE - 1)
+    last = EVAL_SEED_BASE - 1
+    assert (
+        seed_for("holdout", 0) > seed_for("eval", last) and split_of(seed_for("holdout", last)) == "holdout"
+    )
+    with pytest.raises(ValueError, match="split must be one of"):
+        seed_for("test", 0)  # type: ignore[arg-type]
     video = make_needle_video(seed_for("eval", 3), seconds=300, depth=0.5)
     n = video.needle
     assert 140 <= n.start_s <= 150

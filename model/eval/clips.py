@@ -19,7 +19,7 @@ from longwatch.model.compressor import run_chunk
 from longwatch.model.loading import LoadedModel
 from longwatch.model.retrieval import evidence_lead, within_margin
 from longwatch.model.train.clips import DIGIT_BALANCED_HAYSTACKS_S, NeedleClips, TrainingClip
-from longwatch.model.train.needles import QUESTION_KINDS, QuestionKind, judge
+from longwatch.model.train.needles import QUESTION_KINDS, QuestionKind, Split, judge
 from longwatch.model.train.trainer import clip_chunks
 
 
@@ -88,8 +88,9 @@ def evaluate_clips(
     stream_start: bool = False,
     straddle: bool = False,
     score_margin: float | None = None,
+    split: Split = "eval",
 ) -> ClipEval:
-    """Accuracy per question kind and retrieval recall on `n` evaluation-split clips.
+    """Accuracy per question kind and retrieval recall on `n` clips of a split (evaluation by default).
 
     haystack_s: length of the haystack the clips are cut from; it sets how many digits a
     "when" answer has (a minute: two; an hour: mostly four).
@@ -103,10 +104,11 @@ def evaluate_clips(
         either chunk retrieved).
     score_margin: of the top-k, keep only chunks scoring at most this below the best, as Ask
         does (`within_margin`); None: plain top-k.
+    split: "eval" (what the demo recipe was checked on) or "holdout" (never tuned on).
     """
     source = NeedleClips(
         n_chunks=n_chunks,
-        split="eval",
+        split=split,
         haystack_s=haystack_s,
         kinds=kinds,
         codec_share=0.0 if encoded_fps is None else 1.0,

@@ -93,6 +93,13 @@ def add_eval(sub: argparse.ArgumentParser) -> None:
         help="clips: every needle runs from its chunk into the next, both in the clip",
     )
     sub.add_argument(
+        "--split",
+        choices=["eval", "holdout"],
+        default="eval",
+        help="needle, clips: whose seeds to draw: eval (what the demo model's recipe was checked and "
+        "chosen on) or holdout (for reporting only: tune nothing on it)",
+    )
+    sub.add_argument(
         "--raw-max-frames",
         type=int,
         default=900,
@@ -119,6 +126,7 @@ def _eval(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         score_margin=args.score_margin,
         raw_max_frames=args.raw_max_frames,
+        split=args.split,
     )
     report = run_needle_eval(ModelConfig(path=args.model, adapter=args.adapter), plan, args.out)
     print(format_report(report))
@@ -158,6 +166,7 @@ def _eval_clips(args: argparse.Namespace) -> int:
                 straddle=args.straddle,
                 stream_start=args.stream_start,
                 score_margin=args.score_margin,
+                split=args.split,
             ).accuracy()
             cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
             print(

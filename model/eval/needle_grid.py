@@ -29,6 +29,7 @@ from longwatch.model.config import ModelConfig
 from longwatch.model.train.needles import (
     QUESTION_KINDS,
     NeedleVideo,
+    Split,
     judge,
     make_needle_video,
     questions_for,
@@ -64,17 +65,19 @@ class EvalPlan:
     frames_per_chunk: int = 8
     max_tokens_per_frame: int = 4
     raw_max_frames: int = 900  # keep-raw cells beyond this are skipped (reported as such)
+    # "eval": the grid the demo model's recipe was checked on; "holdout": one nothing was tuned on.
+    split: Split = "eval"
 
     def runs(self, row: str, length: int) -> bool:
         return row != "keep-raw" or length <= self.raw_max_frames
 
     def videos(self) -> Iterator[tuple[int, float, int, NeedleVideo]]:
-        """(length, depth, n, video) for every cell; seeds from the evaluation split, distinct per video."""
+        """(length, depth, n, video) for every cell; seeds of the plan's split, distinct per video."""
         index = 0
         for length in self.lengths:
             for depth in self.depths:
                 for n in range(self.needles):
-                    yield length, depth, n, make_needle_video(seed_for("eval", index), length, depth)
+                    yield length, depth, n, make_needle_video(seed_for(self.split, index), length, depth)
                     index += 1
 
 
@@ -206,6 +209,7 @@ def run_needle_eval(
             "top_k": plan.top_k,
             "score_margin": margins,
             "raw_max_frames": plan.raw_max_frames,
+            "split": plan.split,
         },
         "question_kinds": list(QUESTION_KINDS),
         "rows": {
