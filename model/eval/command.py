@@ -12,7 +12,6 @@ from longwatch.stream.settings import add_service_arguments
 def add_demo(sub: argparse.ArgumentParser) -> None:
     sub.set_defaults(handler=_demo)
     add_service_arguments(sub)
-    sub.add_argument("--keep", action="store_true", help="keep the state dir afterwards")
 
 
 def _demo(args: argparse.Namespace) -> int:
