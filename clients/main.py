@@ -3,6 +3,7 @@
     ingest, stream, ask, streams, show, delete   clients/cli.py        (talk to a running service)
     serve                                        stream/command.py     (run the service)
     demo, eval                                   model/eval/command.py (the service end to end, evaluation)
+    convert                                      model/convert.py      (DAMO checkpoints to native)
     train                                        model/train/command.py
 
 Only the chosen command's module is imported, and each imports its heavy parts (torch, the
@@ -51,6 +52,12 @@ def _eval(sub: argparse.ArgumentParser) -> None:
     add_eval(sub)
 
 
+def _convert(sub: argparse.ArgumentParser) -> None:
+    from longwatch.model.convert import add_convert
+
+    add_convert(sub)
+
+
 def _train(sub: argparse.ArgumentParser) -> None:
     from longwatch.model.train.command import add_train
 
@@ -67,6 +74,7 @@ COMMANDS: dict[str, tuple[str, Adder]] = {
     "show": ("show one stream", _client("show")),
     "delete": ("delete a stream and everything stored for it", _client("delete")),
     "demo": ("start a service, ingest a sample video and ask about it", _demo),
+    "convert": ("convert a DAMO-NLP-SG VideoLLaMA3 release to transformers' native layout", _convert),
     "train": ("train summary tokens (or a small base from scratch)", _train),
     "eval": ("evaluate a model on needle videos", _eval),
 }

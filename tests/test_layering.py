@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 ROOMS = sorted(ALLOWED, key=len, reverse=True)  # the longest matching room wins
 ENTRY = "clients.main"
-ENTRY_REACHES = {"stream.command", "model.train.command", "model.eval.command"}
+ENTRY_REACHES = {"stream.command", "model.convert", "model.train.command", "model.eval.command"}
 
 
 def room_of(module: str) -> str:
