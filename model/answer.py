@@ -49,13 +49,13 @@ def question_queries(lm: LoadedModel, ids: list[int], cache: DynamicCache) -> to
 
 @torch.no_grad()
 def question_vector(lm: LoadedModel, question: str) -> torch.Tensor:
-    """The question's retrieval vector (retrieval_dim,) float32, from its queries after the system prefix.
+    """The question's retrieval vector (retrieval_dim,) float32 on the CPU, where chunks' vectors live.
 
     Only the question's own tokens count: the chat template after it is the same for every
     question and would pull all questions towards one vector. (Attention is causal, so the
     tokens after the question cannot change its queries: they need not run at all.)
     """
-    return question_queries(lm, lm.tokenize(question_text(question)), lm.prefix_cache())
+    return question_queries(lm, lm.tokenize(question_text(question)), lm.prefix_cache()).cpu()
 
 
 KVParts = Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (keys, values, positions) per chunk

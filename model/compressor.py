@@ -157,7 +157,9 @@ class SummaryCompressor:
     def compress(self, stream_id: str, index: int, frames: ChunkFrames) -> ChunkCache:
         lm = self.lm
         raw = lm.config.mode == "raw"
-        if raw:
+        if raw and lm.config.raw_context == "chunk":  # every token kept, each chunk on its own
+            kv = run_chunk(lm, frames, None, lm.prefix_cache(), lm.prefix_len)
+        elif raw:
             ctx = self.raw_contexts.get(stream_id)
             if ctx is None:
                 ctx = RawStreamContext(cache=lm.prefix_cache(), next_position=lm.prefix_len)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ALPHAS = (2, 4, 8, 16)
+ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")  # auto: flash-attn on CUDA if installed
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,11 @@ class ModelConfig:
     adapter: summary-token adapter folder (safetensors + JSON); None initialises the summary
         projections as copies of the base ones (what an untrained adapter is).
     mode: "summary" keeps only summary-token K/V per chunk (Video-XL); "raw" keeps every
-        token's K/V and lets each chunk see all earlier ones (the exactness oracle).
+        token's K/V; "auto" is summary with an adapter, else raw with chunk context (the
+        training-free path for a released checkpoint).
+    raw_context: in raw mode, what each chunk is computed after: "stream", every earlier chunk
+        (the exactness oracle: ingest grows with the square of the stream), or "chunk", the system
+        prompt alone (linear, as summary chunks are; ReKV's training-free retrieval).
     alpha: raw visual tokens per summary token, one of 2, 4, 8, 16.
     keep_timestamp_tokens: also keep the K/V of the `Time t.ts:` text tokens (Video-XL-2 does);
         costs a few tokens per frame.
@@ -53,16 +58,19 @@ class ModelConfig:
     device: str = "cpu"
     dtype: str = "float32"
     mode: str = "summary"
+    raw_context: str = "stream"
     alpha: int = 16
     keep_timestamp_tokens: bool = False
     retrieval_layers: list[int] | None = None
     system_prompt: str = "You are a helpful assistant watching a video."
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"  # auto: flash_attention_2 on CUDA where installed, else sdpa
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("summary", "raw"):
-            raise ValueError(f"mode must be 'summary' or 'raw', got {self.mode!r}")
+        if self.mode not in ("summary", "raw", "auto"):
+            raise ValueError(f"mode must be 'summary', 'raw' or 'auto', got {self.mode!r}")
+        if self.raw_context not in ("stream", "chunk"):
+            raise ValueError(f"raw_context must be 'stream' or 'chunk', got {self.raw_context!r}")
         if self.mode == "summary" and self.alpha not in ALPHAS:
             raise ValueError(f"alpha must be one of {ALPHAS}, got {self.alpha}")
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +16,13 @@ from transformers import (
     VideoLlama3ForConditionalGeneration,
 )
 
-from longwatch.model.config import ModelConfig
+from longwatch.model.checkpoint import checkpoint_fingerprint, read_card, video_settings
+from longwatch.model.config import ATTENTION, ModelConfig
 from longwatch.model.summary import SummaryModules, adapter_fingerprint, install_summary_tokens, load_adapter
 from longwatch.model.tiny import ensure_default_model
 
 VS_TOKEN = "<vs>"
+FINGERPRINT_CACHE = "fingerprints.json"  # in the state folder: per-file hashes by size and mtime
 VIDEO_TOKEN = "<|video_pad|>"
 
 
@@ -49,21 +51,6 @@ def question_suffix(question: str) -> str:
     return f"{question_text(question)}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def checkpoint_fingerprint(folder: Path) -> str:
-    """A cheap identity of a checkpoint: its config and the size and head of each weight file.
-
-    Hashing whole multi-GB weight files at every start would be slow; config plus sizes plus
-    the first MiB (the safetensors header with every tensor's offsets) changes with any real edit.
-    """
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    for weights in sorted(folder.glob("*.safetensors")):
-        h.update(weights.name.encode())
-        h.update(str(weights.stat().st_size).encode())
-        with weights.open("rb") as f:
-            h.update(f.read(1 << 20))
-    return h.hexdigest()[:12]
-
-
 @dataclass
 class LoadedModel:
     """A VideoLLaMA3 ready to compress chunks and answer: model, tokenizer, summary tokens, prefix cache."""
@@ -79,6 +66,8 @@ class LoadedModel:
     retrieval_layers: list[int]
     eos_token_ids: frozenset[int]
     card: dict  # longwatch.json of the checkpoint: name, and the ingest settings it was trained for
+    base_fingerprint: str = ""  # the checkpoint's files (an adapter records the base it fits)
+    added_tokens: list[str] = dataclasses.field(default_factory=list)  # tokens longwatch added (<vs>)
 
     @property
     def language_model(self) -> torch.nn.Module:
@@ -150,6 +139,7 @@ def prefill_prefix(
 
 # The demo model shipped with the package (trained by `longwatch train`: docs/demo-model.md).
 DEMO_MODEL_DIR = Path(__file__).parent / "demo"
+DEMO_MODEL_NAME = "longwatch-demo"  # its card's name
 
 
 def default_checkpoint(state_dir: Path | None) -> tuple[Path, Path | None]:
@@ -169,8 +159,90 @@ def _frozen_prefix(
     return prefill_prefix(model, ids)
 
 
+def attention_for(requested: str, device: str) -> str:
+    """The attention kernel to load with: flash-attn on CUDA where it is installed, else sdpa."""
+    if requested not in ATTENTION:
+        raise ModelLoadError(f"attention must be one of {', '.join(ATTENTION)}, got {requested!r}")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    on_cuda = device.startswith("cuda")
+    if requested == "auto":
+        return "flash_attention_2" if on_cuda and has_flash else "sdpa"
+    if requested == "flash_attention_2" and not (on_cuda and has_flash):
+        why = "it runs on CUDA only" if not on_cuda else "flash-attn is not installed (the gpu extra)"
+        raise ModelLoadError(f"cannot use flash_attention_2: {why}")
+    return requested
+
+
+def add_summary_token(
+    model: VideoLlama3ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase
+) -> list[str]:
+    """Add `<vs>` to a tokenizer that lacks it, and embedding rows for it if the model has too few.
+
+    A released checkpoint knows nothing of summary tokens; their id only marks where the learned
+    summary embedding goes, so a free row is all they need (Qwen2's embeddings have spare rows;
+    otherwise they grow, the new row the mean of the others). Returns the tokens added.
+    """
+    if tokenizer.convert_tokens_to_ids(VS_TOKEN) not in (None, tokenizer.unk_token_id):
+        return []
+    tokenizer.add_tokens([VS_TOKEN], special_tokens=True)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return [VS_TOKEN]
+
+
+def _load_weights(folder: Path, config: ModelConfig, attention: str) -> VideoLlama3ForConditionalGeneration:
+    """The checkpoint's weights, refused in one line if any is missing, unexpected or misshapen."""
+    try:
+        model, info = VideoLlama3ForConditionalGeneration.from_pretrained(
+            folder,
+            dtype=getattr(torch, config.dtype),
+            attn_implementation=attention,
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{folder}: cannot load it as a VideoLLaMA3 ({_one_line(e)})") from None
+    problems = [
+        f"{what} {len(keys)}: {', '.join(sorted(map(str, keys))[:4])}{' ...' if len(keys) > 4 else ''}"
+        for what, keys in (
+            ("missing", info.get("missing_keys") or ()),
+            ("unexpected", info.get("unexpected_keys") or ()),
+            ("mismatched", info.get("mismatched_keys") or ()),
+        )
+        if keys
+    ]
+    if problems:
+        hint = (
+            " (a DAMO release? run `longwatch convert` first)"
+            if (folder / "modeling_videollama3.py").exists()
+            else ""
+        )
+        raise ModelLoadError(f"{folder}: weights do not fit its config: {'; '.join(problems)}{hint}")
+    return model
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def resolve_mode(config: ModelConfig) -> ModelConfig:
+    """mode "auto": summary tokens where there is an adapter, else keep-raw, each chunk on its own.
+
+    Untrained summary tokens compress nothing useful; keep-raw with chunk-local context is the
+    training-free path (as ReKV: every token's K/V kept, top-k whole chunks retrieved).
+    """
+    if config.mode != "auto":
+        return config
+    if config.adapter is not None:
+        return dataclasses.replace(config, mode="summary")
+    return dataclasses.replace(config, mode="raw", raw_context="chunk")
+
+
 def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedModel:
-    """Load a local HF-format VideoLLaMA3 folder (or the built-in model) for serving."""
+    """Load a local VideoLLaMA3 folder in transformers' native layout (or the built-in model) to serve.
+
+    state_dir: where the per-file hashes of the fingerprint are cached (None: hash every time).
+    """
     if config.path is None:
         folder, default_adapter = default_checkpoint(state_dir)
         if config.adapter is None and default_adapter is not None:
@@ -178,37 +250,40 @@ def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedMode
     else:
         folder = Path(config.path)
     if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"{folder}: not an HF-format checkpoint folder (no config.json)")
-    dtype = getattr(torch, config.dtype)
-    model = VideoLlama3ForConditionalGeneration.from_pretrained(
-        folder, dtype=dtype, attn_implementation=config.attn_implementation
-    )
+        raise ModelLoadError(f"{folder}: not a checkpoint folder (no config.json)")
+    if json.loads((folder / "config.json").read_text()).get("model_type") != "video_llama_3":
+        raise ModelLoadError(
+            f"{folder}: not a native VideoLLaMA3 checkpoint (convert a DAMO release with `longwatch convert`)"
+        )
+    config = resolve_mode(config)
+    attention = attention_for(config.attn_implementation, config.device)
+    config = dataclasses.replace(config, attn_implementation=attention)
+    model = _load_weights(folder, config, attention)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.convert_tokens_to_ids(VIDEO_TOKEN) != model.config.video_token_id:
+        raise ModelLoadError(f"{folder}: the tokenizer's {VIDEO_TOKEN} is not the config's video_token_id")
+    added = add_summary_token(model, tokenizer)
     model.to(config.device).eval()
     model.requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    for token in (VS_TOKEN, VIDEO_TOKEN):
-        if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
-            raise ModelLoadError(f"{folder}: tokenizer has no {token} token")
 
     lm = model.model.language_model
-    embeddings = lm.get_input_embeddings().weight
     vs_id = tokenizer.convert_tokens_to_ids(VS_TOKEN)
-    summary = install_summary_tokens(lm, embeddings[vs_id])
-    base_fp = checkpoint_fingerprint(folder)
+    summary = install_summary_tokens(lm, lm.get_input_embeddings().weight[vs_id])
+    base_fp = checkpoint_fingerprint(
+        folder, None if state_dir is None else Path(state_dir) / FINGERPRINT_CACHE
+    )
     if config.adapter is not None:
         load_adapter(summary, Path(config.adapter), base_fingerprint=base_fp)
 
-    meta_path = folder / "longwatch.json"
-    card = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    card = read_card(folder)
+    # The ingest the model was trained for: its card's, else what its video processor implies.
+    card["ingest"] = {**video_settings(folder), **card.get("ingest", {})}
     name = card.get("name", folder.name)
     num_layers = model.config.text_config.num_hidden_layers
     layers = config.retrieval_layers or _default_retrieval_layers(num_layers)
     if any(not 0 <= i < num_layers for i in layers):
         raise ModelLoadError(f"retrieval layers {layers} outside the decoder's {num_layers} layers")
-    mode_tag = (
-        "raw" if config.mode == "raw" else f"vs{config.alpha}{'t' if config.keep_timestamp_tokens else ''}"
-    )
-    fingerprint = f"{name}@{base_fp}-{adapter_fingerprint(summary)}-{mode_tag}"
+    fingerprint = f"{name}@{base_fp}-{adapter_fingerprint(summary)}-{mode_tag(config)}"
 
     tokenizer_eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
     prefix_ids = list(tokenizer(system_prefix(config.system_prompt), add_special_tokens=False)["input_ids"])
@@ -224,4 +299,13 @@ def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedMode
         retrieval_layers=list(layers),
         eos_token_ids=frozenset(i for i in tokenizer_eos if i is not None),
         card=card,
+        base_fingerprint=base_fp,
+        added_tokens=added,
     )
+
+
+def mode_tag(config: ModelConfig) -> str:
+    """How chunks are made, as part of the fingerprint: caches made another way do not fit."""
+    if config.mode == "raw":
+        return "raw" if config.raw_context == "stream" else "rawc"
+    return f"vs{config.alpha}{'t' if config.keep_timestamp_tokens else ''}"

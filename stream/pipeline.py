@@ -160,10 +160,11 @@ class StreamIngestor:
 
         Ask uses it to see a live stream's latest seconds before their chunk fills. DiffFP runs
         on a copy of the pruner, so the stream's own state is untouched. None when nothing is
-        pending, and in keep-raw mode, whose compressor extends a running per-stream cache that
-        a throwaway chunk must not touch. The caller keeps `push` from running meanwhile.
+        pending, and in keep-raw mode with stream context, whose compressor extends a running
+        per-stream cache that a throwaway chunk must not touch. The caller keeps `push` from running meanwhile.
         """
-        if not self.pending or self.runner.lm.config.mode == "raw":
+        config = self.runner.lm.config
+        if not self.pending or (config.mode == "raw" and config.raw_context == "stream"):
             return None
         pruner = DiffFramePruner(self.pruner.threshold, self.pruner.min_tokens, self.pruner.merge_size)
         pruner.load_state(self.pruner.state())

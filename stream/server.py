@@ -22,7 +22,7 @@ from longwatch.memory.index import IndexRegistry
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.memory.store import ChunkStore, open_store
 from longwatch.model.compressor import SummaryCompressor
-from longwatch.model.loading import load_model
+from longwatch.model.loading import DEMO_MODEL_NAME, LoadedModel, load_model
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.proto.streams import StreamState
@@ -46,6 +46,29 @@ def drop_interrupted_archives(store: ChunkStore) -> list[str]:
     return dropped
 
 
+def serving_note(lm: LoadedModel) -> str:
+    """One line on what answers questions: which model, how chunks are kept, what it knows."""
+    c = lm.config
+    where = f"{c.device}, {c.dtype}, {c.attn_implementation}"
+    if c.mode == "raw":
+        how = "keep-raw: every token's K/V kept" + (
+            ", each chunk on its own" if c.raw_context == "chunk" else ", each chunk after all earlier ones"
+        )
+        if c.adapter is None:
+            how += " (no summary-token adapter; train one with `longwatch train --stage summary`)"
+    else:
+        how = f"summary tokens, alpha {c.alpha}" + (
+            f", adapter {c.adapter}" if c.adapter is not None else ", untrained (no --adapter)"
+        )
+    note = f"model {lm.name} ({where}): {how}"
+    if lm.name == DEMO_MODEL_NAME:
+        note += (
+            ". The built-in demo model knows only synthetic needles (docs/demo-model.md): "
+            "serve a real VideoLLaMA3 with --model"
+        )
+    return note
+
+
 class LongWatchServer:
     """Owns every resource of a running service; `stop()` releases them all, errors collected."""
 
@@ -60,6 +83,7 @@ class LongWatchServer:
         self.port: int = 0
         self.http_port: int = 0
         self.redis_url: str = ""
+        self.note: str = ""  # what answers questions (serving_note), once started
 
     def start(self) -> LongWatchServer:
         s = self.settings
@@ -75,6 +99,7 @@ class LongWatchServer:
             if settled:
                 log.warning("live streams cut off by an earlier stop are ready again: %s", ", ".join(settled))
             lm = load_model(s.model, state_dir=s.state_dir)
+            s.model = lm.config  # as resolved: mode, attention, adapter of the built-in model
             s.ingest = ingest_for_model(s, lm.card)
             s.score_margin = score_margin_for_model(s, lm.card)
             runner = ModelRunner(lm=lm, compressor=SummaryCompressor(lm))
@@ -93,6 +118,8 @@ class LongWatchServer:
             lm.name,
             self.redis_url,
         )
+        self.note = serving_note(lm)
+        log.info("%s", self.note)
         return self
 
     @property
@@ -199,6 +226,7 @@ def serve_forever(settings: ServiceSettings) -> int:
     try:
         server.start()
         print(f"longwatch listening on {settings.host}:{server.port}", flush=True)
+        print(server.note, flush=True)
         addresses = settings.live.ice_addresses
         only = f" (WebRTC on {', '.join(addresses)} only)" if addresses else ""
         print(f"browser page and WebRTC on http://{settings.host}:{server.http_port}/{only}", flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from longwatch.clients.ice import address_list, parse_ice_addresses
-from longwatch.model.config import ModelConfig
+from longwatch.model.config import ATTENTION, ModelConfig
 from longwatch.proto.streams import KV_STORAGE
 
 SERVICE_KV_STORAGE = "int8"  # the store's own default stays lossless ("float"); the service saves bytes
@@ -242,9 +242,29 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         help="local HF-format VideoLLaMA3 folder (LONGWATCH_MODEL); unset uses the built-in demo model (model/demo)",
     )
     g.add_argument("--adapter", type=Path, default=_env("ADAPTER"), help="summary-token adapter folder")
-    g.add_argument("--device", default=_env("DEVICE", "cpu"))
+    g.add_argument("--device", default=_env("DEVICE", "cpu"), help="cpu, cuda or cuda:N (LONGWATCH_DEVICE)")
     g.add_argument("--dtype", default=_env("DTYPE", "float32"), choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--mode", default=_env("MODE", "summary"), choices=["summary", "raw"])
+    g.add_argument(
+        "--attn",
+        default=_env("ATTN", "auto"),
+        choices=list(ATTENTION),
+        help="attention kernel (LONGWATCH_ATTN); auto: flash_attention_2 on CUDA where flash-attn is "
+        "installed, else sdpa",
+    )
+    g.add_argument(
+        "--mode",
+        default=_env("MODE", "auto"),
+        choices=["auto", "summary", "raw"],
+        help="summary: summary tokens (needs a trained adapter); raw: every token's K/V kept; auto "
+        "(default): summary with an adapter, else raw with --raw-context chunk",
+    )
+    g.add_argument(
+        "--raw-context",
+        default=_env("RAW_CONTEXT"),
+        choices=["stream", "chunk"],
+        help="raw mode: each chunk computed after every earlier one (stream: exact, ingest grows with "
+        "the square of the stream) or on its own (chunk); default stream, chunk under --mode auto",
+    )
     g.add_argument("--alpha", type=int, default=_env("ALPHA", "16"), choices=[2, 4, 8, 16])
 
 
@@ -271,6 +291,8 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
             device=args.device,
             dtype=args.dtype,
             mode=args.mode,
+            raw_context=args.raw_context or ("chunk" if args.mode == "auto" else "stream"),
+            attn_implementation=args.attn,
             alpha=args.alpha,
         ),
     )

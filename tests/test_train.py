@@ -134,7 +134,7 @@ def test_summary_stage_loss_falls_and_only_adapter_moves(
 
 def test_adapter_round_trips_into_the_service_path(base: Path, clips: FixedClips, tmp_path: Path) -> None:
     trainer = summary_run(base, tmp_path / "run", clips, steps=5)
-    from longwatch.model.loading import checkpoint_fingerprint
+    from longwatch.model.checkpoint import checkpoint_fingerprint
 
     adapter = trainer.save_adapter(tmp_path / "adapter", checkpoint_fingerprint(base))
     served = load_model(ModelConfig(path=base, adapter=adapter))

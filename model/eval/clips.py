@@ -42,9 +42,17 @@ def compress_clip(
     caches = []
     for i, frames in enumerate(clip_chunks(lm, clip, threshold, max_tokens)):
         kv = run_chunk(lm, frames, alpha, lm.prefix_cache(), lm.prefix_len)
+        # As the service stores them: on the CPU (the answer moves them back to the model's device).
         caches.append(
             ChunkCache(
-                "eval", i, frames.frame_times[0], frames.end_s, kv.keys, kv.values, kv.positions, kv.retrieval
+                "eval",
+                i,
+                frames.frame_times[0],
+                frames.end_s,
+                kv.keys.cpu(),
+                kv.values.cpu(),
+                kv.positions.cpu(),
+                kv.retrieval.cpu(),
             )
         )
     return caches

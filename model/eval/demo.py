@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from longwatch.clients.client import LongWatchClient, NotFound
 from longwatch.clients.format import format_evidence, format_streams_table, printable
+from longwatch.model.loading import DEMO_MODEL_NAME
 
 DEMO_STREAM = "demo"
 DEMO_SECONDS = 600
@@ -88,7 +89,7 @@ def footage_plan(state_dir: Path) -> DemoPlan:
 
 
 def demo_plan(state_dir: Path, model_name: str) -> DemoPlan:
-    return needle_plan(state_dir) if model_name == "longwatch-demo" else footage_plan(state_dir)
+    return needle_plan(state_dir) if model_name == DEMO_MODEL_NAME else footage_plan(state_dir)
 
 
 def _ingest(client: LongWatchClient, path: Path) -> None:

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from longwatch.model.checkpoint import checkpoint_fingerprint
 from longwatch.model.config import ModelConfig
 from longwatch.model.frames import grid_for, resize_frames
-from longwatch.model.loading import checkpoint_fingerprint, load_model
+from longwatch.model.loading import load_model
 from longwatch.model.train.clips import DIGIT_BALANCED_HAYSTACKS_S, ClipSource, NeedleClips, TrainingClip
 from longwatch.model.train.trainer import StepMetrics, TrainConfig, Trainer, new_base
 from longwatch.stream.decode import VideoFileReader

@@ -36,7 +36,13 @@ from longwatch.model.compressor import ChunkFrames, ChunkKV, run_chunk
 from longwatch.model.config import BASE_SIZES, DEFAULT_BASE_SIZE
 from longwatch.model.diffp import DiffFramePruner
 from longwatch.model.frames import frames_to_pixel_values, grid_for
-from longwatch.model.loading import LoadedModel, prefill_prefix, question_suffix, question_text
+from longwatch.model.loading import (
+    DEMO_MODEL_NAME,
+    LoadedModel,
+    prefill_prefix,
+    question_suffix,
+    question_text,
+)
 from longwatch.model.retrieval import evidence_lead
 from longwatch.model.summary import save_adapter
 from longwatch.model.train.clips import ClipSource, TrainingClip, vision_frames
@@ -575,7 +581,15 @@ class Trainer:
     # --- outputs ----------------------------------------------------------------------------
 
     def save_adapter(self, folder: Path, base_fingerprint: str) -> Path:
-        extra = {"alphas": list(self.config.alphas), "steps": self.step, "seed": self.config.seed}
+        extra = {
+            "alphas": list(self.config.alphas),
+            "steps": self.step,
+            "seed": self.config.seed,
+            # What longwatch did to the base to give it summary tokens (load_model does it again).
+            "vs_token_id": self.lm.vs_token_id,
+            "added_tokens": list(self.lm.added_tokens),
+            "embedding_rows": int(self.lm.language_model.get_input_embeddings().weight.shape[0]),
+        }
         return save_adapter(self.lm.summary, folder, self.lm.name, base_fingerprint, extra)
 
     def save_base(self, folder: Path) -> Path:
@@ -609,7 +623,7 @@ DEMO_CARD = {"ingest": {"max_tokens_per_frame": 4, "frames_per_chunk": 8, "fps":
 
 
 def new_base(
-    folder: Path, seed: int, system_prompt: str, name: str = "longwatch-demo", size: str = DEFAULT_BASE_SIZE
+    folder: Path, seed: int, system_prompt: str, name: str = DEMO_MODEL_NAME, size: str = DEFAULT_BASE_SIZE
 ) -> Path:
     """A from-scratch base for the needle demo: word tokenizer, 56 px frames (4 tokens), a BASE_SIZES size."""
     from longwatch.model.tiny import build_tiny_model
