@@ -126,7 +126,10 @@ def prefill(
 
 
 class AnswerStream:
-    """Greedy decoding as an iterator of text deltas; `stats` and `text` are complete once exhausted."""
+    """Greedy decoding as an iterator of text deltas; `stats` and `text` are complete once exhausted.
+
+    Under the model card's answer format (model/answer_format.py) only well-formed answers come out.
+    """
 
     def __init__(
         self, lm: LoadedModel, chunks: Sequence[ChunkCache], question: str, max_new_tokens: int
@@ -141,6 +144,17 @@ class AnswerStream:
     def __iter__(self) -> Iterator[str]:
         return self._run()
 
+    def _next(self, logits: torch.Tensor, generated: list[int]) -> int:
+        """Greedy: the best token, or under the card's answer format the best well-formed one."""
+        fmt = self.lm.answer_format
+        if fmt is None:
+            return int(logits.argmax())
+
+        def decode(ids: list[int]) -> str:
+            return self.lm.tokenizer.decode(ids, skip_special_tokens=True)
+
+        return fmt.choose(logits.float().cpu(), generated, decode, self.lm.eos_token_ids)
+
     @torch.no_grad()
     def _run(self) -> Iterator[str]:
         lm, stats = self.lm, self.stats
@@ -148,7 +162,7 @@ class AnswerStream:
         cache, logits = prefill(lm, self.chunks, self.question, stats)
         stats.context_tokens = cache.get_seq_length() - logits.shape[1]
         generated: list[int] = []
-        next_id = int(logits[0, -1].argmax())
+        next_id = self._next(logits[0, -1], generated)
         while next_id not in lm.eos_token_ids and len(generated) < self.max_new_tokens:
             generated.append(next_id)
             if len(generated) == 1:
@@ -167,7 +181,7 @@ class AnswerStream:
                 use_cache=True,
                 position_ids=position,
             )
-            next_id = int(lm.model.lm_head(out.last_hidden_state[:, -1]).argmax())
+            next_id = self._next(lm.model.lm_head(out.last_hidden_state[:, -1])[0], generated)
         final = lm.tokenizer.decode(generated, skip_special_tokens=True)
         if len(final) > len(self.text):
             yield final[len(self.text) :]

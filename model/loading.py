@@ -16,6 +16,7 @@ from transformers import (
     VideoLlama3ForConditionalGeneration,
 )
 
+from longwatch.model.answer_format import AnswerFormat
 from longwatch.model.checkpoint import checkpoint_fingerprint, read_card, video_settings
 from longwatch.model.config import ATTENTION, ModelConfig
 from longwatch.model.summary import SummaryModules, adapter_fingerprint, install_summary_tokens, load_adapter
@@ -67,6 +68,7 @@ class LoadedModel:
     eos_token_ids: frozenset[int]
     card: dict  # longwatch.json of the checkpoint: name, and the ingest settings it was trained for
     base_fingerprint: str = ""  # the checkpoint's files (an adapter records the base it fits)
+    answer_format: AnswerFormat | None = None  # the card's: answers held to its templates
     added_tokens: list[str] = dataclasses.field(default_factory=list)  # tokens longwatch added (<vs>)
 
     @property
@@ -301,6 +303,7 @@ def load_model(config: ModelConfig, state_dir: Path | None = None) -> LoadedMode
         card=card,
         base_fingerprint=base_fp,
         added_tokens=added,
+        answer_format=AnswerFormat.from_card(card),
     )
 
 

@@ -174,6 +174,19 @@ def questions_for(needle: Needle) -> dict[QuestionKind, NeedleQA]:
     }
 
 
+# The answers `questions_for` trains, as a model card's answer_format (model/answer_format.py):
+# a demo model then never says a broken one ("at  s") about video it was not trained on.
+ANSWER_FORMAT = {
+    "templates": ["a {colour} {shape}", "the digit {digit}", "{colour}", "at {seconds} s"],
+    "slots": {
+        "colour": list(COLOURS),
+        "shape": list(SHAPES),
+        "digit": list(DIGITS),
+        "seconds": {"digits": [1, 6]},
+    },
+}
+
+
 def judge(kind: QuestionKind, answer: str, needle: Needle, tolerance_s: float = WHEN_TOLERANCE_S) -> bool:
     """Whether a generated answer is right: the needle's words, its colour, or its time within tolerance."""
     words = set(re.findall(r"[a-z]+|\d+", answer.lower()))

@@ -46,7 +46,7 @@ from longwatch.model.loading import (
 from longwatch.model.retrieval import evidence_lead
 from longwatch.model.summary import save_adapter
 from longwatch.model.train.clips import ClipSource, TrainingClip, vision_frames
-from longwatch.model.train.needles import COLOURS, DIGITS, SHAPES
+from longwatch.model.train.needles import ANSWER_FORMAT, COLOURS, DIGITS, SHAPES
 from longwatch.model.vision import chunk_frames, encode_frames
 
 STAGES = ("summary", "base")
@@ -619,7 +619,11 @@ def cosine_lr(step: int, total: int, warmup: int = 20) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-DEMO_CARD = {"ingest": {"max_tokens_per_frame": 4, "frames_per_chunk": 8, "fps": 1.0}, "alpha": 16}
+DEMO_CARD = {
+    "ingest": {"max_tokens_per_frame": 4, "frames_per_chunk": 8, "fps": 1.0},
+    "alpha": 16,
+    "answer_format": ANSWER_FORMAT,
+}
 
 
 def new_base(
