@@ -164,3 +164,36 @@ def test_eval_clips_takes_the_holdout_split_and_refuses_training_seeds(capsys) -
     with pytest.raises(SystemExit) as exited:
         main.main(["eval", "clips", "--split", "train"])
     assert exited.value.code == 2
+
+
+def test_needles_take_a_size_and_frames_a_size_and_keep_what_they_are() -> None:
+    from longwatch.model.train.needles import make_needle_video
+
+    default = make_needle_video(seed_for("eval", 5), 300, 0.5)
+    small = make_needle_video(seed_for("eval", 5), 300, 0.5, 320, 180, needle_px=(16, 16))
+    assert 30 <= default.needle.size <= 44 and small.needle.size == 16
+    same = ("shape", "colour", "digit", "start_s", "duration_s")
+    assert [getattr(small.needle, k) for k in same] == [getattr(default.needle, k) for k in same]
+    assert small.file_name != default.file_name and "320x180" in small.file_name and "16px" in small.file_name
+    frame = small.footage().frame_at(int(small.needle.start_s))
+    assert frame.shape == (180, 320, 3)
+
+
+def test_eval_clips_at_another_frame_size_with_small_needles(capsys) -> None:  # noqa: ANN001
+    args = [
+        "eval",
+        "clips",
+        "--clips",
+        "2",
+        "--chunks",
+        "2",
+        "--frame-size",
+        "112x84",
+        "--needle-px",
+        "12-20",
+    ]
+    assert main.main(args) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].split()[:3] == ["3600s", "2", "2"]
+    for bad in ("2", "20-12", "big"):
+        with pytest.raises(SystemExit):
+            main.main(["eval", "clips", "--needle-px", bad])

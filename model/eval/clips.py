@@ -85,7 +85,7 @@ def evaluate_clips(
     n: int,
     alpha: int = 16,
     top_k: int = 4,
-    max_tokens: int = 4,
+    max_tokens: int | None = None,
     seed: int = 0,
     n_chunks: int = 6,
     haystack_s: int = 3600,
@@ -97,6 +97,8 @@ def evaluate_clips(
     straddle: bool = False,
     score_margin: float | None = None,
     split: Split = "eval",
+    frame_size: tuple[int, int] = (56, 56),
+    needle_px: tuple[int, int] | None = None,
 ) -> ClipEval:
     """Accuracy per question kind and retrieval recall on `n` clips of a split (evaluation by default).
 
@@ -113,7 +115,12 @@ def evaluate_clips(
     score_margin: of the top-k, keep only chunks scoring at most this below the best, as Ask
         does (`within_margin`); None: plain top-k.
     split: "eval" (what the demo recipe was checked on) or "holdout" (never tuned on).
+    frame_size: (width, height) of the footage; needle_px: the needle's side in pixels (a range;
+        None: the share of the frame the demo model trained on).
+    max_tokens: tokens per frame (None: the model card's, as the service would ingest).
     """
+    if max_tokens is None:
+        max_tokens = int(lm.card.get("ingest", {}).get("max_tokens_per_frame", 16))
     source = NeedleClips(
         n_chunks=n_chunks,
         split=split,
@@ -126,6 +133,9 @@ def evaluate_clips(
         stream_start_share=float(stream_start),
         stream_start_needle=stream_start,
         straddle_share=float(straddle),
+        width=frame_size[0],
+        height=frame_size[1],
+        needle_px=needle_px,
     )
     result = ClipEval()
     for i in range(n):

@@ -5,8 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from longwatch.clients.cli import fail
+from longwatch.clients.cli import fail, parse_size
 from longwatch.stream.settings import add_service_arguments
+
+
+def needle_px(text: str) -> tuple[int, int]:
+    """ "16" or "12-20": a needle's side in pixels, one size or a range."""
+    lo, _, hi = text.partition("-")
+    if not (lo.isdigit() and (hi.isdigit() or not hi)):
+        raise argparse.ArgumentTypeError(f"expected pixels such as 16 or 12-20, got {text!r}")
+    low, high = int(lo), int(hi or lo)
+    if not 3 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 3 <= low <= high pixels, got {text!r}")
+    return low, high
 
 
 def add_demo(sub: argparse.ArgumentParser) -> None:
@@ -92,6 +103,27 @@ def add_eval(sub: argparse.ArgumentParser) -> None:
         help="clips: every needle runs from its chunk into the next, both in the clip",
     )
     sub.add_argument(
+        "--frame-size",
+        type=parse_size,
+        default=(56, 56),
+        metavar="WxH",
+        help="needle, clips: the footage's frame size (default 56x56, the demo model's); a real model "
+        "is evaluated at its own, e.g. 640x360",
+    )
+    sub.add_argument(
+        "--needle-px",
+        type=needle_px,
+        metavar="N or LO-HI",
+        help="needle, clips: the needle's side in pixels (default: 55-80%% of the frame's shorter side, "
+        "what the demo model trained on; small needles, e.g. 12-20, are what real footage holds)",
+    )
+    sub.add_argument(
+        "--max-tokens-per-frame",
+        type=int,
+        metavar="N",
+        help="needle, clips: visual tokens per frame (default: the model's own, from its card or video settings)",
+    )
+    sub.add_argument(
         "--split",
         choices=["eval", "holdout"],
         default="eval",
@@ -126,6 +158,10 @@ def _eval(args: argparse.Namespace) -> int:
         score_margin=args.score_margin,
         raw_max_frames=args.raw_max_frames,
         split=args.split,
+        width=args.frame_size[0],
+        height=args.frame_size[1],
+        needle_px=args.needle_px,
+        max_tokens_per_frame=args.max_tokens_per_frame,
     )
     report = run_needle_eval(ModelConfig(path=args.model, adapter=args.adapter), plan, args.out)
     print(format_report(report))
@@ -166,6 +202,9 @@ def _eval_clips(args: argparse.Namespace) -> int:
                 stream_start=args.stream_start,
                 score_margin=args.score_margin,
                 split=args.split,
+                frame_size=args.frame_size,
+                needle_px=args.needle_px,
+                max_tokens=args.max_tokens_per_frame,
             ).accuracy()
             cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
             print(

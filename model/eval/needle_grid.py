@@ -63,7 +63,10 @@ class EvalPlan:
     # The longwatch rows' --score-margin (None: the model card's); the raw rows use plain top-k.
     score_margin: float | None = None
     frames_per_chunk: int = 8
-    max_tokens_per_frame: int = 4
+    max_tokens_per_frame: int | None = None  # None: the model card's, as the service ingests
+    width: int = 56
+    height: int = 56
+    needle_px: tuple[int, int] | None = None  # the needle's side (None: the share the demo knows)
     raw_max_frames: int = 900  # keep-raw cells beyond this are skipped (reported as such)
     # "eval": the grid the demo model's recipe was checked on; "holdout": one nothing was tuned on.
     split: Split = "eval"
@@ -77,7 +80,9 @@ class EvalPlan:
         for length in self.lengths:
             for depth in self.depths:
                 for n in range(self.needles):
-                    yield length, depth, n, make_needle_video(seed_for(self.split, index), length, depth)
+                    seed = seed_for(self.split, index)
+                    video = make_needle_video(seed, length, depth, self.width, self.height, self.needle_px)
+                    yield length, depth, n, video
                     index += 1
 
 
@@ -113,6 +118,7 @@ def row_settings(row: str, base: ModelConfig, plan: EvalPlan, state_dir: Path) -
     from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
 
     mode = "raw" if row in ("keep-raw", "uniform-180") else "summary"
+    tokens = {} if plan.max_tokens_per_frame is None else {"max_tokens_per_frame": plan.max_tokens_per_frame}
     model = ModelConfig(
         path=base.path,
         adapter=base.adapter,
@@ -129,9 +135,8 @@ def row_settings(row: str, base: ModelConfig, plan: EvalPlan, state_dir: Path) -
         score_margin=plan.score_margin if mode == "summary" else 0.0,
         max_new_tokens=12,
         kv_storage=ROW_KV_STORAGE[row],
-        ingest=IngestConfig(
-            fps=1.0, frames_per_chunk=plan.frames_per_chunk, max_tokens_per_frame=plan.max_tokens_per_frame
-        ),
+        ingest=IngestConfig(fps=1.0, frames_per_chunk=plan.frames_per_chunk, **tokens),
+        ingest_explicit=frozenset({"fps", "frames_per_chunk", *tokens}),
         live=LiveConfig(ice_addresses=("127.0.0.1",)),  # a private service: WebRTC (unused) on loopback
         model=model,
     )
@@ -210,6 +215,8 @@ def run_needle_eval(
             "score_margin": margins,
             "raw_max_frames": plan.raw_max_frames,
             "split": plan.split,
+            "frame_size": [plan.width, plan.height],
+            "needle_px": None if plan.needle_px is None else list(plan.needle_px),
         },
         "question_kinds": list(QUESTION_KINDS),
         "rows": {

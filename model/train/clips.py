@@ -100,6 +100,8 @@ class NeedleClips:
     frames_per_chunk: int = 8
     width: int = 56
     height: int = 56
+    # The needle's side in pixels, a range (None: the share of the frame the demo model trained on).
+    needle_px: tuple[int, int] | None = None
     fps: float = 1.0
     haystack_s: int = 3600
     # With haystack_lengths, each clip is cut from a haystack of one of these lengths, drawn
@@ -201,7 +203,7 @@ class NeedleClips:
         else:
             straddle = False
         t0 = float(starts[evidence] + (rng.integers(f) if frame is None else frame) / self.fps)
-        needle = random_needle(rng, t0, self.width, self.height)
+        needle = random_needle(rng, t0, self.width, self.height, size_px=self.needle_px)
         if rolled and self.turnover_share and not straddle and frame is None:
             turn = (int(starts[evidence]) // 100 + 1) * 100  # the next multiple of 100 s
             turn_frame = round((turn - starts[evidence]) * self.fps)  # its frame in the chunk, if < f

@@ -129,22 +129,36 @@ def needle_mask(shape: str, size: int, digit: str = "") -> np.ndarray:
     raise ValueError(f"unknown needle shape {shape!r}")
 
 
+# What the demo model trained on: a needle's side is this share of the frame's shorter side.
+NEEDLE_SHARE = (0.55, 0.8)
+
+
 def random_needle(
     rng: np.random.Generator,
     start_s: float,
     width: int,
     height: int,
     digit_share: float | None = None,
+    size_px: tuple[int, int] | None = None,
 ) -> Needle:
     """A needle of random kind, colour, place and 1-3 s duration, starting at `start_s`.
 
-    Kinds are equally likely unless digit_share says how often it is a digit.
+    Kinds are equally likely unless digit_share says how often it is a digit. Its side is
+    NEEDLE_SHARE of the frame's shorter side (30-44 px in a 56-px frame), or within size_px
+    (pixels, both ends included) where given; the same draws either way, so a seed keeps its
+    kind, colour and time.
     """
     if digit_share is None:
         shape = str(rng.choice((*SHAPES, "digit")))
     else:
         shape = "digit" if rng.random() < digit_share else str(rng.choice(SHAPES))
-    size = int(rng.uniform(0.55, 0.8) * min(width, height))
+    share = rng.uniform(*NEEDLE_SHARE)
+    size = int(share * min(width, height))
+    if size_px is not None:
+        lo, hi = size_px
+        if not 3 <= lo <= hi <= min(width, height):
+            raise ValueError(f"needle size must be 3..{min(width, height)} px and low <= high, got {lo}-{hi}")
+        size = lo + round((share - NEEDLE_SHARE[0]) / (NEEDLE_SHARE[1] - NEEDLE_SHARE[0]) * (hi - lo))
     return Needle(
         start_s=float(start_s),
         duration_s=float(rng.integers(1, 4)),
@@ -214,6 +228,7 @@ class NeedleVideo:
     width: int = 56
     height: int = 56
     fps: float = 1.0
+    sized: bool = False  # the needle's size was asked for (not the share of the frame the demo knows)
 
     def footage(self) -> SyntheticFootage:
         return SyntheticFootage(self.seed, self.width, self.height, self.fps, overlays=[self.needle])
@@ -230,17 +245,26 @@ class NeedleVideo:
         another's videos.
         """
         at = f"{self.needle.start_s:g}s-{self.width}x{self.height}-{self.fps:g}fps"
-        return f"needle-{self.seed}-{self.seconds}s-at{at}.mp4"
+        size = f"-{self.needle.size}px" if self.sized else ""
+        return f"needle-{self.seed}-{self.seconds}s-at{at}{size}.mp4"
 
 
 def make_needle_video(
-    seed: int, seconds: int, depth: float, width: int = 56, height: int = 56
+    seed: int,
+    seconds: int,
+    depth: float,
+    width: int = 56,
+    height: int = 56,
+    needle_px: tuple[int, int] | None = None,
 ) -> NeedleVideo:
-    """The needle video of `seed`: depth places the needle's start within [0, seconds - duration]."""
+    """The needle video of `seed`: depth places the needle's start within [0, seconds - duration].
+
+    needle_px: the needle's side in pixels (a range); None: the share of the frame the demo knows.
+    """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     rng = np.random.default_rng([seed, 11])
-    probe = random_needle(rng, 0.0, width, height)
+    probe = random_needle(rng, 0.0, width, height, size_px=needle_px)
     start = float(round(depth * max(seconds - probe.duration_s, 0)))
     needle = Needle(**{**probe.__dict__, "start_s": start})
-    return NeedleVideo(seed=seed, seconds=seconds, depth=depth, needle=needle, width=width, height=height)
+    return NeedleVideo(seed, seconds, depth, needle, width, height, sized=needle_px is not None)
