@@ -128,3 +128,49 @@ def test_the_same_checkpoint_serves_in_bfloat16(native_2b: Path, tmp_path: Path,
         result = client.ask("bikes", QUESTION)
         assert result.evidence and all(e.end_s <= 10.5 for e in result.evidence)
         assert client.get_stream("bikes").chunks == 2  # 10 frames at 1 fps
+
+
+@pytest.mark.parametrize(
+    "precision", [[], ["--dtype", "bfloat16", "--checkpointing"]], ids=["float32", "bf16"]
+)
+def test_summary_tokens_train_on_the_2b_and_serve(
+    native_2b: Path, tmp_path: Path, redis_url: str, precision: list[str]
+) -> None:
+    """A few steps at the real shapes (the 2B's own frame budget, its vocabulary), then summary mode."""
+    clip = real_clip("bikes.mp4")
+    data = tmp_path / "train.jsonl"
+    example = {
+        "video": str(clip),
+        "question": QUESTION,
+        "answer": "A cyclist rides.",
+        "start_s": 2,
+        "end_s": 5,
+    }
+    data.write_text(json.dumps(example) + "\n")
+    out = tmp_path / "run"
+    args = ["train", "--stage", "summary", "--base", str(native_2b), "--out", str(out), "--data", str(data)]
+    assert main.main([*args, "--steps", "2", "--checkpoint-every", "2", *precision]) == 0
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["vs_token_id"] == 151668 and adapter["added_tokens"] == ["<vs>"]
+    assert adapter["embedding_rows"] == 151936 and adapter["steps"] == 2
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(set(m["parts"]) == {"lm", "distill"} for m in log)
+    settings = ServiceSettings(
+        port=0,
+        http_port=0,
+        redis_url=redis_url,
+        state_dir=tmp_path / "state",
+        max_new_tokens=4,
+        live=LiveConfig(ice_addresses=("127.0.0.1",)),
+        model=ModelConfig(path=native_2b, adapter=out / "adapter", mode="auto"),
+        ingest_explicit=frozenset(),
+    )
+    with (
+        LongWatchServer(settings) as server,
+        LongWatchClient(f"127.0.0.1:{server.port}", timeout=120) as client,
+    ):
+        assert "summary tokens, alpha 16" in server.note
+        for _ in client.ingest_file("bikes", path=str(clip)):
+            pass
+        result = client.ask("bikes", QUESTION)
+        assert result.model.endswith("-vs16") and result.evidence

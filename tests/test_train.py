@@ -25,6 +25,7 @@ from longwatch.model.train.clips import (
     TrainingClip,
     vision_frames,
 )
+from longwatch.model.train.datasets import JsonlClips, read_jsonl
 from longwatch.model.train.needles import (
     COLOURS,
     EVAL_SEED_BASE,
@@ -36,7 +37,6 @@ from longwatch.model.train.needles import (
     seed_for,
     split_of,
 )
-from longwatch.model.train.recipe import JsonlClips, read_jsonl
 from longwatch.model.train.synthetic import SyntheticFootage, encode_video
 from longwatch.model.train.trainer import (
     TrainConfig,

@@ -6,18 +6,8 @@ import argparse
 from pathlib import Path
 
 from longwatch.clients.cli import fail, parse_size
+from longwatch.model.train.command import needle_px
 from longwatch.stream.settings import add_service_arguments
-
-
-def needle_px(text: str) -> tuple[int, int]:
-    """ "16" or "12-20": a needle's side in pixels, one size or a range."""
-    lo, _, hi = text.partition("-")
-    if not (lo.isdigit() and (hi.isdigit() or not hi)):
-        raise argparse.ArgumentTypeError(f"expected pixels such as 16 or 12-20, got {text!r}")
-    low, high = int(lo), int(hi or lo)
-    if not 3 <= low <= high:
-        raise argparse.ArgumentTypeError(f"expected 3 <= low <= high pixels, got {text!r}")
-    return low, high
 
 
 def add_demo(sub: argparse.ArgumentParser) -> None:

@@ -5,8 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from longwatch.clients.cli import fail
-from longwatch.model.config import BASE_SIZES, DEFAULT_BASE_SIZE
+from longwatch.clients.cli import fail, parse_size
+from longwatch.model.config import ATTENTION, BASE_SIZES, DEFAULT_BASE_SIZE
+
+
+def needle_px(text: str) -> tuple[int, int]:
+    """ "16" or "12-20": a needle's side in pixels, one size or a range."""
+    lo, _, hi = text.partition("-")
+    if not (lo.isdigit() and (hi.isdigit() or not hi)):
+        raise argparse.ArgumentTypeError(f"expected pixels such as 16 or 12-20, got {text!r}")
+    low, high = int(lo), int(hi or lo)
+    if not 3 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 3 <= low <= high pixels, got {text!r}")
+    return low, high
 
 
 def add_train(sub: argparse.ArgumentParser) -> None:
@@ -156,8 +167,48 @@ def add_train(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--clips-per-step", type=int, default=1, help="clips averaged per optimizer step")
     sub.add_argument("--checkpoint-every", type=int, default=500)
-    sub.add_argument("--device", default="cpu")
-    sub.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    sub.add_argument(
+        "--video-root", type=Path, help="--data as LLaVA-Video JSON: the folder its video paths start from"
+    )
+    sub.add_argument(
+        "--frame-size",
+        type=parse_size,
+        default=(56, 56),
+        metavar="WxH",
+        help="--data needles: the footage's frame size (default 56x56, the demo model's)",
+    )
+    sub.add_argument(
+        "--needle-px",
+        type=needle_px,
+        metavar="N or LO-HI",
+        help="--data needles: the needle's side in pixels (default: 55-80%% of the frame's shorter side)",
+    )
+    sub.add_argument(
+        "--max-tokens-per-frame",
+        type=int,
+        metavar="N",
+        help="visual tokens per frame (default: the base's own, from its card or video settings)",
+    )
+    sub.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per process)")
+    sub.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="how the base is held; bfloat16 (stage summary) keeps the summary tokens in float32 and "
+        "computes under autocast",
+    )
+    sub.add_argument("--autocast", action="store_true", help="compute in bfloat16 under torch.autocast")
+    sub.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="gradient checkpointing by chunk: recompute each chunk's and answer's pass in backward",
+    )
+    sub.add_argument(
+        "--attn", default="auto", choices=list(ATTENTION), help="attention kernel (auto: flash-attn on CUDA)"
+    )
+    sub.add_argument(
+        "--state-dir", type=Path, help="where the base's file hashes are cached (default: none, hash again)"
+    )
 
 
 def _train(args: argparse.Namespace) -> int:

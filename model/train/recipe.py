@@ -1,14 +1,8 @@
-"""`longwatch train`: the trainer wired to its data (synthetic needles or a user's JSONL) and outputs.
+"""`longwatch train`: the trainer (trainer.py) wired to its data (clips.py, datasets.py) and outputs.
 
-The trainer itself is model/train/trainer.py; this layer adds what needs the stream side: decoding a
-user's video files for the JSONL format.
-
-JSONL format, one example per line:
-    {"video": "clips/door.mp4", "question": "When did the door open?", "answer": "at 12 s",
-     "start_s": 11.0, "end_s": 14.0}
-`video` is resolved relative to the JSONL file. `start_s`/`end_s` (optional) mark the evidence:
-those chunks are always in the answer's context and are the retrieval target. Without an
-`answer`, the example trains by self-distillation only (the teacher's own answer is the target).
+One stage (`--stage summary` or `base`) trains into OUT; `--stage demo` runs the demo model's
+recipe, stage by stage, resuming where it stopped. Under torchrun each process trains its share
+of every step (distributed.py).
 """
 
 from __future__ import annotations
@@ -16,103 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from longwatch.model.checkpoint import checkpoint_fingerprint
 from longwatch.model.config import ModelConfig
-from longwatch.model.frames import grid_for, resize_frames
 from longwatch.model.loading import load_model
-from longwatch.model.train.clips import DIGIT_BALANCED_HAYSTACKS_S, ClipSource, NeedleClips, TrainingClip
-from longwatch.model.train.trainer import StepMetrics, TrainConfig, Trainer, new_base
-from longwatch.stream.decode import VideoFileReader
-
-DEFAULT_QUESTION = "What happens in the video?"
-
-
-@dataclass
-class JsonlExample:
-    video: Path
-    question: str
-    answer: str
-    start_s: float | None = None
-    end_s: float | None = None
-
-
-def read_jsonl(path: Path) -> list[JsonlExample]:
-    """Parse and check a JSONL training file; errors name the line."""
-    examples = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            video = (Path(path).parent / rec["video"]).resolve()
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f'{path}:{n}: expected a JSON object with at least "video" ({exc})') from exc
-        if not video.is_file():
-            raise ValueError(f"{path}:{n}: no such video {video}")
-        examples.append(
-            JsonlExample(
-                video,
-                rec.get("question", DEFAULT_QUESTION),
-                rec.get("answer", ""),
-                rec.get("start_s"),
-                rec.get("end_s"),
-            )
-        )
-    if not examples:
-        raise ValueError(f"{path}: no examples")
-    return examples
-
-
-@dataclass
-class JsonlClips:
-    """Clips from a user's videos: the evidence chunks plus random others, in time order."""
-
-    examples: list[JsonlExample]
-    n_chunks: int = 6
-    frames_per_chunk: int = 8
-    fps: float = 1.0
-    max_tokens_per_frame: int = 4
-    _frames: dict[Path, tuple[np.ndarray, list[float]]] = field(default_factory=dict)
-
-    def _video(self, path: Path) -> tuple[np.ndarray, list[float]]:
-        """Sampled frames of a video, resized once to the model's grid (kept in memory)."""
-        if path not in self._frames:
-            sampled = list(VideoFileReader(str(path), fps=self.fps))
-            grid = grid_for(*sampled[0].image.shape[:2], self.max_tokens_per_frame)
-            frames = resize_frames(np.stack([f.image for f in sampled]), grid)
-            self._frames[path] = (frames, [f.pts_s for f in sampled])
-        return self._frames[path]
-
-    def clip(self, rng: np.random.Generator) -> TrainingClip:
-        ex = self.examples[int(rng.integers(len(self.examples)))]
-        frames, times = self._video(ex.video)
-        f = self.frames_per_chunk
-        n_avail = max(1, len(times) // f)
-        spans = [
-            (times[c * f], times[min(len(times), (c + 1) * f) - 1] + 1 / self.fps) for c in range(n_avail)
-        ]
-        evidence = []
-        if ex.start_s is not None and ex.end_s is not None:
-            evidence = [c for c, (s, e) in enumerate(spans) if e > ex.start_s and s < ex.end_s]
-        others = [c for c in rng.permutation(n_avail).tolist() if c not in evidence]
-        chosen = sorted(evidence + others[: max(0, self.n_chunks - len(evidence))])
-        rows = [i for c in chosen for i in range(c * f, min((c + 1) * f, len(times)))]
-        rows += [rows[-1]] * (len(chosen) * f - len(rows))  # pad a short last chunk by repeating its frame
-        return TrainingClip(
-            frames[rows],
-            [times[i] for i in rows],
-            ex.question,
-            ex.answer,
-            [chosen.index(c) for c in evidence],
-            f,
-            opens_stream=chosen[0] == 0,
-        )
+from longwatch.model.train.clips import DIGIT_BALANCED_HAYSTACKS_S, ClipSource, NeedleClips
+from longwatch.model.train.datasets import JsonlClips, read_examples
+from longwatch.model.train.distributed import barrier, world_from_env
+from longwatch.model.train.distributed import start as start_world
+from longwatch.model.train.distributed import stop as stop_world
+from longwatch.model.train.trainer import StepMetrics, TrainConfig, Trainer, frame_budget, new_base
 
 
 def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
@@ -130,6 +41,9 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
         reading_steps=args.reading_steps if base else 0,
         checkpoint_every=args.checkpoint_every,
         clips_per_step=args.clips_per_step,
+        max_tokens_per_frame=args.max_tokens_per_frame,
+        autocast=args.autocast,
+        checkpointing=args.checkpointing,
     )
 
 
@@ -167,25 +81,35 @@ def train_stage(
     Stage base starts from `base` when one is given (every weight trains on), else from scratch.
     label: what the progress bar calls it (default: the config's stage).
     """
+    world = world_from_env()
+    device = start_world(world, args.device)
     out.mkdir(parents=True, exist_ok=True)
-    model_config = ModelConfig(device=args.device, dtype=args.dtype)
+    model_config = ModelConfig(device=device, dtype=args.dtype, attn_implementation=args.attn)
     if config.stage == "base" and base is None:
         base = out / "init"
-        if not (base / "config.json").exists():
+        if world.is_main and not (base / "config.json").exists():
             new_base(base, config.seed, model_config.system_prompt, size=args.size)
+        barrier(world)
     model_config.path = base
     model_config.adapter = adapter  # a summary stage starts from the summary tokens it is given
+    lm = load_model(model_config, state_dir=Path(args.state_dir) if args.state_dir else None)
+    if isinstance(source, JsonlClips):  # the user's frames, cached at the size the model takes them
+        source = replace(source, max_tokens_per_frame=frame_budget(lm, config))
     reading = copy = None
     if isinstance(source, NeedleClips):
         reading = replace(source, n_chunks=1, min_chunks=None)
         copy = replace(
             source, n_chunks=1, min_chunks=None, short_chunks=(), frames_per_chunk=1, kinds=("when",)
         )
-    trainer = Trainer(load_model(model_config), source, config, out, reading_source=reading, copy_source=copy)
-    if trainer.load_checkpoint():
+    trainer = Trainer(lm, source, config, out, reading_source=reading, copy_source=copy, world=world)
+    if trainer.load_checkpoint() and world.is_main:
         print(f"resuming {out} at step {trainer.step}/{config.total_steps}")
     with tqdm(
-        total=config.total_steps, initial=trainer.step, unit="step", desc=f"train {label or config.stage}"
+        total=config.total_steps,
+        initial=trainer.step,
+        unit="step",
+        desc=f"train {label or config.stage}",
+        disable=not world.is_main or None,
     ) as bar:
 
         def progress(m: StepMetrics) -> None:
@@ -195,11 +119,14 @@ def train_stage(
             )
 
         trainer.run(progress)
-    if config.stage == "base":
-        base = trainer.save_base(out / "base")
-    trainer.save_adapter(out / "adapter", checkpoint_fingerprint(base))
-    print(f"saved {out / 'adapter'}" + (f" and {base}" if config.stage == "base" else ""))
-    return base
+    if world.is_main:
+        if config.stage == "base":
+            base = trainer.save_base(out / "base")
+        fingerprint = lm.base_fingerprint if config.stage == "summary" else checkpoint_fingerprint(base)
+        trainer.save_adapter(out / "adapter", fingerprint)
+        print(f"saved {out / 'adapter'}" + (f" and {base}" if config.stage == "base" else ""))
+    barrier(world)
+    return out / "base" if config.stage == "base" else base
 
 
 def hard_config_from_args(args: argparse.Namespace, steps: int, lr: float) -> TrainConfig:
@@ -322,11 +249,21 @@ def run_train(args: argparse.Namespace) -> int:
     this same recipe, resuming the next one from its checkpoint.
     """
     out = Path(args.out)
+    width, height = args.frame_size
     source: ClipSource = (
-        NeedleClips(min_chunks=1, short_chunks=(1, 2, 4), all_questions=True)
+        NeedleClips(
+            min_chunks=1,
+            short_chunks=(1, 2, 4),
+            all_questions=True,
+            width=width,
+            height=height,
+            needle_px=args.needle_px,
+        )
         if args.data == "needles"
-        else JsonlClips(read_jsonl(Path(args.data)))
+        else JsonlClips(read_examples(Path(args.data), args.video_root))
     )
+    if args.stage == "demo" and world_from_env().size > 1:
+        raise ValueError("--stage demo runs in one process; torchrun trains one stage (summary or base)")
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
     shares = ("hard_codec_share", "hard_rollover_share", "hard_stream_start_share", "hard_straddle_share")
@@ -342,7 +279,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.score_margin is not None and (args.stage != "demo" or args.score_margin < 0):
         raise ValueError(f"--score-margin needs --stage demo and a margin >= 0, got {args.score_margin}")
     if args.stage != "demo":
-        train_stage(train_config_from_args(args, args.stage), out, args.base, source, args, args.adapter)
+        try:
+            train_stage(train_config_from_args(args, args.stage), out, args.base, source, args, args.adapter)
+        finally:
+            stop_world(world_from_env())
         return 0
     phases = demo_phases(args, source)
     lineage = [p.describe(args) for p in phases]

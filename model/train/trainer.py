@@ -17,11 +17,12 @@ end to end stays at chance for a long time). Checkpoints are safetensors + JSON,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from longwatch.model.answer import continue_logits, question_queries, repack
@@ -46,6 +48,7 @@ from longwatch.model.loading import (
 from longwatch.model.retrieval import evidence_lead
 from longwatch.model.summary import save_adapter
 from longwatch.model.train.clips import ClipSource, TrainingClip, vision_frames
+from longwatch.model.train.distributed import World, average_gradients, average_values
 from longwatch.model.train.needles import ANSWER_FORMAT, COLOURS, DIGITS, SHAPES
 from longwatch.model.vision import chunk_frames, encode_frames
 
@@ -78,7 +81,16 @@ class TrainConfig:
         `reading_source` (short clips): a decoder from scratch first learns to read a needle,
         then to find it among chunks and through summaries (mixed from the start, the decoder
         stayed at the answer prior).
-    clips_per_step: clips whose gradients are averaged per optimizer step (a batch, accumulated).
+    clips_per_step: clips whose gradients are averaged per optimizer step (a batch, accumulated);
+        under torchrun, per process: a step then takes clips_per_step x processes clips.
+    max_tokens_per_frame: visual tokens per frame (None: the model's own, from its card or its
+        video processor settings, as the service ingests).
+    autocast: compute in bfloat16 under torch.autocast, parameters and optimizer state in float32
+        (on by itself when the frozen base was loaded in bfloat16).
+    checkpointing: gradient checkpointing by chunk: each chunk's summary pass and each answer's
+        pass are recomputed in the backward pass instead of keeping their activations. Done around
+        longwatch's own functions, each building its cache afresh, because transformers' own
+        checkpointing drops the K/V cache the summary path needs.
     retrieval_margin: stage "base": where > 0, retrieval also pays for every question whose
         evidence leads the best other chunk by less than this (scores as Ask's --score-margin
         reads them). The cross-entropy is zero to the third decimal once the evidence leads by
@@ -94,7 +106,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     alphas: tuple[int, ...] = (2, 4, 8, 16)
-    max_tokens_per_frame: int = 4
+    max_tokens_per_frame: int | None = None
     answer_chunks: int = 4
     chunk_dropout: float = 0.25
     diff_thresholds: tuple[float, float] = (0.1, 6.0)
@@ -113,6 +125,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     grad_clip: float = 1.0
     warmup_steps: int = 20
+    autocast: bool = False
+    checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -267,6 +281,48 @@ def answers_loss(logits: list[torch.Tensor], qas: list[tuple[list[int], int]]) -
     return _mean([answer_loss(x, ids, start) for x, (ids, start) in zip(logits, qas, strict=True)])
 
 
+def checkpointed_chunk(
+    lm: LoadedModel, frames: ChunkFrames, alpha: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]
+) -> ChunkKV:
+    """run_chunk after `prefix`, its activations recomputed in the backward pass (a cache built inside)."""
+    flat = [t for kv in prefix for t in kv]
+
+    def run(features: torch.Tensor, *prefix_flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pairs = list(zip(prefix_flat[0::2], prefix_flat[1::2], strict=True))
+        kv = run_chunk(lm, replace(frames, features=features), alpha, _cache(lm, pairs), len(lm.prefix_ids))
+        return kv.keys, kv.values, kv.positions, kv.retrieval
+
+    keys, values, positions, retrieval = checkpoint(run, frames.features, *flat, use_reentrant=False)
+    return ChunkKV(keys, values, positions, retrieval)
+
+
+def answer_logits(
+    lm: LoadedModel,
+    prefix: list[tuple[torch.Tensor, torch.Tensor]],
+    kvs: list[ChunkKV],
+    qas: list[tuple[list[int], int]],
+    checkpointing: bool = False,
+) -> list[torch.Tensor]:
+    """Each question + answer's logits after the prefix and the chunks' K/V re-packed behind it.
+
+    With checkpointing, each answer's pass re-packs the chunks itself and is recomputed in the
+    backward pass; without, one re-packed cache serves every question.
+    """
+    parts = [(kv.keys, kv.values, kv.positions) for kv in kvs]
+    if not checkpointing:
+        return qa_logits(lm, repack(lm, prefix, parts), qas)
+    flat = [t for kv in prefix for t in kv] + [t for part in parts for t in part]
+    n_prefix = 2 * len(prefix)
+
+    def run(ids: list[int], *tensors: torch.Tensor) -> torch.Tensor:
+        pairs = list(zip(tensors[0:n_prefix:2], tensors[1:n_prefix:2], strict=True))
+        rest = tensors[n_prefix:]
+        chunk_parts = [(rest[i], rest[i + 1], rest[i + 2]) for i in range(0, len(rest), 3)]
+        return continue_logits(lm, repack(lm, pairs, chunk_parts), ids)
+
+    return [checkpoint(run, ids, *flat, use_reentrant=False) for ids, _ in qas]
+
+
 def clip_losses(
     lm: LoadedModel,
     clip: TrainingClip,
@@ -293,9 +349,11 @@ def clip_losses(
     for c in range(clip.n_chunks):
         if c in context or config.stage == "base":  # base stage needs every chunk's retrieval vector
             alpha = int(rng.choice(config.alphas))
-            kvs[c] = run_chunk(lm, chunks[c], alpha, _cache(lm, prefix), len(lm.prefix_ids))
-    cache = repack(lm, prefix, [(kvs[c].keys, kvs[c].values, kvs[c].positions) for c in context])
-    student = qa_logits(lm, cache, qas)
+            if config.checkpointing:
+                kvs[c] = checkpointed_chunk(lm, chunks[c], alpha, prefix)
+            else:
+                kvs[c] = run_chunk(lm, chunks[c], alpha, _cache(lm, prefix), len(lm.prefix_ids))
+    student = answer_logits(lm, prefix, [kvs[c] for c in context], qas, config.checkpointing)
     losses = {"lm": answers_loss(student, qas)}
     if config.stage == "summary" and config.distill_weight > 0:
         teacher = teacher_logits(lm, [chunks[c] for c in context], qas)
@@ -393,8 +451,37 @@ def trainable(lm: LoadedModel, probe: VisionProbe | None, phase: str) -> list[tu
     return groups
 
 
+def frame_budget(lm: LoadedModel, config: TrainConfig) -> int:
+    """Visual tokens per frame to train with: the config's, else the model's own (as served)."""
+    if config.max_tokens_per_frame is not None:
+        return config.max_tokens_per_frame
+    return int(lm.card.get("ingest", {}).get("max_tokens_per_frame", 16))
+
+
+def float32_trainables(lm: LoadedModel, config: TrainConfig) -> TrainConfig:
+    """A base held in bf16 or fp16 trains its summary tokens in float32, computing under autocast.
+
+    AdamW on half-precision weights loses small updates; the frozen base can stay small.
+    """
+    if lm.dtype == torch.float32:
+        return config
+    if config.stage != "summary":
+        raise ValueError(
+            f"stage {config.stage} trains every weight: load the base in float32 (--autocast computes in bf16)"
+        )
+    for trio in lm.summary.projections:
+        for proj in trio:
+            proj.summary.float()
+    lm.summary.vs_embedding.data = lm.summary.vs_embedding.data.float()
+    return replace(config, autocast=True)
+
+
 class Trainer:
-    """Owns the model, the optimizer and the checkpoint folder of one run."""
+    """Owns the model, the optimizer and the checkpoint folder of one run (one process's share of it).
+
+    world: this process among those torchrun started; each takes its own clips of every step, the
+    gradients are averaged, and only the main process writes checkpoints, logs and outputs.
+    """
 
     def __init__(
         self,
@@ -404,8 +491,11 @@ class Trainer:
         out_dir: Path,
         reading_source: ClipSource | None = None,
         copy_source: ClipSource | None = None,
+        world: World | None = None,
     ) -> None:
+        config = replace(float32_trainables(lm, config), max_tokens_per_frame=frame_budget(lm, config))
         self.lm, self.source, self.config, self.out_dir = lm, source, config, Path(out_dir)
+        self.world = world or World()
         self.reading_source = reading_source or source
         self.copy_source = copy_source or self.reading_source
         self.probe = (
@@ -454,30 +544,42 @@ class Trainer:
         scale = cosine_lr(self.step, self.config.total_steps, self.config.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale
-        rng = np.random.default_rng([self.config.seed, self.step])  # data depends on (seed, step) only
         self.optimizer.zero_grad(set_to_none=True)
         if self.phase == "vision":
-            losses = vision_losses(self.lm, self.probe, rng, self.config)
-            total = sum(losses.values())
+            # Data depends on (seed, step) only (and the process, when several share a step).
+            seeds = [self.config.seed, self.step] + (
+                [1 << 20, self.world.rank] if self.world.size > 1 else []
+            )
+            with self._autocast():
+                losses = vision_losses(self.lm, self.probe, np.random.default_rng(seeds), self.config)
+                total = sum(losses.values())
             total.backward()
         else:
-            total, losses = self._clip_batch(rng)
+            total, losses = self._clip_batch()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        average_gradients(params, self.world)
         torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.optimizer.step()
         self.step += 1
-        metrics = StepMetrics(
-            self.step,
-            self.phase,
-            total.item(),
-            {k: v.item() for k, v in losses.items()},
-            time.perf_counter() - t0,
-        )
+        parts = average_values({"loss": total.item(), **{k: v.item() for k, v in losses.items()}}, self.world)
+        loss = parts.pop("loss")
+        metrics = StepMetrics(self.step, self.phase, loss, parts, time.perf_counter() - t0)
         self.history.append(metrics)
         return metrics
 
-    def _clip_batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Accumulate the gradients of `clips_per_step` clips (backward per clip: memory stays one clip's)."""
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.config.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.lm.device.type, dtype=torch.bfloat16)
+
+    def _clip_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Accumulate the gradients of this process's `clips_per_step` clips (backward per clip:
+        memory stays one clip's).
+
+        Clip j of a step is drawn from rng(seed, step, j), and this process takes clips
+        rank * clips_per_step onwards: one process with clips_per_step x processes clips computes
+        the same mean gradient as the processes together.
+        """
         c = self.config
         weights = {
             "lm": c.lm_weight,
@@ -487,15 +589,31 @@ class Trainer:
         }
         source, keep_raw = self._source_at(self.step)
         total = torch.zeros(())
-        sums: dict[str, torch.Tensor] = {}
-        for _ in range(c.clips_per_step):
-            losses = clip_losses(self.lm, source.clip(rng), c, rng, 1.0 if keep_raw else None)
-            loss = sum(weights[k] * v for k, v in losses.items()) / c.clips_per_step
+        sums: dict[str, torch.Tensor] = {k: torch.zeros(()) for k in weights}
+        first = self.world.rank * c.clips_per_step
+        for j in range(first, first + c.clips_per_step):
+            rng = np.random.default_rng([c.seed, self.step, j])
+            with self._autocast():
+                losses = clip_losses(self.lm, source.clip(rng), c, rng, 1.0 if keep_raw else None)
+                loss = sum(weights[k] * v for k, v in losses.items()) / c.clips_per_step
             loss.backward()
-            total = total + loss.detach()
+            total = total + loss.detach().float().cpu()
             for k, v in losses.items():
-                sums[k] = sums.get(k, torch.zeros(())) + v.detach() / c.clips_per_step
-        return total, sums
+                sums[k] = sums[k] + v.detach().float().cpu() / c.clips_per_step
+        return total, {k: v for k, v in sums.items() if k in self._loss_names(source, keep_raw)}
+
+    def _loss_names(self, source: ClipSource, keep_raw: bool) -> set[str]:
+        """The losses a step of this phase computes (the same in every process, for averaging)."""
+        c = self.config
+        if keep_raw:
+            return {"lm_raw"}
+        names = {"lm"}
+        if c.stage == "summary" and c.distill_weight > 0:
+            names.add("distill")
+        if c.stage == "base":
+            names |= {"lm_raw"} if c.raw_share > 0 else set()
+            names |= {"retrieval"} if c.retrieval_weight > 0 else set()
+        return names
 
     def _source_at(self, step: int) -> tuple[ClipSource, bool]:
         """Where a step's clips come from, and whether they are all answered keep-raw (the curriculum)."""
@@ -527,7 +645,11 @@ class Trainer:
         return self.out_dir / "checkpoint"
 
     def save_checkpoint(self) -> Path:
+        """The run's checkpoint (safetensors + JSON), written aside and renamed into place; only
+        the main process writes (the others hold the same weights)."""
         folder = self.checkpoint_dir
+        if not self.world.is_main:
+            return folder
         tmp = folder.with_name("checkpoint.partial")
         tmp.mkdir(parents=True, exist_ok=True)
         params = {k: p.detach().contiguous().cpu() for k, p in self.named_parameters().items()}
