@@ -14,7 +14,8 @@ def _finish(fig, ax, path: Path) -> Path:
     """Legend, layout, write the PNG, free the figure: how every chart here ends."""
     import matplotlib.pyplot as plt
 
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -52,29 +53,31 @@ def ask_latency_chart(rows: list[dict], path: Path) -> Path | None:
 
 
 def storage_chart(rows: list[dict], path: Path) -> Path | None:
-    """GB per stream-hour for the 7B shape (footage) against the anchors."""
+    """GB per stream-hour for the 2B and 7B shapes (footage, int8 K/V), both modes, against the anchors."""
     import matplotlib.pyplot as plt
 
     bars = [
-        (r["model"].replace(" (anchor)", ""), r["gb_per_stream_hour"])
+        (r["model"].replace(" (anchor)", ""), r["gb_per_stream_hour"], "#999")
         for r in rows
         if r.get("bench") == "storage" and "anchor" in r.get("model", "")
     ]
     bars += [
-        (f"longwatch 7B shape, {r['kv_storage']}", r["gb_per_stream_hour"])
+        (f"longwatch {r['model']}", r["gb_per_stream_hour"], "#2a5" if "summary" in r["model"] else "#a72")
         for r in rows
-        if r.get("bench") == "storage" and r.get("model") == "qwen2-7b-shape" and r.get("video") == "footage"
+        if r.get("bench") == "storage"
+        and r.get("model", "").startswith(("2b shape", "7b shape"))
+        and r.get("video") == "footage"
+        and r.get("kv_storage") == "int8"
     ]
     if not bars:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    names, values = zip(*bars, strict=True)
-    ax.barh(names, values, color=["#999"] * (len(bars) - 2) + ["#4a7", "#2a5"][: len(bars)])
-    ax.axvline(0.5, color="grey", linestyle=":", label="goal: 0.5 GB/h")
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    names, values, colours = zip(*bars, strict=True)
+    ax.barh(names, values, color=colours)
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
-    ax.set(xscale="log", xlabel="GB per stream-hour at 1 fps (log)")
-    ax.set_title("Stored K/V per stream-hour, 7B-shaped decoder")
+    ax.set(xscale="log", xlabel="GB per stream-hour at 1 fps, int8 K/V (log)")
+    ax.set_title("Stored per stream-hour (2B, 7B shapes)")
     return _finish(fig, ax, path)
 
 

