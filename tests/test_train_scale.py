@@ -141,3 +141,21 @@ def test_torchrun_processes_train_what_one_process_trains_with_their_clips(
         assert torch.allclose(two[name], t, rtol=1e-4, atol=1e-6), name
     log = [json.loads(line) for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3  # one process writes the log
+
+
+def test_an_example_without_an_answer_learns_the_teachers_own() -> None:
+    """Its target is what the base answers keeping every token: distillation alone, in effect."""
+    from dataclasses import replace
+
+    from longwatch.model.train.trainer import clip_chunks, teacher_answer
+
+    lm = load_model(ModelConfig())  # the demo model: its keep-raw answers are words, not noise
+    clip = NeedleClips(n_chunks=2, kinds=("what",)).clip(np.random.default_rng(3))
+    blank = replace(clip, answer="")
+    said = teacher_answer(lm, clip_chunks(lm, clip, 0.1, 4), clip.question)
+    assert said and lm.answer_format is not None
+    config = TrainConfig(stage="summary", answer_chunks=2, chunk_dropout=0.0)
+    with torch.no_grad():
+        from_blank = clip_losses(lm, blank, config, np.random.default_rng(1))
+        from_teacher = clip_losses(lm, replace(clip, answer=said), config, np.random.default_rng(1))
+    assert torch.equal(from_blank["lm"], from_teacher["lm"])

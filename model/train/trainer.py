@@ -232,6 +232,25 @@ def answer_ids(lm: LoadedModel, question: str, answer: str) -> tuple[list[int], 
     return q + a, len(q)
 
 
+TEACHER_ANSWER_TOKENS = 64  # the longest answer the teacher writes for an example that has none
+
+
+@torch.no_grad()
+def teacher_answer(lm: LoadedModel, chunks: list[ChunkFrames], question: str) -> str:
+    """The keep-raw teacher's own greedy answer: the target of an example given no answer."""
+    cache = raw_cache(lm, chunks, lm.prefix_kv)
+    end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = lm.tokenize(question_suffix(question))
+    answer: list[int] = []
+    for _ in range(TEACHER_ANSWER_TOKENS):
+        token = int(continue_logits(lm, cache, ids)[0, -1].argmax())
+        if token == end or token in lm.eos_token_ids:
+            break
+        answer.append(token)
+        ids = [token]
+    return lm.tokenizer.decode(answer, skip_special_tokens=True)
+
+
 def answer_loss(logits: torch.Tensor, ids: list[int], start: int) -> torch.Tensor:
     """Next-token loss on the answer: logits at position i predict ids[i + 1]."""
     target = torch.tensor(ids[start:], device=logits.device)
@@ -335,11 +354,16 @@ def clip_losses(
     threshold = float(rng.uniform(*config.diff_thresholds))
     # Stage base recomputes the prefix so that gradients reach the embeddings.
     prefix = prefill_prefix(lm.model, lm.prefix_ids) if config.stage == "base" else lm.prefix_kv
+    max_tokens = frame_budget(lm, config)
     if clip.keep_chunks is not None and clip.keep_chunks < clip.n_chunks:
-        clip = clip.subset(hardest_chunks(lm, clip, threshold, config.max_tokens_per_frame, prefix))
-    chunks = clip_chunks(lm, clip, threshold, config.max_tokens_per_frame)
+        clip = clip.subset(hardest_chunks(lm, clip, threshold, max_tokens, prefix))
+    chunks = clip_chunks(lm, clip, threshold, max_tokens)
     context = answer_context(clip, rng, config.answer_chunks, config.chunk_dropout)
-    qas = [answer_ids(lm, q, a) for q, a in clip.questions_and_answers]
+    # An example without an answer learns the teacher's own (distillation alone, in effect).
+    teacher_chunks = [chunks[c] for c in context]
+    qas = [
+        answer_ids(lm, q, a or teacher_answer(lm, teacher_chunks, q)) for q, a in clip.questions_and_answers
+    ]
     if config.stage == "base" and rng.random() < raw_share:
         # Keep-raw answering trains too, so that the base is a real teacher for the summary stage
         # (and the keep-raw and uniform rows of the evaluation mean something).
@@ -405,7 +429,7 @@ def vision_losses(
     lm: LoadedModel, probe: VisionProbe, rng: np.random.Generator, config: TrainConfig
 ) -> dict[str, torch.Tensor]:
     frames, needles = vision_frames(rng, config.vision_batch, digit_share=config.vision_digit_share)
-    grid = grid_for(frames.shape[1], frames.shape[2], config.max_tokens_per_frame)
+    grid = grid_for(frames.shape[1], frames.shape[2], frame_budget(lm, config))
     pixels = frames_to_pixel_values(frames, grid)
     n = len(frames)
     hidden = lm.model.model.vision_model(
