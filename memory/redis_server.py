@@ -4,6 +4,14 @@ With no REDIS_URL the service runs its own Redis so that memory survives restart
 AOF (fsync every second) plus RDB snapshots in a data folder, no TCP port (nothing else on the host
 can reach it), and a lock on the data folder so two servers never write the same AOF. Signal
 handling belongs to the service: this module only starts, waits for, and stops the child.
+
+A service killed outright (kill -9, OOM) cannot stop its child. On Linux the child is started
+through a shim that asks the kernel to send it SIGTERM when the thread that started it dies
+(PR_SET_PDEATHSIG), and redis-server shuts down cleanly on SIGTERM. That thread is one kept for
+the purpose for the process's whole life, so a start from any short-lived thread is safe. Should one still be left
+behind, the lock file names both it and the process that owned it: a later start whose owner is
+gone stops the orphan (SHUTDOWN, then SIGTERM) and takes the folder over; one whose owner still
+runs is refused, naming that process.
 """
 
 from __future__ import annotations
@@ -12,9 +20,12 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -32,6 +43,16 @@ MAX_SOCKET_PATH = 100
 CONFIG_NAME = "redis.conf"
 LOG_NAME = "redis.log"
 LOCK_NAME = "redis.lock"
+# Starts every child: its parent-death signal follows this thread, which lives as long as the process.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="longwatch-redis-spawn")
+ORPHAN_STOP_S = 10.0  # how long a left-behind redis-server gets to save and exit
+# Runs first in the child: PR_SET_PDEATHSIG (1) = SIGTERM, kept across execv, then becomes redis-server.
+_DIE_WITH_OWNER = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
+    "os.getppid() == int(sys.argv[1]) or os._exit(1); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 class EmbeddedRedisError(StoreUnavailable):
@@ -67,10 +88,19 @@ class EmbeddedRedis:
     stop() is idempotent, and start() on a stopped instance starts a fresh server on the same data.
     """
 
-    def __init__(self, data_dir: Path, binary: str | None = None, *, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        binary: str | None = None,
+        *,
+        start_timeout: float = 10.0,
+        die_with_owner: bool = True,
+    ) -> None:
+        """die_with_owner: the child gets SIGTERM when the thread that started it dies (Linux)."""
         self.data_dir = Path(data_dir).absolute()
         self._binary = binary
         self._start_timeout = start_timeout
+        self._die_with_owner = die_with_owner and sys.platform.startswith("linux")
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
         self._socket_dir: Path | None = None  # a temp dir we own when data_dir is too long for a socket
@@ -92,9 +122,13 @@ class EmbeddedRedis:
             self._socket_path = self._choose_socket_path()
             self._socket_path.unlink(missing_ok=True)  # stale from a crash; the lock says nobody uses it
             config = self._write_config()
+            command = [binary, str(config)]
+            if self._die_with_owner:
+                command = [sys.executable, "-c", _DIE_WITH_OWNER, str(os.getpid()), *command]
             with open(self.log_path, "ab") as logf:  # early errors go to stderr before `logfile` applies
-                self._proc = subprocess.Popen(
-                    [binary, str(config)],
+                self._proc = _SPAWNER.submit(
+                    subprocess.Popen,
+                    command,
                     stdin=subprocess.DEVNULL,
                     stdout=logf,
                     stderr=subprocess.STDOUT,
@@ -102,9 +136,10 @@ class EmbeddedRedis:
                     pass_fds=(lock_fd,),
                     # Its own session: a terminal's Ctrl-C reaches the service, which stops us in order.
                     start_new_session=True,
-                )
+                ).result()
             os.ftruncate(lock_fd, 0)
-            os.pwrite(lock_fd, str(self._proc.pid).encode(), 0)  # named in "in use" errors
+            # Named in "in use" errors; the owner tells a live holder from one left behind.
+            os.pwrite(lock_fd, f"{self._proc.pid} {os.getpid()}".encode(), 0)
             self._wait_ready(self._proc, self._socket_path)
         except BaseException:
             self._teardown()
@@ -187,16 +222,38 @@ class EmbeddedRedis:
     def _acquire_lock(self) -> int:
         fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            if not _try_lock(fd):
+                redis_pid, owner = _lock_holder(fd)
+                if owner is not None and _alive(owner):
+                    raise EmbeddedRedisError(
+                        f"{self.data_dir} is in use by longwatch pid {owner} (its redis-server pid "
+                        f"{redis_pid}); stop it or give another --state-dir"
+                    )
+                self._stop_orphan(redis_pid, owner)
+                if not _wait_lock(fd, ORPHAN_STOP_S):
+                    raise EmbeddedRedisError(
+                        f"{self.data_dir} is held by redis-server pid {redis_pid}, left behind and not stopping; "
+                        "kill it or give another --state-dir"
+                    )
+        except BaseException:
             os.close(fd)
-            raise EmbeddedRedisError(
-                f"{self.data_dir} is in use by another embedded redis-server (pid {holder}); "
-                "stop it or choose another state directory"
-            ) from None
+            raise
         self._lock_fd = fd
         return fd
+
+    def _stop_orphan(self, redis_pid: int | None, owner: int | None) -> None:
+        """A redis-server whose owning service is gone: ask it to save and exit (it holds our lock)."""
+        socket_path = self.data_dir / "redis.sock"
+        log.warning(
+            "stopping redis-server pid %s, left behind on %s by longwatch pid %s that is gone",
+            redis_pid,
+            self.data_dir,
+            owner,
+        )
+        if socket_path.exists() and self._shutdown_save(socket_path):
+            return
+        if redis_pid is not None and _is_redis_server(redis_pid):
+            os.kill(redis_pid, signal.SIGTERM)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -289,6 +346,53 @@ class EmbeddedRedis:
             if self._socket_dir is not None:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
                 self._socket_dir = None
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _wait_lock(fd: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _try_lock(fd):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _lock_holder(fd: int) -> tuple[int | None, int | None]:
+    """(redis-server pid, owning service pid) as the lock file names them (None where it does not)."""
+    words = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+    pids = [int(w) for w in words[:2] if w.isdigit()]
+    return (pids[0] if pids else None), (pids[1] if len(pids) > 1 else None)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, already dead, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive, and not ours to judge
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _is_redis_server(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"redis-server" in f.read()
+    except OSError:
+        return False
 
 
 def _direct_client(socket_path: Path, timeout: float) -> redis.Redis:

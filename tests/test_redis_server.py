@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,11 +145,68 @@ def test_long_data_dir_falls_back_to_a_short_socket_path(tmp_path) -> None:
 def test_a_data_dir_in_use_is_refused(tmp_path) -> None:
     with EmbeddedRedis(tmp_path / "shared") as first:
         second = EmbeddedRedis(tmp_path / "shared")
-        with pytest.raises(EmbeddedRedisError, match=f"in use.*pid {first.pid}"):
+        with pytest.raises(
+            EmbeddedRedisError, match=f"in use by longwatch pid {os.getpid()} .*pid {first.pid}"
+        ):
             second.start()
         assert first.running and redis.Redis.from_url(first.url).ping()
     with EmbeddedRedis(tmp_path / "shared") as third:  # released after stop
         assert third.running
+
+
+_START_AND_DIE = """
+import os, sys
+from longwatch.memory.redis_server import EmbeddedRedis
+server = EmbeddedRedis(sys.argv[1], die_with_owner=sys.argv[2] == "1")
+url = server.start()
+import redis
+redis.Redis.from_url(url).set("kept", b"yes")
+print(server.pid, flush=True)
+if sys.argv[3] == "exit":
+    os._exit(0)  # as if killed: nothing stops the child
+sys.stdin.read()
+"""
+
+
+def _start_in_a_process(data_dir: Path, die_with_owner: bool, end: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _START_AND_DIE, str(data_dir), "1" if die_with_owner else "0", end],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return proc, int(proc.stdout.readline())
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_server_stops_when_the_service_is_killed(tmp_path: Path) -> None:
+    owner, redis_pid = _start_in_a_process(tmp_path / "data", die_with_owner=True, end="wait")
+    owner.kill()  # kill -9: the service cannot stop its child
+    owner.wait()
+    assert _gone(redis_pid)  # the kernel told it to (PR_SET_PDEATHSIG), and it shut down
+    with EmbeddedRedis(tmp_path / "data") as again:  # the folder is free, the data intact
+        assert redis.Redis.from_url(again.url).get("kept") == b"yes"
+
+
+def test_a_server_left_behind_is_stopped_and_its_folder_taken_over(tmp_path: Path) -> None:
+    owner, redis_pid = _start_in_a_process(tmp_path / "data", die_with_owner=False, end="exit")
+    owner.wait()
+    assert not _gone(redis_pid, timeout=0.5)  # an orphan, still holding the folder's lock
+    with EmbeddedRedis(tmp_path / "data") as again:
+        assert _gone(redis_pid) and again.pid != redis_pid
+        assert redis.Redis.from_url(again.url).get("kept") == b"yes"  # saved on its way out
 
 
 def test_a_server_that_dies_at_start_reports_its_log(tmp_path, new_server) -> None:
