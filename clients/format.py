@@ -143,6 +143,7 @@ def format_stream(s: StreamSummary) -> str:
         ("fps", f"{s.fps:g}"),
         ("frames", f"{s.frames_kept} kept / {s.frames_sampled} sampled / {s.frames_decoded} decoded"),
         ("dropped", str(s.frames_dropped)),
+        ("lost", str(s.frames_lost)),
         ("tokens", f"{s.tokens_kept} kept / {s.tokens_seen} seen"),
         ("chunks", str(s.chunks)),
         ("stored", format_bytes(s.bytes_stored)),

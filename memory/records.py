@@ -46,6 +46,10 @@ class StoreUnavailable(StoreError):
     """Redis could not be reached, or the embedded redis-server could not be started (UNAVAILABLE)."""
 
 
+class StoreFull(StoreError):
+    """Redis refuses writes: it is at maxmemory, or cannot persist (a full disk). Reads go on."""
+
+
 # --- records ------------------------------------------------------------------------------------------
 
 
@@ -59,6 +63,7 @@ class IngestCounters:
     tokens_seen: int = 0
     tokens_kept: int = 0
     frames_dropped: int = 0
+    frames_lost: int = 0
 
     def items(self) -> list[tuple[str, int]]:
         """(field, delta) pairs with a non-zero delta: zero deltas cost a round trip for nothing."""

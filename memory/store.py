@@ -3,7 +3,8 @@
 Key layout (every per-stream key carries the stream in a Redis Cluster hash tag, so one stream's
 keys share a slot and one MULTI/EXEC can cover them):
 
-    lw:{<id>}:stream     hash   the StreamRecord, counters as integers (HINCRBY-able)
+    lw:{<id>}:stream     hash   the StreamRecord, counters as integers (HINCRBY-able); a live
+                                stream's frames_pending too
     lw:{<id>}:chunk:<i>  string safetensors bytes of ChunkCache i
     lw:{<id>}:vectors    hash   i -> retrieval vector, little-endian float32
     lw:{<id>}:spans      hash   i -> JSON [start_s, end_s]
@@ -35,6 +36,7 @@ from redis.client import Pipeline
 from redis.retry import Retry
 
 from longwatch.memory.chunk import ChunkCache
+from longwatch.memory.faults import crash_point
 from longwatch.memory.records import (
     LEGACY_KV_STORAGE,
     ChunkExists,
@@ -43,6 +45,7 @@ from longwatch.memory.records import (
     CorruptChunk,
     IngestCounters,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     StreamExists,
     StreamNotFound,
@@ -58,6 +61,9 @@ from longwatch.memory.serialization import (
 from longwatch.proto.streams import KV_STORAGE, StreamRecord, StreamState, validate_stream_id
 
 STREAMS_KEY = "lw:streams"
+# A live stream's sampled frames not yet in a chunk, in its record hash beside the StreamRecord's
+# fields (not one of them: it is the service's bookkeeping, turned into frames_lost after a crash).
+PENDING_FIELD = "frames_pending"
 DEFAULT_KV_STORAGE = "float"
 URL_SCHEMES = ("redis", "rediss", "unix")
 _MAX_TXN_ATTEMPTS = 64  # optimistic-lock retries before giving up on a hot key
@@ -121,7 +127,12 @@ class ChunkStore(ABC):
     def set_state(self, stream_id: str, state: StreamState) -> None: ...
 
     @abstractmethod
-    def add_counters(self, stream_id: str, counters: IngestCounters) -> None: ...
+    def add_counters(self, stream_id: str, counters: IngestCounters, pending: int | None = None) -> None:
+        """Add counter deltas; `pending` (a live stream's sampled frames not yet in a chunk) is set, not added."""
+
+    @abstractmethod
+    def frames_pending(self, stream_id: str) -> int:
+        """A live stream's sampled frames not yet in a chunk, as last stored (what a crash loses)."""
 
     @abstractmethod
     def commit_chunk(self, chunk: ChunkCache, counters: IngestCounters | None = None) -> int:
@@ -166,17 +177,66 @@ class ChunkStore(ABC):
         self.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreRetry:
+    """How long a write waits out an unavailable Redis (a restart, a failover) before giving up.
+
+    Reads fail fast (the caller is told UNAVAILABLE); ingest's commits wait, so that a stream goes
+    on across a Redis restart. A commit repeated after a lost reply writes nothing twice
+    (`commit_chunk` recognises its own bytes).
+    """
+
+    deadline_s: float = 30.0
+    first_wait_s: float = 0.1
+    max_wait_s: float = 2.0
+
+    def call(self, fn: Callable[[], T], give_up: Callable[[], bool] = lambda: False) -> T:
+        """fn(), again after each StoreUnavailable until the deadline passes or give_up() says so."""
+        deadline = time.monotonic() + self.deadline_s
+        wait = self.first_wait_s
+        while True:
+            try:
+                return fn()
+            except StoreUnavailable:
+                if time.monotonic() + wait > deadline or give_up():
+                    raise
+                time.sleep(wait)
+                wait = min(self.max_wait_s, wait * 2)
+
+
 def _unavailable_as_store_error(fn: Callable[P, T]) -> Callable[P, T]:
-    """Map transport failures to StoreUnavailable so callers handle one exception tree."""
+    """Map Redis' failures to the store's errors so callers handle one exception tree.
+
+    Transport failures are StoreUnavailable; a Redis that refuses writes (OOM at maxmemory, MISCONF
+    when it cannot persist, READONLY on a replica) is StoreFull; nothing was written either way.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise StoreUnavailable(f"redis unavailable during {fn.__name__}: {e}") from e
+            raise StoreUnavailable(f"redis unavailable during {fn.__name__}: {_first_line(e)}") from e
+        except redis.ResponseError as e:
+            # In a transaction the first refused command's error comes wrapped ("Command # 3 (...)
+            # of pipeline caused error: ..."), or as the EXECABORT that follows it.
+            text = _first_line(e)
+            if isinstance(e, redis.exceptions.OutOfMemoryError) or "maxmemory" in text:
+                raise StoreFull(f"redis is full (maxmemory): {fn.__name__} refused; reads go on") from e
+            if "MISCONF" in text or isinstance(e, redis.exceptions.ReadOnlyError):
+                raise StoreFull(
+                    f"redis refuses writes (it cannot persist: is its disk full?) during {fn.__name__}"
+                ) from e
+            if isinstance(e, redis.exceptions.ExecAbortError):
+                raise StoreFull(f"redis refused {fn.__name__}'s transaction; reads go on") from e
+            raise
 
     return wrapper
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 class RedisChunkStore(ChunkStore):
@@ -254,7 +314,7 @@ class RedisChunkStore(ChunkStore):
         self._transact([keys.record], body)
 
     @_unavailable_as_store_error
-    def add_counters(self, stream_id: str, counters: IngestCounters) -> None:
+    def add_counters(self, stream_id: str, counters: IngestCounters, pending: int | None = None) -> None:
         """HINCRBY each non-zero counter; checked under WATCH so a deleted stream is not resurrected."""
         keys = StreamKeys(stream_id)
 
@@ -263,9 +323,17 @@ class RedisChunkStore(ChunkStore):
             pipe.multi()
             for name, delta in counters.items():
                 pipe.hincrby(keys.record, name, delta)
-            pipe.hset(keys.record, "updated_unix", repr(time.time()))
+            fields = {"updated_unix": repr(time.time())}
+            if pending is not None:
+                fields[PENDING_FIELD] = str(int(pending))
+            pipe.hset(keys.record, mapping=fields)
 
         self._transact([keys.record], body)
+
+    @_unavailable_as_store_error
+    def frames_pending(self, stream_id: str) -> int:
+        value = self._r.hget(StreamKeys(stream_id).record, PENDING_FIELD)
+        return max(0, _int_or_none(value) or 0) if value is not None else 0
 
     @_unavailable_as_store_error
     def delete_stream(self, stream_id: str) -> int:
@@ -341,8 +409,10 @@ class RedisChunkStore(ChunkStore):
                 pipe.hincrby(keys.record, name, delta)
             end = max(float(chunk.end_s), duration)
             pipe.hset(keys.record, mapping={"duration_s": repr(end), "updated_unix": repr(time.time())})
+            crash_point("commit-before-exec")
 
         self._transact([keys.record, keys.spans], body)
+        crash_point("commit-after-exec")
         return written
 
     @staticmethod

@@ -13,22 +13,26 @@ class StreamState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STREAM_STATE_INGESTING: _ClassVar[StreamState]
     STREAM_STATE_READY: _ClassVar[StreamState]
     STREAM_STATE_LIVE: _ClassVar[StreamState]
+    STREAM_STATE_INTERRUPTED: _ClassVar[StreamState]
 STREAM_STATE_UNSPECIFIED: StreamState
 STREAM_STATE_INGESTING: StreamState
 STREAM_STATE_READY: StreamState
 STREAM_STATE_LIVE: StreamState
+STREAM_STATE_INTERRUPTED: StreamState
 
 class IngestFileRequest(_message.Message):
-    __slots__ = ("stream_id", "path", "data", "fps")
+    __slots__ = ("stream_id", "path", "data", "fps", "resume")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     path: str
     data: bytes
     fps: float
-    def __init__(self, stream_id: _Optional[str] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ..., fps: _Optional[float] = ...) -> None: ...
+    resume: bool
+    def __init__(self, stream_id: _Optional[str] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ..., fps: _Optional[float] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class IngestProgress(_message.Message):
     __slots__ = ("stream_id", "position_s", "duration_s", "frames_decoded", "frames_sampled", "tokens_seen", "tokens_kept", "chunks_committed", "done", "stream")
@@ -199,7 +203,7 @@ class GetStreamRequest(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
-    __slots__ = ("stream_id", "state", "source", "duration_s", "frames_decoded", "frames_sampled", "frames_kept", "tokens_seen", "tokens_kept", "chunks", "bytes_stored", "fps", "model", "created_unix", "updated_unix", "frames_dropped", "kv_storage")
+    __slots__ = ("stream_id", "state", "source", "duration_s", "frames_decoded", "frames_sampled", "frames_kept", "tokens_seen", "tokens_kept", "chunks", "bytes_stored", "fps", "model", "created_unix", "updated_unix", "frames_dropped", "kv_storage", "frames_lost")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +221,7 @@ class StreamInfo(_message.Message):
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     KV_STORAGE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_LOST_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     state: StreamState
     source: str
@@ -234,7 +239,8 @@ class StreamInfo(_message.Message):
     updated_unix: float
     frames_dropped: int
     kv_storage: str
-    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., source: _Optional[str] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_kept: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., fps: _Optional[float] = ..., model: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., kv_storage: _Optional[str] = ...) -> None: ...
+    frames_lost: int
+    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., source: _Optional[str] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_kept: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., fps: _Optional[float] = ..., model: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., kv_storage: _Optional[str] = ..., frames_lost: _Optional[int] = ...) -> None: ...
 
 class ListStreamsRequest(_message.Message):
     __slots__ = ()

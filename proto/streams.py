@@ -49,14 +49,16 @@ class StreamState(str, Enum):
 
     INGESTING: an archive being read; READY: no one is feeding it and everything is committed
     (a finished archive, or a live stream between connections); LIVE: a connection (WebRTC
-    peer or IngestFrames call) is feeding it now. UNSPECIFIED: what a client shows for a state
-    its stubs do not know (a newer server's).
+    peer or IngestFrames call) is feeding it now; INTERRUPTED: an archive whose ingest stopped
+    part way, its committed chunks answerable, resumable. UNSPECIFIED: what a client shows for a
+    state its stubs do not know (a newer server's).
     """
 
     UNSPECIFIED = "unspecified"
     INGESTING = "ingesting"
     READY = "ready"
     LIVE = "live"
+    INTERRUPTED = "interrupted"
 
     def __str__(self) -> str:  # "ready", also in f-strings (Python 3.11 would say StreamState.READY)
         return self.value
@@ -81,6 +83,8 @@ class StreamRecord:
     model: the fingerprint of the model that made its chunks (another model cannot read them).
     frames_kept: sampled frames that kept more tokens than the one DiffFP always keeps.
     frames_dropped: sampled frames a live stream dropped because the pipeline was behind.
+    frames_lost: sampled frames of a live stream that never reached a chunk because the service
+        was killed (counted at its next start).
     chunks, bytes_stored: committed chunks and the bytes their blobs and vectors take in Redis.
     duration_s: end of the last committed chunk (seconds of video covered).
     kv_storage: how the stream's chunks keep their K/V, "float" or "int8", fixed when the stream
@@ -104,6 +108,7 @@ class StreamRecord:
     bytes_stored: int = 0
     duration_s: float = 0.0
     kv_storage: str = ""
+    frames_lost: int = 0
 
     def __post_init__(self) -> None:
         validate_stream_id(self.stream_id)

@@ -185,6 +185,7 @@ def test_format_stream() -> None:
             "fps:      1",
             "frames:   40 kept / 125 sampled / 3000 decoded",
             "dropped:  0",
+            "lost:     0",
             "tokens:   560 kept / 2000 seen",
             "chunks:   16",
             "stored:   1.2 MiB",
@@ -579,3 +580,26 @@ def test_printable_escapes_control_characters_but_keeps_text() -> None:
     assert printable("a red car\nat 0:12\t(left)") == "a red car\nat 0:12\t(left)"
     assert printable("x\x1b[2Jy\x00z\r") == "x\\x1b[2Jy\\x00z\\r"
     assert printable("caf\u00e9 \ufffd") == "caf\u00e9 \\ufffd"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--top-k", "-1"], "top_k must be a whole number from 0 to 4294967295, got -1"),
+        (["--top-k", "5000000000"], "top_k must be a whole number from 0 to 4294967295, got 5000000000"),
+        (["--max-new-tokens", "-3"], "max_new_tokens must be a whole number from 0 to 4294967295, got -3"),
+    ],
+)
+def test_values_that_cannot_travel_are_one_line_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "--server", "127.0.0.1:1", "ask", "cam1", "q?", *argv)
+    assert (code, out, err) == (1, "", f"error: {message}\n")
+
+
+def test_errors_under_json_are_json(capsys: pytest.CaptureFixture[str], server: str) -> None:
+    code, out, err = run_cli(capsys, "--server", server, "show", "nope", "--json")
+    assert code == 1 and err == ""
+    assert json.loads(out) == {"error": "no stream 'nope'", "code": "NOT_FOUND"}
+    code, out, _ = run_cli(capsys, "--server", "127.0.0.1:1", "--timeout", "2", "streams", "--json")
+    assert code == 1 and json.loads(out)["code"] == "UNAVAILABLE"
