@@ -83,6 +83,11 @@ def add_ingest(sub: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send the file's bytes even to a local server (remote servers always get the bytes)",
     )
+    sub.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted ingest of this file into this stream from its last committed chunk",
+    )
 
 
 def add_stream(sub: argparse.ArgumentParser) -> None:
@@ -199,7 +204,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     source = _ingest_source(path, local=is_loopback_target(args.server) and not args.upload)
     started = time.monotonic()
     with _client(args) as client:
-        last = _follow_ingest(client.ingest_file(args.stream, fps=args.fps, **source), args.stream)
+        last = _follow_ingest(
+            client.ingest_file(args.stream, fps=args.fps, resume=args.resume, **source), args.stream
+        )
     if last is None or not last.done:
         return fail(f"ingest of {args.stream} ended before the server reported it done")
     print(format_ingest_summary(StreamSummary.from_proto(last.stream), time.monotonic() - started))

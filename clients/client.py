@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -270,27 +271,18 @@ class LiveFrame:
         return pb.Frame(timestamp_s=self.timestamp_s, raw=raw)
 
 
-def ingest_frames_requests(
-    stream_id: str, frames: Iterable[LiveFrame], fps: float
-) -> Iterator[pb.IngestFramesRequest]:
-    """The IngestFrames message stream: `start` naming the stream, then one message per frame."""
-    yield pb.IngestFramesRequest(start=pb.LiveStart(stream_id=stream_id, fps=fps))
-    for frame in frames:
-        yield pb.IngestFramesRequest(frame=frame.to_proto())
-
-
 # --- requests -------------------------------------------------------------------------------
 
 
 def ingest_request(
-    stream_id: str, path: str | os.PathLike[str] | None, data: bytes | None, fps: float
+    stream_id: str, path: str | os.PathLike[str] | None, data: bytes | None, fps: float, resume: bool = False
 ) -> pb.IngestFileRequest:
     """Exactly one of path (read by the server) and data (the file's bytes) names the video."""
     if (path is None) == (data is None):
         raise InvalidArgument("ingest_file needs exactly one of path= or data=")
     if path is not None:
-        return pb.IngestFileRequest(stream_id=stream_id, path=os.fspath(path), fps=fps)
-    return pb.IngestFileRequest(stream_id=stream_id, data=data, fps=fps)
+        return pb.IngestFileRequest(stream_id=stream_id, path=os.fspath(path), fps=fps, resume=resume)
+    return pb.IngestFileRequest(stream_id=stream_id, data=data, fps=fps, resume=resume)
 
 
 def ask_request(
@@ -301,7 +293,14 @@ def ask_request(
     max_new_tokens: int = 0,
     score_margin: float | None = None,
 ) -> pb.AskRequest:
-    """top_k and score_margin None and max_new_tokens 0 leave the choice to the server's defaults."""
+    """top_k and score_margin None and max_new_tokens 0 leave the choice to the server's defaults.
+
+    Values that cannot travel (a negative count, one past 32 bits) are InvalidArgument here; the
+    server says which limits it takes.
+    """
+    _check_count("max_new_tokens", max_new_tokens)
+    if top_k is not None:
+        _check_count("top_k", top_k)
     request = pb.AskRequest(stream_id=stream_id, question=question, max_new_tokens=max_new_tokens)
     if top_k is not None:
         request.top_k = top_k
@@ -311,6 +310,14 @@ def ask_request(
         start_s, end_s = time_range
         request.time_range.CopyFrom(pb.TimeRange(start_s=start_s, end_s=end_s))
     return request
+
+
+_UINT32_MAX = 2**32 - 1
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT32_MAX:
+        raise InvalidArgument(f"{name} must be a whole number from 0 to {_UINT32_MAX}, got {value!r}")
 
 
 def is_loopback_target(target: str) -> bool:
@@ -339,6 +346,32 @@ def _target_host(target: str) -> str:
     if target.count(":") == 1:
         return target.split(":", 1)[0]
     return target  # a bare host, or a bare IPv6 address
+
+
+class _CallOver(threading.Event):
+    """Set once an IngestFrames call has ended: its request generator stops taking frames."""
+
+
+class _SharedFrames:
+    """One frames iterator shared by the calls of a reconnecting stream, taken one at a time.
+
+    gRPC pulls requests on a thread of its own; when a call dies that thread may still be inside
+    next(), so a lock keeps the next call from pulling at the same time.
+    """
+
+    def __init__(self, frames: Iterable[LiveFrame]) -> None:
+        self._frames = iter(frames)
+        self._lock = threading.Lock()
+        self.exhausted = False
+
+    def until(self, over: threading.Event) -> Iterator[LiveFrame]:
+        while not over.is_set():
+            with self._lock:
+                frame = next(self._frames, None)
+            if frame is None:
+                self.exhausted = True
+                return
+            yield frame
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -387,16 +420,19 @@ class LongWatchClient:
         path: str | os.PathLike[str] | None = None,
         data: bytes | None = None,
         fps: float = 0.0,
+        resume: bool = False,
     ) -> Iterator[pb.IngestProgress]:
         """Progress messages of a new stream's ingest; the last has done=True and `.stream` set.
 
-        The call starts when iteration does; abandoning the iterator cancels it.
+        Each message follows a committed chunk. The call starts when iteration does; abandoning
+        the iterator cancels it, and the stream keeps what was committed (state "interrupted").
+        resume: continue an interrupted ingest of the same file from its last committed chunk.
         """
-        request = ingest_request(stream_id, path, data, fps)
+        request = ingest_request(stream_id, path, data, fps, resume)
         return self._server_stream(self._stub.IngestFile, request, timeout=None)
 
     def ingest_frames(
-        self, stream_id: str, frames: Iterable[LiveFrame], fps: float = 0.0
+        self, stream_id: str, frames: Iterable[LiveFrame], fps: float = 0.0, reconnect_s: float = 0.0
     ) -> Iterator[pb.LiveProgress]:
         """Feed a live stream (new, or continued) frame by frame over gRPC.
 
@@ -408,17 +444,38 @@ class LongWatchClient:
         iterator cancels the call; the server still commits what it received. If `frames`
         raises, the call ends there (what was sent is committed) and the error is re-raised
         after the last progress message, instead of gRPC's anonymous CANCELLED.
+
+        reconnect_s > 0: if the service goes away mid-stream (UNAVAILABLE: killed, restarting),
+        wait up to that long for it to serve again, then go on with a new call on the rest of
+        `frames`: the stream continues where its committed chunks end. Frames that had not reached
+        a chunk are lost; the service counts them (the final message's `stream.frames_lost`).
         """
         failed: list[Exception] = []
+        source = _SharedFrames(frames)
 
-        def requests() -> Iterator[pb.IngestFramesRequest]:
+        def requests(call: _CallOver) -> Iterator[pb.IngestFramesRequest]:
+            yield pb.IngestFramesRequest(start=pb.LiveStart(stream_id=stream_id, fps=fps))
             try:
-                yield from ingest_frames_requests(stream_id, frames, fps)
+                for frame in source.until(call):
+                    yield pb.IngestFramesRequest(frame=frame.to_proto())
             except Exception as exc:  # noqa: BLE001 - re-raised to the caller below
                 failed.append(exc)
 
         def progress() -> Iterator[pb.LiveProgress]:
-            yield from self._server_stream(self._stub.IngestFrames, requests(), timeout=None)
+            deadline = time.monotonic() + reconnect_s
+            while True:
+                call = _CallOver()
+                try:
+                    yield from self._server_stream(self._stub.IngestFrames, requests(call), timeout=None)
+                except Unavailable:
+                    call.set()
+                    if source.exhausted or failed or time.monotonic() >= deadline:
+                        raise
+                    self.wait_ready(timeout=max(0.1, deadline - time.monotonic()))
+                    continue
+                finally:
+                    call.set()
+                break
             if failed:
                 raise failed[0]
 

@@ -15,6 +15,7 @@ server, and `longwatch --help` loads none of them. Errors of a client call end a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -117,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except LongWatchError as exc:
+        if getattr(args, "json", False):  # a script reading --json output gets its error as JSON too
+            print(json.dumps({"error": str(exc), "code": exc.code.name}))
+            return 1
         return fail(str(exc))
     except KeyboardInterrupt:
         return fail("interrupted", code=130)

@@ -1,4 +1,13 @@
-"""Offline ingest of an archive file into a new stream, all or nothing."""
+"""Offline ingest of an archive file into a stream: interrupted ingests keep what they committed and resume.
+
+Every chunk commits (with its retrieval vector, span and counters) in one Redis transaction before
+its progress message goes out, so what the client saw acknowledged is stored. An ingest that stops
+part way (the client goes away, the service stops or is killed, Redis stays down) leaves the
+stream INTERRUPTED with its committed chunks answerable; `resume` continues it from the next
+chunk, DiffFP comparing against the last committed frame, so that the finished stream equals an
+uninterrupted ingest's chunk for chunk. A file that turns out unreadable part way is refused whole:
+nothing of a new stream stays (a resumed one keeps what it had).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.store import ChunkStore
+from longwatch.memory.records import StoreError, StreamExists
+from longwatch.memory.store import ChunkStore, StoreRetry
 from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
-from longwatch.stream.decode import SampledFrame, VideoFileReader, probe_video
-from longwatch.stream.errors import BadRequest
+from longwatch.stream.decode import SampledFrame, VideoDecodeError, VideoFileReader, probe_video
+from longwatch.stream.errors import BadRequest, NotReady, Stopping, StreamMissing
 from longwatch.stream.pipeline import ModelRunner, StageTimes, StreamIngestor, forget_stream
 from longwatch.stream.settings import IngestConfig
 
@@ -31,7 +41,7 @@ class ArchiveProgress:
     frames_sampled: int
     tokens_seen: int
     tokens_kept: int
-    chunks_committed: int
+    chunks_committed: int  # the stream's, earlier runs of a resumed ingest included
     done: bool = False
 
 
@@ -47,6 +57,35 @@ def open_source(path: str | None, data: bytes | None) -> tuple[str | io.BytesIO,
     return str(p), p.name
 
 
+def source_name(name: str) -> str:
+    return f"file:{name}"
+
+
+def resume_point(
+    store: ChunkStore, stream_id: str, name: str, config: IngestConfig, fingerprint: str, busy: bool
+) -> int:
+    """The chunk an interrupted ingest of this file continues from; refused with why otherwise."""
+    record = store.get_stream(stream_id)
+    if record is None:
+        raise StreamMissing(f"no stream {stream_id!r} to resume")
+    interrupted = record.state == StreamState.INTERRUPTED or (
+        record.state == StreamState.INGESTING and not busy
+    )
+    if not interrupted:
+        raise NotReady(
+            f"stream {stream_id!r} is {record.state}, not an interrupted ingest: nothing to resume"
+        )
+    if record.source != source_name(name):
+        raise BadRequest(f"stream {stream_id!r} was ingested from {record.source}, not {source_name(name)}")
+    if record.fps != config.fps:
+        raise BadRequest(f"stream {stream_id!r} was sampled at {record.fps:g} fps, not {config.fps:g}")
+    if record.model != fingerprint:
+        raise NotReady(
+            f"stream {stream_id!r} was ingested with model {record.model}, this server runs {fingerprint}"
+        )
+    return record.chunks
+
+
 def ingest_archive(
     stream_id: str,
     path: str | None,
@@ -57,31 +96,52 @@ def ingest_archive(
     indexes: IndexRegistry,
     is_cancelled: Callable[[], bool] = lambda: False,
     stage_times: StageTimes | None = None,
+    resume: bool = False,
+    stopping: Callable[[], bool] = lambda: False,
+    retry: StoreRetry | None = None,
+    busy: bool = False,
 ) -> Iterator[ArchiveProgress]:
-    """Ingest a file into a new stream, yielding progress after each committed chunk.
+    """Ingest a file into a new stream (or, with resume, continue an interrupted one), yielding
+    progress after each committed chunk.
 
-    The file is probed before anything is stored. If decoding fails part way (a truncated or
-    corrupt file) or the client goes away, everything stored for the stream is deleted, so Ask
-    never sees half an archive. `stage_times`, when given, accumulates the seconds each stage
-    spent (they are logged at the end either way).
+    The file is probed before anything is stored. `is_cancelled` (the client went away) and
+    `stopping` (the service is shutting down) end the ingest at the next frame, keeping what was
+    committed (Stopping is raised for the second, with how to resume). `stage_times`, when given,
+    accumulates the seconds each stage spent (they are logged at the end either way). busy: another
+    ingest of this stream is running in this process (a stale INGESTING record is not then resumable).
     """
     validate_stream_id(stream_id)
     source, name = open_source(path, data)
     info = probe_video(source)
     if isinstance(source, io.BytesIO):
         source.seek(0)
-    now = time.time()
-    store.create_stream(
-        StreamRecord(
+    fingerprint = runner.lm.fingerprint
+    if resume:
+        first_chunk = resume_point(store, stream_id, name, config, fingerprint, busy)
+        store.set_state(stream_id, StreamState.INGESTING)
+    else:
+        first_chunk = 0
+        now = time.time()
+        record = StreamRecord(
             stream_id=stream_id,
-            source=f"file:{name}",
+            source=source_name(name),
             state=StreamState.INGESTING,
             fps=config.fps,
-            model=runner.lm.fingerprint,
+            model=fingerprint,
             created_unix=now,
             updated_unix=now,
         )
-    )
+        try:
+            store.create_stream(record)
+        except StreamExists as e:
+            existing = store.get_stream(stream_id)
+            if existing is not None and existing.state == StreamState.INTERRUPTED:
+                raise StreamExists(
+                    f"stream {stream_id!r} already exists, interrupted after {existing.chunks} chunks: "
+                    "resume it (longwatch ingest --resume) or delete it"
+                ) from None
+            raise e
+    retry = retry or StoreRetry()
     try:
         yield from _run(
             stream_id,
@@ -91,13 +151,73 @@ def ingest_archive(
             runner,
             store,
             indexes,
-            is_cancelled,
+            lambda: is_cancelled() or stopping(),
             stage_times if stage_times is not None else StageTimes(),
+            first_chunk,
+            retry,
         )
-    except BaseException:
-        # GeneratorExit (client gone) included: an archive is all or nothing.
-        forget_stream(stream_id, runner, store, indexes)
+    except (VideoDecodeError, BadRequest) as e:
+        if isinstance(e, _Stopped):
+            _interrupted(store, stream_id, e.chunks)
+            if stopping():
+                raise Stopping(
+                    f"the server is stopping: ingest of {stream_id!r} stopped after {e.chunks} chunks; "
+                    "resume it with longwatch ingest --resume"
+                ) from None
+            raise
+        if resume:  # a resumed stream keeps what it had
+            _interrupted(store, stream_id, None)
+        else:  # a new archive is all or nothing
+            forget_stream(stream_id, runner, store, indexes)
         raise
+    except GeneratorExit:  # the client went away: keep what was committed
+        _interrupted(store, stream_id, None)
+        raise
+    except StoreError:  # Redis stayed down past the retry: what reached it is kept
+        _interrupted(store, stream_id, None)
+        raise
+    except BaseException:
+        if resume:
+            _interrupted(store, stream_id, None)
+        else:
+            forget_stream(stream_id, runner, store, indexes)
+        raise
+    finally:
+        runner.compressor.end_stream(stream_id)
+
+
+class _Stopped(BadRequest):
+    """The ingest was told to stop (client gone, service stopping) after `chunks` chunks."""
+
+    def __init__(self, chunks: int) -> None:
+        super().__init__(f"ingest stopped after {chunks} chunks")
+        self.chunks = chunks
+
+
+def _interrupted(store: ChunkStore, stream_id: str, chunks: int | None) -> None:
+    """Mark an ingest interrupted; if Redis is down, the next start settles it (settle_interrupted_archives)."""
+    try:
+        store.set_state(stream_id, StreamState.INTERRUPTED)
+    except StoreError as e:
+        log.warning("could not mark %s interrupted (%s); the next start will", stream_id, e)
+        return
+    log.info(
+        "ingest of %s interrupted%s; its committed chunks stay",
+        stream_id,
+        "" if chunks is None else f" after {chunks} chunks",
+    )
+
+
+def settle_interrupted_archives(
+    store: ChunkStore, busy: Callable[[str], bool] = lambda _: False
+) -> list[str]:
+    """Archives a killed process left INGESTING are INTERRUPTED: their chunks answer, resume continues them."""
+    settled = []
+    for record in store.list_streams():
+        if record.state == StreamState.INGESTING and not busy(record.stream_id):
+            store.set_state(record.stream_id, StreamState.INTERRUPTED)
+            settled.append(record.stream_id)
+    return settled
 
 
 def _run(
@@ -110,11 +230,24 @@ def _run(
     indexes: IndexRegistry,
     is_cancelled: Callable[[], bool],
     times: StageTimes,
+    first_chunk: int,
+    retry: StoreRetry,
 ) -> Iterator[ArchiveProgress]:
     started = time.perf_counter()
     reader = VideoFileReader(source, fps=config.fps)
-    ingestor = StreamIngestor(stream_id, config, runner, store, indexes, stage_times=times)
+    ingestor = StreamIngestor(
+        stream_id,
+        config,
+        runner,
+        store,
+        indexes,
+        first_chunk_index=first_chunk,
+        stage_times=times,
+        retry=retry,
+        give_up=is_cancelled,
+    )
     runner.compressor.start_stream(stream_id)
+    skip = first_chunk * config.frames_per_chunk  # sampled frames the committed chunks hold
 
     def snapshot(done: bool = False) -> ArchiveProgress:
         t = ingestor.totals
@@ -125,28 +258,32 @@ def _run(
             frames_sampled=t.frames_sampled,
             tokens_seen=t.tokens_seen,
             tokens_kept=t.tokens_kept,
-            chunks_committed=ingestor.chunks_committed,
+            chunks_committed=first_chunk + ingestor.chunks_committed,
             done=done,
         )
 
     committed = 0
     # Closed explicitly, so the decoding thread stops as soon as ingest does, however it ends.
     with closing(decoded_ahead(reader, config.frames_per_chunk, times)) as frames:
-        for frame in frames:
+        for n, frame in enumerate(frames):
+            if n < skip:  # already committed: only the last one matters, as DiffFP's reference
+                if n == skip - 1:
+                    ingestor.continue_after(frame)
+                continue
             if is_cancelled():
-                raise BadRequest("ingest cancelled by the client")
+                raise _Stopped(first_chunk + ingestor.chunks_committed)
             ingestor.push(frame)
             if ingestor.chunks_committed > committed:
                 committed = ingestor.chunks_committed
                 yield snapshot()
     ingestor.count_decoded(reader.frames_decoded)
     ingestor.finish()
-    runner.compressor.end_stream(stream_id)
     store.set_state(stream_id, StreamState.READY)
     log.info(
-        "ingested %s: %d chunks, %.1f s of video in %.1f s (%s)",
+        "ingested %s: %d chunks%s, %.1f s of video in %.1f s (%s)",
         stream_id,
-        ingestor.chunks_committed,
+        first_chunk + ingestor.chunks_committed,
+        f" ({first_chunk} before resuming)" if first_chunk else "",
         reader.position_s,
         time.perf_counter() - started,
         times.summary(),

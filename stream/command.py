@@ -18,9 +18,9 @@ def _serve(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValueError as exc:
         return fail(str(exc), code=2)
-    from longwatch.stream.server import serve_forever  # imports torch: only when serving
+    from longwatch.stream.server import StartError, serve_forever  # imports torch: only when serving
 
     try:
         return int(serve_forever(settings))
-    except OSError as exc:  # a port in use, an unwritable state folder: one line, not a traceback
+    except StartError as exc:  # a port in use, a state folder in use, a model that will not load
         return fail(f"cannot start the service: {exc}")

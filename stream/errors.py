@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from longwatch.memory.records import CorruptChunk, StreamExists, StreamNotFound
+from longwatch.memory.records import CorruptChunk, StoreFull, StoreUnavailable, StreamExists, StreamNotFound
 from longwatch.proto.streams import InvalidStreamId
 from longwatch.stream.decode import VideoDecodeError
 
@@ -43,6 +43,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (Stopping, grpc.StatusCode.UNAVAILABLE),
     (CorruptChunk, grpc.StatusCode.DATA_LOSS),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 

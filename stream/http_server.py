@@ -45,6 +45,8 @@ _HTTP_STATUS = {
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 507,
+    grpc.StatusCode.DATA_LOSS: 500,
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -318,6 +318,7 @@ class LiveSession:
                 self._take_counts()
                 self.ingestor.finish()  # commits the last partial chunk (saving the state)
                 self._save_state()
+                self.ingestor.store.add_counters(self.stream_id, IngestCounters(), pending=0)
         except BaseException as exc:  # noqa: BLE001 - handed to the feeding side by offer()
             self._error = exc
             log.error("live stream %s stopped: %s", self.stream_id, one_line(exc))
@@ -330,10 +331,14 @@ class LiveSession:
         c.frames_decoded += taken.frames_decoded
         c.frames_dropped += taken.frames_dropped
 
+    def _pending(self) -> int:
+        """Sampled frames not yet in a committed chunk: the ingestor's and those still queued."""
+        return len(self.ingestor.pending) + self._queue.qsize()
+
     def _store_counters(self) -> None:
-        if self.ingestor.counters != IngestCounters():
-            self.ingestor.store.add_counters(self.stream_id, self.ingestor.counters)
-            self.ingestor.counters = IngestCounters()
+        """The counts so far, and how many sampled frames a crash now would lose."""
+        self.ingestor.store.add_counters(self.stream_id, self.ingestor.counters, pending=self._pending())
+        self.ingestor.counters = IngestCounters()
         self._last_stored = time.monotonic()
 
     def _on_commit(self, chunk: CommittedChunk) -> None:
@@ -518,12 +523,19 @@ def new_stream_id() -> str:
 def settle_interrupted_live_streams(store: ChunkStore) -> list[str]:
     """Live streams left LIVE by a killed process: no one feeds them now, so they are READY.
 
-    Unlike an interrupted archive, a live stream is kept: its committed chunks stay answerable
-    and a new connection with its id continues it from its saved ingest state.
+    Their committed chunks stay answerable and a new connection with the id continues the stream
+    from its saved ingest state. The sampled frames that were waiting for a chunk are lost; their
+    count (as last stored, at most COUNTER_FLUSH_S old) goes to the stream's frames_lost.
     """
     settled = []
     for record in store.list_streams():
         if record.state == StreamState.LIVE:
+            lost = store.frames_pending(record.stream_id)
+            store.add_counters(record.stream_id, IngestCounters(frames_lost=lost), pending=0)
             store.set_state(record.stream_id, StreamState.READY)
+            if lost:
+                log.warning(
+                    "live stream %s: %d sampled frames not yet in a chunk were lost", record.stream_id, lost
+                )
             settled.append(record.stream_id)
     return settled

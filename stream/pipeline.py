@@ -20,7 +20,7 @@ import torch
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
 from longwatch.memory.records import IngestCounters
-from longwatch.memory.store import ChunkStore
+from longwatch.memory.store import ChunkStore, StoreRetry
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.diffp import DiffFramePruner, frames_kept
 from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
@@ -115,7 +115,11 @@ class StreamIngestor:
         first_chunk_index: int = 0,
         on_commit: Callable[[CommittedChunk], None] | None = None,
         stage_times: StageTimes | None = None,
+        retry: StoreRetry | None = None,
+        give_up: Callable[[], bool] = lambda: False,
     ) -> None:
+        """retry: how long a commit waits out an unavailable Redis (give_up() ends the wait early,
+        as a shutdown does)."""
         self.stream_id = stream_id
         self.config = config
         self.runner = runner
@@ -131,16 +135,31 @@ class StreamIngestor:
         self.chunks_committed = 0
         # Of committed chunks (previews not counted); a caller may pass its own to read them.
         self.stage_times = stage_times if stage_times is not None else StageTimes()
+        self.retry = retry or StoreRetry()
+        self.give_up = give_up
 
     def count_decoded(self, n: int = 1) -> None:
         self.counters.frames_decoded += n
         self.totals.frames_decoded += n
 
-    def push(self, frame: SampledFrame) -> None:
-        """Add one sampled frame; commits a chunk when enough frames are pending."""
+    def _grid_of(self, frame: SampledFrame) -> FrameGrid:
         if self.grid is None:
             h, w = frame.image.shape[:2]
             self.grid = grid_for(h, w, self.config.max_tokens_per_frame)
+        return self.grid
+
+    def continue_after(self, frame: SampledFrame) -> None:
+        """Make `frame`, the last one of the chunks already committed, DiffFP's reference.
+
+        How an interrupted archive resumes: its next chunk is pruned against the frame before
+        it, as it would have been had ingest never stopped.
+        """
+        grid = self._grid_of(frame)
+        self.pruner.push(frames_to_pixel_values(frame.image[None], grid), grid, 1)
+
+    def push(self, frame: SampledFrame) -> None:
+        """Add one sampled frame; commits a chunk when enough frames are pending."""
+        self._grid_of(frame)
         self.pending.append(frame)
         self.counters.frames_sampled += 1
         self.totals.frames_sampled += 1
@@ -204,9 +223,11 @@ class StreamIngestor:
             c.tokens_kept += kept
             c.frames_kept += n_kept_frames
         with self.stage_times.measure("storage"):
-            written = self.store.commit_chunk(chunk, self.counters)
+            counters = self.counters
+            written = self.retry.call(lambda: self.store.commit_chunk(chunk, counters), self.give_up)
             self.counters = IngestCounters()
-            self.indexes.add(self.stream_id, chunk.index, chunk.retrieval.numpy())
+            vector = chunk.retrieval.numpy()
+            self.retry.call(lambda: self.indexes.add(self.stream_id, chunk.index, vector), self.give_up)
         self.next_index += 1
         self.chunks_committed += 1
         if self.on_commit is not None:

@@ -1,8 +1,14 @@
 """Lifecycle of the service: Redis (embedded or given), model, gRPC and HTTP servers, graceful stop.
 
-Stop order: the HTTP server first (its WebRTC peers close and their streams' last chunks
-commit), then the remaining live sessions (IngestFrames calls end with UNAVAILABLE after their
-last chunk commits), then gRPC (in-flight calls get the grace period), then Redis.
+Stop order: the health service says NOT_SERVING and the call gate closes (new calls get
+UNAVAILABLE; an archive ingest stops at its next frame, keeping what it committed, and tells its
+client how to resume); the HTTP server goes (its WebRTC peers close and their streams' last chunks
+commit), then the remaining live sessions (IngestFrames calls end with UNAVAILABLE after their last
+chunk commits); the calls still running get the grace period to end; then gRPC, then Redis. One
+log line says how it went.
+
+An embedded redis-server that dies while the service runs is started again on the same data (its
+AOF holds every acknowledged write); meanwhile calls get UNAVAILABLE and ingest commits wait.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from longwatch.memory.index import IndexRegistry
+from longwatch.memory.records import StoreError
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.memory.store import ChunkStore, open_store
 from longwatch.model.compressor import SummaryCompressor
-from longwatch.model.loading import DEMO_MODEL_NAME, LoadedModel, load_model
+from longwatch.model.loading import DEMO_MODEL_NAME, LoadedModel, ModelLoadError, load_model
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
-from longwatch.proto.streams import StreamState
+from longwatch.stream.archive import settle_interrupted_archives
+from longwatch.stream.errors import one_line
 from longwatch.stream.http_server import LiveHttpServer
 from longwatch.stream.live import settle_interrupted_live_streams
 from longwatch.stream.pipeline import ModelRunner
@@ -36,14 +44,10 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name
 
 
-def drop_interrupted_archives(store: ChunkStore) -> list[str]:
-    """Archives left mid-ingest by a previous process are incomplete: remove them whole."""
-    dropped = []
-    for record in store.list_streams():
-        if record.state == StreamState.INGESTING and record.source.startswith("file:"):
-            store.delete_stream(record.stream_id)
-            dropped.append(record.stream_id)
-    return dropped
+REDIS_WATCH_S = 0.5  # how often the embedded redis-server is checked on
+# What keeps the service from starting, said in one line: a port or state folder in use, a Redis
+# that cannot be reached, a model that does not load, a setting out of range.
+StartError = (OSError, StoreError, ModelLoadError, ValueError)
 
 
 def serving_note(lm: LoadedModel) -> str:
@@ -84,6 +88,8 @@ class LongWatchServer:
         self.http_port: int = 0
         self.redis_url: str = ""
         self.note: str = ""  # what answers questions (serving_note), once started
+        self._watch_stop: threading.Event | None = None  # the embedded redis-server's watcher
+        self._watcher: threading.Thread | None = None
 
     def start(self) -> LongWatchServer:
         s = self.settings
@@ -92,9 +98,12 @@ class LongWatchServer:
             s.state_dir.mkdir(parents=True, exist_ok=True)
             self.redis_url = s.redis_url or self._start_embedded_redis()
             self.store = open_store(self.redis_url, kv_storage=s.kv_storage)
-            dropped = drop_interrupted_archives(self.store)
-            if dropped:
-                log.warning("removed archives interrupted by an earlier stop: %s", ", ".join(dropped))
+            interrupted = settle_interrupted_archives(self.store)
+            if interrupted:
+                log.warning(
+                    "archives cut off by an earlier stop keep their chunks and can be resumed: %s",
+                    ", ".join(interrupted),
+                )
             settled = settle_interrupted_live_streams(self.store)
             if settled:
                 log.warning("live streams cut off by an earlier stop are ready again: %s", ", ".join(settled))
@@ -128,14 +137,36 @@ class LongWatchServer:
 
     def _start_embedded_redis(self) -> str:
         self.redis = EmbeddedRedis(self.settings.state_dir / "redis")
-        return self.redis.start()
+        url = self.redis.start()
+        self._watch_stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_redis, name="longwatch-redis-watch", daemon=True)
+        self._watcher.start()
+        return url
+
+    def _watch_redis(self) -> None:
+        """Start the embedded redis-server again if it dies, on the same data (its AOF)."""
+        while not self._watch_stop.wait(REDIS_WATCH_S):
+            redis_server = self.redis
+            if redis_server is None or redis_server.running:
+                continue
+            log.warning("embedded redis-server died; starting it again on %s", redis_server.data_dir)
+            try:
+                redis_server.start()
+            except Exception as exc:  # noqa: BLE001 - tried again at the next tick
+                log.error("embedded redis-server did not start again: %s", one_line(exc))
 
     def _start_grpc(self, service: LongWatchService) -> None:
         s = self.settings
         limit = s.max_message_mb * 1024 * 1024
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="longwatch-rpc"),
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # gRPC lets a second server bind the same port by default, and calls then split
+                # between two services at random: a port in use must be refused instead.
+                ("grpc.so_reuseport", 0),
+            ],
         )
         pb_grpc.add_LongWatchServicer_to_server(service, server)
         self.health = health.HealthServicer()
@@ -143,9 +174,12 @@ class LongWatchServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        try:
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError:  # grpc's "Failed to bind"; older versions return 0 instead
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {s.host}:{s.port}")
+            raise OSError(f"cannot bind {s.host}:{s.port} for gRPC (in use?)")
         server.start()
         self.grpc_server = server
         for name in ("", SERVICE_NAME):
@@ -173,16 +207,20 @@ class LongWatchServer:
             self.service.live.close_all()
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop serving (in-flight calls get `grace` seconds), then close Redis; safe to call twice."""
+        """Stop in order (see the module's doc): calls get `grace` seconds to end; safe to call twice."""
         errors: list[BaseException] = []
+        was_serving = self.grpc_server is not None
         if self.health is not None:
             self.health.enter_graceful_shutdown()
+        if self.service is not None:
+            self.service.gate.close()
         try:
             self._stop_live()
         except Exception as exc:  # noqa: BLE001 - collected, reported below
             errors.append(exc)
+        cut = self.service.gate.drain(grace) if self.service is not None else 0
         if self.grpc_server is not None:
-            self.grpc_server.stop(grace).wait()
+            self.grpc_server.stop(0).wait()
             self.grpc_server = None
         for close in (self._close_store, self._stop_redis):
             try:
@@ -190,7 +228,12 @@ class LongWatchServer:
             except Exception as exc:  # noqa: BLE001 - collected, reported below
                 errors.append(exc)
         for exc in errors:
-            log.error("error while stopping: %s", exc)
+            log.error("error while stopping: %s", one_line(exc))
+        if was_serving:
+            log.info(
+                "longwatch stopped%s",
+                f"; {cut} calls still running after {grace:g} s were cut" if cut else ": every call ended",
+            )
 
     def _close_store(self) -> None:
         if self.store is not None:
@@ -198,6 +241,10 @@ class LongWatchServer:
             self.store = None
 
     def _stop_redis(self) -> None:
+        if self._watch_stop is not None:
+            self._watch_stop.set()
+            self._watcher.join()
+            self._watch_stop = None
         if self.redis is not None:
             self.redis.stop()
             self.redis = None

@@ -6,7 +6,10 @@ import dataclasses
 import functools
 import inspect
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
@@ -15,21 +18,62 @@ from longwatch.memory.index import IndexRegistry
 from longwatch.memory.store import ChunkStore
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
-from longwatch.proto.streams import StreamRecord, validate_stream_id
+from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.archive import ArchiveProgress, ingest_archive
-from longwatch.stream.errors import BadRequest, StreamBusy, StreamMissing, one_line, status_for
+from longwatch.stream.errors import BadRequest, Stopping, StreamBusy, StreamMissing, one_line, status_for
 from longwatch.stream.images import EncodedImage, FrameImage, RawImage, check_bytes
 from longwatch.stream.live import LiveRegistry, LiveStats
 from longwatch.stream.pipeline import ModelRunner, forget_stream
-from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
+from longwatch.stream.settings import MAX_FPS, IngestConfig, LiveConfig, ServiceSettings
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class CallGate:
+    """The calls in flight, and the gate that closes to new ones when the service stops.
+
+    Stopping closes the gate (new calls: UNAVAILABLE), lets the calls inside finish (an ingest
+    stops at its next frame, keeping what it committed), and only then do Redis and gRPC go.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self.closed = False
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        with self._cond:
+            if self.closed:
+                raise Stopping("the server is shutting down; try again once it is back")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+
+    def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` s for the calls inside to end; returns how many are still running."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._active and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            return self._active
+
+
 def _abort_on_error(method: F) -> F:
-    """Map expected errors to their status with a one-line message; anything else is INTERNAL."""
+    """Map expected errors to their status with a one-line message; anything else is INTERNAL.
+
+    Every call passes the service's CallGate: counted while it runs, refused once it has closed.
+    """
 
     def handle(context: grpc.ServicerContext, exc: Exception) -> None:
         code = status_for(exc)
@@ -43,7 +87,8 @@ def _abort_on_error(method: F) -> F:
         @functools.wraps(method)
         def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
-                yield from method(self, request, context)
+                with self.gate.call():
+                    yield from method(self, request, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status
                 handle(context, exc)
 
@@ -52,7 +97,8 @@ def _abort_on_error(method: F) -> F:
     @functools.wraps(method)
     def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            with self.gate.call():
+                return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - mapped to a status
             handle(context, exc)
 
@@ -77,11 +123,17 @@ def _ask_response(stream_id: str, outcome: AskOutcome) -> pb.AskResponse:
     )
 
 
+def check_fps(fps: float) -> float:
+    """A requested sampling rate: 0 (the default) or in (0, MAX_FPS]; NaN and the rest are refused."""
+    if not (fps == 0 or 0 < fps <= MAX_FPS):
+        raise BadRequest(f"fps must be in (0, {MAX_FPS:g}] (or 0 for the server's), got {fps}")
+    return fps
+
+
 def _live_start(request: pb.IngestFramesRequest | None) -> pb.LiveStart:
     if request is None or request.WhichOneof("kind") != "start":
         raise BadRequest("the first IngestFrames message must be `start`, naming the stream")
-    if request.start.fps < 0:
-        raise BadRequest(f"fps must be >= 0, got {request.start.fps}")
+    check_fps(request.start.fps)
     return request.start
 
 
@@ -120,6 +172,9 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         self.runner = runner
         self.store = store
         self.indexes = indexes
+        self.gate = CallGate()
+        self._ingesting: set[str] = set()  # streams an IngestFile of this process is feeding
+        self._ingesting_lock = threading.Lock()
         self.live = LiveRegistry(settings.ingest, settings.live, runner, store, indexes)
         self.answerer = QuestionAnswerer(
             runner,
@@ -136,6 +191,13 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         record = self.store.get_stream(stream_id)
         if record is None:
             raise StreamMissing(f"no stream {stream_id!r}")
+        return self._as_it_is(record)
+
+    def _as_it_is(self, record: StreamRecord) -> StreamRecord:
+        """An archive no ingest of this process feeds is interrupted, whatever Redis last took
+        (a Redis refusing writes could not be told; the next start settles it there)."""
+        if record.state == StreamState.INGESTING and not self.is_ingesting(record.stream_id):
+            return dataclasses.replace(record, state=StreamState.INTERRUPTED)
         return record
 
     @_abort_on_error
@@ -143,8 +205,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         self, request: pb.IngestFileRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.IngestProgress]:
         base = self.settings.ingest
-        if request.fps < 0:
-            raise BadRequest(f"fps must be >= 0, got {request.fps}")
+        check_fps(request.fps)
         config = IngestConfig(
             fps=request.fps or base.fps,
             frames_per_chunk=base.frames_per_chunk,
@@ -152,21 +213,39 @@ class LongWatchService(pb_grpc.LongWatchServicer):
             diff_threshold=base.diff_threshold,
         )
         source = request.WhichOneof("source")
-        progress = ingest_archive(
-            request.stream_id,
-            request.path if source == "path" else None,
-            request.data if source == "data" else None,
-            config,
-            self.runner,
-            self.store,
-            self.indexes,
-            is_cancelled=lambda: not context.is_active(),
-        )
-        for p in progress:
-            msg = _progress(request.stream_id, p)
-            if p.done:
-                msg.stream.CopyFrom(self._record(request.stream_id).to_proto())
-            yield msg
+        sid = request.stream_id
+        with self._ingesting_lock:
+            busy = sid in self._ingesting
+            if busy and request.resume:
+                raise StreamBusy(f"stream {sid!r} is being ingested now")
+            self._ingesting.add(sid)
+        try:
+            progress = ingest_archive(
+                sid,
+                request.path if source == "path" else None,
+                request.data if source == "data" else None,
+                config,
+                self.runner,
+                self.store,
+                self.indexes,
+                is_cancelled=lambda: not context.is_active(),
+                resume=request.resume,
+                stopping=lambda: self.gate.closed,
+                busy=busy,
+            )
+            for p in progress:
+                msg = _progress(sid, p)
+                if p.done:
+                    msg.stream.CopyFrom(self._record(sid).to_proto())
+                yield msg
+        finally:
+            if not busy:
+                with self._ingesting_lock:
+                    self._ingesting.discard(sid)
+
+    def is_ingesting(self, stream_id: str) -> bool:
+        with self._ingesting_lock:
+            return stream_id in self._ingesting
 
     @_abort_on_error
     def IngestFrames(
@@ -237,7 +316,9 @@ class LongWatchService(pb_grpc.LongWatchServicer):
     def ListStreams(
         self, request: pb.ListStreamsRequest, context: grpc.ServicerContext
     ) -> pb.ListStreamsResponse:
-        return pb.ListStreamsResponse(streams=[r.to_proto() for r in self.store.list_streams()])
+        return pb.ListStreamsResponse(
+            streams=[self._as_it_is(r).to_proto() for r in self.store.list_streams()]
+        )
 
     @_abort_on_error
     def DeleteStream(

@@ -12,6 +12,7 @@ from longwatch.clients.ice import address_list, parse_ice_addresses
 from longwatch.model.config import ATTENTION, ModelConfig
 from longwatch.proto.streams import KV_STORAGE
 
+MAX_FPS = 60.0  # the highest sampling rate a stream may ask for
 SERVICE_KV_STORAGE = "int8"  # the store's own default stays lossless ("float"); the service saves bytes
 
 
@@ -36,8 +37,8 @@ class IngestConfig:
     diff_threshold: float = 0.1
 
     def __post_init__(self) -> None:
-        if not 0 < self.fps <= 60:
-            raise ValueError(f"fps must be in (0, 60], got {self.fps}")
+        if not 0 < self.fps <= MAX_FPS:
+            raise ValueError(f"fps must be in (0, {MAX_FPS:g}], got {self.fps}")
         if self.frames_per_chunk < 1:
             raise ValueError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk}")
         if self.max_tokens_per_frame < 1:

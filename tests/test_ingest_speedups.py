@@ -20,6 +20,7 @@ from longwatch.model.config import ModelConfig
 from longwatch.model.loading import load_model
 from longwatch.model.tiny import build_tiny_model
 from longwatch.model.train.synthetic import SyntheticFootage
+from longwatch.proto.streams import StreamState
 from longwatch.stream.archive import decoded_ahead, ingest_archive
 from longwatch.stream.decode import SampledFrame, TimeSampler, UnsampledFrameSkipper, VideoFileReader
 from longwatch.stream.errors import BadRequest
@@ -144,7 +145,7 @@ def test_closing_the_read_ahead_stops_its_thread_and_closes_the_source() -> None
     assert not any(t.name == "longwatch-decode" for t in threading.enumerate())
 
 
-def test_a_cancelled_archive_stops_its_decoding_thread_and_keeps_nothing(
+def test_a_cancelled_archive_stops_its_decoding_thread_and_keeps_what_it_committed(
     tmp_path: Path, footage_30fps: Path, store: RedisChunkStore
 ) -> None:
     lm = load_model(ModelConfig(path=build_tiny_model(tmp_path / "model", seed=0)))
@@ -160,8 +161,11 @@ def test_a_cancelled_archive_stops_its_decoding_thread_and_keeps_nothing(
         IndexRegistry(store),
         is_cancelled=lambda: next(polls) >= 5,  # after a couple of chunks
     )
-    with pytest.raises(BadRequest, match="cancelled"):
-        for _ in progress:
-            pass
-    assert store.get_stream("cut") is None
+    acked = []
+    with pytest.raises(BadRequest, match="ingest stopped after 2 chunks"):
+        for p in progress:
+            acked.append(p.chunks_committed)
+    record = store.get_stream("cut")
+    assert record.state == StreamState.INTERRUPTED and record.chunks == acked[-1] == 2
+    assert [s.index for s in store.chunk_spans("cut")] == [0, 1]  # what was acknowledged, no more
     assert not any(t.name == "longwatch-decode" for t in threading.enumerate())

@@ -10,17 +10,13 @@ to an answer with its evidence over gRPC.
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from damo_checkpoint import real_2b, write_damo_checkpoint
 from footage import real_clip
+from service_process import ServeProcess
 
 from longwatch.clients import main
 from longwatch.clients.client import LongWatchClient
@@ -42,41 +38,12 @@ def native_2b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _wait_for(proc: subprocess.Popen, pattern: str, timeout: float) -> tuple[re.Match, list[str]]:
-    deadline, seen = time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        seen.append(line)
-        if m := re.search(pattern, line):
-            return m, seen
-    raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(seen)}")
-
-
 @pytest.fixture(scope="module")
 def served(native_2b: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
     """`longwatch serve --model OUT`, as a user starts it; yields its address and first lines."""
-    state = tmp_path_factory.mktemp("serve-state")
-    env = {**os.environ, "LONGWATCH_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"}
-    for name in ("REDIS_URL", "LONGWATCH_REDIS_URL", "LONGWATCH_MODE", "LONGWATCH_MODEL"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "longwatch.clients.main", "serve", "--model", str(native_2b)]
-    command += ["--port", "0", "--http-port", "0", "--webrtc-address", "127.0.0.1"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        m, seen = _wait_for(proc, r"listening on 127\.0\.0\.1:(\d+)", 180)
-        note, _ = _wait_for(proc, r"^model .*", 10)
-        yield f"127.0.0.1:{m.group(1)}", [*seen, note.group(0)]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with ServeProcess(tmp_path_factory.mktemp("serve-state"), "--model", str(native_2b)) as serve:
+        note = serve.wait_for(r"^model .*", 10)
+        yield serve.target, [note.group(0)]
 
 
 def test_a_converted_2b_release_serves_a_real_clip_end_to_end(

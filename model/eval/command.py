@@ -17,8 +17,12 @@ def add_demo(sub: argparse.ArgumentParser) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from longwatch.model.eval.demo import run_demo  # starts a server: imports torch
+    from longwatch.stream.server import StartError
 
-    return int(run_demo(args))
+    try:
+        return int(run_demo(args))
+    except StartError as exc:
+        return fail(f"cannot start the demo's service: {exc}")
 
 
 def add_eval(sub: argparse.ArgumentParser) -> None:

@@ -117,10 +117,13 @@ def run_demo(args: argparse.Namespace) -> int:
     settings.http_port = 0
     settings.host = "127.0.0.1"
     settings.live = dataclasses.replace(settings.live, ice_addresses=("127.0.0.1",))  # WebRTC too
+    samples = settings.state_dir
+    # Its own Redis data, beside a `longwatch serve` that may be running on the same state folder.
+    settings.state_dir = settings.state_dir / "demo"
     print(f"longwatch demo: state in {settings.state_dir}", flush=True)
     t0 = time.perf_counter()
     with LongWatchServer(settings) as server:
-        plan = demo_plan(settings.state_dir, server.model_name)
+        plan = demo_plan(samples, server.model_name)
         print(
             f"service up on 127.0.0.1:{server.port} in {time.perf_counter() - t0:.1f} s, model {server.model_name}"
         )
