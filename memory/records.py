@@ -38,8 +38,9 @@ class ChunkNotFound(StoreError):
     """A chunk index that the stream does not have (or not yet: it is not committed)."""
 
 
-class CorruptChunk(StoreError):
-    """Bytes in the store that do not decode to what they claim to be (DATA_LOSS at the edge)."""
+class CorruptData(StoreError):
+    """Bytes in the store that do not decode to what they claim to be: a chunk blob, a vector, a
+    span, a stream record, or a key holding the wrong kind of value (DATA_LOSS at the edge)."""
 
 
 class StoreUnavailable(StoreError):
@@ -89,11 +90,14 @@ def record_from_hash(data: Mapping[bytes | str, bytes | str]) -> StreamRecord:
 
     Unknown fields are ignored (a newer writer may add some); missing ones take defaults,
     except stream_id; a record written before kv_storage existed reads as "float", which is what
-    those streams hold. A field that does not parse raises StoreError naming it.
+    those streams hold. A field that does not parse raises CorruptData naming it.
     """
-    text = {_text(k): _text(v) for k, v in data.items()}
+    try:
+        text = {_text(k): _text(v) for k, v in data.items()}
+    except UnicodeDecodeError as e:
+        raise CorruptData(f"stream record holds bytes that are not UTF-8 ({e.reason})") from None
     if "stream_id" not in text:
-        raise StoreError(f"stream record has no stream_id field (fields: {sorted(text)[:8]})")
+        raise CorruptData(f"stream record has no stream_id field (fields: {sorted(text)[:8]})")
     kwargs: dict[str, object] = {"kv_storage": LEGACY_KV_STORAGE}  # records from before the field
     for f in fields(StreamRecord):
         if f.name not in text:
@@ -102,11 +106,11 @@ def record_from_hash(data: Mapping[bytes | str, bytes | str]) -> StreamRecord:
         try:
             kwargs[f.name] = _parse_field(f.name, f.default, raw)
         except ValueError as e:
-            raise StoreError(f"stream record field {f.name!r} is not valid: {raw!r} ({e})") from None
+            raise CorruptData(f"stream record field {f.name!r} is not valid: {raw!r} ({e})") from None
     try:
         return StreamRecord(**kwargs)  # type: ignore[arg-type]
     except ValueError as e:
-        raise StoreError(f"stream record is not valid: {e}") from None
+        raise CorruptData(f"stream record is not valid: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -129,4 +133,7 @@ def _parse_field(name: str, default: object, raw: str) -> object:
         return StreamState(raw)
     if isinstance(default, float):
         return float(raw)
-    return int(raw)
+    count = int(raw)
+    if not 0 <= count < 2**63:
+        raise ValueError("a count must be in [0, 2**63)")
+    return count

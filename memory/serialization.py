@@ -7,7 +7,7 @@ blobs keep format version 1 byte for byte; int8 blobs are version 2. A reader ta
 
 Nothing here is ever pickled or unpickled: a blob from Redis is parsed as a safetensors header
 (JSON) plus raw little-endian tensor data, and every field is checked before a ChunkCache is built,
-so a corrupt or foreign blob fails with CorruptChunk instead of surfacing later as a shape error
+so a corrupt or foreign blob fails with CorruptData instead of surfacing later as a shape error
 inside attention.
 
 The scalars sit under a single metadata key on purpose: safetensors writes a multi-entry metadata
@@ -26,7 +26,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.kvquant import check_scales, dequantize_int8, quantize_int8
-from longwatch.memory.records import CorruptChunk
+from longwatch.memory.records import CorruptData
 from longwatch.proto.streams import KV_STORAGE
 
 META_KEY = "longwatch.chunk"  # the one safetensors metadata entry: JSON of the scalars and "version"
@@ -97,17 +97,17 @@ def chunk_to_bytes(chunk: ChunkCache, kv_storage: str = "float") -> bytes:
 def chunk_from_bytes(data: bytes, *, name: str = "chunk") -> ChunkCache:
     """Parse and validate a blob written by chunk_to_bytes; ``name`` (e.g. the Redis key) goes in errors."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CorruptChunk(f"{name}: expected bytes, got {type(data).__name__}")
+        raise CorruptData(f"{name}: expected bytes, got {type(data).__name__}")
     data = bytes(data)
     metadata = _read_metadata(data, name)
     try:
         tensors = load_safetensors_bytes(data)  # parses a header and raw buffers; no pickle
     except Exception as e:  # any parse failure of foreign bytes is corruption, whatever its type
-        raise CorruptChunk(f"{name}: not a valid safetensors blob ({_one_line(e)})") from None
+        raise CorruptData(f"{name}: not a valid safetensors blob ({_one_line(e)})") from None
     expected = _TENSORS + (_SCALE_TENSORS if metadata["version"] == INT8_FORMAT_VERSION else ())
     missing = [t for t in expected if t not in tensors]
     if missing:
-        raise CorruptChunk(f"{name}: missing tensors {missing}, has {sorted(tensors)}")
+        raise CorruptData(f"{name}: missing tensors {missing}, has {sorted(tensors)}")
     if metadata["version"] == INT8_FORMAT_VERSION:
         _dequantize(tensors, name)
     _check_tensors(tensors, name)
@@ -121,7 +121,7 @@ def chunk_from_bytes(data: bytes, *, name: str = "chunk") -> ChunkCache:
             **scalars,
         )
     except (ValueError, TypeError) as e:
-        raise CorruptChunk(f"{name}: fields do not form a chunk ({_one_line(e)})") from None
+        raise CorruptData(f"{name}: fields do not form a chunk ({_one_line(e)})") from None
 
 
 def vector_to_bytes(vector: np.ndarray | torch.Tensor) -> bytes:
@@ -140,7 +140,7 @@ def vector_to_bytes(vector: np.ndarray | torch.Tensor) -> bytes:
 def vector_from_bytes(data: bytes, *, name: str = "vector") -> np.ndarray:
     """Inverse of vector_to_bytes: a writable (dim,) float32 array in native byte order."""
     if len(data) == 0 or len(data) % 4:
-        raise CorruptChunk(f"{name}: expected a non-empty multiple of 4 bytes (float32), got {len(data)}")
+        raise CorruptData(f"{name}: expected a non-empty multiple of 4 bytes (float32), got {len(data)}")
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
@@ -164,26 +164,26 @@ def safetensors_metadata(data: bytes, key: str, name: str) -> dict[str, object]:
     """The JSON object under metadata entry `key` of a safetensors blob, read without loading tensors.
 
     The header is an 8-byte little-endian length and that many bytes of JSON. Anything else is
-    CorruptChunk naming `name` (e.g. the Redis key). Used for chunks and live ingest state alike.
+    CorruptData naming `name` (e.g. the Redis key). Used for chunks and live ingest state alike.
     """
     if len(data) < 8:
-        raise CorruptChunk(f"{name}: {len(data)} bytes is too short for a safetensors header")
+        raise CorruptData(f"{name}: {len(data)} bytes is too short for a safetensors header")
     n = int.from_bytes(data[:8], "little")
     if n > min(_MAX_HEADER, len(data) - 8):
-        raise CorruptChunk(f"{name}: header length {n} exceeds the {len(data) - 8} bytes that follow")
+        raise CorruptData(f"{name}: header length {n} exceeds the {len(data) - 8} bytes that follow")
     try:
         header = json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptChunk(f"{name}: header is not JSON ({_one_line(e)})") from None
+        raise CorruptData(f"{name}: header is not JSON ({_one_line(e)})") from None
     entries = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(entries, dict) or not isinstance(entries.get(key), str):
-        raise CorruptChunk(f"{name}: safetensors metadata has no {key!r} entry")
+        raise CorruptData(f"{name}: safetensors metadata has no {key!r} entry")
     try:
         meta = json.loads(entries[key])
     except json.JSONDecodeError as e:
-        raise CorruptChunk(f"{name}: {key!r} metadata is not JSON ({_one_line(e)})") from None
+        raise CorruptData(f"{name}: {key!r} metadata is not JSON ({_one_line(e)})") from None
     if not isinstance(meta, dict):
-        raise CorruptChunk(f"{name}: {key!r} metadata should be a JSON object, got {type(meta).__name__}")
+        raise CorruptData(f"{name}: {key!r} metadata should be a JSON object, got {type(meta).__name__}")
     return meta
 
 
@@ -191,7 +191,7 @@ def _read_metadata(data: bytes, name: str) -> dict[str, object]:
     """A chunk blob's scalars, of a format version this reader takes."""
     meta = safetensors_metadata(data, META_KEY, name)
     if meta.get("version") not in (FORMAT_VERSION, INT8_FORMAT_VERSION):
-        raise CorruptChunk(
+        raise CorruptData(
             f"{name}: chunk format version {meta.get('version')!r} is not one of the supported "
             f"{FORMAT_VERSION}, {INT8_FORMAT_VERSION}"
         )
@@ -203,22 +203,22 @@ def _dequantize(t: dict[str, torch.Tensor], name: str) -> None:
     for codes, scales in (("keys", "key_scales"), ("values", "value_scales")):
         problem = check_scales(t[codes], t[scales])
         if problem is not None:
-            raise CorruptChunk(f"{name}: int8 {codes}: {problem}")
+            raise CorruptData(f"{name}: int8 {codes}: {problem}")
         t[codes] = dequantize_int8(t.pop(codes), t.pop(scales))
 
 
 def _check_tensors(t: dict[str, torch.Tensor], name: str) -> None:
     keys, values, positions, retrieval = (t[k] for k in _TENSORS)
     if keys.dtype not in KV_DTYPES or values.dtype != keys.dtype:
-        raise CorruptChunk(
+        raise CorruptData(
             f"{name}: K/V dtypes should be one of {_dtype_names()} and equal, got {keys.dtype}/{values.dtype}"
         )
     if positions.dtype != torch.int64 or positions.dim() != 1:
-        raise CorruptChunk(
+        raise CorruptData(
             f"{name}: positions should be 1-D int64, got {positions.dtype} {tuple(positions.shape)}"
         )
     if retrieval.dtype != torch.float32 or retrieval.dim() != 1:
-        raise CorruptChunk(
+        raise CorruptData(
             f"{name}: retrieval should be 1-D float32, got {retrieval.dtype} {tuple(retrieval.shape)}"
         )
 
@@ -240,14 +240,14 @@ def _parse_scalars(meta: dict[str, object], name: str) -> dict[str, object]:
     out: dict[str, object] = {}
     for field in _SCALARS:
         if field not in meta:
-            raise CorruptChunk(f"{name}: metadata has no {field!r}")
+            raise CorruptData(f"{name}: metadata has no {field!r}")
         out[field] = _coerce(field, meta[field], name)
     return out
 
 
 def _coerce(field: str, value: object, name: str) -> object:
     want = _SCALAR_TYPES[field]
-    bad = CorruptChunk(f"{name}: metadata {field!r} should be {want.__name__}, got {value!r:.60}")
+    bad = CorruptData(f"{name}: metadata {field!r} should be {want.__name__}, got {value!r:.60}")
     if want is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -42,7 +43,7 @@ from longwatch.memory.records import (
     ChunkExists,
     ChunkNotFound,
     ChunkSpan,
-    CorruptChunk,
+    CorruptData,
     IngestCounters,
     StoreError,
     StoreFull,
@@ -68,6 +69,7 @@ DEFAULT_KV_STORAGE = "float"
 URL_SCHEMES = ("redis", "rediss", "unix")
 _MAX_TXN_ATTEMPTS = 64  # optimistic-lock retries before giving up on a hot key
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -229,6 +231,8 @@ def _unavailable_as_store_error(fn: Callable[P, T]) -> Callable[P, T]:
                 ) from e
             if isinstance(e, redis.exceptions.ExecAbortError):
                 raise StoreFull(f"redis refused {fn.__name__}'s transaction; reads go on") from e
+            if "WRONGTYPE" in text:  # a key of ours overwritten with another kind of value
+                raise CorruptData(f"{fn.__name__}: a key holds the wrong kind of value ({text})") from e
             raise
 
     return wrapper
@@ -299,7 +303,18 @@ class RedisChunkStore(ChunkStore):
         pipe = self._r.pipeline(transaction=False)  # the records are in different slots
         for sid in ids:
             pipe.hgetall(StreamKeys(sid).record)
-        return [record_from_hash(data) for data in pipe.execute() if data]
+        records = []
+        for sid, data in zip(ids, pipe.execute(raise_on_error=False), strict=True):
+            try:
+                if isinstance(data, Exception):
+                    raise CorruptData(_first_line(data))
+                if data:
+                    records.append(record_from_hash(data))
+            except CorruptData as e:
+                # One damaged record must not hide every other stream; get_stream reports it
+                # (DATA_LOSS) and delete_stream still removes it.
+                log.warning("stream %r left out of the list: its record is corrupt: %s", sid, _first_line(e))
+        return records
 
     @_unavailable_as_store_error
     def set_state(self, stream_id: str, state: StreamState) -> None:
@@ -341,11 +356,23 @@ class RedisChunkStore(ChunkStore):
 
         def body(pipe: Pipeline) -> None:
             # Chunk keys are named by the indices in spans and vectors (written together, but the
-            # union costs nothing and survives a hand-edited hash).
-            fields = set(pipe.hkeys(keys.spans)) | set(pipe.hkeys(keys.vectors))
-            chunk_keys = sorted({keys.chunk(i) for i in (_int_or_none(f) for f in fields) if i is not None})
+            # union costs nothing and survives a hand-edited hash). Should either be damaged (not
+            # a hash), the stream's chunk keys are found by a scan instead: a corrupt stream must
+            # still be deletable, whole.
+            fields: set[bytes] = set()
+            damaged = False
+            for key in (keys.spans, keys.vectors):
+                kind = pipe.type(key)
+                if kind == b"hash":
+                    fields |= set(pipe.hkeys(key))
+                elif kind != b"none":
+                    damaged = True
+            chunk_keys = {keys.chunk(i) for i in (_int_or_none(f) for f in fields) if i is not None}
+            if damaged:
+                # (a valid stream id has no glob characters)
+                chunk_keys |= {k.decode() for k in pipe.scan_iter(match=keys.chunk(0)[:-1] + "*")}
             pipe.multi()
-            pipe.unlink(keys.record, keys.spans, keys.vectors, keys.ingest, *chunk_keys)
+            pipe.unlink(keys.record, keys.spans, keys.vectors, keys.ingest, *sorted(chunk_keys))
 
         results = self._transact([keys.record, keys.spans, keys.vectors], body)
         self._r.srem(STREAMS_KEY, stream_id)  # last: see the module docstring
@@ -449,12 +476,12 @@ class RedisChunkStore(ChunkStore):
         for field, raw in self._r.hgetall(keys.spans).items():
             index = _int_or_none(field)
             if index is None:
-                raise CorruptChunk(f"{keys.spans}: field {field!r} is not a chunk index")
+                raise CorruptData(f"{keys.spans}: field {field!r} is not a chunk index")
             try:
                 start, end = json.loads(raw)
                 spans.append(ChunkSpan(index=index, start_s=float(start), end_s=float(end)))
             except (TypeError, ValueError) as e:
-                raise CorruptChunk(
+                raise CorruptData(
                     f"{keys.spans}[{index}]: not a [start, end] span: {raw[:60]!r} ({e})"
                 ) from None
         return sorted(spans, key=lambda s: s.index)
@@ -481,7 +508,7 @@ class RedisChunkStore(ChunkStore):
         for i, name, blob in zip(indices, names, blobs, strict=True):
             chunk = chunk_from_bytes(blob, name=name)
             if chunk.stream_id != stream_id or chunk.index != i:
-                raise CorruptChunk(f"{name}: holds chunk {chunk.index} of stream {chunk.stream_id!r}")
+                raise CorruptData(f"{name}: holds chunk {chunk.index} of stream {chunk.stream_id!r}")
             out.append(chunk)
         return out
 
@@ -493,14 +520,14 @@ class RedisChunkStore(ChunkStore):
         for field, raw in self._r.hgetall(keys.vectors).items():
             index = _int_or_none(field)
             if index is None:
-                raise CorruptChunk(f"{keys.vectors}: field {field!r} is not a chunk index")
+                raise CorruptData(f"{keys.vectors}: field {field!r} is not a chunk index")
             items.append((index, vector_from_bytes(raw, name=f"{keys.vectors}[{index}]")))
         if not items:
             return [], np.zeros((0, 0), dtype=np.float32)
         items.sort(key=lambda item: item[0])
         dims = {v.shape[0] for _, v in items}
         if len(dims) != 1:
-            raise CorruptChunk(f"{keys.vectors}: vectors of different dims {sorted(dims)}")
+            raise CorruptData(f"{keys.vectors}: vectors of different dims {sorted(dims)}")
         return [i for i, _ in items], np.stack([v for _, v in items])  # (n, dim)
 
     # --- connection ------------------------------------------------------------------------------------

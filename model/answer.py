@@ -165,6 +165,7 @@ class AnswerStream:
         next_id = self._next(logits[0, -1], generated)
         while next_id not in lm.eos_token_ids and len(generated) < self.max_new_tokens:
             generated.append(next_id)
+            stats.tokens_generated = len(generated)  # so far: what a stopped answer cost
             if len(generated) == 1:
                 stats.first_token_ms = (time.perf_counter() - t0) * 1e3
             text = lm.tokenizer.decode(generated, skip_special_tokens=True)

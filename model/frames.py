@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 # smart_resize's floor: 56 x 56 pixels, i.e. 2 x 2 merged tokens at patch 14, merge 2.
 _MIN_CELLS = 4
-_MAX_ASPECT = 200
+MAX_ASPECT_RATIO = 200
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,10 @@ def grid_for(
     if max_tokens_per_frame < 1:
         raise ValueError(f"max_tokens_per_frame must be >= 1, got {max_tokens_per_frame}")
     aspect = max(height, width) / min(height, width)
-    if aspect > _MAX_ASPECT:
-        raise ValueError(f"aspect ratio must be at most {_MAX_ASPECT}, got {aspect:.1f} ({height}x{width})")
+    if aspect > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"aspect ratio must be at most {MAX_ASPECT_RATIO}, got {aspect:.1f} ({height}x{width})"
+        )
     factor = patch_size * merge_size
     max_pixels = max_tokens_per_frame * factor**2
     min_pixels = min(_MIN_CELLS * factor**2, max_pixels)

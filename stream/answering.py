@@ -157,7 +157,11 @@ class QuestionAnswerer:
         return NotReady(f"stream {record.stream_id!r} has no committed chunks yet")
 
     def ask(self, params: AskParams) -> tuple[Iterator[str], AskOutcome]:
-        """Returns (text deltas, outcome); the outcome is complete once the deltas are exhausted."""
+        """Returns (text deltas, outcome); the outcome is complete once the deltas are exhausted.
+
+        Stopping early (closing the deltas) frees the model at once; `outcome.tokens_generated`
+        then says how far the answer got.
+        """
         t0 = time.perf_counter()
         record = self.check(params)
         outcome = AskOutcome(model=self.runner.lm.fingerprint)
@@ -193,8 +197,20 @@ class QuestionAnswerer:
         stream = AnswerStream(self.runner.lm, chunks, params.question, params.max_new_tokens)
 
         def deltas() -> Iterator[str]:
-            with self.runner.lock:
-                yield from stream
+            # The model lock is held for each step of the answer, never while a delta travels to
+            # the client: a slow reader holds up no one, other answers and ingest interleave, and
+            # an answer whose caller stops reading stops at its next step.
+            steps = iter(stream)
+            try:
+                while True:
+                    with self.runner.lock:
+                        delta = next(steps, None)
+                    outcome.tokens_generated = stream.stats.tokens_generated
+                    if delta is None:
+                        break
+                    yield delta
+            finally:
+                steps.close()
             s = stream.stats
             outcome.answer = stream.text
             outcome.tokens_generated = s.tokens_generated

@@ -52,8 +52,17 @@ def open_source(path: str | None, data: bytes | None) -> tuple[str | io.BytesIO,
     if not path:
         raise BadRequest("give either a path the server can read or the file's bytes")
     p = Path(path)
-    if not p.is_file():
-        raise BadRequest(f"no such file on the server: {path}")
+    shown = path if len(path) <= 200 else path[:200] + "..."
+    try:
+        # A regular file only: a FIFO or a device (/dev/zero) would block or never end.
+        regular = p.is_file()
+        if regular:
+            with p.open("rb"):
+                pass
+    except OSError as e:
+        raise BadRequest(f"cannot read {shown!r} on the server: {e.strerror}") from None
+    if not regular:
+        raise BadRequest(f"no such file on the server: {shown!r} (a regular file is needed)")
     return str(p), p.name
 
 

@@ -294,7 +294,7 @@ def _source_name(source: Source) -> str:
         return f"<{len(source)} bytes>"
     if hasattr(source, "read"):
         name = getattr(source, "name", None)
-        return Path(name).name if isinstance(name, str) else "<file object>"
+        return Path(name).name if isinstance(name, str) else "the uploaded file"
     return Path(source).name
 
 
@@ -319,7 +319,8 @@ def _open_container(source: Source) -> av.container.InputContainer:
     if size == 0:
         raise VideoDecodeError(f"not a decodable video: {name} is empty (0 bytes)")
     try:
-        return av.open(file, mode="r")
+        # metadata_errors: a title that is not UTF-8 must not make the video unreadable
+        return av.open(file, mode="r", metadata_errors="replace")
     except av.error.FFmpegError as e:
         cut = _mp4_cut_short(file, size)
         if cut is not None:
@@ -333,9 +334,17 @@ def _ffmpeg_reason(e: av.error.FFmpegError) -> str:
 
 def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
     if not container.streams.video:
-        found = ", ".join(f"{s.type} {s.codec_context.name}" for s in container.streams) or "none"
+        found = ", ".join(f"{s.type} {_codec_name(s)}" for s in container.streams) or "none"
         raise VideoDecodeError(f"no video stream in {name} (streams: {found})")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg found a video stream but has no decoder for it
+        raise VideoDecodeError(f"not a decodable video: FFmpeg has no decoder for the video stream in {name}")
+    return stream
+
+
+def _codec_name(stream: av.stream.Stream) -> str:
+    ctx = stream.codec_context
+    return ctx.name if ctx is not None else "(no decoder)"
 
 
 def _video_info(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> VideoInfo:

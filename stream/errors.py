@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import grpc
 
-from longwatch.memory.records import CorruptChunk, StoreFull, StoreUnavailable, StreamExists, StreamNotFound
+from longwatch.memory.records import (
+    ChunkNotFound,
+    CorruptData,
+    StoreFull,
+    StoreUnavailable,
+    StreamExists,
+    StreamNotFound,
+)
 from longwatch.proto.streams import InvalidStreamId
 from longwatch.stream.decode import VideoDecodeError
 
@@ -29,6 +36,10 @@ class StreamBusy(NotReady):
     """A live connection already feeds the stream: one sender per stream at a time."""
 
 
+class CallEnded(ServiceError):
+    """The caller cancelled or its deadline passed: the work for it stops (CANCELLED)."""
+
+
 class Stopping(ServiceError):
     """The server is shutting down and takes no more frames; try again against a running one."""
 
@@ -42,7 +53,11 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (StreamExists, grpc.StatusCode.ALREADY_EXISTS),
     (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (Stopping, grpc.StatusCode.UNAVAILABLE),
-    (CorruptChunk, grpc.StatusCode.DATA_LOSS),
+    (CallEnded, grpc.StatusCode.CANCELLED),
+    (CorruptData, grpc.StatusCode.DATA_LOSS),
+    # No request names a chunk: the chunks read are those the stream's index lists, so one that
+    # is not there is data the store lost.
+    (ChunkNotFound, grpc.StatusCode.DATA_LOSS),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]

@@ -80,13 +80,20 @@ def _error_response(exc: Exception) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+API_PATHS = ("/api/", "/offer")  # answered in JSON, errors too
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Expected errors become their status with a one-line JSON message; bugs become 500."""
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith(API_PATHS):
+            raise
+        # aiohttp's own refusals (no such route, wrong method, body too large) in the API's form
+        where = f"{request.method} {request.path!r:.200}"  # repr: a path may hold a newline
+        return web.json_response({"error": f"{exc.reason}: {where}"}, status=exc.status)
     except Exception as exc:  # noqa: BLE001 - mapped to a status
         return _error_response(exc)
 

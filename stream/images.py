@@ -19,6 +19,7 @@ import av
 import av.error
 import numpy as np
 
+from longwatch.model.frames import MAX_ASPECT_RATIO
 from longwatch.stream.errors import BadRequest
 from longwatch.stream.settings import LiveConfig
 
@@ -103,6 +104,15 @@ def check_size(width: int, height: int, limits: LiveConfig) -> None:
     side = limits.max_frame_side
     if not (1 <= width <= side and 1 <= height <= side):
         raise BadRequest(f"frame size must be 1..{side} pixels a side, got {width}x{height}")
+    check_aspect(width, height)
+
+
+def check_aspect(width: int, height: int) -> None:
+    """The vision tower's own limit on elongation (a frame is resized keeping its aspect)."""
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise BadRequest(
+            f"frame {width}x{height} is more elongated than {MAX_ASPECT_RATIO}:1, the model's limit"
+        )
 
 
 def check_bytes(n: int, limits: LiveConfig) -> None:
@@ -113,10 +123,12 @@ def check_bytes(n: int, limits: LiveConfig) -> None:
 def decode_image(data: bytes, limits: LiveConfig) -> np.ndarray:
     """The first video frame of an image file's bytes as (H, W, 3) uint8 RGB."""
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="replace") as container:
             if not container.streams.video:
                 raise BadRequest(f"encoded frame ({len(data)} bytes) holds no image")
             stream = container.streams.video[0]
+            if stream.codec_context is None:
+                raise BadRequest(f"encoded frame ({len(data)} bytes) is in a format FFmpeg cannot decode")
             check_size(stream.codec_context.width, stream.codec_context.height, limits)
             for frame in container.decode(stream):
                 check_size(frame.width, frame.height, limits)

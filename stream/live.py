@@ -119,6 +119,9 @@ class IngestState:
 # --- stream time ----------------------------------------------------------------------------------
 
 
+MAX_STREAM_TIME_S = 1e9  # about 31 years: a timestamp that lands further is a sender's bug
+
+
 class StreamClock:
     """Maps one connection's timestamps to stream time: resume + (t - t_first), never backwards."""
 
@@ -141,8 +144,14 @@ class StreamClock:
                     f"frame timestamps must not go backwards: {t:g} s came after {self._last_t:g} s"
                 )
             self._origin, self._anchor = self.last_s, t
+        stream_s = self._origin + (t - self._anchor)
+        if not 0 <= stream_s <= MAX_STREAM_TIME_S:  # also an overflow to inf from two huge stamps
+            raise BadRequest(
+                f"frame timestamp {t:g} s puts the frame at {stream_s:g} s of stream time, "
+                f"outside 0..{MAX_STREAM_TIME_S:g} s"
+            )
         self._last_t = t
-        self.last_s = self._origin + (t - self._anchor)
+        self.last_s = stream_s
         return self.last_s
 
 

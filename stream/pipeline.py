@@ -27,6 +27,7 @@ from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
 from longwatch.model.loading import LoadedModel
 from longwatch.model.vision import chunk_frames, encode_frames
 from longwatch.stream.decode import SampledFrame
+from longwatch.stream.images import check_aspect
 from longwatch.stream.settings import IngestConfig
 
 
@@ -145,6 +146,7 @@ class StreamIngestor:
     def _grid_of(self, frame: SampledFrame) -> FrameGrid:
         if self.grid is None:
             h, w = frame.image.shape[:2]
+            check_aspect(w, h)  # BadRequest: the video's fault, not the service's
             self.grid = grid_for(h, w, self.config.max_tokens_per_frame)
         return self.grid
 

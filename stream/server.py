@@ -30,18 +30,15 @@ from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.memory.store import ChunkStore, open_store
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.loading import DEMO_MODEL_NAME, LoadedModel, ModelLoadError, load_model
-from longwatch.proto import longwatch_pb2 as pb
-from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.stream.archive import settle_interrupted_archives
 from longwatch.stream.errors import one_line
 from longwatch.stream.http_server import LiveHttpServer
 from longwatch.stream.live import settle_interrupted_live_streams
 from longwatch.stream.pipeline import ModelRunner
-from longwatch.stream.service import LongWatchService
+from longwatch.stream.service import SERVICE_NAME, LongWatchService, add_to_server
 from longwatch.stream.settings import ServiceSettings, ingest_for_model, score_margin_for_model
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name
 
 
 REDIS_WATCH_S = 0.5  # how often the embedded redis-server is checked on
@@ -168,7 +165,7 @@ class LongWatchServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_LongWatchServicer_to_server(service, server)
+        add_to_server(service, server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -9,24 +9,35 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from longwatch.memory.index import IndexRegistry
+from longwatch.memory.records import CorruptData
 from longwatch.memory.store import ChunkStore
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.archive import ArchiveProgress, ingest_archive
-from longwatch.stream.errors import BadRequest, Stopping, StreamBusy, StreamMissing, one_line, status_for
+from longwatch.stream.errors import (
+    BadRequest,
+    CallEnded,
+    Stopping,
+    StreamBusy,
+    StreamMissing,
+    one_line,
+    status_for,
+)
 from longwatch.stream.images import EncodedImage, FrameImage, RawImage, check_bytes
 from longwatch.stream.live import LiveRegistry, LiveStats
 from longwatch.stream.pipeline import ModelRunner, forget_stream
 from longwatch.stream.settings import MAX_FPS, IngestConfig, LiveConfig, ServiceSettings
 
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name  # longwatch.v1.LongWatch
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,6 +87,8 @@ def _abort_on_error(method: F) -> F:
     """
 
     def handle(context: grpc.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, CallEnded):  # the caller is gone: only the log hears about it
+            log.info("%s", one_line(exc))
         code = status_for(exc)
         if code is None:
             log.exception("internal error in %s", method.__name__)
@@ -103,6 +116,15 @@ def _abort_on_error(method: F) -> F:
             handle(context, exc)
 
     return unary_wrapper  # type: ignore[return-value]
+
+
+def _check_caller(context: grpc.ServicerContext, method: str, stream_id: str, outcome: AskOutcome) -> None:
+    """Between an answer's steps: stop it, freeing the model, once its caller cancelled or its
+    deadline passed (gRPC has already told the caller; nothing more is sent)."""
+    if context.is_active():
+        return
+    why = "its deadline passed" if (context.time_remaining() or 0) <= 0 else "the caller cancelled"
+    raise CallEnded(f"{method} on {stream_id!r} stopped after {outcome.tokens_generated} tokens: {why}")
 
 
 def _progress(stream_id: str, p: ArchiveProgress) -> pb.IngestProgress:
@@ -295,8 +317,9 @@ class LongWatchService(pb_grpc.LongWatchServicer):
     @_abort_on_error
     def Ask(self, request: pb.AskRequest, context: grpc.ServicerContext) -> pb.AskResponse:
         deltas, outcome = self.answerer.ask(self._ask_params(request))
-        for _ in deltas:
-            pass
+        with closing(deltas):
+            for _ in deltas:
+                _check_caller(context, "Ask", request.stream_id, outcome)
         return _ask_response(request.stream_id, outcome)
 
     @_abort_on_error
@@ -304,8 +327,18 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         self, request: pb.AskRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.AskStreamResponse]:
         deltas, outcome = self.answerer.ask(self._ask_params(request))
-        for delta in deltas:
-            yield pb.AskStreamResponse(delta=delta)
+        with closing(deltas):
+            for delta in deltas:
+                _check_caller(context, "AskStream", request.stream_id, outcome)
+                try:
+                    yield pb.AskStreamResponse(delta=delta)
+                except GeneratorExit:  # gRPC dropped the call (cancelled, deadline): stop now
+                    log.info(
+                        "AskStream on %r stopped after %d tokens: the call ended",
+                        request.stream_id,
+                        outcome.tokens_generated,
+                    )
+                    raise
         yield pb.AskStreamResponse(response=_ask_response(request.stream_id, outcome))
 
     @_abort_on_error
@@ -324,8 +357,78 @@ class LongWatchService(pb_grpc.LongWatchServicer):
     def DeleteStream(
         self, request: pb.DeleteStreamRequest, context: grpc.ServicerContext
     ) -> pb.DeleteStreamResponse:
-        self._record(request.stream_id)
+        try:
+            self._record(request.stream_id)
+        except CorruptData as e:  # what cannot be read can still be removed
+            log.warning("deleting stream %r, whose record is corrupt: %s", request.stream_id, one_line(e))
         if self.live.is_live(request.stream_id):
             raise StreamBusy(f"stream {request.stream_id!r} is live: end its connection before deleting it")
         deleted = forget_stream(request.stream_id, self.runner, self.store, self.indexes)
         return pb.DeleteStreamResponse(keys_deleted=deleted)
+
+
+# --- registration -------------------------------------------------------------------------------------
+
+
+def add_to_server(service: LongWatchService, server: grpc.Server) -> None:
+    """Register the service's methods, each parsing its own requests.
+
+    The generated `add_LongWatchServicer_to_server` lets gRPC parse requests, and gRPC answers
+    bytes that are no message with INTERNAL ("Exception deserializing request!") and a logged
+    traceback. Here the bytes reach the method, and a request that does not parse is the
+    client's error: INVALID_ARGUMENT, one line.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in pb.DESCRIPTOR.services_by_name["LongWatch"].methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        behavior = getattr(service, method.name)
+        kind = (method.client_streaming, method.server_streaming)
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[kind]
+        handlers[method.name] = make(
+            _parsing(behavior, request_type, *kind), response_serializer=response_type.SerializeToString
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _parse(request_type: type[Message], raw: bytes) -> Message:
+    try:
+        return request_type.FromString(raw)
+    except DecodeError as e:
+        raise BadRequest(f"the request is not a valid {request_type.__name__} message ({e})") from None
+
+
+def _parsing(
+    behavior: Callable, request_type: type[Message], client_streaming: bool, server_streaming: bool
+) -> Callable:
+    """`behavior` taking the request's bytes; a request that does not parse is INVALID_ARGUMENT."""
+    if client_streaming:  # parsed one by one as the method reads them: inside its error mapping
+
+        def streaming(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            return behavior((_parse(request_type, raw) for raw in raw_requests), context)
+
+        return streaming
+
+    def parsed(raw: bytes, context: grpc.ServicerContext) -> Message:
+        try:
+            return _parse(request_type, raw)
+        except BadRequest as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise  # not reached: abort raises
+
+    if server_streaming:
+
+        def unary_stream(raw: bytes, context: grpc.ServicerContext) -> Iterator[Message]:
+            yield from behavior(parsed(raw, context), context)
+
+        return unary_stream
+
+    def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Message:
+        return behavior(parsed(raw, context), context)
+
+    return unary_unary

@@ -108,7 +108,7 @@ def test_file_object_source_is_read_from_its_start_each_time(videos: dict[str, P
     assert [len(list(reader)), len(list(reader))] == [20, 20]
     with open(videos["plain"], "rb") as f:
         assert VideoFileReader(f).name == "plain.mp4"
-    expect_error(io.BytesIO(b"not a video at all" * 10), "^not a decodable video: <file object>: ")
+    expect_error(io.BytesIO(b"not a video at all" * 10), "^not a decodable video: the uploaded file: ")
 
 
 def test_decoded_frames_look_like_the_generated_ones(videos: dict[str, Path]) -> None:

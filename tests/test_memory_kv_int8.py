@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from longwatch.memory.kvquant import dequantize_int8, quantize_int8
-from longwatch.memory.records import CorruptChunk
+from longwatch.memory.records import CorruptData
 from longwatch.memory.serialization import chunk_from_bytes, chunk_to_bytes
 from longwatch.memory.store import RedisChunkStore, StreamKeys
 from longwatch.proto.streams import StreamRecord
@@ -67,10 +67,10 @@ def test_int8_blob_with_bad_scales_is_corrupt(make_chunk) -> None:
     metadata = json.loads(blob[8 : 8 + header_len])["__metadata__"]
     tensors = safetensors.torch.load(blob)
     tensors["key_scales"] = tensors["key_scales"][:, :, :1].contiguous()  # neither per-token nor per-channel
-    with pytest.raises(CorruptChunk, match="int8 keys"):
+    with pytest.raises(CorruptData, match="int8 keys"):
         chunk_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
     del tensors["key_scales"]
-    with pytest.raises(CorruptChunk, match="missing tensors"):
+    with pytest.raises(CorruptData, match="missing tensors"):
         chunk_from_bytes(safetensors.torch.save(tensors, metadata=metadata))
 
 

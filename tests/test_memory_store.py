@@ -19,9 +19,8 @@ from longwatch.memory.records import (
     ChunkExists,
     ChunkNotFound,
     ChunkSpan,
-    CorruptChunk,
+    CorruptData,
     IngestCounters,
-    StoreError,
     StoreUnavailable,
     StreamExists,
     StreamNotFound,
@@ -152,7 +151,7 @@ def _blob_with(chunk, *, drop_tensor=None, metadata_patch=None, tensor_patch=Non
 def test_corrupt_bytes_raise_corrupt_chunk(make_chunk, mutate) -> None:
     chunk = make_chunk("s", 0)
     data = mutate(chunk, chunk_to_bytes(chunk))
-    with pytest.raises(CorruptChunk) as info:
+    with pytest.raises(CorruptData) as info:
         chunk_from_bytes(data, name="lw:{s}:chunk:0")
     message = str(info.value)
     assert "\n" not in message and message.startswith("lw:{s}:chunk:0: ")
@@ -165,7 +164,7 @@ def test_vector_bytes_are_little_endian_float32() -> None:
     back = vector_from_bytes(data)
     assert back.dtype == np.float32 and np.array_equal(back, v)
     back[0] = 7.0  # writable: an index may normalise in place
-    with pytest.raises(CorruptChunk):
+    with pytest.raises(CorruptData):
         vector_from_bytes(data[:-1])
     with pytest.raises(ValueError):
         vector_to_bytes(np.zeros((2, 3), dtype=np.float32))
@@ -205,7 +204,7 @@ def test_record_hash_round_trip() -> None:
     assert all(isinstance(v, str) for v in data.values())
     assert record_from_hash({k.encode(): v.encode() for k, v in data.items()}) == rec
     assert record_from_hash(data) == rec
-    with pytest.raises(StoreError, match="frames_kept"):
+    with pytest.raises(CorruptData, match="frames_kept"):
         record_from_hash({**data, "frames_kept": "many"})
 
 
@@ -316,10 +315,10 @@ def test_a_blob_under_the_wrong_key_is_corrupt(store, redis_client, make_chunk) 
     store.commit_chunk(make_chunk("s", 0))
     store.commit_chunk(make_chunk("s", 1))
     redis_client.set("lw:{s}:chunk:1", redis_client.get("lw:{s}:chunk:0"))
-    with pytest.raises(CorruptChunk, match="holds chunk 0"):
+    with pytest.raises(CorruptData, match="holds chunk 0"):
         store.get_chunks("s", [1])
     redis_client.set("lw:{s}:chunk:1", b"\x00" * 40)
-    with pytest.raises(CorruptChunk):
+    with pytest.raises(CorruptData):
         store.get_chunk("s", 1)
 
 
