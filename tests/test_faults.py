@@ -51,13 +51,19 @@ def ingest(client: LongWatchClient, path: Path, stream_id: str, resume: bool = F
 
 
 @pytest.fixture(scope="module")
-def clean_run(footage: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:
-    """The yard video ingested in one go: what every interrupted-and-resumed run must equal."""
+def long_footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Long enough (some 15 s to ingest here) that a SIGTERM after the first chunk always lands mid-ingest."""
+    return write_video(tmp_path_factory.mktemp("video") / "long.mp4", 720, 10, 320, 180, seed=5)
+
+
+@pytest.fixture(scope="module")
+def clean_run(long_footage: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:
+    """The long video ingested in one go: what an interrupted-and-resumed run must equal."""
     with (
         ServeProcess(tmp_path_factory.mktemp("clean")) as serve,
         LongWatchClient(serve.target, timeout=120) as c,
     ):
-        ingest(c, footage, "yard")
+        ingest(c, long_footage, "yard")
         return chunk_blobs(redis_url_of(serve), "yard")
 
 
@@ -121,14 +127,14 @@ def test_the_demo_runs_beside_a_serve_on_the_same_state_folder(tmp_path: Path) -
 
 
 def test_sigterm_during_an_ingest_stops_it_cleanly_and_resume_finishes_it(
-    tmp_path: Path, footage: Path, clean_run: dict[int, bytes]
+    tmp_path: Path, long_footage: Path, clean_run: dict[int, bytes]
 ) -> None:
     serve = ServeProcess(tmp_path).start()
     acked: list[int] = []
     with LongWatchClient(serve.target, timeout=120) as client, pytest.raises(Unavailable) as stopped:
-        for p in client.ingest_file("yard", path=str(footage), fps=float(INGEST_FPS)):
+        for p in client.ingest_file("yard", path=str(long_footage), fps=float(INGEST_FPS)):
             acked.append(p.chunks_committed)
-            if len(acked) == 3:
+            if len(acked) == 1:
                 serve.kill(signal.SIGTERM)
     assert serve.wait() == 0
     message = str(stopped.value)
@@ -141,8 +147,8 @@ def test_sigterm_during_an_ingest_stops_it_cleanly_and_resume_finishes_it(
         assert record.state == StreamState.INTERRUPTED and record.chunks >= acked[-1]
         assert client.ask("yard", "When did it start?").evidence  # what was committed answers
         with pytest.raises(LongWatchError, match="interrupted after .* chunks: resume it"):
-            ingest(client, footage, "yard")
-        progress = ingest(client, footage, "yard", resume=True)
+            ingest(client, long_footage, "yard")
+        progress = ingest(client, long_footage, "yard", resume=True)
         assert progress[-1].done and progress[-1].stream.state == StreamState.READY.to_proto()
         assert chunk_blobs(redis_url_of(again), "yard") == clean_run  # chunk for chunk, byte for byte
 
