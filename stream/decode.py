@@ -233,6 +233,7 @@ class VideoFileReader:
         skipper = UnsampledFrameSkipper(sampler, stream.time_base)
         self.frames_decoded, self.position_s = 0, 0.0
         origin: float | None = None  # the first frame's own time: pts_s counts from it
+        size: tuple[int, int] | None = None  # (width, height) of the first kept frame
         kept = 0
         try:
             for packet in container.demux(stream):
@@ -247,7 +248,11 @@ class VideoFileReader:
                     self.position_s = t - origin
                     if sampler.offer(self.position_s):
                         # Colour conversion costs a third of the decoding again: kept frames only.
-                        yield SampledFrame(kept, self.position_s, frame.to_ndarray(format="rgb24"))
+                        # A video whose frame size changes part way (a stream spliced from two) is
+                        # scaled to its first frame's size: one token grid for the whole stream.
+                        size = size or (frame.width, frame.height)
+                        image = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+                        yield SampledFrame(kept, self.position_s, image)
                         kept += 1
             self.position_s = max(self.position_s, skipper.last_position_s() or 0.0)
         except av.error.FFmpegError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from footage import cut_at_packet, cut_in_half, real_clip, write_audio_only
@@ -236,3 +237,26 @@ def test_faststart_mp4_cut_on_a_packet_boundary(videos: dict[str, Path], tmp_pat
 
 def test_error_is_a_value_error() -> None:
     assert issubclass(VideoDecodeError, ValueError)
+
+
+def _mpeg2_ts(width: int, height: int, frames: int, first_pts: int) -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            rgb = np.full((height, width, 3), 10 * i, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            frame.pts = first_pts + i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def test_a_video_whose_frame_size_changes_is_read_at_its_first_size() -> None:
+    """Two MPEG-TS streams of different sizes back to back (found by bench/fuzz.py): one grid."""
+    spliced = _mpeg2_ts(96, 64, 20, 0) + _mpeg2_ts(160, 48, 20, 20)
+    shapes = {f.image.shape for f in VideoFileReader(spliced, fps=10)}
+    assert shapes == {(64, 96, 3)}
