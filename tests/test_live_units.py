@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import socket
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 from aiortc import RTCPeerConnection
+from footage import encode_still
 
 from longwatch.clients import ice, main
 from longwatch.clients.cli import parse_size
@@ -35,19 +34,6 @@ from longwatch.stream.webrtc import parse_offer, restrict_offer
 
 LIMITS = LiveConfig()
 LOOPBACK = ("127.0.0.1",)
-
-
-def encode_still(rgb: np.ndarray, codec: str = "png") -> bytes:
-    """An image file's bytes (PNG, or JPEG with codec="mjpeg"), written with PyAV."""
-    pix_fmt = "rgb24" if codec == "png" else "yuvj420p"
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="image2pipe") as container:
-        stream = container.add_stream(codec, rate=1)
-        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], pix_fmt
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    return buf.getvalue()
 
 
 # --- stream time ----------------------------------------------------------------------------
