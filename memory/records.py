@@ -114,6 +114,16 @@ def record_from_hash(data: Mapping[bytes | str, bytes | str]) -> StreamRecord:
 
 
 @dataclass(frozen=True)
+class ChunkAge:
+    """A committed chunk as retention sees it: when it was committed and what it takes."""
+
+    index: int
+    committed_unix: float
+    bytes: int
+    cold: bool = False  # its blob is in the cold tier, not in Redis
+
+
+@dataclass(frozen=True)
 class ChunkSpan:
     """The time a committed chunk covers: [start_s, end_s) of presentation time."""
 

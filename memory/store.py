@@ -8,6 +8,9 @@ keys share a slot and one MULTI/EXEC can cover them):
     lw:{<id>}:chunk:<i>  string safetensors bytes of ChunkCache i
     lw:{<id>}:vectors    hash   i -> retrieval vector, little-endian float32
     lw:{<id>}:spans      hash   i -> JSON [start_s, end_s]
+    lw:{<id>}:committed  hash   i -> when chunk i was committed (unix seconds): retention's clock
+    lw:{<id>}:cold       hash   i -> JSON {"bytes", "sha256"}: chunk i's blob is in the cold tier
+                                (memory/tier.py), no longer at lw:{<id>}:chunk:<i>
     lw:{<id>}:ingest     string a live stream's small ingest state (safetensors bytes, written by
                                 stream/live.py), so a reconnect or a restart continues the stream
     lw:streams           set    ids of all streams (another slot: never inside a stream's transaction)
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -40,6 +44,7 @@ from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.faults import crash_point
 from longwatch.memory.records import (
     LEGACY_KV_STORAGE,
+    ChunkAge,
     ChunkExists,
     ChunkNotFound,
     ChunkSpan,
@@ -59,7 +64,8 @@ from longwatch.memory.serialization import (
     vector_from_bytes,
     vector_to_bytes,
 )
-from longwatch.proto.streams import KV_STORAGE, StreamRecord, StreamState, validate_stream_id
+from longwatch.memory.tier import BlobTier, checked
+from longwatch.proto.streams import KV_STORAGE, StreamRecord, StreamState, validate_stored_id
 
 STREAMS_KEY = "lw:streams"
 # A live stream's sampled frames not yet in a chunk, in its record hash beside the StreamRecord's
@@ -81,7 +87,7 @@ class StreamKeys:
     stream_id: str
 
     def __post_init__(self) -> None:
-        validate_stream_id(self.stream_id)
+        validate_stored_id(self.stream_id)
 
     @property
     def prefix(self) -> str:
@@ -102,6 +108,14 @@ class StreamKeys:
     @property
     def ingest(self) -> str:
         return f"{self.prefix}:ingest"
+
+    @property
+    def committed(self) -> str:
+        return f"{self.prefix}:committed"
+
+    @property
+    def cold(self) -> str:
+        return f"{self.prefix}:cold"
 
     def chunk(self, index: int) -> str:
         return f"{self.prefix}:chunk:{int(index)}"
@@ -165,6 +179,24 @@ class ChunkStore(ABC):
     @abstractmethod
     def delete_stream(self, stream_id: str) -> int:
         """Remove every key of the stream; return how many keys were deleted (0 if none)."""
+
+    @abstractmethod
+    def set_retention(self, stream_id: str, max_age_s: float, max_bytes: int) -> None:
+        """Set a stream's own retention (0: none of its own); raises StreamNotFound without a record."""
+
+    @abstractmethod
+    def chunk_ages(self, stream_id: str) -> list[ChunkAge]:
+        """Committed chunks, oldest first: index, commit time and stored bytes (what retention reads)."""
+
+    @abstractmethod
+    def move_to_cold(self, stream_id: str, indices: Sequence[int]) -> int:
+        """Move these chunks' blobs to the cold tier (Redis keeps a pointer); returns the bytes
+        moved. Chunks already cold, or gone, are skipped; without a cold tier nothing moves."""
+
+    @abstractmethod
+    def drop_chunks(self, stream_id: str, indices: Sequence[int]) -> int:
+        """Remove these committed chunks whole (blob, vector, span), counting them in the record's
+        chunks_dropped and bytes_dropped; returns the bytes freed. Unknown indices are skipped."""
 
     @abstractmethod
     def ping(self) -> bool: ...
@@ -250,15 +282,19 @@ class RedisChunkStore(ChunkStore):
     Thread-safe as far as redis-py's connection pool is: each call takes its own connection.
     """
 
-    def __init__(self, client: redis.Redis, kv_storage: str = DEFAULT_KV_STORAGE) -> None:
+    def __init__(
+        self, client: redis.Redis, kv_storage: str = DEFAULT_KV_STORAGE, cold: BlobTier | None = None
+    ) -> None:
         """kv_storage: how streams created through this store keep their K/V ("float" or "int8");
-        a stream keeps the choice it was created with, whatever store commits to it later."""
+        a stream keeps the choice it was created with, whatever store commits to it later.
+        cold: the tier old chunks' blobs move to (move_to_cold); reads look there for them."""
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisChunkStore needs a client with decode_responses=False (blobs are bytes)")
         if kv_storage not in KV_STORAGE:
             raise ValueError(f"kv_storage must be one of {KV_STORAGE}, got {kv_storage!r}")
         self._r = client
         self.kv_storage = kv_storage
+        self.cold = cold
 
     @property
     def client(self) -> redis.Redis:
@@ -372,11 +408,99 @@ class RedisChunkStore(ChunkStore):
                 # (a valid stream id has no glob characters)
                 chunk_keys |= {k.decode() for k in pipe.scan_iter(match=keys.chunk(0)[:-1] + "*")}
             pipe.multi()
-            pipe.unlink(keys.record, keys.spans, keys.vectors, keys.ingest, *sorted(chunk_keys))
+            pipe.unlink(
+                keys.record,
+                keys.spans,
+                keys.vectors,
+                keys.ingest,
+                keys.committed,
+                keys.cold,
+                *sorted(chunk_keys),
+            )
 
         results = self._transact([keys.record, keys.spans, keys.vectors], body)
+        if self.cold is not None:
+            self.cold.delete_stream(stream_id)
         self._r.srem(STREAMS_KEY, stream_id)  # last: see the module docstring
         return int(results[0])
+
+    @_unavailable_as_store_error
+    def set_retention(self, stream_id: str, max_age_s: float, max_bytes: int) -> None:
+        keys = StreamKeys(stream_id)
+
+        def body(pipe: Pipeline) -> None:
+            self._require_stream(pipe, keys)
+            pipe.multi()
+            pipe.hset(
+                keys.record,
+                mapping={"retention_age_s": repr(float(max_age_s)), "retention_bytes": int(max_bytes)},
+            )
+
+        self._transact([keys.record], body)
+
+    @_unavailable_as_store_error
+    def chunk_ages(self, stream_id: str) -> list[ChunkAge]:
+        keys = StreamKeys(stream_id)
+        with self._r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.spans)
+            pipe.hgetall(keys.vectors)
+            pipe.hgetall(keys.committed)
+            pipe.hget(keys.record, "created_unix")
+            pipe.hgetall(keys.cold)
+            spans, vectors, committed, created, cold = pipe.execute()
+        indices = sorted(i for i in (_int_or_none(f) for f in spans) if i is not None)
+        with self._r.pipeline(transaction=False) as pipe:
+            for i in indices:
+                pipe.strlen(keys.chunk(i))
+            blob_sizes = pipe.execute()
+        fallback = float(created or 0.0)  # chunks committed before commit times were kept
+        out = []
+        for i, blob in zip(indices, blob_sizes, strict=True):
+            field = str(i).encode()
+            size = (
+                int(blob)
+                + _cold_bytes(cold.get(field))
+                + len(vectors.get(field, b""))
+                + len(spans.get(field, b""))
+            )
+            when = committed.get(field)
+            out.append(ChunkAge(i, float(when) if when else fallback, size, cold=field in cold))
+        return out
+
+    @_unavailable_as_store_error
+    def drop_chunks(self, stream_id: str, indices: Sequence[int]) -> int:
+        keys = StreamKeys(stream_id)
+        fields = [str(int(i)) for i in indices]
+        freed = 0
+        cold_dropped: list[int] = []
+
+        def body(pipe: Pipeline) -> None:
+            nonlocal freed
+            self._require_stream(pipe, keys)
+            spans = pipe.hmget(keys.spans, fields) if fields else []
+            present = [f for f, there in zip(fields, spans, strict=True) if there]
+            pointers = dict(zip(present, pipe.hmget(keys.cold, present) if present else [], strict=True))
+            freed_cold = sum(_cold_bytes(pointers[f]) for f in present)
+            freed = freed_cold + sum(
+                pipe.strlen(keys.chunk(int(f))) + pipe.hstrlen(keys.vectors, f) + pipe.hstrlen(keys.spans, f)
+                for f in present
+            )
+            cold_dropped[:] = [int(f) for f in present if pointers[f] is not None]
+            pipe.multi()
+            if not present:
+                return
+            pipe.unlink(*(keys.chunk(int(f)) for f in present))
+            for key in (keys.vectors, keys.spans, keys.committed, keys.cold):
+                pipe.hdel(key, *present)
+            pipe.hincrby(keys.record, "bytes_stored", -freed)
+            pipe.hincrby(keys.record, "bytes_cold", -freed_cold)
+            pipe.hincrby(keys.record, "chunks_dropped", len(present))
+            pipe.hincrby(keys.record, "bytes_dropped", freed)
+
+        self._transact([keys.record, keys.spans], body)
+        if cold_dropped and self.cold is not None:
+            self.cold.delete(stream_id, cold_dropped)  # after Redis let go: a crash leaves a stray file only
+        return freed
 
     @_unavailable_as_store_error
     def put_ingest_state(self, stream_id: str, blob: bytes) -> None:
@@ -430,6 +554,7 @@ class RedisChunkStore(ChunkStore):
             pipe.set(keys.chunk(chunk.index), blob)
             pipe.hset(keys.vectors, field, vector)
             pipe.hset(keys.spans, field, span)
+            pipe.hset(keys.committed, field, repr(time.time()))
             pipe.hincrby(keys.record, "chunks", 1)
             pipe.hincrby(keys.record, "bytes_stored", written)
             for name, delta in (counters or IngestCounters()).items():
@@ -499,6 +624,8 @@ class RedisChunkStore(ChunkStore):
             return []
         names = [keys.chunk(i) for i in indices]
         blobs = self._r.mget(names)
+        if any(b is None for b in blobs):  # cold ones are in the tier, their pointers in Redis
+            blobs = self._with_cold(keys, indices, blobs)
         missing = [i for i, b in zip(indices, blobs, strict=True) if b is None]
         if missing:
             if not self._r.exists(keys.record):
@@ -511,6 +638,63 @@ class RedisChunkStore(ChunkStore):
                 raise CorruptData(f"{name}: holds chunk {chunk.index} of stream {chunk.stream_id!r}")
             out.append(chunk)
         return out
+
+    def _with_cold(
+        self, keys: StreamKeys, indices: list[int], blobs: list[bytes | None]
+    ) -> list[bytes | None]:
+        """`blobs` with those not in Redis read from the cold tier, where a pointer says so."""
+        wanted = [i for i, b in zip(indices, blobs, strict=True) if b is None]
+        pointers = dict(zip(wanted, self._r.hmget(keys.cold, [str(i) for i in wanted]), strict=True))
+        out = list(blobs)
+        for n, (i, blob) in enumerate(zip(indices, blobs, strict=True)):
+            pointer = pointers.get(i) if blob is None else None
+            if pointer is None:
+                continue
+            where = f"{keys.cold}[{i}]"
+            if self.cold is None:
+                raise CorruptData(f"{where}: chunk {i} is in a cold tier this service was not given")
+            try:
+                sha256 = str(json.loads(pointer)["sha256"])
+            except (ValueError, KeyError, TypeError):
+                raise CorruptData(f"{where}: not a cold-tier pointer: {pointer[:60]!r}") from None
+            out[n] = checked(self.cold.get(keys.stream_id, i), sha256, where)
+        return out
+
+    @_unavailable_as_store_error
+    def move_to_cold(self, stream_id: str, indices: Sequence[int]) -> int:
+        if self.cold is None:
+            return 0
+        keys = StreamKeys(stream_id)
+        moved = 0
+        for index in (int(i) for i in indices):
+            blob = self._r.get(keys.chunk(index))
+            if blob is None:  # cold already, or dropped
+                continue
+            self.cold.put(stream_id, index, blob)  # durable before Redis lets go of its copy
+            pointer = json.dumps({"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
+            if self._point_to_cold(keys, index, blob, pointer):
+                moved += len(blob)
+            else:
+                self.cold.delete(stream_id, [index])
+        return moved
+
+    def _point_to_cold(self, keys: StreamKeys, index: int, blob: bytes, pointer: str) -> bool:
+        """Swap chunk `index`'s blob in Redis for its pointer, if the blob is still the one copied
+        (not dropped or deleted meanwhile); True if it was."""
+        swapped = False
+
+        def body(pipe: Pipeline) -> None:
+            nonlocal swapped
+            still = pipe.get(keys.chunk(index)) == blob and pipe.hexists(keys.spans, str(index))
+            pipe.multi()
+            swapped = bool(still)
+            if swapped:
+                pipe.hset(keys.cold, str(index), pointer)
+                pipe.unlink(keys.chunk(index))
+                pipe.hincrby(keys.record, "bytes_cold", len(blob))
+
+        self._transact([keys.chunk(index), keys.spans, keys.record], body)
+        return swapped
 
     @_unavailable_as_store_error
     def retrieval_vectors(self, stream_id: str) -> tuple[list[int], np.ndarray]:
@@ -566,7 +750,11 @@ class RedisChunkStore(ChunkStore):
 
 
 def open_store(
-    url: str, *, retry: Retry | None = None, kv_storage: str = DEFAULT_KV_STORAGE
+    url: str,
+    *,
+    retry: Retry | None = None,
+    kv_storage: str = DEFAULT_KV_STORAGE,
+    cold: BlobTier | None = None,
 ) -> RedisChunkStore:
     """A store for a Redis URL: redis://host:port/db, rediss:// (TLS) or unix:///path/to.sock.
 
@@ -583,7 +771,7 @@ def open_store(
     if retry is None:
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.01), 3)
     client = redis.Redis.from_url(url, decode_responses=False, retry=retry)
-    return RedisChunkStore(client, kv_storage)
+    return RedisChunkStore(client, kv_storage, cold)
 
 
 def _check_chunk(chunk: ChunkCache) -> None:
@@ -591,6 +779,16 @@ def _check_chunk(chunk: ChunkCache) -> None:
         raise ValueError(f"chunk index must be >= 0, got {chunk.index}")
     if not (math.isfinite(chunk.start_s) and math.isfinite(chunk.end_s) and chunk.start_s <= chunk.end_s):
         raise ValueError(f"chunk span must be finite with start <= end, got [{chunk.start_s}, {chunk.end_s}]")
+
+
+def _cold_bytes(pointer: bytes | None) -> int:
+    """A cold chunk's blob size, from its pointer (0 for a hot chunk, or a pointer that is damaged)."""
+    if pointer is None:
+        return 0
+    try:
+        return int(json.loads(pointer)["bytes"])
+    except (ValueError, KeyError, TypeError):
+        return 0
 
 
 def _int_or_none(field: bytes | str) -> int | None:
@@ -602,7 +800,7 @@ def _int_or_none(field: bytes | str) -> int | None:
 
 def _valid(stream_id: str) -> bool:
     try:
-        validate_stream_id(stream_id)
+        validate_stored_id(stream_id)
     except ValueError:
         return False
     return True

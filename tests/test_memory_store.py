@@ -330,7 +330,7 @@ def test_delete_stream_removes_every_key_and_only_those(store, redis_client, mak
             store.commit_chunk(make_chunk(sid, i))
     others = keys_of(redis_client, "lw:{a.b}:*") | keys_of(redis_client, "lw:{b}:*")
     doomed = keys_of(redis_client, "lw:{a}:*")
-    assert len(doomed) == 3 + 3  # record, spans, vectors + three chunks
+    assert len(doomed) == 4 + 3  # record, spans, vectors, commit times + three chunks
 
     assert store.delete_stream("a") == len(doomed)
     assert keys_of(redis_client, "lw:{a}:*") == set()

@@ -1,0 +1,106 @@
+"""The cold tier: chunk blobs that left Redis, in a blob store behind a narrow interface.
+
+Redis keeps every stream's record, spans, retrieval vectors and, for a cold chunk, a pointer (its
+size and SHA-256); the blob itself lives here. A blob is written whole or not at all (a temporary
+file, fsynced, renamed, the folder fsynced) and checked against its SHA-256 when read back, so a
+damaged file is DATA_LOSS, never a wrong answer. `BlobTier` is what another backend (an
+S3-compatible store) would implement.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from longwatch.memory.records import CorruptData, StoreFull
+
+SUFFIX = ".safetensors"
+
+
+class BlobTier(ABC):
+    """Blobs by (stream id, chunk index)."""
+
+    @abstractmethod
+    def put(self, stream_id: str, index: int, blob: bytes) -> None:
+        """Store a blob durably (it survives a crash once this returns); StoreFull when out of room."""
+
+    @abstractmethod
+    def get(self, stream_id: str, index: int) -> bytes | None:
+        """The blob, or None if there is none."""
+
+    @abstractmethod
+    def delete(self, stream_id: str, indices: list[int]) -> None:
+        """Remove these blobs; absent ones are skipped."""
+
+    @abstractmethod
+    def delete_stream(self, stream_id: str) -> None:
+        """Remove every blob of the stream."""
+
+    @abstractmethod
+    def bytes_used(self) -> int:
+        """Bytes the tier's blobs take."""
+
+
+def checked(blob: bytes | None, sha256: str, where: str) -> bytes:
+    """`blob` if it is there and matches its recorded SHA-256; else CorruptData naming it."""
+    if blob is None:
+        raise CorruptData(f"{where}: the cold tier has no blob for it")
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise CorruptData(f"{where}: the cold tier's blob does not match its SHA-256 (damaged on disk)")
+    return blob
+
+
+class LocalBlobTier(BlobTier):
+    """A folder: <root>/<stream id>/<index>.safetensors."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _folder(self, stream_id: str) -> Path:
+        return self.root / stream_id  # stored ids are [A-Za-z0-9._~-]: a plain file name
+
+    def put(self, stream_id: str, index: int, blob: bytes) -> None:
+        folder = self._folder(stream_id)
+        folder.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{index}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, folder / f"{index}{SUFFIX}")
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            Path(tmp).unlink(missing_ok=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull(f"the cold tier at {self.root} is full: chunks stay in Redis") from None
+            raise
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, stream_id: str, index: int) -> bytes | None:
+        try:
+            return (self._folder(stream_id) / f"{index}{SUFFIX}").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, stream_id: str, indices: list[int]) -> None:
+        for index in indices:
+            (self._folder(stream_id) / f"{index}{SUFFIX}").unlink(missing_ok=True)
+
+    def delete_stream(self, stream_id: str) -> None:
+        shutil.rmtree(self._folder(stream_id), ignore_errors=True)
+
+    def bytes_used(self) -> int:
+        return sum(p.stat().st_size for p in self.root.glob(f"*/*{SUFFIX}"))
