@@ -6,10 +6,10 @@
 
 One `longwatch serve` (the demo model, an embedded redis-server). Hypothesis generates, per family:
 - rpc: every RPC with random field values (ids, questions, top_k, ranges, NaN and infinite
-  numbers, paths of files that are no video, devices and a FIFO);
+  numbers, paths of files that are no video, devices and a FIFO, upload names and pieces);
 - bytes: random bytes sent as the serialized request of every RPC;
 - video: real files in six containers and codecs, mutated (bytes flipped, cut, zeroed, repeated,
-  spliced into each other) and uploaded with IngestFile;
+  spliced into each other) and uploaded, in one IngestFile message or by IngestUpload in pieces;
 - frames: IngestFrames calls of mutated JPEG/PNG/GIF frames, raw frames of wrong sizes,
   timestamps that are NaN, infinite or go backwards;
 - http: random JSON, bytes and mutated SDP offers to every HTTP route, and paths that do not exist;
@@ -18,7 +18,8 @@ One `longwatch serve` (the demo model, an embedded redis-server). Hypothesis gen
 
 What each input must do: end within its deadline with a status a client can act on (OK,
 INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, RESOURCE_EXHAUSTED, OUT_OF_RANGE,
-DATA_LOSS for planted corruption; HTTP 2xx/4xx) and a one-line message, never INTERNAL, UNKNOWN or
+PERMISSION_DENIED for paths outside the ingest root, DATA_LOSS for planted corruption; HTTP
+2xx/4xx) and a one-line message, never INTERNAL, UNKNOWN or
 a timeout; the service stays up. Every 200 inputs and at the end a stream ingested first (never
 touched by the fuzzer) must hold the same bytes and answer the same; at the end the service's log
 holds no traceback and its open files are back near where they started. Failures are collected,
@@ -72,6 +73,7 @@ ACCEPTED = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.PERMISSION_DENIED,  # a server-side path outside the ingest root
 }
 DEADLINE_S = 60.0
 # inputs per family: (full, quick)
@@ -345,6 +347,12 @@ def fuzz_rpc(f: Fuzz, count: int, paths: list[str]) -> None:
             ),
         ),
         st.tuples(st.just("IngestFrames"), st.tuples(stream_ids, numbers)),
+        st.tuples(
+            st.just("IngestUpload"),
+            st.tuples(
+                stream_ids, st.text(max_size=300), numbers, st.booleans(), st.lists(st.binary(max_size=64))
+            ),
+        ),
     )
 
     @settings(max_examples=count, **SETTINGS)
@@ -385,6 +393,13 @@ def send_rpc(f: Fuzz, name: str, args: object) -> object:
         sid, path, fps, resume = args
         request = pb.IngestFileRequest(stream_id=sid, path=path, fps=fps, resume=resume)
         return list(s.IngestFile(request, timeout=DEADLINE_S))
+    if name == "IngestUpload":
+        sid, file_name, fps, resume, pieces = args
+        first = pb.IngestUploadRequest(
+            start=pb.UploadStart(stream_id=sid, name=file_name, fps=fps, resume=resume)
+        )
+        rest = [pb.IngestUploadRequest(piece=p) for p in pieces]
+        return list(s.IngestUpload(iter([first, *rest]), timeout=DEADLINE_S))
     sid, fps = args
     start = pb.IngestFramesRequest(start=pb.LiveStart(stream_id=sid, fps=fps))
     return list(s.IngestFrames(iter([start]), timeout=DEADLINE_S))
@@ -397,6 +412,7 @@ RPC_KINDS = {
     "ListStreams": "unary_unary",
     "DeleteStream": "unary_unary",
     "IngestFile": "unary_stream",
+    "IngestUpload": "stream_stream",
     "IngestFrames": "stream_stream",
 }
 
@@ -434,16 +450,19 @@ def fuzz_video(f: Fuzz, count: int, videos: dict[str, bytes]) -> None:
     fps = st.sampled_from([0.0, 1.0, 2.5, 10.0, 60.0])
 
     @settings(max_examples=count, **SETTINGS)
-    @given(inputs, fps)
-    def run(video: tuple[str, bytes], rate: float) -> None:
+    @given(inputs, fps, st.sampled_from([0, 1000, 65536]))
+    def run(video: tuple[str, bytes], rate: float, piece: int) -> None:
+        """piece 0: the bytes in one IngestFile message; else by IngestUpload in pieces of that size."""
         name, data = video
         sid = f"v{f.n}"
-        request = pb.IngestFileRequest(stream_id=sid, data=data, fps=rate)
-        f.call(
-            "video",
-            f"{name} ({len(data)} bytes) fps {rate}",
-            lambda: list(f.stub.IngestFile(request, timeout=DEADLINE_S)),
-        )
+        if piece:
+            start = pb.IngestUploadRequest(start=pb.UploadStart(stream_id=sid, name=name, fps=rate))
+            pieces = [pb.IngestUploadRequest(piece=data[i : i + piece]) for i in range(0, len(data), piece)]
+            send = lambda: list(f.stub.IngestUpload(iter([start, *pieces]), timeout=DEADLINE_S))  # noqa: E731
+        else:
+            request = pb.IngestFileRequest(stream_id=sid, data=data, fps=rate)
+            send = lambda: list(f.stub.IngestFile(request, timeout=DEADLINE_S))  # noqa: E731
+        f.call("video", f"{name} ({len(data)} bytes) fps {rate} pieces {piece or 'none'}", send)
         forget(f, sid)
 
     run()
@@ -588,7 +607,9 @@ def send_http(f: Fuzz, base: str, method: str, path: str, data: bytes, data_loss
         status, text = e.code, e.read()
     # A bug's 500 says {"error": "internal error: ..."}; corrupt data's 500 names the data (which a
     # planted value may make say anything, "internal error" included, further along).
-    if status >= 500 and not (data_loss and status == 500 and not text.startswith(b'{"error": "internal error')):
+    if status >= 500 and not (
+        data_loss and status == 500 and not text.startswith(b'{"error": "internal error')
+    ):
         raise HttpStatus(f"HTTP {status}: {text[:200]!r}")
     if status >= 400 and path.startswith(("/api/", "/offer")):
         try:
@@ -746,7 +767,8 @@ def run(quick: bool = False, seed_value: int = 0) -> list[dict]:
         tmp = Path(tmp_name)
         keeper_video = write_video(tmp / "keeper.mp4", 12, 10, 96, 64, seed=1)
         victim_video = write_video(tmp / "victim.mp4", 12, 10, 96, 64, seed=2)
-        with ServeProcess(tmp / "state", "--fps", "2") as serve:
+        # The temporary folder is the service's ingest root: server-side paths in it are read.
+        with ServeProcess(tmp / "state", "--fps", "2", "--ingest-root", str(tmp)) as serve:
             f = Fuzz(serve, tmp)
             f.victim_video = victim_video.read_bytes()
             for sid, video in ((KEEPER, keeper_video), (VICTIM, victim_video)):

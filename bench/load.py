@@ -206,7 +206,12 @@ def run(quick: bool = False) -> list[dict]:
         f"load-archive-{plan.archive_s}s-320x180-10fps.mp4",
         lambda p: write_video(p, plan.archive_s, 10, 320, 180, seed=12),
     )
-    with tempfile.TemporaryDirectory(prefix="lw-load-") as tmp, ServeProcess(Path(tmp) / "state") as serve:
+    with (
+        tempfile.TemporaryDirectory(prefix="lw-load-") as tmp,
+        ServeProcess(
+            Path(tmp) / "state", "--ingest-root", str(archive.parent), "--ingest-root", str(base.parent)
+        ) as serve,
+    ):
         with grpc.insecure_channel(serve.target) as channel:
             stub = pb_grpc.LongWatchStub(channel)
             list(stub.IngestFile(pb.IngestFileRequest(stream_id="base", path=str(base)), timeout=600))

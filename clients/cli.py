@@ -16,19 +16,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from longwatch.clients.client import (
     DEFAULT_HTTP_SERVER,
     DEFAULT_TARGET,
     LongWatchClient,
     LongWatchError,
     StreamSummary,
-    is_loopback_target,
 )
+from longwatch.clients.credentials import Credentials
 from longwatch.clients.format import (
     answer_json,
     format_answer,
     format_evidence,
     format_ingest_summary,
+    format_retention,
     format_send_summary,
     format_stream,
     format_streams_table,
@@ -58,6 +61,32 @@ def add_connection_arguments(parser: argparse.ArgumentParser, server: Any, timeo
         metavar="S",
         help="deadline per call in seconds (default: none)",
     )
+    suppress = server is argparse.SUPPRESS
+    g = parser.add_argument_group("credentials") if not suppress else parser
+    g.add_argument(
+        "--api-key",
+        default=argparse.SUPPRESS if suppress else os.environ.get("LONGWATCH_API_KEY"),
+        metavar="KEY",
+        help="API key, for a server with keys (LONGWATCH_API_KEY)",
+    )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else os.environ.get("LONGWATCH_TLS", "") not in ("", "0"),
+        help="connect over TLS, checking the server against the system's CAs (LONGWATCH_TLS=1)",
+    )
+    for flag, env, what in (
+        ("--tls-ca", "LONGWATCH_TLS_CA", "PEM CA to check the server's certificate against (implies --tls)"),
+        ("--client-cert", "LONGWATCH_CLIENT_CERT", "PEM client certificate, for mutual TLS"),
+        ("--client-key", "LONGWATCH_CLIENT_KEY", "PEM key of --client-cert"),
+    ):
+        g.add_argument(
+            flag,
+            type=Path,
+            default=argparse.SUPPRESS if suppress else os.environ.get(env),
+            metavar="FILE",
+            help=f"{what} ({env})",
+        )
 
 
 def default_server() -> str:
@@ -75,14 +104,16 @@ def _client_command(sub: argparse.ArgumentParser, handler: Any) -> None:
 
 def add_ingest(sub: argparse.ArgumentParser) -> None:
     _client_command(sub, _cmd_ingest)
-    sub.add_argument("path", type=Path, metavar="PATH", help="video file")
+    sub.add_argument("path", type=Path, metavar="PATH", help="video file (uploaded; see --on-server)")
     sub.add_argument("--stream", required=True, metavar="ID", help="id of the new stream")
     sub.add_argument("--fps", type=float, default=0.0, help="sampling rate (default: the server's)")
     sub.add_argument(
-        "--upload",
+        "--on-server",
         action="store_true",
-        help="send the file's bytes even to a local server (remote servers always get the bytes)",
+        help="PATH is on the server, inside one of its --ingest-root folders, and it reads it there "
+        "(default: the file is uploaded, in pieces)",
     )
+    sub.add_argument("--upload", action="store_true", help=argparse.SUPPRESS)  # the default now
     sub.add_argument(
         "--resume",
         action="store_true",
@@ -168,6 +199,16 @@ def add_delete(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("stream_id", metavar="ID")
 
 
+def add_retention(sub: argparse.ArgumentParser) -> None:
+    _client_command(sub, _cmd_retention)
+    sub.add_argument("stream_id", metavar="ID")
+    sub.add_argument("--days", type=float, default=0.0, help="keep chunks this long after their commit")
+    sub.add_argument(
+        "--gb", type=float, default=0.0, help="keep at most this many GB, the oldest dropped first"
+    )
+    sub.add_argument("--json", action="store_true", help="the stream as JSON")
+
+
 def parse_seconds(text: str) -> float:
     """Seconds as "90", "1:30" or "1:02:03.5" (the form the CLI prints timestamps in)."""
     parts = text.strip().split(":")
@@ -193,15 +234,32 @@ def _check_time_range(parser: argparse.ArgumentParser, args: argparse.Namespace)
 # --- handlers -------------------------------------------------------------------------------
 
 
+def credentials_from(args: argparse.Namespace) -> Credentials:
+    """The key and TLS settings given on the command line or in LONGWATCH_* variables."""
+    try:
+        return Credentials(
+            api_key=args.api_key or None,
+            tls=bool(args.tls),
+            tls_ca=args.tls_ca or None,
+            client_cert=args.client_cert or None,
+            client_key=args.client_key or None,
+        )
+    except ValueError as e:
+        raise LongWatchError(str(e), grpc.StatusCode.INVALID_ARGUMENT) from None
+
+
 def _client(args: argparse.Namespace) -> LongWatchClient:
-    return LongWatchClient(args.server, timeout=args.timeout)
+    return LongWatchClient(args.server, timeout=args.timeout, credentials=credentials_from(args))
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     path: Path = args.path
-    if not path.is_file():
+    if args.on_server:
+        source: dict[str, Any] = {"server_path": str(args.path)}
+    elif not path.is_file():
         return fail(f"no such file: {path}")
-    source = _ingest_source(path, local=is_loopback_target(args.server) and not args.upload)
+    else:
+        source = {"path": path}
     started = time.monotonic()
     with _client(args) as client:
         last = _follow_ingest(
@@ -211,16 +269,6 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         return fail(f"ingest of {args.stream} ended before the server reported it done")
     print(format_ingest_summary(StreamSummary.from_proto(last.stream), time.monotonic() - started))
     return 0
-
-
-def _ingest_source(path: Path, local: bool) -> dict[str, Any]:
-    """A local server reads the file itself; a remote one gets its bytes (read into memory)."""
-    if local:
-        return {"path": str(path.resolve())}
-    try:
-        return {"data": path.read_bytes()}
-    except OSError as exc:
-        raise LongWatchError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def _follow_ingest(progress: Iterator[pb.IngestProgress], label: str) -> pb.IngestProgress | None:
@@ -267,7 +315,13 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
         addresses = tuple(a for group in args.ice_addresses for a in group) if args.ice_addresses else None
         result = send_video(
-            args.http_server, track, args.stream, args.seconds, on_progress=progress, ice_addresses=addresses
+            args.http_server,
+            track,
+            args.stream,
+            args.seconds,
+            on_progress=progress,
+            ice_addresses=addresses,
+            credentials=credentials_from(args),
         )
     print(format_send_summary(result))
     return 0
@@ -319,6 +373,18 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     with _client(args) as client:
         keys = client.delete_stream(args.stream_id)
     print(f"deleted {args.stream_id} ({keys} keys)")
+    return 0
+
+
+def _cmd_retention(args: argparse.Namespace) -> int:
+    if args.days < 0 or args.gb < 0:
+        return fail("--days and --gb must be >= 0 (0: the tenant's or the server's)", code=2)
+    with _client(args) as client:
+        s = client.set_retention(args.stream_id, args.days * 86400, int(args.gb * 1e9))
+    if args.json:
+        print(_json(s.to_json_dict()))
+    else:
+        print(f"{s.stream_id}: retention {format_retention(s.retention_age_s, s.retention_bytes)}")
     return 0
 
 

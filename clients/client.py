@@ -13,6 +13,7 @@ message, so callers never handle `grpc.RpcError` or protobuf messages (except th
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import threading
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from longwatch.clients.credentials import NO_CREDENTIALS, Credentials
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.proto.streams import StreamRecord
@@ -80,8 +82,21 @@ class Unavailable(LongWatchError):
     default_code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unauthenticated(LongWatchError):
+    """The server wants an API key and got none, or one it does not accept."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(LongWatchError):
+    """The key's role may not do this (or a server-side path lies outside the ingest roots)."""
+
+    default_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 _ERROR_TYPES: dict[grpc.StatusCode, type[LongWatchError]] = {
-    cls.default_code: cls for cls in (NotFound, InvalidArgument, AlreadyExists, Unavailable)
+    cls.default_code: cls
+    for cls in (NotFound, InvalidArgument, AlreadyExists, Unavailable, Unauthenticated, PermissionDenied)
 }
 
 
@@ -274,15 +289,29 @@ class LiveFrame:
 # --- requests -------------------------------------------------------------------------------
 
 
-def ingest_request(
-    stream_id: str, path: str | os.PathLike[str] | None, data: bytes | None, fps: float, resume: bool = False
-) -> pb.IngestFileRequest:
-    """Exactly one of path (read by the server) and data (the file's bytes) names the video."""
-    if (path is None) == (data is None):
-        raise InvalidArgument("ingest_file needs exactly one of path= or data=")
-    if path is not None:
-        return pb.IngestFileRequest(stream_id=stream_id, path=os.fspath(path), fps=fps, resume=resume)
-    return pb.IngestFileRequest(stream_id=stream_id, data=data, fps=fps, resume=resume)
+UPLOAD_PIECE_BYTES = 512 << 10  # what one IngestUpload message carries: under any server's 1 MB cap
+
+
+def upload_requests(
+    stream_id: str, name: str, pieces: Iterable[bytes], fps: float, resume: bool = False
+) -> Iterator[pb.IngestUploadRequest]:
+    """IngestUpload's messages: `start`, then the file's pieces as they are read."""
+    yield pb.IngestUploadRequest(start=pb.UploadStart(stream_id=stream_id, name=name, fps=fps, resume=resume))
+    for piece in pieces:
+        yield pb.IngestUploadRequest(piece=piece)
+
+
+def file_pieces(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """A file's bytes in UPLOAD_PIECE_BYTES pieces, read as they are sent (memory stays flat)."""
+    with open(path, "rb") as f:
+        while piece := f.read(UPLOAD_PIECE_BYTES):
+            yield piece
+
+
+def bytes_pieces(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for at in range(0, len(data), UPLOAD_PIECE_BYTES):
+        yield bytes(view[at : at + UPLOAD_PIECE_BYTES])
 
 
 def ask_request(
@@ -384,6 +413,9 @@ class LongWatchClient:
         takes). IngestFile has no deadline: it lasts as long as decoding the video does.
     retry: applied to UNAVAILABLE on the idempotent calls (Ask, GetStream, ListStreams) only;
         ingest and delete are never repeated behind the caller's back.
+    api_key: the key a server with keys wants (sent as `authorization: Bearer <key>`).
+    credentials: the key and TLS settings together (clients/credentials.py); api_key overrides
+        its key.
     """
 
     def __init__(
@@ -391,12 +423,17 @@ class LongWatchClient:
         target: str = DEFAULT_TARGET,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        api_key: str | None = None,
+        credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
+        if api_key is not None:
+            credentials = dataclasses.replace(credentials, api_key=api_key)
+        self.credentials = credentials
         # Uploads (IngestFileRequest.data) can be large; the server enforces its own limit.
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)])
+        self._channel = credentials.grpc_channel(target, options=[("grpc.max_send_message_length", -1)])
         self._stub = pb_grpc.LongWatchStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -421,15 +458,30 @@ class LongWatchClient:
         data: bytes | None = None,
         fps: float = 0.0,
         resume: bool = False,
+        server_path: str | None = None,
     ) -> Iterator[pb.IngestProgress]:
         """Progress messages of a new stream's ingest; the last has done=True and `.stream` set.
 
+        Exactly one of: `path`, a file on this machine, uploaded in pieces as the call goes;
+        `data`, the file's bytes, uploaded the same way; `server_path`, a file the server reads
+        itself, inside one of its ingest roots (`serve --ingest-root`; else PERMISSION_DENIED).
         Each message follows a committed chunk. The call starts when iteration does; abandoning
         the iterator cancels it, and the stream keeps what was committed (state "interrupted").
         resume: continue an interrupted ingest of the same file from its last committed chunk.
         """
-        request = ingest_request(stream_id, path, data, fps, resume)
-        return self._server_stream(self._stub.IngestFile, request, timeout=None)
+        if sum(x is not None for x in (path, data, server_path)) != 1:
+            raise InvalidArgument("ingest_file needs exactly one of path=, data= or server_path=")
+        if server_path is not None:
+            request = pb.IngestFileRequest(stream_id=stream_id, path=server_path, fps=fps, resume=resume)
+            return self._server_stream(self._stub.IngestFile, request, timeout=None)
+        if path is not None:
+            if not os.path.isfile(path):
+                raise InvalidArgument(f"no such file: {os.fspath(path)}")
+            requests = upload_requests(stream_id, os.path.basename(path), file_pieces(path), fps, resume)
+        else:
+            assert data is not None
+            requests = upload_requests(stream_id, "upload", bytes_pieces(data), fps, resume)
+        return self._server_stream(self._stub.IngestUpload, requests, timeout=None)
 
     def ingest_frames(
         self, stream_id: str, frames: Iterable[LiveFrame], fps: float = 0.0, reconnect_s: float = 0.0
@@ -518,6 +570,15 @@ class LongWatchClient:
         """Remove a stream; returns the number of Redis keys deleted."""
         request = pb.DeleteStreamRequest(stream_id=stream_id)
         return int(self._unary(self._stub.DeleteStream, request, idempotent=False).keys_deleted)
+
+    def set_retention(self, stream_id: str, max_age_s: float = 0.0, max_bytes: int = 0) -> StreamSummary:
+        """Keep a stream's chunks at most max_age_s after their commit and/or at most max_bytes of
+        them (the oldest go first); 0 takes its tenant's or the server's. Returns the stream, with
+        the retention now in force."""
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 <= max_bytes < 2**63:
+            raise InvalidArgument(f"max_bytes must be a whole number of bytes >= 0, got {max_bytes!r}")
+        request = pb.SetRetentionRequest(stream_id=stream_id, max_age_s=max_age_s, max_bytes=max_bytes)
+        return StreamSummary.from_proto(self._unary(self._stub.SetRetention, request, idempotent=True))
 
     def wait_ready(self, timeout: float, service: str = "", poll_s: float = 0.1) -> None:
         """Block until the standard health service reports SERVING; Unavailable after timeout.

@@ -133,6 +133,24 @@ def format_streams_table(streams: Sequence[StreamSummary]) -> str:
     return format_table(_TABLE_HEADERS, [_stream_row(s) for s in streams], _LEFT_ALIGNED)
 
 
+def format_retention(max_age_s: float, max_bytes: int) -> str:
+    """ "7 days, 2.0 GB" / "keeps everything": the retention in force."""
+    parts = []
+    if max_age_s:
+        days = max_age_s / 86400
+        parts.append(f"{days:g} days" if days >= 1 else f"{format_timestamp(max_age_s)} after commit")
+    if max_bytes:
+        parts.append(f"{max_bytes / 1e9:.3g} GB")
+    return ", ".join(parts) or "keeps everything"
+
+
+def format_stored(s: StreamSummary) -> str:
+    """ "12.0 MiB (9.5 MiB on disk; 3.1 MiB dropped)": what a stream holds, where, what went."""
+    notes = [f"{format_bytes(s.bytes_cold)} on disk"] if s.bytes_cold else []
+    notes += [f"{format_bytes(s.bytes_dropped)} dropped"] if s.bytes_dropped else []
+    return format_bytes(s.bytes_stored) + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def format_stream(s: StreamSummary) -> str:
     """`longwatch show`: one "key: value" line per field, counts paired the way the table pairs them."""
     fields = [
@@ -145,8 +163,12 @@ def format_stream(s: StreamSummary) -> str:
         ("dropped", str(s.frames_dropped)),
         ("lost", str(s.frames_lost)),
         ("tokens", f"{s.tokens_kept} kept / {s.tokens_seen} seen"),
-        ("chunks", str(s.chunks)),
-        ("stored", format_bytes(s.bytes_stored)),
+        (
+            "chunks",
+            str(s.chunks) + (f" ({s.chunks_dropped} dropped by retention)" if s.chunks_dropped else ""),
+        ),
+        ("stored", format_stored(s)),
+        ("retention", format_retention(s.retention_age_s, s.retention_bytes)),
         ("model", s.model or "-"),
     ]
     width = max(len(k) for k, _ in fields) + 1

@@ -1,10 +1,11 @@
 """The `longwatch` command: a table of commands, each handed to the room that owns it.
 
-    ingest, stream, ask, streams, show, delete   clients/cli.py        (talk to a running service)
-    serve                                        stream/command.py     (run the service)
-    demo, eval                                   model/eval/command.py (the service end to end, evaluation)
-    convert                                      model/convert.py      (DAMO checkpoints to native)
-    train                                        model/train/command.py
+    ingest, stream, ask, streams, show,    clients/cli.py         (talk to a running service)
+      delete, retention
+    serve, keys                            stream/command.py      (run the service, its keys)
+    demo, eval                             model/eval/command.py  (the service end to end, evaluation)
+    convert                                model/convert.py       (DAMO checkpoints to native)
+    train                                  model/train/command.py
 
 Only the chosen command's module is imported, and each imports its heavy parts (torch, the
 server, the trainer) only when its handler runs: `longwatch ask` loads neither torch nor the
@@ -41,6 +42,12 @@ def _serve(sub: argparse.ArgumentParser) -> None:
     add_serve(sub)
 
 
+def _keys(sub: argparse.ArgumentParser) -> None:
+    from longwatch.stream.command import add_keys
+
+    add_keys(sub)
+
+
 def _demo(sub: argparse.ArgumentParser) -> None:
     from longwatch.model.eval.command import add_demo
 
@@ -68,19 +75,21 @@ def _train(sub: argparse.ArgumentParser) -> None:
 # name -> (summary for --help, what fills its parser)
 COMMANDS: dict[str, tuple[str, Adder]] = {
     "serve": ("run the service (gRPC, and HTTP for WebRTC and the browser page)", _serve),
+    "keys": ("create, list and revoke API keys; set tenants' limits (the server's keys file)", _keys),
     "ingest": ("ingest a video file into a new stream", _client("ingest")),
     "stream": ("send a file, a camera or a test pattern live over WebRTC", _client("stream")),
     "ask": ("ask a question about a stream", _client("ask")),
     "streams": ("list the streams", _client("streams")),
     "show": ("show one stream", _client("show")),
     "delete": ("delete a stream and everything stored for it", _client("delete")),
+    "retention": ("set how long or how much of a stream is kept", _client("retention")),
     "demo": ("start a service, ingest a sample video and ask about it", _demo),
     "convert": ("convert a DAMO-NLP-SG VideoLLaMA3 release to transformers' native layout", _convert),
     "train": ("train summary tokens (or a small base from scratch)", _train),
     "eval": ("evaluate a model on needle videos", _eval),
 }
 # Global options that take a value: skipped when looking for the command's name.
-_VALUED = ("--server", "--timeout")
+_VALUED = ("--server", "--timeout", "--api-key", "--tls-ca", "--client-cert", "--client-key")
 
 
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:

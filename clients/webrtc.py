@@ -34,6 +34,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from longwatch.clients.client import DEFAULT_HTTP_SERVER, LongWatchError
+from longwatch.clients.credentials import NO_CREDENTIALS, Credentials
 from longwatch.clients.ice import parse_ice_addresses, restrict_remote_sdp, set_local_description
 
 __all__ = [
@@ -74,9 +75,11 @@ class SendResult:
     stream: dict[str, Any]
 
 
-def http_base(server: str) -> str:
+def http_base(server: str, tls: bool = False) -> str:
     """ "host:port" or a full URL -> the URL the service's HTTP API lives under (no trailing slash)."""
-    base = server if server.startswith(("http://", "https://")) else f"http://{server}"
+    base = (
+        server if server.startswith(("http://", "https://")) else f"{'https' if tls else 'http'}://{server}"
+    )
     return base.rstrip("/")
 
 
@@ -210,6 +213,7 @@ class WebRTCSender:
         service's candidates as it offers them.
     video_codec: offer only this codec ("VP8", "H264"), e.g. for a track of packets already
         encoded with it (aiortc sends av.Packets as they are); None offers aiortc's usual list.
+    credentials: the API key and TLS settings for the service's HTTP side (HTTPS with TLS).
     """
 
     def __init__(
@@ -220,8 +224,10 @@ class WebRTCSender:
         on_progress: ProgressCallback | None = None,
         ice_addresses: tuple[str, ...] | None = None,
         video_codec: str | None = None,
+        credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
-        self.base = http_base(http_server)
+        self.credentials = credentials
+        self.base = http_base(http_server, credentials.uses_tls)
         self.track = CountingTrack(track)
         self.stream_id = stream_id
         self.on_progress = on_progress
@@ -237,7 +243,10 @@ class WebRTCSender:
         forward_keyframe_requests(transceiver.sender, self.track.source)
         started = time.monotonic()
         interrupted = False
-        async with aiohttp.ClientSession() as http:
+        connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context() or True)
+        async with aiohttp.ClientSession(
+            headers=self.credentials.http_headers(), connector=connector
+        ) as http:
             try:
                 await self._connect(http, pc)
                 interrupted = await self._send(pc, started, seconds)
@@ -354,12 +363,13 @@ def send_video(
     on_progress: ProgressCallback | None = None,
     ice_addresses: tuple[str, ...] | None = None,
     video_codec: str | None = None,
+    credentials: Credentials = NO_CREDENTIALS,
 ) -> SendResult:
     """Blocking form of `WebRTCSender(...).run(seconds)`, on a fresh event loop.
 
     Ctrl-C (SIGINT) ends the send cleanly, the same as the source ending: the result says so.
     """
-    sender = WebRTCSender(http_server, track, stream_id, on_progress, ice_addresses, video_codec)
+    sender = WebRTCSender(http_server, track, stream_id, on_progress, ice_addresses, video_codec, credentials)
     return asyncio.run(sender.run(seconds))
 
 

@@ -34,6 +34,26 @@ class IngestFileRequest(_message.Message):
     resume: bool
     def __init__(self, stream_id: _Optional[str] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ..., fps: _Optional[float] = ..., resume: _Optional[bool] = ...) -> None: ...
 
+class IngestUploadRequest(_message.Message):
+    __slots__ = ("start", "piece")
+    START_FIELD_NUMBER: _ClassVar[int]
+    PIECE_FIELD_NUMBER: _ClassVar[int]
+    start: UploadStart
+    piece: bytes
+    def __init__(self, start: _Optional[_Union[UploadStart, _Mapping]] = ..., piece: _Optional[bytes] = ...) -> None: ...
+
+class UploadStart(_message.Message):
+    __slots__ = ("stream_id", "name", "fps", "resume")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    name: str
+    fps: float
+    resume: bool
+    def __init__(self, stream_id: _Optional[str] = ..., name: _Optional[str] = ..., fps: _Optional[float] = ..., resume: _Optional[bool] = ...) -> None: ...
+
 class IngestProgress(_message.Message):
     __slots__ = ("stream_id", "position_s", "duration_s", "frames_decoded", "frames_sampled", "tokens_seen", "tokens_kept", "chunks_committed", "done", "stream")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -203,7 +223,7 @@ class GetStreamRequest(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
-    __slots__ = ("stream_id", "state", "source", "duration_s", "frames_decoded", "frames_sampled", "frames_kept", "tokens_seen", "tokens_kept", "chunks", "bytes_stored", "fps", "model", "created_unix", "updated_unix", "frames_dropped", "kv_storage", "frames_lost")
+    __slots__ = ("stream_id", "state", "source", "duration_s", "frames_decoded", "frames_sampled", "frames_kept", "tokens_seen", "tokens_kept", "chunks", "bytes_stored", "fps", "model", "created_unix", "updated_unix", "frames_dropped", "kv_storage", "frames_lost", "retention_age_s", "retention_bytes", "chunks_dropped", "bytes_dropped", "bytes_cold")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +242,11 @@ class StreamInfo(_message.Message):
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     KV_STORAGE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_LOST_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_COLD_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     state: StreamState
     source: str
@@ -240,7 +265,12 @@ class StreamInfo(_message.Message):
     frames_dropped: int
     kv_storage: str
     frames_lost: int
-    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., source: _Optional[str] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_kept: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., fps: _Optional[float] = ..., model: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., kv_storage: _Optional[str] = ..., frames_lost: _Optional[int] = ...) -> None: ...
+    retention_age_s: float
+    retention_bytes: int
+    chunks_dropped: int
+    bytes_dropped: int
+    bytes_cold: int
+    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., source: _Optional[str] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_kept: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., fps: _Optional[float] = ..., model: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., kv_storage: _Optional[str] = ..., frames_lost: _Optional[int] = ..., retention_age_s: _Optional[float] = ..., retention_bytes: _Optional[int] = ..., chunks_dropped: _Optional[int] = ..., bytes_dropped: _Optional[int] = ..., bytes_cold: _Optional[int] = ...) -> None: ...
 
 class ListStreamsRequest(_message.Message):
     __slots__ = ()
@@ -257,6 +287,16 @@ class DeleteStreamRequest(_message.Message):
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
+
+class SetRetentionRequest(_message.Message):
+    __slots__ = ("stream_id", "max_age_s", "max_bytes")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    max_age_s: float
+    max_bytes: int
+    def __init__(self, stream_id: _Optional[str] = ..., max_age_s: _Optional[float] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class DeleteStreamResponse(_message.Message):
     __slots__ = ("keys_deleted",)

@@ -40,6 +40,11 @@ class LongWatchStub:
                 request_serializer=longwatch__pb2.IngestFileRequest.SerializeToString,
                 response_deserializer=longwatch__pb2.IngestProgress.FromString,
                 _registered_method=True)
+        self.IngestUpload = channel.stream_stream(
+                '/longwatch.v1.LongWatch/IngestUpload',
+                request_serializer=longwatch__pb2.IngestUploadRequest.SerializeToString,
+                response_deserializer=longwatch__pb2.IngestProgress.FromString,
+                _registered_method=True)
         self.IngestFrames = channel.stream_stream(
                 '/longwatch.v1.LongWatch/IngestFrames',
                 request_serializer=longwatch__pb2.IngestFramesRequest.SerializeToString,
@@ -70,6 +75,11 @@ class LongWatchStub:
                 request_serializer=longwatch__pb2.DeleteStreamRequest.SerializeToString,
                 response_deserializer=longwatch__pb2.DeleteStreamResponse.FromString,
                 _registered_method=True)
+        self.SetRetention = channel.unary_unary(
+                '/longwatch.v1.LongWatch/SetRetention',
+                request_serializer=longwatch__pb2.SetRetentionRequest.SerializeToString,
+                response_deserializer=longwatch__pb2.StreamInfo.FromString,
+                _registered_method=True)
 
 
 class LongWatchServicer:
@@ -78,6 +88,15 @@ class LongWatchServicer:
 
     def IngestFile(self, request, context):
         """Ingest a video file into a new stream; streams progress, the last message has done=true.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IngestUpload(self, request_iterator, context):
+        """Upload a video file and ingest it into a new stream (or resume one): the first message is
+        `start`, every later one the next `piece` of the file; once the client half-closes, progress
+        streams as IngestFile's does. No size limit but the tenant's (RESOURCE_EXHAUSTED past it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,12 +148,24 @@ class LongWatchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRetention(self, request, context):
+        """Set a stream's own retention (0: its tenant's, else the server's); returns the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LongWatchServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'IngestFile': grpc.unary_stream_rpc_method_handler(
                     servicer.IngestFile,
                     request_deserializer=longwatch__pb2.IngestFileRequest.FromString,
+                    response_serializer=longwatch__pb2.IngestProgress.SerializeToString,
+            ),
+            'IngestUpload': grpc.stream_stream_rpc_method_handler(
+                    servicer.IngestUpload,
+                    request_deserializer=longwatch__pb2.IngestUploadRequest.FromString,
                     response_serializer=longwatch__pb2.IngestProgress.SerializeToString,
             ),
             'IngestFrames': grpc.stream_stream_rpc_method_handler(
@@ -167,6 +198,11 @@ def add_LongWatchServicer_to_server(servicer, server):
                     request_deserializer=longwatch__pb2.DeleteStreamRequest.FromString,
                     response_serializer=longwatch__pb2.DeleteStreamResponse.SerializeToString,
             ),
+            'SetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetention,
+                    request_deserializer=longwatch__pb2.SetRetentionRequest.FromString,
+                    response_serializer=longwatch__pb2.StreamInfo.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'longwatch.v1.LongWatch', rpc_method_handlers)
@@ -195,6 +231,33 @@ class LongWatch:
             target,
             '/longwatch.v1.LongWatch/IngestFile',
             longwatch__pb2.IngestFileRequest.SerializeToString,
+            longwatch__pb2.IngestProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/longwatch.v1.LongWatch/IngestUpload',
+            longwatch__pb2.IngestUploadRequest.SerializeToString,
             longwatch__pb2.IngestProgress.FromString,
             options,
             channel_credentials,
@@ -358,6 +421,33 @@ class LongWatch:
             '/longwatch.v1.LongWatch/DeleteStream',
             longwatch__pb2.DeleteStreamRequest.SerializeToString,
             longwatch__pb2.DeleteStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longwatch.v1.LongWatch/SetRetention',
+            longwatch__pb2.SetRetentionRequest.SerializeToString,
+            longwatch__pb2.StreamInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,6 +19,14 @@ MAX_STREAM_ID_LEN = 128
 KV_STORAGE = ("float", "int8")  # how a stream's chunks keep their K/V (memory/serialization.py)
 _STREAM_ID_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_STREAM_ID_LEN}}}")
 
+# Every stream belongs to a tenant. The service stores it under "<tenant>~<id>" ("~" is outside
+# the ids' alphabet, so no id a caller sends can name another tenant's stream); the local tenant,
+# the one a server without keys serves, keeps bare ids, so data from before tenants is its own.
+LOCAL_TENANT = "local"
+TENANT_SEPARATOR = "~"
+MAX_TENANT_LEN = 32
+_TENANT_RE = re.compile(rf"[a-z0-9][a-z0-9_-]{{0,{MAX_TENANT_LEN - 1}}}")
+
 
 class InvalidStreamId(ValueError):
     """A stream id outside the allowed alphabet (INVALID_ARGUMENT at the edge)."""
@@ -42,6 +50,46 @@ def validate_stream_id(stream_id: object) -> str:
             f"got {shown!r} ({len(stream_id)} chars)"
         )
     return stream_id
+
+
+def validate_tenant(tenant: object) -> str:
+    """Return ``tenant`` if it is 1-32 chars of [a-z0-9_-] starting with a letter or digit."""
+    if not isinstance(tenant, str) or _TENANT_RE.fullmatch(tenant) is None:
+        raise ValueError(
+            f"tenant must be 1-{MAX_TENANT_LEN} chars from [a-z0-9_-], starting with a letter or digit; "
+            f"got {tenant!r:.60}"
+        )
+    return tenant
+
+
+def stored_stream_id(tenant: str, stream_id: str) -> str:
+    """The id a tenant's stream is stored under: "<tenant>~<id>", or the bare id for the local tenant."""
+    validate_stream_id(stream_id)
+    if validate_tenant(tenant) == LOCAL_TENANT:
+        return stream_id
+    return f"{tenant}{TENANT_SEPARATOR}{stream_id}"
+
+
+def split_stored_id(stored: str) -> tuple[str, str]:
+    """(tenant, stream id) of a stored id; raises InvalidStreamId if it is neither form."""
+    tenant, sep, stream_id = stored.rpartition(TENANT_SEPARATOR) if isinstance(stored, str) else ("", "", "")
+    if not sep:
+        return LOCAL_TENANT, validate_stream_id(stored)
+    try:
+        validate_tenant(tenant)
+    except ValueError as e:
+        raise InvalidStreamId(f"stored stream id {stored!r:.80} has no valid tenant: {e}") from None
+    if tenant == LOCAL_TENANT:
+        raise InvalidStreamId(f"stored stream id {stored!r:.80}: the local tenant's ids are bare")
+    return tenant, validate_stream_id(stream_id)
+
+
+def validate_stored_id(stored: object) -> str:
+    """Return a stored id (bare, or "<tenant>~<id>") if it is one, else raise InvalidStreamId."""
+    if not isinstance(stored, str):
+        validate_stream_id(stored)  # raises, naming the type
+    split_stored_id(stored)  # type: ignore[arg-type]
+    return stored  # type: ignore[return-value]
 
 
 class StreamState(str, Enum):
@@ -89,6 +137,10 @@ class StreamRecord:
     duration_s: end of the last committed chunk (seconds of video covered).
     kv_storage: how the stream's chunks keep their K/V, "float" or "int8", fixed when the stream
         is created ("" asks the store for its default).
+    retention_age_s, retention_bytes: the stream's own retention (0: its tenant's, else the
+        server's); what a client is shown is the retention in force.
+    chunks_dropped, bytes_dropped: what retention removed (`chunks` counts them too).
+    bytes_cold: of bytes_stored, what is in the cold tier (on disk) rather than in Redis.
     """
 
     stream_id: str
@@ -109,9 +161,14 @@ class StreamRecord:
     duration_s: float = 0.0
     kv_storage: str = ""
     frames_lost: int = 0
+    retention_age_s: float = 0.0
+    retention_bytes: int = 0
+    chunks_dropped: int = 0
+    bytes_dropped: int = 0
+    bytes_cold: int = 0
 
     def __post_init__(self) -> None:
-        validate_stream_id(self.stream_id)
+        validate_stored_id(self.stream_id)  # a client sees bare ids; the service stores tenants' too
         self.state = StreamState(self.state)
         if self.kv_storage and self.kv_storage not in KV_STORAGE:
             raise ValueError(f"kv_storage must be one of {KV_STORAGE}, got {self.kv_storage!r}")

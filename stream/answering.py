@@ -18,6 +18,7 @@ import torch
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
+from longwatch.memory.records import ChunkNotFound
 from longwatch.memory.store import ChunkStore
 from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.model.retrieval import within_margin
@@ -142,7 +143,7 @@ class QuestionAnswerer:
             return [], None
         first = max(0, record.chunks - self.recent_chunks)
         recent = [i for i in range(first, record.chunks) if i not in retrieved]
-        chunks = self.store.get_chunks(record.stream_id, recent)
+        chunks = self._kept_chunks(record.stream_id, recent)
         pending = self.live.pending_chunk(record.stream_id) if self.live is not None else None
         if time_range is not None:
             chunks = [c for c in chunks if _overlaps(c, time_range)]
@@ -155,6 +156,15 @@ class QuestionAnswerer:
             start, end = time_range
             return BadRequest(f"no chunk of stream {record.stream_id!r} overlaps {start:.1f}-{end:.1f} s")
         return NotReady(f"stream {record.stream_id!r} has no committed chunks yet")
+
+    def _kept_chunks(self, stream_id: str, indices: list[int]) -> list[ChunkCache]:
+        """The chunks, less any that retention dropped since they were found (their spans are gone
+        too); a chunk missing with its span still there is lost data (ChunkNotFound, DATA_LOSS)."""
+        try:
+            return self.store.get_chunks(stream_id, indices)
+        except ChunkNotFound:
+            kept = {s.index for s in self.store.chunk_spans(stream_id)}
+            return self.store.get_chunks(stream_id, [i for i in indices if i in kept])
 
     def ask(self, params: AskParams) -> tuple[Iterator[str], AskOutcome]:
         """Returns (text deltas, outcome); the outcome is complete once the deltas are exhausted.
@@ -182,7 +192,7 @@ class QuestionAnswerer:
         t1 = time.perf_counter()
         scores = dict(hits)
         recent, pending = self._live_extras(record, set(scores), params.time_range)
-        chunks = self.store.get_chunks(params.stream_id, sorted(scores)) + recent
+        chunks = self._kept_chunks(params.stream_id, sorted(scores)) + recent
         chunks += [pending] if pending is not None else []
         if not chunks:
             raise self._nothing_to_answer_from(record, params.time_range)

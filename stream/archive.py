@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -24,9 +25,9 @@ from pathlib import Path
 from longwatch.memory.index import IndexRegistry
 from longwatch.memory.records import StoreError, StreamExists
 from longwatch.memory.store import ChunkStore, StoreRetry
-from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
+from longwatch.proto.streams import StreamRecord, StreamState, validate_stored_id
 from longwatch.stream.decode import SampledFrame, VideoDecodeError, VideoFileReader, probe_video
-from longwatch.stream.errors import BadRequest, NotReady, Stopping, StreamMissing
+from longwatch.stream.errors import BadRequest, NotReady, PermissionDenied, Stopping, StreamMissing
 from longwatch.stream.pipeline import ModelRunner, StageTimes, StreamIngestor, forget_stream
 from longwatch.stream.settings import IngestConfig
 
@@ -64,6 +65,30 @@ def open_source(path: str | None, data: bytes | None) -> tuple[str | io.BytesIO,
     if not regular:
         raise BadRequest(f"no such file on the server: {shown!r} (a regular file is needed)")
     return str(p), p.name
+
+
+def resolve_server_path(path: str, roots: tuple[Path, ...]) -> str:
+    """The real path of a server-side file a caller named, if it lies inside an ingest root.
+
+    Symlinks and `..` are resolved before the check, so neither leads out of a root. A relative
+    path is looked up in each root in turn. Refusals (PermissionDenied) name only the path the
+    caller sent: nothing about what exists outside the roots, or where a symlink points.
+    """
+    shown = path if len(path) <= 200 else path[:200] + "..."
+    if not roots:
+        raise PermissionDenied(
+            "this server reads no files of its own (it has no --ingest-root): upload the file instead"
+        )
+    if "\0" in path:
+        raise BadRequest("a path may not contain NUL")
+    real_roots = [os.path.realpath(root) for root in roots]
+    candidates = [path] if os.path.isabs(path) else [os.path.join(root, path) for root in real_roots]
+    for candidate in candidates:
+        real = os.path.realpath(candidate)
+        inside = any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in real_roots)
+        if inside and (os.path.isabs(path) or os.path.exists(real)):
+            return real
+    raise PermissionDenied(f"{shown!r} is not inside one of this server's ingest roots")
 
 
 def source_name(name: str) -> str:
@@ -109,6 +134,7 @@ def ingest_archive(
     stopping: Callable[[], bool] = lambda: False,
     retry: StoreRetry | None = None,
     busy: bool = False,
+    name: str | None = None,
 ) -> Iterator[ArchiveProgress]:
     """Ingest a file into a new stream (or, with resume, continue an interrupted one), yielding
     progress after each committed chunk.
@@ -118,9 +144,12 @@ def ingest_archive(
     committed (Stopping is raised for the second, with how to resume). `stage_times`, when given,
     accumulates the seconds each stage spent (they are logged at the end either way). busy: another
     ingest of this stream is running in this process (a stale INGESTING record is not then resumable).
+    name: the file's name as the stream's source shows it (an upload's own name), instead of the
+    path's.
     """
-    validate_stream_id(stream_id)
-    source, name = open_source(path, data)
+    validate_stored_id(stream_id)
+    source, opened_name = open_source(path, data)
+    name = name or opened_name
     info = probe_video(source)
     if isinstance(source, io.BytesIO):
         source.seek(0)

@@ -44,6 +44,22 @@ class Stopping(ServiceError):
     """The server is shutting down and takes no more frames; try again against a running one."""
 
 
+class Unauthenticated(ServiceError):
+    """No API key, or one the server does not know (UNAUTHENTICATED, HTTP 401)."""
+
+
+class PermissionDenied(ServiceError):
+    """The caller's role may not do this, or a path lies outside the ingest roots (HTTP 403)."""
+
+
+class QuotaExceeded(ServiceError):
+    """One of the tenant's limits would be passed; the message says which (RESOURCE_EXHAUSTED)."""
+
+
+class DiskFull(ServiceError):
+    """The state folder's disk has no room for what was sent (RESOURCE_EXHAUSTED)."""
+
+
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidStreamId, grpc.StatusCode.INVALID_ARGUMENT),
@@ -60,6 +76,10 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ChunkNotFound, grpc.StatusCode.DATA_LOSS),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DiskFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 

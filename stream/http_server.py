@@ -10,8 +10,11 @@ own event loop in a thread of the service process. Routes:
     POST /api/ask           {"stream_id", "question", "top_k"?, "max_new_tokens"?, "score_margin"?}
                             -> {"answer", "evidence": [{start_s, end_s, score, chunk_index}], ...}
 
-Errors are {"error": "<one line>"} with the HTTP status of the gRPC one the same error gets
-(400 bad input, 404 unknown stream, 409 taken or busy or not ready, 503 stopping, 500 a bug).
+With a keys file, /offer and /api/ take `Authorization: Bearer <key>` as gRPC does (the page and
+its files are open: the page asks for the key). Errors are {"error": "<one line>"} with the HTTP
+status of the gRPC one the same error gets (400 bad input, 401 no or a wrong key, 403 a role that
+may not, 404 unknown stream, 409 taken or busy or not ready, 429 a tenant's quota, 503 stopping,
+507 Redis or the disk full, 500 a bug).
 The page's files sit beside this module (stream/static/), served from the installed package.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,12 +31,25 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from longwatch.clients.ice import check_bindable
 from longwatch.memory.store import ChunkStore
+from longwatch.proto.streams import LOCAL_TENANT
+from longwatch.stream import metrics
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
-from longwatch.stream.errors import BadRequest, StreamMissing, one_line, status_for
-from longwatch.stream.live import LiveRegistry
+from longwatch.stream.auth import Caller, KeyRing, Role
+from longwatch.stream.errors import (
+    BadRequest,
+    PermissionDenied,
+    QuotaExceeded,
+    StreamMissing,
+    one_line,
+    status_for,
+)
+from longwatch.stream.live import LiveRegistry, new_stream_id
+from longwatch.stream.quotas import Quotas
+from longwatch.stream.retention import shown
 from longwatch.stream.webrtc import WebRTCIngest
 
 log = logging.getLogger(__name__)
@@ -41,6 +58,8 @@ MAX_BODY_BYTES = 1024 * 1024
 START_TIMEOUT_S = 30.0
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.FAILED_PRECONDITION: 409,
@@ -71,16 +90,23 @@ def outcome_json(stream_id: str, outcome: AskOutcome) -> dict[str, Any]:
     }
 
 
-def _error_response(exc: Exception) -> web.Response:
+def _error_response(exc: Exception, caller: Caller | None) -> web.Response:
+    metrics.count_store_error(exc)
     code = status_for(exc)
     if code is None:
         log.error("internal error serving HTTP: %s", one_line(exc), exc_info=exc)
     status = _HTTP_STATUS.get(code, 500) if code is not None else 500
+    if isinstance(exc, QuotaExceeded):  # the caller's own limit, not a full server
+        status = 429
     message = one_line(exc) if code is not None else f"internal error: {one_line(exc)}"
-    return web.json_response({"error": message}, status=status)
+    if caller is not None:
+        message = caller.public_text(message)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 API_PATHS = ("/api/", "/offer")  # answered in JSON, errors too
+CALLER = web.RequestKey("longwatch.caller", Caller)  # where a request keeps its authenticated Caller
 
 
 @web.middleware
@@ -95,7 +121,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         where = f"{request.method} {request.path!r:.200}"  # repr: a path may hold a newline
         return web.json_response({"error": f"{exc.reason}: {where}"}, status=exc.status)
     except Exception as exc:  # noqa: BLE001 - mapped to a status
-        return _error_response(exc)
+        return _error_response(exc, request.get(CALLER))
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -152,8 +178,14 @@ class LiveHttpServer:
         top_k: int,
         max_new_tokens: int,
         ice_addresses: tuple[str, ...] | None = None,
+        keys: KeyRing | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.keys = keys or KeyRing(None)
+        self.ssl_context = ssl_context
+        self.quotas = quotas or Quotas(self.keys, store, registry)
         self.answerer = answerer
         self.store = store
         self.top_k, self.max_new_tokens = top_k, max_new_tokens
@@ -189,7 +221,7 @@ class LiveHttpServer:
     async def _start(self) -> int:
         if self.webrtc.ice_addresses is not None:
             check_bindable(self.webrtc.ice_addresses)  # a typo fails here, not as silent ICE failures
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors, self._authenticate])
         app.add_routes(
             [
                 web.get("/", self._page),
@@ -197,12 +229,13 @@ class LiveHttpServer:
                 web.get("/api/streams", self._streams),
                 web.get("/api/streams/{stream_id}", self._stream),
                 web.post("/api/ask", self._ask),
+                web.get("/metrics", self._metrics),
                 web.static("/static", static_dir()),
             ]
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         try:
             await site.start()
         except OSError as e:
@@ -218,29 +251,58 @@ class LiveHttpServer:
 
     # --- routes ---
 
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The API's caller, from `Authorization: Bearer <key>`; the page and its files are open."""
+        if request.path.startswith(API_PATHS):
+            request[CALLER] = self.keys.authenticate(request.headers.get("Authorization"))
+        return await handler(request)
+
+    @staticmethod
+    def _caller(request: web.Request, role: Role, action: str) -> Caller:
+        caller: Caller = request[CALLER]
+        caller.require(role, action)
+        return caller
+
     async def _page(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus' text format; with keys, for the server's own (local) tenant's keys only."""
+        caller = self.keys.authenticate(request.headers.get("Authorization"))
+        if caller.tenant != LOCAL_TENANT:
+            raise PermissionDenied(
+                f"/metrics covers every tenant: it takes keys of the {LOCAL_TENANT!r} tenant (the server's own)"
+            )
+        body = await asyncio.to_thread(generate_latest)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     async def _offer(self, request: web.Request) -> web.Response:
+        caller = self._caller(request, Role.WRITER, "send live video")
         body = await _json_body(request)
-        sdp, stream_id = await self.webrtc.accept_offer(
-            body.get("sdp"), body.get("type"), _optional_str(body, "stream_id")
-        )
-        log.info("WebRTC offer from %s accepted for stream %s", request.remote, stream_id)
-        return web.json_response({"sdp": sdp, "type": "answer", "stream_id": stream_id})
+        stored_id = caller.stored_id(_optional_str(body, "stream_id") or new_stream_id())
+        await asyncio.to_thread(self._check_live, caller, stored_id)
+        sdp, stored_id = await self.webrtc.accept_offer(body.get("sdp"), body.get("type"), stored_id)
+        log.info("WebRTC offer from %s accepted for stream %s", request.remote, stored_id)
+        return web.json_response({"sdp": sdp, "type": "answer", "stream_id": caller.public_id(stored_id)})
 
     async def _streams(self, request: web.Request) -> web.Response:
+        caller = self._caller(request, Role.READER, "list streams")
         records = await asyncio.to_thread(self.store.list_streams)
-        return web.json_response([r.to_json_dict() for r in records])
+        return web.json_response(
+            [shown(r, caller, self.keys).to_json_dict() for r in records if caller.owns(r.stream_id)]
+        )
 
     async def _stream(self, request: web.Request) -> web.Response:
+        caller = self._caller(request, Role.READER, "read streams")
         stream_id = request.match_info["stream_id"]
-        record = await asyncio.to_thread(self.store.get_stream, stream_id)
+        record = await asyncio.to_thread(self.store.get_stream, caller.stored_id(stream_id))
         if record is None:
             raise StreamMissing(f"no stream {stream_id!r}")
-        return web.json_response(record.to_json_dict())
+        return web.json_response(shown(record, caller, self.keys).to_json_dict())
 
     async def _ask(self, request: web.Request) -> web.Response:
+        caller = self._caller(request, Role.READER, "ask")
         body = await _json_body(request)
         stream_id = _optional_str(body, "stream_id")
         question = body.get("question")
@@ -249,17 +311,23 @@ class LiveHttpServer:
         if not isinstance(question, str):
             raise BadRequest("question must be a string")
         params = AskParams(
-            stream_id=stream_id,
+            stream_id=caller.stored_id(stream_id),
             question=question,
             top_k=_optional_int(body, "top_k", self.top_k),
             max_new_tokens=_optional_int(body, "max_new_tokens", self.max_new_tokens),
             score_margin=_optional_number(body, "score_margin"),
         )
-        outcome = await asyncio.to_thread(self._answer, params)
+        outcome = await asyncio.to_thread(self._answer, caller, params)
         return web.json_response(outcome_json(stream_id, outcome))
 
-    def _answer(self, params: AskParams) -> AskOutcome:
-        deltas, outcome = self.answerer.ask(params)
-        for _ in deltas:
-            pass
+    def _answer(self, caller: Caller, params: AskParams) -> AskOutcome:
+        with self.quotas.asking(caller):
+            deltas, outcome = self.answerer.ask(params)
+            for _ in deltas:
+                pass
+        metrics.asked(params.stream_id, outcome.timings_ms)
         return outcome
+
+    def _check_live(self, caller: Caller, stored_id: str) -> None:
+        self.quotas.check_live(caller)
+        self.quotas.check_new_stream(caller, stored_id)

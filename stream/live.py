@@ -53,7 +53,8 @@ from longwatch.memory.records import IngestCounters, StoreError, StreamExists
 from longwatch.memory.serialization import safetensors_metadata
 from longwatch.memory.store import ChunkStore
 from longwatch.model.frames import grid_for
-from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
+from longwatch.proto.streams import StreamRecord, StreamState, validate_stored_id
+from longwatch.stream import metrics
 from longwatch.stream.decode import SampledFrame, TimeSampler
 from longwatch.stream.errors import BadRequest, NotReady, Stopping, StreamBusy, one_line
 from longwatch.stream.images import FrameImage
@@ -236,6 +237,7 @@ class LiveSession:
             with self._counts_lock:
                 self._unstored.frames_dropped += 1
                 self._stats = replace(self._stats, frames_dropped=self._stats.frames_dropped + 1)
+            metrics.FRAMES_DROPPED.labels(metrics.tenant_of(self.stream_id)).inc()
             return False
         with self._counts_lock:
             self._stats = replace(self._stats, frames_sampled=self._stats.frames_sampled + 1)
@@ -392,7 +394,7 @@ class LiveRegistry:
         server's for a new stream. Raises StreamBusy if a connection already feeds it,
         StreamExists if the id is an archive, NotReady if it was made by another model.
         """
-        sid = validate_stream_id(stream_id or new_stream_id())
+        sid = validate_stored_id(stream_id or new_stream_id())
         with self._lock:
             if self._stopping:
                 raise Stopping("the server is stopping and takes no new live streams")
@@ -409,6 +411,11 @@ class LiveRegistry:
 
     def is_live(self, stream_id: str) -> bool:
         return self.get(stream_id) is not None
+
+    def live_ids(self) -> list[str]:
+        """The streams a connection feeds now."""
+        with self._lock:
+            return list(self._sessions)
 
     def pending_chunk(self, stream_id: str) -> ChunkCache | None:
         """A live stream's frames not yet committed, as a throwaway chunk (for Ask); else None."""
@@ -435,7 +442,7 @@ class LiveRegistry:
             self.store.set_state(sid, StreamState.LIVE)
             first_chunk = record.chunks
         ingestor = StreamIngestor(
-            sid, config, self.runner, self.store, self.indexes, first_chunk_index=first_chunk
+            sid, config, self.runner, self.store, self.indexes, first_chunk_index=first_chunk, source="live"
         )
         if state.diffp is not None:
             ingestor.pruner.load_state(state.diffp)

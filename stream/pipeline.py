@@ -26,6 +26,7 @@ from longwatch.model.diffp import DiffFramePruner, frames_kept
 from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
 from longwatch.model.loading import LoadedModel
 from longwatch.model.vision import chunk_frames, encode_frames
+from longwatch.stream import metrics
 from longwatch.stream.decode import SampledFrame
 from longwatch.stream.images import check_aspect
 from longwatch.stream.settings import IngestConfig
@@ -118,10 +119,12 @@ class StreamIngestor:
         stage_times: StageTimes | None = None,
         retry: StoreRetry | None = None,
         give_up: Callable[[], bool] = lambda: False,
+        source: str = "archive",
     ) -> None:
         """retry: how long a commit waits out an unavailable Redis (give_up() ends the wait early,
-        as a shutdown does)."""
+        as a shutdown does). source: "archive" or "live", for the metrics."""
         self.stream_id = stream_id
+        self.source = source
         self.config = config
         self.runner = runner
         self.store = store
@@ -226,7 +229,9 @@ class StreamIngestor:
             c.frames_kept += n_kept_frames
         with self.stage_times.measure("storage"):
             counters = self.counters
+            started = time.perf_counter()
             written = self.retry.call(lambda: self.store.commit_chunk(chunk, counters), self.give_up)
+            metrics.chunk_committed(self.stream_id, self.source, n, written, time.perf_counter() - started)
             self.counters = IngestCounters()
             vector = chunk.retrieval.numpy()
             self.retry.call(lambda: self.indexes.add(self.stream_id, chunk.index, vector), self.give_up)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from types import FrameType, TracebackType
 
@@ -28,15 +29,25 @@ from longwatch.memory.index import IndexRegistry
 from longwatch.memory.records import StoreError
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.memory.store import ChunkStore, open_store
+from longwatch.memory.tier import BlobTier, LocalBlobTier
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.loading import DEMO_MODEL_NAME, LoadedModel, ModelLoadError, load_model
 from longwatch.stream.archive import settle_interrupted_archives
+from longwatch.stream.auth import KeyRing
 from longwatch.stream.errors import one_line
 from longwatch.stream.http_server import LiveHttpServer
 from longwatch.stream.live import settle_interrupted_live_streams
+from longwatch.stream.metrics import Holdings, register_holdings
 from longwatch.stream.pipeline import ModelRunner
 from longwatch.stream.service import SERVICE_NAME, LongWatchService, add_to_server
-from longwatch.stream.settings import ServiceSettings, ingest_for_model, score_margin_for_model
+from longwatch.stream.settings import (
+    ServiceSettings,
+    check_exposure,
+    ingest_for_model,
+    score_margin_for_model,
+)
+from longwatch.stream.sweeper import StorageSweeper
+from longwatch.stream.tls import grpc_credentials, http_context
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,15 @@ REDIS_WATCH_S = 0.5  # how often the embedded redis-server is checked on
 # What keeps the service from starting, said in one line: a port or state folder in use, a Redis
 # that cannot be reached, a model that does not load, a setting out of range.
 StartError = (OSError, StoreError, ModelLoadError, ValueError)
+
+
+def cold_tier(settings: ServiceSettings) -> BlobTier:
+    """Where chunks past the hot window go: an S3-compatible store if given, else a local folder."""
+    if settings.cold_s3:
+        from longwatch.memory.s3tier import S3BlobTier  # boto3: only for those who use it
+
+        return S3BlobTier(settings.cold_s3, settings.s3_endpoint)
+    return LocalBlobTier(settings.cold_dir or settings.state_dir / "cold")
 
 
 def serving_note(lm: LoadedModel) -> str:
@@ -86,15 +106,19 @@ class LongWatchServer:
         self.redis_url: str = ""
         self.note: str = ""  # what answers questions (serving_note), once started
         self._watch_stop: threading.Event | None = None  # the embedded redis-server's watcher
+        self._unregister_metrics: Callable[[], None] | None = None
+        self.sweeper: StorageSweeper | None = None
         self._watcher: threading.Thread | None = None
 
     def start(self) -> LongWatchServer:
         s = self.settings
         transformers.utils.logging.disable_progress_bar()  # the service logs; it does not draw bars
         try:
+            check_exposure(s.host, s.security)
+            keys = KeyRing(s.security.keys_file, s.security.limits)
             s.state_dir.mkdir(parents=True, exist_ok=True)
             self.redis_url = s.redis_url or self._start_embedded_redis()
-            self.store = open_store(self.redis_url, kv_storage=s.kv_storage)
+            self.store = open_store(self.redis_url, kv_storage=s.kv_storage, cold=cold_tier(s))
             interrupted = settle_interrupted_archives(self.store)
             if interrupted:
                 log.warning(
@@ -109,8 +133,13 @@ class LongWatchServer:
             s.ingest = ingest_for_model(s, lm.card)
             s.score_margin = score_margin_for_model(s, lm.card)
             runner = ModelRunner(lm=lm, compressor=SummaryCompressor(lm))
-            service = LongWatchService(s, runner, self.store, IndexRegistry(self.store))
+            service = LongWatchService(s, runner, self.store, IndexRegistry(self.store), keys)
             self.service = service
+            holdings = Holdings(self.store, service.live.live_ids, service.quotas.asks_in_flight)
+            self._unregister_metrics = register_holdings(holdings)
+            self.sweeper = StorageSweeper(
+                self.store, service.indexes, keys, s.retention_interval_s, s.hot_window_s
+            ).start()
             self._start_grpc(service)
             self._start_http(service)
         except BaseException:
@@ -165,14 +194,18 @@ class LongWatchServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        add_to_server(service, server)
+        add_to_server(service, server, service.keys)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+            address = f"{s.host}:{s.port}"
+            if s.security.tls:
+                self.port = server.add_secure_port(address, grpc_credentials(s.security))
+            else:
+                self.port = server.add_insecure_port(address)
         except RuntimeError:  # grpc's "Failed to bind"; older versions return 0 instead
             self.port = 0
         if self.port == 0:
@@ -193,6 +226,9 @@ class LongWatchServer:
             s.top_k,
             s.max_new_tokens,
             s.live.ice_addresses,
+            keys=service.keys,
+            ssl_context=http_context(s.security) if s.security.tls else None,
+            quotas=service.quotas,
         )
         self.http_port = self.http.start()
 
@@ -219,6 +255,12 @@ class LongWatchServer:
         if self.grpc_server is not None:
             self.grpc_server.stop(0).wait()
             self.grpc_server = None
+        if self._unregister_metrics is not None:
+            self._unregister_metrics()
+            self._unregister_metrics = None
+        if self.sweeper is not None:
+            self.sweeper.stop()
+            self.sweeper = None
         for close in (self._close_store, self._stop_redis):
             try:
                 close()
@@ -273,7 +315,10 @@ def serve_forever(settings: ServiceSettings) -> int:
         print(server.note, flush=True)
         addresses = settings.live.ice_addresses
         only = f" (WebRTC on {', '.join(addresses)} only)" if addresses else ""
-        print(f"browser page and WebRTC on http://{settings.host}:{server.http_port}/{only}", flush=True)
+        scheme = "https" if settings.security.tls else "http"
+        print(f"browser page and WebRTC on {scheme}://{settings.host}:{server.http_port}/{only}", flush=True)
+        if settings.security.keys_file is not None:
+            print(f"API keys from {settings.security.keys_file} (re-read when it changes)", flush=True)
         stop.wait()
     finally:
         server.stop()

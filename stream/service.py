@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,22 +21,29 @@ from longwatch.memory.records import CorruptData
 from longwatch.memory.store import ChunkStore
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
-from longwatch.proto.streams import StreamRecord, StreamState, validate_stream_id
+from longwatch.proto.streams import StreamRecord, StreamState
+from longwatch.stream import metrics
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
-from longwatch.stream.archive import ArchiveProgress, ingest_archive
+from longwatch.stream.archive import ArchiveProgress, ingest_archive, resolve_server_path
+from longwatch.stream.auth import LOCAL_ADMIN, Caller, KeyRing, Role
 from longwatch.stream.errors import (
     BadRequest,
     CallEnded,
+    PermissionDenied,
     Stopping,
     StreamBusy,
     StreamMissing,
+    Unauthenticated,
     one_line,
     status_for,
 )
 from longwatch.stream.images import EncodedImage, FrameImage, RawImage, check_bytes
-from longwatch.stream.live import LiveRegistry, LiveStats
+from longwatch.stream.live import LiveRegistry, LiveStats, new_stream_id
 from longwatch.stream.pipeline import ModelRunner, forget_stream
+from longwatch.stream.quotas import Quotas
+from longwatch.stream.retention import shown
 from longwatch.stream.settings import MAX_FPS, IngestConfig, LiveConfig, ServiceSettings
+from longwatch.stream.uploads import UploadSpool, upload_name
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name  # longwatch.v1.LongWatch
 log = logging.getLogger(__name__)
@@ -80,40 +88,60 @@ class CallGate:
             return self._active
 
 
+# The least role each method needs (stream/auth.py): readers ask, writers ingest, admins delete.
+METHOD_ROLES: dict[str, Role] = {
+    "IngestFile": Role.WRITER,
+    "IngestUpload": Role.WRITER,
+    "IngestFrames": Role.WRITER,
+    "Ask": Role.READER,
+    "AskStream": Role.READER,
+    "GetStream": Role.READER,
+    "ListStreams": Role.READER,
+    "DeleteStream": Role.ADMIN,
+    "SetRetention": Role.WRITER,
+}
+
+
 def _abort_on_error(method: F) -> F:
     """Map expected errors to their status with a one-line message; anything else is INTERNAL.
 
     Every call passes the service's CallGate: counted while it runs, refused once it has closed.
+    Messages show the caller's streams by the ids it knows them by (no tenant prefix).
     """
 
-    def handle(context: grpc.ServicerContext, exc: Exception) -> None:
+    def handle(context: grpc.ServicerContext, caller: Caller, exc: Exception) -> None:
         if isinstance(exc, CallEnded):  # the caller is gone: only the log hears about it
             log.info("%s", one_line(exc))
+        metrics.count_store_error(exc)
         code = status_for(exc)
         if code is None:
-            log.exception("internal error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {one_line(exc)}")
-        context.abort(code, one_line(exc))
+            log.exception("internal error in %s (tenant %s)", method.__name__, caller.tenant)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {caller.public_text(one_line(exc))}")
+        context.abort(code, caller.public_text(one_line(exc)))
 
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
-        def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def stream_wrapper(
+            self: Any, request: Any, context: grpc.ServicerContext, caller: Caller = LOCAL_ADMIN
+        ) -> Iterator[Any]:
             try:
                 with self.gate.call():
-                    yield from method(self, request, context)
+                    yield from method(self, request, context, caller)
             except Exception as exc:  # noqa: BLE001 - mapped to a status
-                handle(context, exc)
+                handle(context, caller, exc)
 
         return stream_wrapper  # type: ignore[return-value]
 
     @functools.wraps(method)
-    def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def unary_wrapper(
+        self: Any, request: Any, context: grpc.ServicerContext, caller: Caller = LOCAL_ADMIN
+    ) -> Any:
         try:
             with self.gate.call():
-                return method(self, request, context)
+                return method(self, request, context, caller)
         except Exception as exc:  # noqa: BLE001 - mapped to a status
-            handle(context, exc)
+            handle(context, caller, exc)
 
     return unary_wrapper  # type: ignore[return-value]
 
@@ -174,9 +202,9 @@ def live_frame(request: pb.IngestFramesRequest, limits: LiveConfig) -> tuple[flo
     raise BadRequest("a frame needs an image: `encoded` (JPEG or PNG bytes) or `raw` (RGB and its size)")
 
 
-def _live_progress(stats: LiveStats, done: bool = False) -> pb.LiveProgress:
+def _live_progress(stats: LiveStats, caller: Caller, done: bool = False) -> pb.LiveProgress:
     return pb.LiveProgress(
-        stream_id=stats.stream_id,
+        stream_id=caller.public_id(stats.stream_id),
         frames_received=stats.frames_received,
         frames_sampled=stats.frames_sampled,
         frames_dropped=stats.frames_dropped,
@@ -188,9 +216,16 @@ def _live_progress(stats: LiveStats, done: bool = False) -> pb.LiveProgress:
 
 class LongWatchService(pb_grpc.LongWatchServicer):
     def __init__(
-        self, settings: ServiceSettings, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry
+        self,
+        settings: ServiceSettings,
+        runner: ModelRunner,
+        store: ChunkStore,
+        indexes: IndexRegistry,
+        keys: KeyRing | None = None,
     ) -> None:
         self.settings = settings
+        self.keys = keys or KeyRing(None)
+        self.uploads = UploadSpool(settings.state_dir / "uploads")
         self.runner = runner
         self.store = store
         self.indexes = indexes
@@ -198,6 +233,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         self._ingesting: set[str] = set()  # streams an IngestFile of this process is feeding
         self._ingesting_lock = threading.Lock()
         self.live = LiveRegistry(settings.ingest, settings.live, runner, store, indexes)
+        self.quotas = Quotas(self.keys, store, self.live)
         self.answerer = QuestionAnswerer(
             runner,
             store,
@@ -208,12 +244,16 @@ class LongWatchService(pb_grpc.LongWatchServicer):
             score_margin=settings.score_margin or 0.0,
         )
 
-    def _record(self, stream_id: str) -> StreamRecord:
-        validate_stream_id(stream_id)
-        record = self.store.get_stream(stream_id)
+    def _record(self, stored_id: str) -> StreamRecord:
+        """A stream by its stored id (Caller.stored_id); another tenant's is as missing as none."""
+        record = self.store.get_stream(stored_id)
         if record is None:
-            raise StreamMissing(f"no stream {stream_id!r}")
+            raise StreamMissing(f"no stream {stored_id!r}")
         return self._as_it_is(record)
+
+    def _public(self, caller: Caller, record: StreamRecord) -> pb.StreamInfo:
+        """A stream as its caller knows it: by the id it gave, with the retention in force."""
+        return shown(record, caller, self.keys).to_proto()
 
     def _as_it_is(self, record: StreamRecord) -> StreamRecord:
         """An archive no ingest of this process feeds is interrupted, whatever Redis last took
@@ -224,46 +264,114 @@ class LongWatchService(pb_grpc.LongWatchServicer):
 
     @_abort_on_error
     def IngestFile(
-        self, request: pb.IngestFileRequest, context: grpc.ServicerContext
+        self, request: pb.IngestFileRequest, context: grpc.ServicerContext, caller: Caller
     ) -> Iterator[pb.IngestProgress]:
+        if request.WhichOneof("source") == "path":
+            path = resolve_server_path(request.path, self.settings.security.ingest_roots)
+            yield from self._ingest(caller, request.stream_id, request.fps, request.resume, context, path)
+            return
+        # The file's bytes in this message: spooled like an upload in pieces, under the same limit.
+        self._check_ingest(caller, caller.stored_id(request.stream_id), request.resume)
+        limit = self.keys.limits(caller.tenant).max_upload_bytes
+        with self.uploads.receive([request.data], limit, "the upload") as spooled:
+            yield from self._ingest(
+                caller, request.stream_id, request.fps, request.resume, context, str(spooled), "upload"
+            )
+
+    @_abort_on_error
+    def IngestUpload(
+        self,
+        request_iterator: Iterator[pb.IngestUploadRequest],
+        context: grpc.ServicerContext,
+        caller: Caller,
+    ) -> Iterator[pb.IngestProgress]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise BadRequest("the first IngestUpload message must be `start`, naming the stream")
+        start = first.start
+        check_fps(start.fps)
+        self._check_ingest(caller, caller.stored_id(start.stream_id), start.resume)  # before the file comes
+        name = upload_name(start.name)
+
+        def pieces() -> Iterator[bytes]:
+            try:
+                for n, request in enumerate(request_iterator, start=1):
+                    if request.WhichOneof("kind") != "piece":
+                        raise BadRequest(
+                            f"message {n}: only the first message may be `start`; later ones are pieces"
+                        )
+                    yield request.piece
+            except grpc.RpcError:  # gRPC ended the call: the client went away, or sent too large a piece
+                raise CallEnded(
+                    f"upload of {name!r} into {start.stream_id!r} ended by gRPC before its end"
+                ) from None
+
+        limit = self.keys.limits(caller.tenant).max_upload_bytes
+        with self.uploads.receive(pieces(), limit, f"upload {name!r}") as path:
+            yield from self._ingest(
+                caller, start.stream_id, start.fps, start.resume, context, str(path), name
+            )
+
+    def _ingest(
+        self,
+        caller: Caller,
+        stream_id: str,
+        fps: float,
+        resume: bool,
+        context: grpc.ServicerContext,
+        path: str,
+        name: str | None = None,
+    ) -> Iterator[pb.IngestProgress]:
+        """An archive ingest of a file on the server (an ingest root's, or a spooled upload), as
+        progress messages; `name` is what the stream's source shows (else the file's own name)."""
         base = self.settings.ingest
-        check_fps(request.fps)
+        check_fps(fps)
         config = IngestConfig(
-            fps=request.fps or base.fps,
+            fps=fps or base.fps,
             frames_per_chunk=base.frames_per_chunk,
             max_tokens_per_frame=base.max_tokens_per_frame,
             diff_threshold=base.diff_threshold,
         )
-        source = request.WhichOneof("source")
-        sid = request.stream_id
+        sid = caller.stored_id(stream_id)
+        self._check_ingest(caller, sid, resume)
         with self._ingesting_lock:
             busy = sid in self._ingesting
-            if busy and request.resume:
+            if busy and resume:
                 raise StreamBusy(f"stream {sid!r} is being ingested now")
             self._ingesting.add(sid)
         try:
             progress = ingest_archive(
                 sid,
-                request.path if source == "path" else None,
-                request.data if source == "data" else None,
+                path,
+                None,
                 config,
                 self.runner,
                 self.store,
                 self.indexes,
                 is_cancelled=lambda: not context.is_active(),
-                resume=request.resume,
+                resume=resume,
                 stopping=lambda: self.gate.closed,
                 busy=busy,
+                name=name,
             )
-            for p in progress:
-                msg = _progress(sid, p)
-                if p.done:
-                    msg.stream.CopyFrom(self._record(sid).to_proto())
-                yield msg
+            with closing(progress):  # closed early (a quota): the ingest keeps what it committed
+                for p in progress:
+                    msg = _progress(stream_id, p)
+                    if p.done:
+                        msg.stream.CopyFrom(self._public(caller, self._record(sid)))
+                    else:
+                        self.quotas.check_stored(caller)
+                    yield msg
         finally:
             if not busy:
                 with self._ingesting_lock:
                     self._ingesting.discard(sid)
+
+    def _check_ingest(self, caller: Caller, stored_id: str, resume: bool) -> None:
+        if resume:
+            self.quotas.check_stored(caller)
+        else:
+            self.quotas.check_new_stream(caller, stored_id)
 
     def is_ingesting(self, stream_id: str) -> bool:
         with self._ingesting_lock:
@@ -271,11 +379,17 @@ class LongWatchService(pb_grpc.LongWatchServicer):
 
     @_abort_on_error
     def IngestFrames(
-        self, request_iterator: Iterator[pb.IngestFramesRequest], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[pb.IngestFramesRequest],
+        context: grpc.ServicerContext,
+        caller: Caller,
     ) -> Iterator[pb.LiveProgress]:
         """One call feeds one live stream; whatever ends the call, the last partial chunk commits."""
         start = _live_start(next(request_iterator, None))
-        session = self.live.open(start.stream_id, source="live:grpc", fps=start.fps or None)
+        sid = caller.stored_id(start.stream_id or new_stream_id())
+        self.quotas.check_live(caller)
+        self.quotas.check_new_stream(caller, sid)
+        session = self.live.open(sid, source="live:grpc", fps=start.fps or None)
         committed = 0
         try:
             for n, request in enumerate(request_iterator, start=1):
@@ -286,7 +400,8 @@ class LongWatchService(pb_grpc.LongWatchServicer):
                 stats = session.stats()
                 if stats.chunks_committed > committed:
                     committed = stats.chunks_committed
-                    yield _live_progress(stats)
+                    self.quotas.check_stored(caller)
+                    yield _live_progress(stats, caller)
         except grpc.RpcError:
             if context.is_active():
                 raise
@@ -294,19 +409,19 @@ class LongWatchService(pb_grpc.LongWatchServicer):
             return
         finally:
             session.close()
-        final = _live_progress(session.stats(), done=True)
+        final = _live_progress(session.stats(), caller, done=True)
         record = self.store.get_stream(session.stream_id)
         if record is not None:  # None: a new stream that got no frame is not kept
-            final.stream.CopyFrom(record.to_proto())
+            final.stream.CopyFrom(self._public(caller, record))
         yield final
 
-    def _ask_params(self, request: pb.AskRequest) -> AskParams:
-        validate_stream_id(request.stream_id)
+    def _ask_params(self, request: pb.AskRequest, caller: Caller) -> AskParams:
+        stored_id = caller.stored_id(request.stream_id)
         time_range = None
         if request.HasField("time_range"):
             time_range = (request.time_range.start_s, request.time_range.end_s)
         return AskParams(
-            stream_id=request.stream_id,
+            stream_id=stored_id,
             question=request.question,
             top_k=request.top_k if request.HasField("top_k") else self.settings.top_k,
             max_new_tokens=request.max_new_tokens or self.settings.max_new_tokens,
@@ -315,69 +430,94 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         )
 
     @_abort_on_error
-    def Ask(self, request: pb.AskRequest, context: grpc.ServicerContext) -> pb.AskResponse:
-        deltas, outcome = self.answerer.ask(self._ask_params(request))
-        with closing(deltas):
-            for _ in deltas:
-                _check_caller(context, "Ask", request.stream_id, outcome)
+    def Ask(self, request: pb.AskRequest, context: grpc.ServicerContext, caller: Caller) -> pb.AskResponse:
+        params = self._ask_params(request, caller)
+        with self.quotas.asking(caller):
+            deltas, outcome = self.answerer.ask(params)
+            with closing(deltas):
+                for _ in deltas:
+                    _check_caller(context, "Ask", request.stream_id, outcome)
+        metrics.asked(params.stream_id, outcome.timings_ms)
         return _ask_response(request.stream_id, outcome)
 
     @_abort_on_error
     def AskStream(
-        self, request: pb.AskRequest, context: grpc.ServicerContext
+        self, request: pb.AskRequest, context: grpc.ServicerContext, caller: Caller
     ) -> Iterator[pb.AskStreamResponse]:
-        deltas, outcome = self.answerer.ask(self._ask_params(request))
-        with closing(deltas):
-            for delta in deltas:
-                _check_caller(context, "AskStream", request.stream_id, outcome)
-                try:
-                    yield pb.AskStreamResponse(delta=delta)
-                except GeneratorExit:  # gRPC dropped the call (cancelled, deadline): stop now
-                    log.info(
-                        "AskStream on %r stopped after %d tokens: the call ended",
-                        request.stream_id,
-                        outcome.tokens_generated,
-                    )
-                    raise
+        params = self._ask_params(request, caller)
+        with self.quotas.asking(caller):
+            deltas, outcome = self.answerer.ask(params)
+            with closing(deltas):
+                for delta in deltas:
+                    _check_caller(context, "AskStream", request.stream_id, outcome)
+                    try:
+                        yield pb.AskStreamResponse(delta=delta)
+                    except GeneratorExit:  # gRPC dropped the call (cancelled, deadline): stop now
+                        log.info(
+                            "AskStream on %r stopped after %d tokens: the call ended",
+                            request.stream_id,
+                            outcome.tokens_generated,
+                        )
+                        raise
+        metrics.asked(params.stream_id, outcome.timings_ms)
         yield pb.AskStreamResponse(response=_ask_response(request.stream_id, outcome))
 
     @_abort_on_error
-    def GetStream(self, request: pb.GetStreamRequest, context: grpc.ServicerContext) -> pb.StreamInfo:
-        return self._record(request.stream_id).to_proto()
+    def GetStream(
+        self, request: pb.GetStreamRequest, context: grpc.ServicerContext, caller: Caller
+    ) -> pb.StreamInfo:
+        return self._public(caller, self._record(caller.stored_id(request.stream_id)))
 
     @_abort_on_error
     def ListStreams(
-        self, request: pb.ListStreamsRequest, context: grpc.ServicerContext
+        self, request: pb.ListStreamsRequest, context: grpc.ServicerContext, caller: Caller
     ) -> pb.ListStreamsResponse:
-        return pb.ListStreamsResponse(
-            streams=[self._as_it_is(r).to_proto() for r in self.store.list_streams()]
-        )
+        mine = [r for r in self.store.list_streams() if caller.owns(r.stream_id)]
+        return pb.ListStreamsResponse(streams=[self._public(caller, self._as_it_is(r)) for r in mine])
+
+    @_abort_on_error
+    def SetRetention(
+        self, request: pb.SetRetentionRequest, context: grpc.ServicerContext, caller: Caller
+    ) -> pb.StreamInfo:
+        sid = caller.stored_id(request.stream_id)
+        if not (math.isfinite(request.max_age_s) and request.max_age_s >= 0):
+            raise BadRequest(f"max_age_s must be a number of seconds >= 0, got {request.max_age_s}")
+        self._record(sid)
+        self.store.set_retention(sid, request.max_age_s, request.max_bytes)
+        log.info("retention of %s set to %g s, %d bytes", sid, request.max_age_s, request.max_bytes)
+        return self._public(caller, self._record(sid))
 
     @_abort_on_error
     def DeleteStream(
-        self, request: pb.DeleteStreamRequest, context: grpc.ServicerContext
+        self, request: pb.DeleteStreamRequest, context: grpc.ServicerContext, caller: Caller
     ) -> pb.DeleteStreamResponse:
+        sid = caller.stored_id(request.stream_id)
         try:
-            self._record(request.stream_id)
+            self._record(sid)
         except CorruptData as e:  # what cannot be read can still be removed
-            log.warning("deleting stream %r, whose record is corrupt: %s", request.stream_id, one_line(e))
-        if self.live.is_live(request.stream_id):
+            log.warning("deleting stream %r, whose record is corrupt: %s", sid, one_line(e))
+        if self.live.is_live(sid):
             raise StreamBusy(f"stream {request.stream_id!r} is live: end its connection before deleting it")
-        deleted = forget_stream(request.stream_id, self.runner, self.store, self.indexes)
+        deleted = forget_stream(sid, self.runner, self.store, self.indexes)
+        log.info("stream %s deleted by %s", sid, caller.key_id or "the local admin")
         return pb.DeleteStreamResponse(keys_deleted=deleted)
 
 
 # --- registration -------------------------------------------------------------------------------------
 
 
-def add_to_server(service: LongWatchService, server: grpc.Server) -> None:
-    """Register the service's methods, each parsing its own requests.
+def add_to_server(service: LongWatchService, server: grpc.Server, keys: KeyRing | None = None) -> None:
+    """Register the service's methods, each authenticating its caller and parsing its own requests.
 
+    The caller comes from the `authorization: Bearer <key>` metadata (`keys`; None or a ring
+    without a file: everyone is the local admin) and must hold the method's role (METHOD_ROLES):
+    UNAUTHENTICATED or PERMISSION_DENIED otherwise, before the request is even parsed.
     The generated `add_LongWatchServicer_to_server` lets gRPC parse requests, and gRPC answers
     bytes that are no message with INTERNAL ("Exception deserializing request!") and a logged
     traceback. Here the bytes reach the method, and a request that does not parse is the
     client's error: INVALID_ARGUMENT, one line.
     """
+    keys = keys or KeyRing(None)
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in pb.DESCRIPTOR.services_by_name["LongWatch"].methods:
         request_type = getattr(pb, method.input_type.name)
@@ -390,10 +530,32 @@ def add_to_server(service: LongWatchService, server: grpc.Server) -> None:
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[kind]
         handlers[method.name] = make(
-            _parsing(behavior, request_type, *kind), response_serializer=response_type.SerializeToString
+            _authenticating(_parsing(behavior, request_type, *kind), keys, method.name),
+            response_serializer=response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def caller_of(context: grpc.ServicerContext, keys: KeyRing) -> Caller:
+    """Who sent this call, by its `authorization` metadata (gRPC lower-cases metadata keys)."""
+    header = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+    return keys.authenticate(header if isinstance(header, str) else None)
+
+
+def _authenticating(behavior: Callable, keys: KeyRing, name: str) -> Callable:
+    """`behavior`, called with its caller, once the caller is known and holds the method's role."""
+
+    def authenticated(request: Any, context: grpc.ServicerContext) -> Any:  # bytes, or their iterator
+        try:
+            caller = caller_of(context, keys)
+            caller.require(METHOD_ROLES[name], f"call {name}")
+        except (Unauthenticated, PermissionDenied) as e:
+            context.abort(status_for(e), str(e))
+            raise  # not reached: abort raises
+        return behavior(request, context, caller)
+
+    return authenticated
 
 
 def _parse(request_type: type[Message], raw: bytes) -> Message:
@@ -409,8 +571,8 @@ def _parsing(
     """`behavior` taking the request's bytes; a request that does not parse is INVALID_ARGUMENT."""
     if client_streaming:  # parsed one by one as the method reads them: inside its error mapping
 
-        def streaming(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-            return behavior((_parse(request_type, raw) for raw in raw_requests), context)
+        def streaming(raw_requests: Iterator[bytes], context: grpc.ServicerContext, caller: Caller) -> Any:
+            return behavior((_parse(request_type, raw) for raw in raw_requests), context, caller)
 
         return streaming
 
@@ -423,12 +585,12 @@ def _parsing(
 
     if server_streaming:
 
-        def unary_stream(raw: bytes, context: grpc.ServicerContext) -> Iterator[Message]:
-            yield from behavior(parsed(raw, context), context)
+        def unary_stream(raw: bytes, context: grpc.ServicerContext, caller: Caller) -> Iterator[Message]:
+            yield from behavior(parsed(raw, context), context, caller)
 
         return unary_stream
 
-    def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Message:
-        return behavior(parsed(raw, context), context)
+    def unary_unary(raw: bytes, context: grpc.ServicerContext, caller: Caller) -> Message:
+        return behavior(parsed(raw, context), context, caller)
 
     return unary_unary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,102 @@ def score_margin_for_model(settings: ServiceSettings, card: dict) -> float:
     return float(card.get("score_margin", 0.0)) if settings.model.mode == "summary" else 0.0
 
 
+@dataclass(frozen=True)
+class TenantLimits:
+    """A tenant's quotas and its streams' default retention; 0 means none. The server's values
+    apply where a tenant's entry in the keys file sets none."""
+
+    max_streams: int = 0
+    max_live_streams: int = 0
+    max_concurrent_asks: int = 0
+    max_stored_bytes: int = 0
+    max_upload_bytes: int = 0
+    retention_age_s: float = 0.0
+    retention_bytes: int = 0
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any], where: str) -> dict[str, float]:
+        """The fields a keys file's tenant entry (or the flags) set, from their LIMIT_NAMES units."""
+        out: dict[str, float] = {}
+        for name, value in values.items():
+            if name not in LIMIT_NAMES:
+                raise ValueError(f"{where}: unknown limit {name!r} (limits: {', '.join(LIMIT_NAMES)})")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e15:
+                raise ValueError(f"{where}: {name} must be a number >= 0, got {value!r:.40}")
+            field_name, scale = LIMIT_NAMES[name]
+            out[field_name] = value * scale if field_name == "retention_age_s" else int(value * scale)
+        return out
+
+    @staticmethod
+    def to_json(values: dict[str, float]) -> dict[str, float]:
+        """Fields set (by field name) in the keys file's units."""
+        names = {field_name: (name, scale) for name, (field_name, scale) in LIMIT_NAMES.items()}
+        return {names[k][0]: v / names[k][1] for k, v in values.items()}
+
+
+# The names the keys file, `longwatch keys limits` and the serve flags use: name -> (field, its units).
+LIMIT_NAMES: dict[str, tuple[str, float]] = {
+    "max_streams": ("max_streams", 1),
+    "max_live_streams": ("max_live_streams", 1),
+    "max_concurrent_asks": ("max_concurrent_asks", 1),
+    "max_stored_gb": ("max_stored_bytes", 1e9),
+    "max_upload_gb": ("max_upload_bytes", 1e9),
+    "retention_days": ("retention_age_s", 86400),
+    "retention_gb": ("retention_bytes", 1e9),
+}
+
+
+@dataclass
+class SecuritySettings:
+    """Who may call, over what, and which server-side files they may name (docs/deploying.md).
+
+    keys_file: API keys and tenants (stream/auth.py); None: one local tenant, everyone its admin.
+    tls_cert, tls_key: PEM files; both set serve gRPC and HTTP over TLS only.
+    tls_client_ca: PEM of the CA client certificates must chain to (mutual TLS); needs tls_cert.
+    insecure: allow a non-loopback address with neither keys nor TLS.
+    ingest_roots: folders IngestFile may read server-side paths from (symlinks and .. resolved
+        first); none: no server-side path is read, files come by upload.
+    """
+
+    keys_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    ingest_roots: tuple[Path, ...] = ()
+    limits: TenantLimits = field(default_factory=TenantLimits)  # every tenant's, unless its own
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address reaches this machine only ("localhost", 127.0.0.0/8, ::1)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, security: SecuritySettings) -> None:
+    """Refuse to serve a non-loopback address to anyone at all, unless told to (--insecure)."""
+    if is_loopback_host(host) or security.keys_file is not None or security.tls or security.insecure:
+        return
+    raise ValueError(
+        f"refusing to listen on {host} with neither API keys (--keys-file) nor TLS (--tls-cert): "
+        "anyone who reaches it could read and delete every stream; pass --insecure to do it anyway"
+    )
+
+
 @dataclass
 class ServiceSettings:
     """Everything `longwatch serve` needs.
@@ -125,6 +222,15 @@ class ServiceSettings:
     score_margin: float | None = None
     max_new_tokens: int = 32
     max_question_chars: int = 2000
+    retention_interval_s: float = 60.0  # how often retention and the hot window sweep every stream
+    # Chunks committed longer ago than this move from Redis to the cold tier (0: all stay in Redis);
+    # the cold tier is a folder, cold_dir (None: <state_dir>/cold).
+    hot_window_s: float = 0.0
+    cold_dir: Path | None = None
+    # The cold tier on an S3-compatible store instead of cold_dir: "s3://BUCKET/PREFIX", and the
+    # store's endpoint (None: AWS's own). Needs boto3 (the s3 extra).
+    cold_s3: str | None = None
+    s3_endpoint: str | None = None
     # How new streams keep their K/V in Redis: "int8" (codes + per-token scales: about half of
     # bf16, a quarter of float32; answers unchanged in bench/kv_quant.py) or "float" (as computed,
     # what keep-raw mode needs to match the native model exactly). Each stream keeps its choice.
@@ -135,10 +241,15 @@ class ServiceSettings:
     ingest_explicit: frozenset[str] = frozenset(INGEST_FIELDS)
     live: LiveConfig = field(default_factory=LiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     def __post_init__(self) -> None:
         if self.score_margin is not None and not self.score_margin >= 0:  # NaN too
             raise ValueError(f"score margin must be >= 0, got {self.score_margin}")
+        if not 0 <= self.hot_window_s < 1e12:
+            raise ValueError(f"the hot window must be >= 0 seconds, got {self.hot_window_s}")
+        if not 0 < self.retention_interval_s < 1e9:
+            raise ValueError(f"the retention interval must be > 0 seconds, got {self.retention_interval_s}")
 
     @property
     def address(self) -> str:
@@ -215,6 +326,39 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--max-new-tokens", type=int, default=_env("MAX_NEW_TOKENS", "32"))
     g.add_argument(
+        "--hot-window",
+        type=float,
+        default=_env("HOT_WINDOW", "0"),
+        metavar="S",
+        help="chunks older than this many seconds move from Redis to the cold tier on disk "
+        "(LONGWATCH_HOT_WINDOW; 0, the default: all stay in Redis; 3600 keeps the last hour in Redis)",
+    )
+    g.add_argument(
+        "--cold-dir",
+        type=Path,
+        default=_env("COLD_DIR"),
+        help="the cold tier's folder (LONGWATCH_COLD_DIR; default <state-dir>/cold)",
+    )
+    g.add_argument(
+        "--cold-s3",
+        default=_env("COLD_S3"),
+        metavar="s3://BUCKET/PREFIX",
+        help="the cold tier on an S3-compatible store instead of a folder (LONGWATCH_COLD_S3; the s3 extra)",
+    )
+    g.add_argument(
+        "--s3-endpoint",
+        default=_env("S3_ENDPOINT"),
+        metavar="URL",
+        help="the S3-compatible store's endpoint, e.g. http://minio:9000 (LONGWATCH_S3_ENDPOINT; default AWS)",
+    )
+    g.add_argument(
+        "--retention-interval",
+        type=float,
+        default=_env("RETENTION_INTERVAL", "60"),
+        metavar="S",
+        help="seconds between retention's passes over every stream (LONGWATCH_RETENTION_INTERVAL)",
+    )
+    g.add_argument(
         "--kv-storage",
         default=_env("KV_STORAGE", SERVICE_KV_STORAGE),
         choices=list(KV_STORAGE),
@@ -267,6 +411,61 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "the square of the stream) or on its own (chunk); default stream, chunk under --mode auto",
     )
     g.add_argument("--alpha", type=int, default=_env("ALPHA", "16"), choices=[2, 4, 8, 16])
+    g = parser.add_argument_group("security (docs/deploying.md)")
+    g.add_argument(
+        "--keys-file",
+        type=Path,
+        default=_env("KEYS_FILE"),
+        help="API keys and tenants (LONGWATCH_KEYS_FILE; `longwatch keys create` makes it); unset: no "
+        "keys, one local tenant",
+    )
+    g.add_argument(
+        "--tls-cert", type=Path, default=_env("TLS_CERT"), help="PEM certificate (chain) for gRPC and HTTP"
+    )
+    g.add_argument("--tls-key", type=Path, default=_env("TLS_KEY"), help="PEM private key of --tls-cert")
+    g.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=_env("TLS_CLIENT_CA"),
+        help="PEM CA that client certificates must chain to (mutual TLS)",
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env("INSECURE", "") not in ("", "0"),
+        help="allow a non-loopback --host with neither keys nor TLS",
+    )
+    g.add_argument(
+        "--ingest-root",
+        dest="ingest_roots",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder IngestFile may read server-side paths from (repeatable; LONGWATCH_INGEST_ROOTS, "
+        f"{os.pathsep}-separated); none: files come by upload only",
+    )
+    g = parser.add_argument_group(
+        "quotas and retention: every tenant's, unless the keys file sets its own (0: none)"
+    )
+    for name, what in (
+        ("max_streams", "streams a tenant may hold"),
+        ("max_live_streams", "live connections a tenant may have at once"),
+        ("max_concurrent_asks", "Asks a tenant may have running at once"),
+        ("max_stored_gb", "GB of chunks a tenant may keep"),
+        ("max_upload_gb", "GB one upload may hold"),
+        ("retention_days", "days a chunk is kept after its commit, unless its stream sets its own"),
+        ("retention_gb", "GB a stream keeps, its oldest chunks dropped first, unless it sets its own"),
+    ):
+        env = name.upper()
+        g.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=float,
+            default=_env(env, "0"),
+            metavar="N",
+            help=f"{what} (LONGWATCH_{env})",
+        )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
@@ -279,12 +478,32 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         top_k=args.top_k,
         score_margin=args.score_margin,
         max_new_tokens=args.max_new_tokens,
+        retention_interval_s=args.retention_interval,
+        hot_window_s=args.hot_window,
+        cold_dir=args.cold_dir,
+        cold_s3=args.cold_s3 or None,
+        s3_endpoint=args.s3_endpoint or None,
         kv_storage=args.kv_storage,
         ingest=IngestConfig(**{k: getattr(args, k) for k in INGEST_FIELDS if getattr(args, k) is not None}),
         ingest_explicit=frozenset(k for k in INGEST_FIELDS if getattr(args, k) is not None),
         live=LiveConfig(
             queue_frames=args.live_queue,
             ice_addresses=tuple(args.webrtc_addresses) if args.webrtc_addresses else None,
+        ),
+        security=SecuritySettings(
+            keys_file=args.keys_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            insecure=args.insecure,
+            ingest_roots=tuple(
+                args.ingest_roots
+                if args.ingest_roots is not None
+                else [Path(p) for p in (_env("INGEST_ROOTS") or "").split(os.pathsep) if p]
+            ),
+            limits=TenantLimits(
+                **TenantLimits.from_json({n: getattr(args, n) for n in LIMIT_NAMES}, "quotas")
+            ),
         ),
         model=ModelConfig(
             path=args.model,

@@ -87,3 +87,17 @@ def encode_still(rgb: np.ndarray, codec: str = "png") -> bytes:
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
     return buf.getvalue()
+
+
+def write_noise_video(path: Path, seconds: int, fps: int = 2, width: int = 320, height: int = 240) -> Path:
+    """Random pixels, which no codec compresses: a video of a few MB in a few frames (MPEG-4 Part 2)."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = 50_000_000
+        for _ in range(seconds * fps):
+            rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    return path

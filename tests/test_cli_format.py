@@ -178,20 +178,32 @@ def test_format_streams_table_empty() -> None:
 def test_format_stream() -> None:
     assert format_stream(make_summary()) == "\n".join(
         [
-            "stream:   cam1",
-            "state:    ready",
-            "source:   file:cam1.mp4",
-            "duration: 2:05",
-            "fps:      1",
-            "frames:   40 kept / 125 sampled / 3000 decoded",
-            "dropped:  0",
-            "lost:     0",
-            "tokens:   560 kept / 2000 seen",
-            "chunks:   16",
-            "stored:   1.2 MiB",
-            "model:    tiny-videollama3",
+            "stream:    cam1",
+            "state:     ready",
+            "source:    file:cam1.mp4",
+            "duration:  2:05",
+            "fps:       1",
+            "frames:    40 kept / 125 sampled / 3000 decoded",
+            "dropped:   0",
+            "lost:      0",
+            "tokens:    560 kept / 2000 seen",
+            "chunks:    16",
+            "stored:    1.2 MiB",
+            "retention: keeps everything",
+            "model:     tiny-videollama3",
         ]
     )
+    aged = make_summary(
+        chunks_dropped=4,
+        bytes_dropped=300_000,
+        bytes_cold=900_000,
+        retention_age_s=7 * 86400,
+        retention_bytes=2e9,
+    )
+    lines = format_stream(aged).splitlines()
+    assert "chunks:    16 (4 dropped by retention)" in lines
+    assert "stored:    1.2 MiB (878.9 KiB on disk; 293.0 KiB dropped)" in lines
+    assert "retention: 7 days, 2 GB" in lines
 
 
 def test_format_ingest_summary() -> None:
@@ -271,7 +283,7 @@ def test_is_loopback_target(target: str, local: bool) -> None:
 
 
 def test_invalid_argument_is_also_a_value_error() -> None:
-    with pytest.raises(ValueError, match="exactly one of path= or data="):
+    with pytest.raises(ValueError, match="exactly one of path=, data= or server_path="):
         LongWatchClient("localhost:1").ingest_file("cam1")
 
 
@@ -323,6 +335,7 @@ class FakeLongWatch(pb_grpc.LongWatchServicer):
 
     streams: dict[str, pb.StreamInfo] = field(default_factory=lambda: {"cam1": stream_info("cam1")})
     ingested: list[pb.IngestFileRequest] = field(default_factory=list)
+    uploaded: list[tuple[pb.UploadStart, bytes]] = field(default_factory=list)  # (start, the file)
     unavailable: dict[str, int] = field(default_factory=dict)  # method -> failures still to give
 
     def _gate(self, method: str, stream_id: str | None, context: grpc.ServicerContext) -> None:
@@ -336,13 +349,23 @@ class FakeLongWatch(pb_grpc.LongWatchServicer):
         if request.stream_id in self.streams:
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f"stream {request.stream_id!r} exists")
         self.ingested.append(request)
+        yield from self._progress(request.stream_id)
+
+    def IngestUpload(
+        self, requests: Iterator[pb.IngestUploadRequest], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        start = next(requests).start
+        if start.stream_id in self.streams:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"stream {start.stream_id!r} exists")
+        self.uploaded.append((start, b"".join(r.piece for r in requests)))
+        yield from self._progress(start.stream_id)
+
+    def _progress(self, stream_id: str) -> Iterator[pb.IngestProgress]:
         for second in (1.0, 2.0):
-            yield pb.IngestProgress(stream_id=request.stream_id, position_s=second, duration_s=3.0)
-        info = stream_info(request.stream_id)
-        self.streams[request.stream_id] = info
-        yield pb.IngestProgress(
-            stream_id=request.stream_id, position_s=3.0, duration_s=3.0, done=True, stream=info
-        )
+            yield pb.IngestProgress(stream_id=stream_id, position_s=second, duration_s=3.0)
+        info = stream_info(stream_id)
+        self.streams[stream_id] = info
+        yield pb.IngestProgress(stream_id=stream_id, position_s=3.0, duration_s=3.0, done=True, stream=info)
 
     def Ask(self, request: pb.AskRequest, context: grpc.ServicerContext) -> pb.AskResponse:
         self._gate("Ask", request.stream_id, context)
@@ -419,7 +442,8 @@ def test_client_calls(server: str, fake: FakeLongWatch) -> None:
         assert client.get_stream("cam1").state == "ready"
         progress = list(client.ingest_file("cam2", data=b"video bytes", fps=2.0))
         assert [p.position_s for p in progress] == [1.0, 2.0, 3.0] and progress[-1].done
-        assert fake.ingested[0].data == b"video bytes" and fake.ingested[0].fps == 2.0
+        start, data = fake.uploaded[0]
+        assert (start.stream_id, start.name, start.fps, data) == ("cam2", "upload", 2.0, b"video bytes")
         assert client.delete_stream("cam2") == 5
 
 
@@ -440,7 +464,7 @@ def test_errors_map_to_the_exception_tree(server: str) -> None:
         with pytest.raises(InvalidArgument, match="question is empty"):
             client.ask("cam1", "")
         with pytest.raises(AlreadyExists):
-            list(client.ingest_file("cam1", path="/x.mp4"))
+            list(client.ingest_file("cam1", server_path="/x.mp4"))
         with pytest.raises(NotFound):
             list(client.ask_stream("nope", "q"))
 
@@ -539,18 +563,21 @@ def test_cli_streams_show_delete(server: str, capsys: pytest.CaptureFixture[str]
     assert (code, out, err) == (1, "", "error: no stream 'cam1'\n")
 
 
-def test_cli_ingest_sends_a_path_to_a_local_server(
+def test_cli_ingest_uploads_the_file_in_pieces_or_names_one_on_the_server(
     server: str, fake: FakeLongWatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     video = tmp_path / "clip.mp4"
-    video.write_bytes(b"not really a video")
+    content = bytes(range(256)) * 5000  # 1.28 MB: three pieces
+    video.write_bytes(content)
     code, out, _ = run_cli(capsys, "--server", server, "ingest", str(video), "--stream", "clip")
     assert code == 0 and out.startswith("clip: ready, 0:03 of video in ")
-    code, _, _ = run_cli(capsys, "--server", server, "ingest", str(video), "--stream", "up", "--upload")
-    assert code == 0
+    assert [(s.stream_id, s.name, data) for s, data in fake.uploaded] == [("clip", "clip.mp4", content)]
+    code, _, _ = run_cli(
+        capsys, "--server", server, "ingest", "/archive/cam1/day.mp4", "--stream", "there", "--on-server"
+    )
+    assert code == 0  # not a file here: the server reads it, inside its ingest roots
     sent = {r.stream_id: r for r in fake.ingested}
-    assert sent["clip"].WhichOneof("source") == "path" and sent["clip"].path == str(video.resolve())
-    assert sent["up"].WhichOneof("source") == "data" and sent["up"].data == b"not really a video"
+    assert sent["there"].WhichOneof("source") == "path" and sent["there"].path == "/archive/cam1/day.mp4"
 
 
 def test_cli_ingest_reports_errors(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

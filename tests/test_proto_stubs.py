@@ -19,12 +19,14 @@ needs_protoc = pytest.mark.skipif(
 
 SERVICE_METHODS = {
     "IngestFile",
+    "IngestUpload",
     "IngestFrames",
     "Ask",
     "AskStream",
     "GetStream",
     "ListStreams",
     "DeleteStream",
+    "SetRetention",
 }
 
 
@@ -76,8 +78,8 @@ def test_service_has_every_method() -> None:
     service = pb.DESCRIPTOR.services_by_name["LongWatch"]
     assert set(service.methods_by_name) == SERVICE_METHODS
     streaming = {m.name for m in service.methods if m.server_streaming}
-    assert streaming == {"IngestFile", "IngestFrames", "AskStream"}
-    assert {m.name for m in service.methods if m.client_streaming} == {"IngestFrames"}
+    assert streaming == {"IngestFile", "IngestUpload", "IngestFrames", "AskStream"}
+    assert {m.name for m in service.methods if m.client_streaming} == {"IngestUpload", "IngestFrames"}
     with grpc.insecure_channel("localhost:1") as channel:  # never connected: stubs are lazy
         stub = pb_grpc.LongWatchStub(channel)
         assert all(callable(getattr(stub, name)) for name in SERVICE_METHODS)

@@ -37,12 +37,29 @@ function printable(text) {
     (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
 }
 
+// A server with API keys answers 401 until the page sends one: ask for it once, keep it for the tab.
+const KEY_ITEM = "longwatch-api-key";
+
+async function send(method, path, body) {
+  const headers = body ? { "Content-Type": "application/json" } : {};
+  const key = sessionStorage.getItem(KEY_ITEM);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+}
+
+let keyDeclined = false; // the prompt was dismissed: polling does not ask again
+
 async function api(method, path, body) {
-  const response = await fetch(path, {
-    method,
-    headers: body ? { "Content-Type": "application/json" } : {},
-    body: body ? JSON.stringify(body) : undefined,
-  });
+  let response = await send(method, path, body);
+  if (response.status === 401) {
+    sessionStorage.removeItem(KEY_ITEM); // none, or one the server no longer takes
+    const key = keyDeclined ? null : window.prompt("This longwatch server needs an API key:");
+    keyDeclined = !key;
+    if (key) {
+      sessionStorage.setItem(KEY_ITEM, key.trim());
+      response = await send(method, path, body);
+    }
+  }
   let data = null;
   try {
     data = await response.json();
@@ -186,6 +203,16 @@ function showAnswer(result) {
 
 // --- streams -------------------------------------------------------------------------------
 
+// "7 d, 2.0 GB · 12 chunks dropped": the retention in force, and what it took so far.
+function retention(s) {
+  const parts = [];
+  if (s.retention_age_s) parts.push(s.retention_age_s >= 86400 ? `${+(s.retention_age_s / 86400).toFixed(2)} d`
+    : formatTime(s.retention_age_s));
+  if (s.retention_bytes) parts.push(`${(s.retention_bytes / 1e9).toFixed(1)} GB`);
+  const kept = parts.length ? parts.join(", ") : "all";
+  return s.chunks_dropped ? `${kept} · ${s.chunks_dropped} chunks dropped` : kept;
+}
+
 async function refreshStreams() {
   let streams;
   try {
@@ -196,7 +223,7 @@ async function refreshStreams() {
   const body = $("streams");
   body.replaceChildren();
   if (!streams.length) {
-    body.innerHTML = '<tr><td colspan="6">no streams yet</td></tr>';
+    body.innerHTML = '<tr><td colspan="7">no streams yet</td></tr>';
     return;
   }
   for (const s of streams) {
@@ -206,7 +233,7 @@ async function refreshStreams() {
     id.title = "ask about this stream";
     id.addEventListener("click", () => { $("ask-stream").value = s.stream_id; $("question").focus(); });
     const cells = [id, s.state, formatTime(s.duration_s), `${s.frames_kept}/${s.frames_sampled}`,
-      String(s.chunks), String(s.frames_dropped)];
+      String(s.chunks - (s.chunks_dropped || 0)), String(s.frames_dropped), retention(s)];
     for (const value of cells) {
       const cell = document.createElement("td");
       if (typeof value === "string") cell.textContent = value; else cell.appendChild(value);

@@ -1,0 +1,107 @@
+"""The cold tier: chunks past the hot window leave Redis for checksummed files, Ask reads them
+there and answers as before, and retention, delete and damage are handled. Real service, Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from service_settings import loopback_settings
+
+from longwatch.clients.client import LongWatchClient, LongWatchError
+from longwatch.memory.redis_server import EmbeddedRedis
+from longwatch.model.train.synthetic import write_video
+from longwatch.stream.server import LongWatchServer
+
+QUESTIONS = ("What appeared?", "When did it appear?", "What colour was it?")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(
+        tmp_path_factory.mktemp("v") / "yard.mp4", seconds=40, fps=4, width=160, height=120, seed=2
+    )
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, module_redis: EmbeddedRedis
+) -> Iterator[LongWatchServer]:
+    """A tiny hot window, swept by hand here (the interval is an hour), so each move is on cue."""
+    settings = loopback_settings(
+        tmp_path_factory.mktemp("state"),
+        module_redis.url,
+        retention_interval_s=3600,
+        hot_window_s=0.001,
+    )
+    with LongWatchServer(settings) as srv:
+        yield srv
+
+
+def sweep(server: LongWatchServer) -> None:
+    assert server.sweeper is not None
+    server.sweeper.sweep()
+
+
+def answers(c: LongWatchClient, stream_id: str) -> list[tuple[str, list[tuple[int, float]]]]:
+    out = []
+    for q in QUESTIONS:
+        r = c.ask(stream_id, q, top_k=5)
+        out.append((r.answer, [(e.chunk_index, e.score) for e in r.evidence]))
+    return out
+
+
+def test_cold_chunks_leave_redis_and_answer_exactly_as_hot_ones(
+    server: LongWatchServer, video: Path, module_redis: EmbeddedRedis
+) -> None:
+    cold_dir = server.settings.state_dir / "cold"
+    raw = redis.Redis.from_url(module_redis.url)
+    with LongWatchClient(f"127.0.0.1:{server.port}", timeout=60) as c:
+        final = list(c.ingest_file("yard", path=video))[-1].stream
+        hot = answers(c, "yard")
+        used_hot = raw.memory_usage("lw:{yard}:chunk:0")
+        sweep(server)
+        s = c.get_stream("yard")
+        files = list((cold_dir / "yard").iterdir())
+        assert s.bytes_stored == final.bytes_stored and s.bytes_cold == sum(p.stat().st_size for p in files)
+        assert not [
+            raw.exists(f"lw:{{yard}}:chunk:{i}") for i in range(5) if raw.exists(f"lw:{{yard}}:chunk:{i}")
+        ]
+        assert sorted(p.name for p in (cold_dir / "yard").iterdir()) == [f"{i}.safetensors" for i in range(5)]
+        assert raw.hlen("lw:{yard}:vectors") == raw.hlen("lw:{yard}:spans") == raw.hlen("lw:{yard}:cold") == 5
+        assert answers(c, "yard") == hot  # the same chunks, read from disk: the same answers
+        assert used_hot and raw.memory_usage("lw:{yard}:cold") < 5 * used_hot
+        sweep(server)  # nothing left to move: a no-op
+        assert c.get_stream("yard").bytes_cold == s.bytes_cold
+    raw.close()
+
+
+def test_a_damaged_cold_blob_is_data_loss_and_retention_and_delete_clean_the_tier(
+    server: LongWatchServer, video: Path
+) -> None:
+    cold_dir = server.settings.state_dir / "cold"
+    with LongWatchClient(f"127.0.0.1:{server.port}", timeout=60) as c:
+        for sid in ("damaged", "aging"):
+            list(c.ingest_file(sid, path=video))
+        sweep(server)
+        blob = cold_dir / "damaged" / "2.safetensors"
+        blob.write_bytes(blob.read_bytes()[:-10] + b"0123456789")
+        with pytest.raises(LongWatchError) as lost:
+            c.ask("damaged", "What appeared?", top_k=0)  # every chunk: chunk 2 among them
+        assert lost.value.code == grpc.StatusCode.DATA_LOSS and "does not match its SHA-256" in str(
+            lost.value
+        )
+        assert c.ask("aging", "What appeared?", top_k=0).evidence  # another stream is untouched
+        before = c.get_stream("aging")
+        c.set_retention("aging", max_bytes=before.bytes_stored // 2)
+        sweep(server)
+        after = c.get_stream("aging")
+        files = list((cold_dir / "aging").iterdir())
+        assert after.chunks_dropped >= 2 and after.bytes_cold == sum(p.stat().st_size for p in files)
+        kept = sorted(int(p.stem) for p in files)
+        assert kept == list(range(after.chunks_dropped, 5))  # the dropped chunks' files went too
+        c.delete_stream("damaged")
+        assert not (cold_dir / "damaged").exists()
