@@ -23,7 +23,16 @@ from common import machine
 
 HERE = Path(__file__).resolve().parent
 # In the order of the data path: pruning, archive ingest, live ingest, storage, asking.
-BENCHMARKS = ("diffp", "archive_ingest", "live_ingest", "live_streams", "storage", "kv_quant", "ask_latency")
+BENCHMARKS = (
+    "diffp",
+    "archive_ingest",
+    "live_ingest",
+    "live_streams",
+    "storage",
+    "tier",
+    "kv_quant",
+    "ask_latency",
+)
 # Faults, bad input and load (BENCHMARKS.md, Reliability): crashes, fuzzing, Asks under load, a soak.
 RELIABILITY = ("crash", "fuzz", "load", "soak")
 
