@@ -1,7 +1,7 @@
 """The cold tier on an S3-compatible object store (AWS S3, MinIO, Ceph RGW, R2, ...), for those who
 have one: `serve --cold-s3 s3://BUCKET/PREFIX [--s3-endpoint URL]` (the `s3` extra: boto3).
 
-Objects are <prefix>/<stream id>/<index>.safetensors. A PUT stores an object whole or not at all;
+Objects are <prefix>/stream-<stream id>/<index>.safetensors. A PUT stores an object whole or not at all;
 what Redis points at is checked against its SHA-256 when read back (memory/tier.py). Credentials
 come the way boto3 finds them (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, a role).
 """
@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from longwatch.memory.records import StoreUnavailable
-from longwatch.memory.tier import SUFFIX, BlobTier
+from longwatch.memory.tier import SUFFIX, BlobTier, stream_folder
 
 _DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 
@@ -34,7 +34,9 @@ class S3BlobTier(BlobTier):
         self._errors = self._s3.exceptions
 
     def _key(self, stream_id: str, index: int | None = None) -> str:
-        folder = f"{self.prefix}/{stream_id}/" if self.prefix else f"{stream_id}/"
+        folder = (
+            f"{self.prefix}/{stream_folder(stream_id)}/" if self.prefix else f"{stream_folder(stream_id)}/"
+        )
         return folder if index is None else f"{folder}{index}{SUFFIX}"
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -55,15 +55,22 @@ def checked(blob: bytes | None, sha256: str, where: str) -> bytes:
     return blob
 
 
+def stream_folder(stream_id: str) -> str:
+    """A stream's folder (or object prefix) in a tier: never "." or "..", whatever the id."""
+    return f"stream-{stream_id}"
+
+
 class LocalBlobTier(BlobTier):
-    """A folder: <root>/<stream id>/<index>.safetensors."""
+    """A folder: <root>/stream-<stream id>/<index>.safetensors."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
     def _folder(self, stream_id: str) -> Path:
-        return self.root / stream_id  # stored ids are [A-Za-z0-9._~-]: a plain file name
+        # Stored ids are [A-Za-z0-9._~-]: with the prefix, always a plain name inside the root (an
+        # id ".." once made rmtree of the stream's folder remove the whole state folder).
+        return self.root / stream_folder(stream_id)
 
     def put(self, stream_id: str, index: int, blob: bytes) -> None:
         folder = self._folder(stream_id)

@@ -43,6 +43,8 @@ def validate_stream_id(stream_id: object) -> str:
             f"stream id must be a str of 1-{MAX_STREAM_ID_LEN} chars from [A-Za-z0-9._-], "
             f"got {type(stream_id).__name__}"
         )
+    if stream_id in (".", ".."):  # a path's own names: in a URL or a folder they would be read as such
+        raise InvalidStreamId(f"stream id may not be {stream_id!r}")
     if _STREAM_ID_RE.fullmatch(stream_id) is None:
         shown = stream_id if len(stream_id) <= 40 else stream_id[:40] + "..."
         raise InvalidStreamId(

@@ -65,12 +65,14 @@ def test_cold_chunks_leave_redis_and_answer_exactly_as_hot_ones(
         used_hot = raw.memory_usage("lw:{yard}:chunk:0")
         sweep(server)
         s = c.get_stream("yard")
-        files = list((cold_dir / "yard").iterdir())
+        files = list((cold_dir / "stream-yard").iterdir())
         assert s.bytes_stored == final.bytes_stored and s.bytes_cold == sum(p.stat().st_size for p in files)
         assert not [
             raw.exists(f"lw:{{yard}}:chunk:{i}") for i in range(5) if raw.exists(f"lw:{{yard}}:chunk:{i}")
         ]
-        assert sorted(p.name for p in (cold_dir / "yard").iterdir()) == [f"{i}.safetensors" for i in range(5)]
+        assert sorted(p.name for p in (cold_dir / "stream-yard").iterdir()) == [
+            f"{i}.safetensors" for i in range(5)
+        ]
         assert raw.hlen("lw:{yard}:vectors") == raw.hlen("lw:{yard}:spans") == raw.hlen("lw:{yard}:cold") == 5
         assert answers(c, "yard") == hot  # the same chunks, read from disk: the same answers
         assert used_hot and raw.memory_usage("lw:{yard}:cold") < 5 * used_hot
@@ -87,7 +89,7 @@ def test_a_damaged_cold_blob_is_data_loss_and_retention_and_delete_clean_the_tie
         for sid in ("damaged", "aging"):
             list(c.ingest_file(sid, path=video))
         sweep(server)
-        blob = cold_dir / "damaged" / "2.safetensors"
+        blob = cold_dir / "stream-damaged" / "2.safetensors"
         blob.write_bytes(blob.read_bytes()[:-10] + b"0123456789")
         with pytest.raises(LongWatchError) as lost:
             c.ask("damaged", "What appeared?", top_k=0)  # every chunk: chunk 2 among them
@@ -99,9 +101,28 @@ def test_a_damaged_cold_blob_is_data_loss_and_retention_and_delete_clean_the_tie
         c.set_retention("aging", max_bytes=before.bytes_stored // 2)
         sweep(server)
         after = c.get_stream("aging")
-        files = list((cold_dir / "aging").iterdir())
+        files = list((cold_dir / "stream-aging").iterdir())
         assert after.chunks_dropped >= 2 and after.bytes_cold == sum(p.stat().st_size for p in files)
         kept = sorted(int(p.stem) for p in files)
         assert kept == list(range(after.chunks_dropped, 5))  # the dropped chunks' files went too
         c.delete_stream("damaged")
-        assert not (cold_dir / "damaged").exists()
+        assert not (cold_dir / "stream-damaged").exists()
+
+
+def test_no_stream_id_reaches_outside_the_tier(tmp_path: Path) -> None:
+    """The fuzzer found it: DeleteStream("..") once removed the whole state folder through the tier."""
+    from longwatch.memory.tier import LocalBlobTier
+    from longwatch.proto.streams import InvalidStreamId, validate_stream_id
+
+    for dots in (".", ".."):
+        with pytest.raises(InvalidStreamId, match="may not be"):
+            validate_stream_id(dots)
+    keep = tmp_path / "keep.txt"
+    keep.write_text("the state folder's other files")
+    tier = LocalBlobTier(tmp_path / "cold")
+    for stored in ("..", ".", "acme~..", "..a"):
+        tier.put(stored, 0, b"blob")
+        assert tier.get(stored, 0) == b"blob"
+        tier.delete_stream(stored)
+        assert tier.get(stored, 0) is None
+    assert keep.exists() and (tmp_path / "cold").is_dir()

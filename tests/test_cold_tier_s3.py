@@ -72,18 +72,20 @@ def test_chunks_move_to_s3_answer_from_there_and_leave_with_their_stream(
         hot = c.ask("yard", "What appeared?", top_k=3)
         assert server.sweeper is not None
         server.sweeper.sweep()
-        assert objects(fake_s3, "longwatch/yard/") == [f"longwatch/yard/{i}.safetensors" for i in range(3)]
+        assert objects(fake_s3, "longwatch/stream-yard/") == [
+            f"longwatch/stream-yard/{i}.safetensors" for i in range(3)
+        ]
         assert c.get_stream("yard").bytes_cold > 0
         cold = c.ask("yard", "What appeared?", top_k=3)
         assert (cold.answer, cold.evidence) == (hot.answer, hot.evidence)
         c.set_retention("yard", max_bytes=1)  # keeps nothing: every chunk goes, from S3 too
         server.sweeper.sweep()
-        assert objects(fake_s3, "longwatch/yard/") == []
+        assert objects(fake_s3, "longwatch/stream-yard/") == []
         list(c.ingest_file("again", path=video))
         server.sweeper.sweep()
-        assert len(objects(fake_s3, "longwatch/again/")) == 3
+        assert len(objects(fake_s3, "longwatch/stream-again/")) == 3
         c.delete_stream("again")
-        assert objects(fake_s3, "longwatch/again/") == []
+        assert objects(fake_s3, "longwatch/stream-again/") == []
 
 
 def test_an_s3_tier_that_cannot_be_reached_is_unavailable_in_one_line(
