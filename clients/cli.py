@@ -35,6 +35,7 @@ from longwatch.clients.format import (
     format_send_summary,
     format_stream,
     format_streams_table,
+    format_timestamp,
 )
 from longwatch.clients.ice import address_list
 from longwatch.proto import longwatch_pb2 as pb
@@ -192,6 +193,10 @@ def add_show(sub: argparse.ArgumentParser) -> None:
     _client_command(sub, _cmd_show)
     sub.add_argument("stream_id", metavar="ID")
     sub.add_argument("--json", action="store_true")
+    sub.add_argument(
+        "--at", type=parse_seconds, metavar="TIME", help="save the picture nearest this time (1:02:03)"
+    )
+    sub.add_argument("--out", type=Path, metavar="FILE", help="where --at saves it (default: ID-TIME.jpg)")
 
 
 def add_delete(sub: argparse.ArgumentParser) -> None:
@@ -363,9 +368,27 @@ def _cmd_streams(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    if args.at is not None:
+        return _save_frame(args)
     with _client(args) as client:
         summary = client.get_stream(args.stream_id)
     print(_json(summary.to_json_dict()) if args.json else format_stream(summary))
+    return 0
+
+
+def _save_frame(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        frame = client.frame_at(args.stream_id, args.at)
+    if frame is None:
+        return fail(f"{args.stream_id} keeps no pictures (the service runs with --thumbnails off?)")
+    out = args.out or Path(
+        f"{args.stream_id}-{format_timestamp(frame.time_s).replace(':', '-')}.{frame.format}"
+    )
+    try:
+        out.write_bytes(frame.image)
+    except OSError as e:
+        return fail(f"cannot write {out}: {e.strerror}")
+    print(f"saved the picture at {format_timestamp(frame.time_s)} (chunk {frame.chunk_index}) to {out}")
     return 0
 
 

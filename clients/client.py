@@ -176,15 +176,18 @@ class EvidenceSpan:
     end_s: float
     score: float
     chunk_index: int
+    picture_times_s: tuple[float, ...] = ()  # the chunk's pictures, for get_frames / frame_at
 
     @classmethod
     def from_proto(cls, evidence: pb.Evidence) -> EvidenceSpan:
         # score is a float32 on the wire; 7 significant digits show 0.83, not 0.8299999833.
         score = float(f"{evidence.score:.7g}")
-        return cls(evidence.start_s, evidence.end_s, score, evidence.chunk_index)
+        return cls(
+            evidence.start_s, evidence.end_s, score, evidence.chunk_index, tuple(evidence.picture_times_s)
+        )
 
     def to_json_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "picture_times_s": list(self.picture_times_s)}
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,20 @@ class AskResult:
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A picture the service kept of a sampled frame: its stream time, chunk and image bytes."""
+
+    time_s: float
+    chunk_index: int
+    image: bytes
+    format: str = "jpeg"
+
+    @classmethod
+    def from_proto(cls, picture: pb.Picture) -> Frame:
+        return cls(picture.time_s, picture.chunk_index, bytes(picture.image), picture.format or "jpeg")
 
 
 # What the server reports about one stream: the one definition both ends share (proto/streams.py).
@@ -570,6 +587,20 @@ class LongWatchClient:
         """Remove a stream; returns the number of Redis keys deleted."""
         request = pb.DeleteStreamRequest(stream_id=stream_id)
         return int(self._unary(self._stub.DeleteStream, request, idempotent=False).keys_deleted)
+
+    def get_frames(self, stream_id: str, from_s: float, to_s: float, max_frames: int = 0) -> list[Frame]:
+        """The pictures kept between two stream times, in time order (at most max_frames; 0: 100)."""
+        _check_count("max_frames", max_frames)
+        request = pb.GetFramesRequest(stream_id=stream_id, from_s=from_s, to_s=to_s, max_frames=max_frames)
+        return [
+            Frame.from_proto(p) for p in self._unary(self._stub.GetFrames, request, idempotent=True).frames
+        ]
+
+    def frame_at(self, stream_id: str, at_s: float) -> Frame | None:
+        """The picture nearest a stream time, or None if the stream keeps none."""
+        request = pb.GetFramesRequest(stream_id=stream_id, from_s=at_s, to_s=at_s, nearest=True)
+        frames = self._unary(self._stub.GetFrames, request, idempotent=True).frames
+        return Frame.from_proto(frames[0]) if frames else None
 
     def set_retention(self, stream_id: str, max_age_s: float = 0.0, max_bytes: int = 0) -> StreamSummary:
         """Keep a stream's chunks at most max_age_s after their commit and/or at most max_bytes of

@@ -76,7 +76,8 @@ def format_answer(result: AskResult) -> str:
 
 
 def answer_json(result: AskResult) -> dict[str, Any]:
-    """What `ask --json` prints: answer, evidence [{start_s, end_s, score, chunk_index}], timings, model."""
+    """What `ask --json` prints: answer, evidence [{start_s, end_s, score, chunk_index, picture_times_s}],
+    timings, model."""
     return {
         "stream_id": result.stream_id,
         "answer": result.answer,

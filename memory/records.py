@@ -114,6 +114,15 @@ def record_from_hash(data: Mapping[bytes | str, bytes | str]) -> StreamRecord:
 
 
 @dataclass(frozen=True)
+class Picture:
+    """A small picture kept with a chunk: the sampled frame at time_s of chunk `index` (JPEG bytes)."""
+
+    index: int
+    time_s: float
+    image: bytes
+
+
+@dataclass(frozen=True)
 class ChunkAge:
     """A committed chunk as retention sees it: when it was committed and what it takes."""
 

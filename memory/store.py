@@ -9,6 +9,7 @@ keys share a slot and one MULTI/EXEC can cover them):
     lw:{<id>}:vectors    hash   i -> retrieval vector, little-endian float32
     lw:{<id>}:spans      hash   i -> JSON [start_s, end_s]
     lw:{<id>}:committed  hash   i -> when chunk i was committed (unix seconds): retention's clock
+    lw:{<id>}:pictures   hash   "i:t" -> a JPEG of the sampled frame at stream time t in chunk i
     lw:{<id>}:cold       hash   i -> JSON {"bytes", "sha256"}: chunk i's blob is in the cold tier
                                 (memory/tier.py), no longer at lw:{<id>}:chunk:<i>
     lw:{<id>}:ingest     string a live stream's small ingest state (safetensors bytes, written by
@@ -50,6 +51,7 @@ from longwatch.memory.records import (
     ChunkSpan,
     CorruptData,
     IngestCounters,
+    Picture,
     StoreError,
     StoreFull,
     StoreUnavailable,
@@ -117,6 +119,10 @@ class StreamKeys:
     def cold(self) -> str:
         return f"{self.prefix}:cold"
 
+    @property
+    def pictures(self) -> str:
+        return f"{self.prefix}:pictures"
+
     def chunk(self, index: int) -> str:
         return f"{self.prefix}:chunk:{int(index)}"
 
@@ -151,8 +157,24 @@ class ChunkStore(ABC):
         """A live stream's sampled frames not yet in a chunk, as last stored (what a crash loses)."""
 
     @abstractmethod
-    def commit_chunk(self, chunk: ChunkCache, counters: IngestCounters | None = None) -> int:
-        """Write chunk, vector, span and counters atomically; return the bytes stored."""
+    def commit_chunk(
+        self, chunk: ChunkCache, counters: IngestCounters | None = None, pictures: Sequence[Picture] = ()
+    ) -> int:
+        """Write chunk, vector, span, its pictures and counters atomically; return the bytes stored."""
+
+    @abstractmethod
+    def get_pictures(
+        self, stream_id: str, from_s: float, to_s: float, indices: Sequence[int] | None = None
+    ) -> list[Picture]:
+        """Pictures with from_s <= time_s <= to_s (of these chunks only, if given), by time."""
+
+    @abstractmethod
+    def picture_at(self, stream_id: str, at_s: float) -> Picture | None:
+        """The picture nearest stream time at_s (the earlier of two as near), or None if none."""
+
+    @abstractmethod
+    def picture_times(self, stream_id: str, indices: Sequence[int]) -> dict[int, list[float]]:
+        """The times of each chunk's pictures (an answer's evidence names them)."""
 
     @abstractmethod
     def chunk_spans(self, stream_id: str) -> list[ChunkSpan]:
@@ -415,6 +437,7 @@ class RedisChunkStore(ChunkStore):
                 keys.ingest,
                 keys.committed,
                 keys.cold,
+                keys.pictures,
                 *sorted(chunk_keys),
             )
 
@@ -449,10 +472,14 @@ class RedisChunkStore(ChunkStore):
             pipe.hgetall(keys.cold)
             spans, vectors, committed, created, cold = pipe.execute()
         indices = sorted(i for i in (_int_or_none(f) for f in spans) if i is not None)
+        pictures = self._picture_fields(self._r, keys)
         with self._r.pipeline(transaction=False) as pipe:
             for i in indices:
                 pipe.strlen(keys.chunk(i))
-            blob_sizes = pipe.execute()
+            for field in (f for i in indices for f in pictures.get(i, [])):
+                pipe.hstrlen(keys.pictures, field)
+            sizes = pipe.execute()
+        blob_sizes, picture_sizes = sizes[: len(indices)], iter(sizes[len(indices) :])
         fallback = float(created or 0.0)  # chunks committed before commit times were kept
         out = []
         for i, blob in zip(indices, blob_sizes, strict=True):
@@ -462,6 +489,7 @@ class RedisChunkStore(ChunkStore):
                 + _cold_bytes(cold.get(field))
                 + len(vectors.get(field, b""))
                 + len(spans.get(field, b""))
+                + sum(next(picture_sizes) for _ in pictures.get(i, []))
             )
             when = committed.get(field)
             out.append(ChunkAge(i, float(when) if when else fallback, size, cold=field in cold))
@@ -481,10 +509,13 @@ class RedisChunkStore(ChunkStore):
             present = [f for f, there in zip(fields, spans, strict=True) if there]
             pointers = dict(zip(present, pipe.hmget(keys.cold, present) if present else [], strict=True))
             freed_cold = sum(_cold_bytes(pointers[f]) for f in present)
+            pictures = self._picture_fields(pipe, keys)
+            picture_fields = [p for f in present for p in pictures.get(int(f), [])]
             freed = freed_cold + sum(
                 pipe.strlen(keys.chunk(int(f))) + pipe.hstrlen(keys.vectors, f) + pipe.hstrlen(keys.spans, f)
                 for f in present
             )
+            freed += sum(pipe.hstrlen(keys.pictures, p) for p in picture_fields)
             cold_dropped[:] = [int(f) for f in present if pointers[f] is not None]
             pipe.multi()
             if not present:
@@ -492,6 +523,8 @@ class RedisChunkStore(ChunkStore):
             pipe.unlink(*(keys.chunk(int(f)) for f in present))
             for key in (keys.vectors, keys.spans, keys.committed, keys.cold):
                 pipe.hdel(key, *present)
+            if picture_fields:
+                pipe.hdel(keys.pictures, *picture_fields)
             pipe.hincrby(keys.record, "bytes_stored", -freed)
             pipe.hincrby(keys.record, "bytes_cold", -freed_cold)
             pipe.hincrby(keys.record, "chunks_dropped", len(present))
@@ -522,8 +555,10 @@ class RedisChunkStore(ChunkStore):
     # --- chunks ----------------------------------------------------------------------------------------
 
     @_unavailable_as_store_error
-    def commit_chunk(self, chunk: ChunkCache, counters: IngestCounters | None = None) -> int:
-        """One MULTI/EXEC writes the blob, the vector, the span and the record's counters.
+    def commit_chunk(
+        self, chunk: ChunkCache, counters: IngestCounters | None = None, pictures: Sequence[Picture] = ()
+    ) -> int:
+        """One MULTI/EXEC writes the blob, the vector, the span, the pictures and the record's counters.
 
         Raises StreamNotFound (nothing written) without a record, ChunkExists if the index is
         already committed with different bytes, ValueError if the retrieval dim differs from the
@@ -550,7 +585,9 @@ class RedisChunkStore(ChunkStore):
             if replayed:  # the identical chunk is already committed
                 written = 0
                 return
-            written = len(blob) + len(vector) + len(span)
+            written = len(blob) + len(vector) + len(span) + sum(len(p.image) for p in pictures)
+            if pictures:
+                pipe.hset(keys.pictures, mapping={_picture_field(p): p.image for p in pictures})
             pipe.set(keys.chunk(chunk.index), blob)
             pipe.hset(keys.vectors, field, vector)
             pipe.hset(keys.spans, field, span)
@@ -638,6 +675,54 @@ class RedisChunkStore(ChunkStore):
                 raise CorruptData(f"{name}: holds chunk {chunk.index} of stream {chunk.stream_id!r}")
             out.append(chunk)
         return out
+
+    @_unavailable_as_store_error
+    def get_pictures(
+        self, stream_id: str, from_s: float, to_s: float, indices: Sequence[int] | None = None
+    ) -> list[Picture]:
+        keys = StreamKeys(stream_id)
+        wanted = None if indices is None else {int(i) for i in indices}
+        fields = []
+        for field in self._r.hkeys(keys.pictures):
+            index, time_s = _parse_picture_field(field, keys.pictures)
+            if from_s <= time_s <= to_s and (wanted is None or index in wanted):
+                fields.append((time_s, index, field))
+        fields.sort()
+        images = self._r.hmget(keys.pictures, [f for _, _, f in fields]) if fields else []
+        return [
+            Picture(index, time_s, bytes(image))
+            for (time_s, index, _), image in zip(fields, images, strict=True)
+            if image is not None  # dropped between the two reads
+        ]
+
+    @_unavailable_as_store_error
+    def picture_at(self, stream_id: str, at_s: float) -> Picture | None:
+        keys = StreamKeys(stream_id)
+        fields = [(_parse_picture_field(f, keys.pictures), f) for f in self._r.hkeys(keys.pictures)]
+        if not fields:
+            return None
+        (index, time_s), field = min(fields, key=lambda item: (abs(item[0][1] - at_s), item[0][1]))
+        image = self._r.hget(keys.pictures, field)
+        return None if image is None else Picture(index, time_s, bytes(image))
+
+    @staticmethod
+    def _picture_fields(client: redis.Redis | Pipeline, keys: StreamKeys) -> dict[int, list[bytes]]:
+        """Chunk index -> the fields of its pictures."""
+        fields: dict[int, list[bytes]] = {}
+        for field in client.hkeys(keys.pictures):
+            fields.setdefault(_parse_picture_field(field, keys.pictures)[0], []).append(field)
+        return fields
+
+    @_unavailable_as_store_error
+    def picture_times(self, stream_id: str, indices: Sequence[int]) -> dict[int, list[float]]:
+        keys = StreamKeys(stream_id)
+        wanted = {int(i) for i in indices}
+        times: dict[int, list[float]] = {i: [] for i in wanted}
+        for field in self._r.hkeys(keys.pictures):
+            index, time_s = _parse_picture_field(field, keys.pictures)
+            if index in wanted:
+                times[index].append(time_s)
+        return {i: sorted(t) for i, t in times.items()}
 
     def _with_cold(
         self, keys: StreamKeys, indices: list[int], blobs: list[bytes | None]
@@ -779,6 +864,19 @@ def _check_chunk(chunk: ChunkCache) -> None:
         raise ValueError(f"chunk index must be >= 0, got {chunk.index}")
     if not (math.isfinite(chunk.start_s) and math.isfinite(chunk.end_s) and chunk.start_s <= chunk.end_s):
         raise ValueError(f"chunk span must be finite with start <= end, got [{chunk.start_s}, {chunk.end_s}]")
+
+
+def _picture_field(picture: Picture) -> str:
+    return f"{int(picture.index)}:{float(picture.time_s)!r}"
+
+
+def _parse_picture_field(field: bytes | str, where: str) -> tuple[int, float]:
+    text = field.decode() if isinstance(field, bytes) else field
+    index, _, time_s = text.partition(":")
+    try:
+        return int(index), float(time_s)
+    except ValueError:
+        raise CorruptData(f"{where}: field {text[:40]!r} is not <chunk>:<time>") from None
 
 
 def _cold_bytes(pointer: bytes | None) -> int:

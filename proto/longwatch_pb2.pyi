@@ -159,16 +159,18 @@ class AskRequest(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ..., question: _Optional[str] = ..., top_k: _Optional[int] = ..., time_range: _Optional[_Union[TimeRange, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., score_margin: _Optional[float] = ...) -> None: ...
 
 class Evidence(_message.Message):
-    __slots__ = ("start_s", "end_s", "score", "chunk_index")
+    __slots__ = ("start_s", "end_s", "score", "chunk_index", "picture_times_s")
     START_S_FIELD_NUMBER: _ClassVar[int]
     END_S_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PICTURE_TIMES_S_FIELD_NUMBER: _ClassVar[int]
     start_s: float
     end_s: float
     score: float
     chunk_index: int
-    def __init__(self, start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., chunk_index: _Optional[int] = ...) -> None: ...
+    picture_times_s: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., chunk_index: _Optional[int] = ..., picture_times_s: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AskTimings(_message.Message):
     __slots__ = ("retrieve_ms", "load_ms", "prefill_ms", "first_token_ms", "generate_ms", "total_ms", "question_ms", "search_ms", "repack_ms")
@@ -287,6 +289,38 @@ class DeleteStreamRequest(_message.Message):
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
+
+class GetFramesRequest(_message.Message):
+    __slots__ = ("stream_id", "from_s", "to_s", "max_frames", "nearest")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_S_FIELD_NUMBER: _ClassVar[int]
+    TO_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    from_s: float
+    to_s: float
+    max_frames: int
+    nearest: bool
+    def __init__(self, stream_id: _Optional[str] = ..., from_s: _Optional[float] = ..., to_s: _Optional[float] = ..., max_frames: _Optional[int] = ..., nearest: _Optional[bool] = ...) -> None: ...
+
+class Picture(_message.Message):
+    __slots__ = ("time_s", "chunk_index", "image", "format")
+    TIME_S_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    time_s: float
+    chunk_index: int
+    image: bytes
+    format: str
+    def __init__(self, time_s: _Optional[float] = ..., chunk_index: _Optional[int] = ..., image: _Optional[bytes] = ..., format: _Optional[str] = ...) -> None: ...
+
+class GetFramesResponse(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[Picture]
+    def __init__(self, frames: _Optional[_Iterable[_Union[Picture, _Mapping]]] = ...) -> None: ...
 
 class SetRetentionRequest(_message.Message):
     __slots__ = ("stream_id", "max_age_s", "max_bytes")

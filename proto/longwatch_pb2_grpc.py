@@ -80,6 +80,11 @@ class LongWatchStub:
                 request_serializer=longwatch__pb2.SetRetentionRequest.SerializeToString,
                 response_deserializer=longwatch__pb2.StreamInfo.FromString,
                 _registered_method=True)
+        self.GetFrames = channel.unary_unary(
+                '/longwatch.v1.LongWatch/GetFrames',
+                request_serializer=longwatch__pb2.GetFramesRequest.SerializeToString,
+                response_deserializer=longwatch__pb2.GetFramesResponse.FromString,
+                _registered_method=True)
 
 
 class LongWatchServicer:
@@ -155,6 +160,14 @@ class LongWatchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFrames(self, request, context):
+        """The pictures kept of a stream's sampled frames between two times (or the one nearest a time),
+        to look at an answer's evidence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LongWatchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +215,11 @@ def add_LongWatchServicer_to_server(servicer, server):
                     servicer.SetRetention,
                     request_deserializer=longwatch__pb2.SetRetentionRequest.FromString,
                     response_serializer=longwatch__pb2.StreamInfo.SerializeToString,
+            ),
+            'GetFrames': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFrames,
+                    request_deserializer=longwatch__pb2.GetFramesRequest.FromString,
+                    response_serializer=longwatch__pb2.GetFramesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -448,6 +466,33 @@ class LongWatch:
             '/longwatch.v1.LongWatch/SetRetention',
             longwatch__pb2.SetRetentionRequest.SerializeToString,
             longwatch__pb2.StreamInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFrames(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longwatch.v1.LongWatch/GetFrames',
+            longwatch__pb2.GetFramesRequest.SerializeToString,
+            longwatch__pb2.GetFramesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,7 @@ class EvidenceChunk:
     start_s: float
     end_s: float
     score: float
+    picture_times: list[float] = field(default_factory=list)  # its pictures (GetFrames), if any
 
 
 @dataclass
@@ -198,9 +199,14 @@ class QuestionAnswerer:
             raise self._nothing_to_answer_from(record, params.time_range)
         chunks.sort(key=lambda c: c.index)  # time order: chunk indices increase with time
         t2 = time.perf_counter()
+        pictures = self.store.picture_times(params.stream_id, [c.index for c in chunks])
         outcome.evidence = [
             EvidenceChunk(
-                c.index, c.start_s, c.end_s, scores[c.index] if c.index in scores else _score(qvec, c)
+                c.index,
+                c.start_s,
+                c.end_s,
+                scores[c.index] if c.index in scores else _score(qvec, c),
+                pictures.get(c.index, []),
             )
             for c in chunks
         ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+import math
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
@@ -48,8 +49,10 @@ from longwatch.stream.errors import (
     status_for,
 )
 from longwatch.stream.live import LiveRegistry, new_stream_id
+from longwatch.stream.pictures import PICTURE_FORMAT
 from longwatch.stream.quotas import Quotas
 from longwatch.stream.retention import shown
+from longwatch.stream.service import find_pictures
 from longwatch.stream.webrtc import WebRTCIngest
 
 log = logging.getLogger(__name__)
@@ -81,7 +84,13 @@ def outcome_json(stream_id: str, outcome: AskOutcome) -> dict[str, Any]:
         "stream_id": stream_id,
         "answer": outcome.answer,
         "evidence": [
-            {"start_s": e.start_s, "end_s": e.end_s, "score": e.score, "chunk_index": e.index}
+            {
+                "start_s": e.start_s,
+                "end_s": e.end_s,
+                "score": e.score,
+                "chunk_index": e.index,
+                "picture_times_s": e.picture_times,
+            }
             for e in outcome.evidence
         ],
         "timings": outcome.timings_ms,
@@ -148,6 +157,20 @@ def _optional(body: dict[str, Any], key: str, kinds: type | tuple[type, ...], wh
     value = body.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
         raise BadRequest(f"{key} must be {what}, got {value!r:.40}")
+    return value
+
+
+def _seconds(query: Any, key: str, default: float) -> float:
+    """A time (or count) in a query string: a finite number >= 0."""
+    raw = query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{key} must be a number, got {raw!r:.40}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise BadRequest(f"{key} must be a finite number >= 0, got {raw!r:.40}")
     return value
 
 
@@ -228,6 +251,9 @@ class LiveHttpServer:
                 web.post("/offer", self._offer),
                 web.get("/api/streams", self._streams),
                 web.get("/api/streams/{stream_id}", self._stream),
+                web.get("/api/streams/{stream_id}/frames", self._frames),
+                web.get("/api/streams/{stream_id}/timeline", self._timeline),
+                web.get("/api/streams/{stream_id}/frames/{at}", self._frame),
                 web.post("/api/ask", self._ask),
                 web.get("/metrics", self._metrics),
                 web.static("/static", static_dir()),
@@ -300,6 +326,70 @@ class LiveHttpServer:
         if record is None:
             raise StreamMissing(f"no stream {stream_id!r}")
         return web.json_response(shown(record, caller, self.keys).to_json_dict())
+
+    async def _frames(self, request: web.Request) -> web.Response:
+        """{"frames": [{time_s, chunk_index, url}]}: the pictures between ?from= and ?to= (seconds)."""
+        caller = self._caller(request, Role.READER, "read streams")
+        stream_id = request.match_info["stream_id"]
+        stored_id = await asyncio.to_thread(self._existing, caller, stream_id)
+        query = request.query
+        from_s, to_s = _seconds(query, "from", 0.0), _seconds(query, "to", 1e12)
+        max_frames = int(_seconds(query, "max", 0))
+        pictures = await asyncio.to_thread(
+            find_pictures, self.store, stored_id, from_s, to_s, max_frames, False
+        )
+        return web.json_response(
+            {
+                "frames": [
+                    {
+                        "time_s": p.time_s,
+                        "chunk_index": p.index,
+                        "url": f"/api/streams/{stream_id}/frames/{p.time_s!r}",
+                    }
+                    for p in pictures
+                ]
+            }
+        )
+
+    async def _frame(self, request: web.Request) -> web.Response:
+        """The picture nearest a time (seconds) as image/jpeg."""
+        caller = self._caller(request, Role.READER, "read streams")
+        stream_id = request.match_info["stream_id"]
+        stored_id = await asyncio.to_thread(self._existing, caller, stream_id)
+        at = _seconds({"at": request.match_info["at"]}, "at", 0.0)
+        found = await asyncio.to_thread(find_pictures, self.store, stored_id, at, at, 1, True)
+        if not found:
+            raise StreamMissing(f"stream {stream_id!r} has no pictures (is --thumbnails off?)")
+        return web.Response(
+            body=found[0].image,
+            content_type=f"image/{PICTURE_FORMAT}",
+            headers={"X-Frame-Time": repr(found[0].time_s), "Cache-Control": "private, max-age=3600"},
+        )
+
+    async def _timeline(self, request: web.Request) -> web.Response:
+        """{duration_s, chunks: [[index, start_s, end_s]], chunks_dropped, frames_dropped}: for the
+        page's timeline (gaps between chunks and what was dropped visible)."""
+        caller = self._caller(request, Role.READER, "read streams")
+        stream_id = request.match_info["stream_id"]
+        stored_id = caller.stored_id(stream_id)
+        record = await asyncio.to_thread(self.store.get_stream, stored_id)
+        if record is None:
+            raise StreamMissing(f"no stream {stream_id!r}")
+        spans = await asyncio.to_thread(self.store.chunk_spans, stored_id)
+        return web.json_response(
+            {
+                "duration_s": record.duration_s,
+                "chunks": [[s.index, s.start_s, s.end_s] for s in spans],
+                "chunks_dropped": record.chunks_dropped,
+                "frames_dropped": record.frames_dropped,
+            }
+        )
+
+    def _existing(self, caller: Caller, stream_id: str) -> str:
+        stored_id = caller.stored_id(stream_id)
+        if self.store.get_stream(stored_id) is None:
+            raise StreamMissing(f"no stream {stream_id!r}")
+        return stored_id
 
     async def _ask(self, request: web.Request) -> web.Response:
         caller = self._caller(request, Role.READER, "ask")

@@ -19,7 +19,7 @@ import torch
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import IngestCounters
+from longwatch.memory.records import IngestCounters, Picture
 from longwatch.memory.store import ChunkStore, StoreRetry
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.diffp import DiffFramePruner, frames_kept
@@ -29,6 +29,7 @@ from longwatch.model.vision import chunk_frames, encode_frames
 from longwatch.stream import metrics
 from longwatch.stream.decode import SampledFrame
 from longwatch.stream.images import check_aspect
+from longwatch.stream.pictures import PictureMode, chosen_frames, encode_picture
 from longwatch.stream.settings import IngestConfig
 
 
@@ -56,7 +57,7 @@ def forget_stream(stream_id: str, runner: ModelRunner, store: ChunkStore, indexe
     return deleted
 
 
-Stage = Literal["decode", "resize", "diffp", "vision", "compression", "storage"]
+Stage = Literal["decode", "resize", "diffp", "vision", "compression", "pictures", "storage"]
 
 
 @dataclass
@@ -65,8 +66,8 @@ class StageTimes:
 
     decode: demuxing, decoding and colour-converting the sampled frames (the archive reader);
     resize: frames to the model's grid and patch rows; diffp: the keep mask; vision: the vision
-    tower and projector; compression: the summary-token pass; storage: the Redis transaction and
-    the FAISS add. Stages that run on different threads overlap, so the sum can exceed the wall time.
+    tower and projector; compression: the summary-token pass; pictures: scaling and encoding the
+    chunk's pictures; storage: the Redis transaction and the FAISS add. Stages that run on different threads overlap, so the sum can exceed the wall time.
     """
 
     decode_s: float = 0.0
@@ -74,6 +75,7 @@ class StageTimes:
     diffp_s: float = 0.0
     vision_s: float = 0.0
     compression_s: float = 0.0
+    pictures_s: float = 0.0
     storage_s: float = 0.0
 
     @contextmanager
@@ -125,6 +127,7 @@ class StreamIngestor:
         as a shutdown does). source: "archive" or "live", for the metrics."""
         self.stream_id = stream_id
         self.source = source
+        self.picture_mode = PictureMode.parse(config.pictures, config.picture_side)
         self.config = config
         self.runner = runner
         self.store = store
@@ -217,6 +220,20 @@ class StreamIngestor:
                 chunk = self.runner.compressor.compress(self.stream_id, index, encoded)
         return chunk, keep
 
+    def _pictures(
+        self, frames: list[SampledFrame], keep: torch.Tensor, tokens_per_frame: int
+    ) -> list[Picture]:
+        """The chunk's pictures (stream/pictures.py): which frames the config says, as JPEGs."""
+        kept_per_frame = keep.reshape(len(frames), tokens_per_frame).sum(dim=1).tolist()
+        chosen = chosen_frames(self.picture_mode, frames[0].index, kept_per_frame)
+        with self.stage_times.measure("pictures"):
+            return [
+                Picture(
+                    self.next_index, frames[i].pts_s, encode_picture(frames[i].image, self.picture_mode.side)
+                )
+                for i in chosen
+            ]
+
     def _commit_pending(self) -> None:
         frames, self.pending = self.pending, []
         chunk, keep = self._compress(frames, self.pruner, self.next_index, self.stage_times)
@@ -227,10 +244,13 @@ class StreamIngestor:
             c.tokens_seen += n * tpf
             c.tokens_kept += kept
             c.frames_kept += n_kept_frames
+        pictures = self._pictures(frames, keep, tpf)
         with self.stage_times.measure("storage"):
             counters = self.counters
             started = time.perf_counter()
-            written = self.retry.call(lambda: self.store.commit_chunk(chunk, counters), self.give_up)
+            written = self.retry.call(
+                lambda: self.store.commit_chunk(chunk, counters, pictures), self.give_up
+            )
             metrics.chunk_committed(self.stream_id, self.source, n, written, time.perf_counter() - started)
             self.counters = IngestCounters()
             vector = chunk.retrieval.numpy()

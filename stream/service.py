@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import CorruptData
+from longwatch.memory.records import CorruptData, Picture
 from longwatch.memory.store import ChunkStore
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
@@ -39,10 +39,11 @@ from longwatch.stream.errors import (
 )
 from longwatch.stream.images import EncodedImage, FrameImage, RawImage, check_bytes
 from longwatch.stream.live import LiveRegistry, LiveStats, new_stream_id
+from longwatch.stream.pictures import PICTURE_FORMAT
 from longwatch.stream.pipeline import ModelRunner, forget_stream
 from longwatch.stream.quotas import Quotas
 from longwatch.stream.retention import shown
-from longwatch.stream.settings import MAX_FPS, IngestConfig, LiveConfig, ServiceSettings
+from longwatch.stream.settings import MAX_FPS, LiveConfig, ServiceSettings
 from longwatch.stream.uploads import UploadSpool, upload_name
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name  # longwatch.v1.LongWatch
@@ -99,7 +100,9 @@ METHOD_ROLES: dict[str, Role] = {
     "ListStreams": Role.READER,
     "DeleteStream": Role.ADMIN,
     "SetRetention": Role.WRITER,
+    "GetFrames": Role.READER,
 }
+MAX_FRAMES = 100  # GetFrames' default and most pictures per call
 
 
 def _abort_on_error(method: F) -> F:
@@ -164,13 +167,35 @@ def _ask_response(stream_id: str, outcome: AskOutcome) -> pb.AskResponse:
         stream_id=stream_id,
         answer=outcome.answer,
         evidence=[
-            pb.Evidence(start_s=e.start_s, end_s=e.end_s, score=e.score, chunk_index=e.index)
+            pb.Evidence(
+                start_s=e.start_s,
+                end_s=e.end_s,
+                score=e.score,
+                chunk_index=e.index,
+                picture_times_s=e.picture_times,
+            )
             for e in outcome.evidence
         ],
         timings=pb.AskTimings(**outcome.timings_ms),
         tokens_generated=outcome.tokens_generated,
         model=outcome.model,
     )
+
+
+def find_pictures(
+    store: ChunkStore, stored_id: str, from_s: float, to_s: float, max_frames: int, nearest: bool
+) -> list[Picture]:
+    """GetFrames' pictures (also the HTTP API's): those between two times, or the one nearest a time."""
+    if not all(math.isfinite(t) for t in (from_s, to_s)):
+        raise BadRequest(f"times must be finite numbers of seconds, got {from_s} and {to_s}")
+    if nearest:
+        picture = store.picture_at(stored_id, from_s)
+        return [] if picture is None else [picture]
+    if to_s < from_s:
+        raise BadRequest(f"to_s ({to_s:g}) is before from_s ({from_s:g})")
+    if max_frames > MAX_FRAMES:
+        raise BadRequest(f"max_frames is at most {MAX_FRAMES}, got {max_frames}")
+    return store.get_pictures(stored_id, from_s, to_s)[: max_frames or MAX_FRAMES]
 
 
 def check_fps(fps: float) -> float:
@@ -326,12 +351,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         progress messages; `name` is what the stream's source shows (else the file's own name)."""
         base = self.settings.ingest
         check_fps(fps)
-        config = IngestConfig(
-            fps=fps or base.fps,
-            frames_per_chunk=base.frames_per_chunk,
-            max_tokens_per_frame=base.max_tokens_per_frame,
-            diff_threshold=base.diff_threshold,
-        )
+        config = dataclasses.replace(base, fps=fps or base.fps)
         sid = caller.stored_id(stream_id)
         self._check_ingest(caller, sid, resume)
         with self._ingesting_lock:
@@ -474,6 +494,22 @@ class LongWatchService(pb_grpc.LongWatchServicer):
     ) -> pb.ListStreamsResponse:
         mine = [r for r in self.store.list_streams() if caller.owns(r.stream_id)]
         return pb.ListStreamsResponse(streams=[self._public(caller, self._as_it_is(r)) for r in mine])
+
+    @_abort_on_error
+    def GetFrames(
+        self, request: pb.GetFramesRequest, context: grpc.ServicerContext, caller: Caller
+    ) -> pb.GetFramesResponse:
+        sid = caller.stored_id(request.stream_id)
+        self._record(sid)
+        pictures = find_pictures(
+            self.store, sid, request.from_s, request.to_s, request.max_frames, request.nearest
+        )
+        return pb.GetFramesResponse(
+            frames=[
+                pb.Picture(time_s=p.time_s, chunk_index=p.index, image=p.image, format=PICTURE_FORMAT)
+                for p in pictures
+            ]
+        )
 
     @_abort_on_error
     def SetRetention(

@@ -30,12 +30,17 @@ class IngestConfig:
     frames_per_chunk: sampled frames compressed together into one chunk.
     max_tokens_per_frame: per-frame budget of merged visual tokens; sets the resize target.
     diff_threshold: DiffFP threshold (mean absolute pixel difference x 255 per merged token).
+    pictures: which sampled frames a chunk keeps a small JPEG of, for looking at evidence: "chunk"
+        (its most changed frame), "N" (every Nth sampled frame) or "off" (stream/pictures.py).
+    picture_side: the pictures' longest side in pixels.
     """
 
     fps: float = 1.0
     frames_per_chunk: int = 8
     max_tokens_per_frame: int = 16
     diff_threshold: float = 0.1
+    pictures: str = "chunk"
+    picture_side: int = 240
 
     def __post_init__(self) -> None:
         if not 0 < self.fps <= MAX_FPS:
@@ -44,6 +49,12 @@ class IngestConfig:
             raise ValueError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk}")
         if self.max_tokens_per_frame < 1:
             raise ValueError(f"max_tokens_per_frame must be >= 1, got {self.max_tokens_per_frame}")
+        if not (self.pictures in ("off", "chunk") or (self.pictures.isdigit() and int(self.pictures) >= 1)):
+            raise ValueError(
+                f"--thumbnails must be off, chunk or a whole number N >= 1, got {self.pictures!r}"
+            )
+        if not 64 <= self.picture_side <= 1024:
+            raise ValueError(f"--thumbnail-side must be 64-1024 px, got {self.picture_side}")
 
 
 @dataclass
@@ -90,7 +101,9 @@ def ingest_for_model(settings: ServiceSettings, card: dict) -> IngestConfig:
     """
     values = {k: v for k, v in card.get("ingest", {}).items() if k in INGEST_FIELDS}
     values.update({k: getattr(settings.ingest, k) for k in settings.ingest_explicit})
-    return IngestConfig(**values)
+    return IngestConfig(
+        **values, pictures=settings.ingest.pictures, picture_side=settings.ingest.picture_side
+    )
 
 
 def score_margin_for_model(settings: ServiceSettings, card: dict) -> float:
@@ -374,6 +387,20 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--diff-threshold", type=float, default=_env("DIFF_THRESHOLD"), help="default 0.1")
     g.add_argument(
+        "--thumbnails",
+        default=_env("THUMBNAILS", "chunk"),
+        metavar="off|chunk|N",
+        help="pictures kept to show evidence: one per chunk (its most changed frame; the default), "
+        "every Nth sampled frame, or off (LONGWATCH_THUMBNAILS)",
+    )
+    g.add_argument(
+        "--thumbnail-side",
+        type=int,
+        default=_env("THUMBNAIL_SIDE", "240"),
+        metavar="PX",
+        help="the pictures' longest side (LONGWATCH_THUMBNAIL_SIDE; 64-1024, default 240)",
+    )
+    g.add_argument(
         "--live-queue",
         type=int,
         default=_env("LIVE_QUEUE", "32"),
@@ -484,7 +511,11 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         cold_s3=args.cold_s3 or None,
         s3_endpoint=args.s3_endpoint or None,
         kv_storage=args.kv_storage,
-        ingest=IngestConfig(**{k: getattr(args, k) for k in INGEST_FIELDS if getattr(args, k) is not None}),
+        ingest=IngestConfig(
+            **{k: getattr(args, k) for k in INGEST_FIELDS if getattr(args, k) is not None},
+            pictures=args.thumbnails,
+            picture_side=args.thumbnail_side,
+        ),
         ingest_explicit=frozenset(k for k in INGEST_FIELDS if getattr(args, k) is not None),
         live=LiveConfig(
             queue_frames=args.live_queue,

@@ -136,8 +136,8 @@ def test_answer_json() -> None:
         "stream_id": "cam1",
         "answer": "A red car parks by the gate.",
         "evidence": [
-            {"start_s": 12.0, "end_s": 20.0, "score": 0.8312, "chunk_index": 1},
-            {"start_s": 3700.0, "end_s": 3723.5, "score": 0.5, "chunk_index": 9},
+            {"start_s": 12.0, "end_s": 20.0, "score": 0.8312, "chunk_index": 1, "picture_times_s": []},
+            {"start_s": 3700.0, "end_s": 3723.5, "score": 0.5, "chunk_index": 9, "picture_times_s": []},
         ],
         "timings": {"retrieve_ms": 1.5, "total_ms": 40.0},
         "tokens_generated": 9,
@@ -545,7 +545,9 @@ def test_cli_ask(server: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "--server", server, "ask", "cam1", "colour?", "--json", "--top-k", "3")
     data = json.loads(out)
     assert code == 0 and data["answer"] == "A red car." and data["tokens_generated"] == 3
-    assert data["evidence"] == [{"start_s": 0.0, "end_s": 2.0, "score": 0.75, "chunk_index": 0}]
+    assert data["evidence"] == [
+        {"start_s": 0.0, "end_s": 2.0, "score": 0.75, "chunk_index": 0, "picture_times_s": []}
+    ]
     code, out, _ = run_cli(capsys, "--server", server, "ask", "cam1", "colour?", "--stream")
     assert (code, out) == (0, "A red car.\n  [0:00 - 0:02] score 0.75\n")
 

@@ -27,6 +27,7 @@ SERVICE_METHODS = {
     "ListStreams",
     "DeleteStream",
     "SetRetention",
+    "GetFrames",
 }
 
 

@@ -104,6 +104,8 @@ def every_call(c: LongWatchClient, stream_id: str, video: Path) -> dict[str, Any
         "GetStream": lambda: c.get_stream(stream_id),
         "Ask": lambda: c.ask(stream_id, "What appeared?"),
         "AskStream": lambda: list(c.ask_stream(stream_id, "What appeared?")),
+        "GetFrames": lambda: c.get_frames(stream_id, 0, 1e9),
+        "SetRetention": lambda: c.set_retention(stream_id, max_age_s=0),
         "DeleteStream": lambda: c.delete_stream(stream_id),
     }
 
@@ -128,8 +130,8 @@ def test_no_key_or_a_wrong_key_is_unauthenticated_on_every_call_and_health_stays
 def test_each_role_may_do_what_it_may_and_nothing_more(
     server: LongWatchServer, keys: dict[str, str], videos: dict[str, Path]
 ) -> None:
-    readers = {"ListStreams", "GetStream", "Ask", "AskStream"}
-    writers = readers | {"IngestFile", "IngestUpload", "IngestFrames"}
+    readers = {"ListStreams", "GetStream", "Ask", "AskStream", "GetFrames"}
+    writers = readers | {"IngestFile", "IngestUpload", "IngestFrames", "SetRetention"}
     allowed = {"reader": readers, "writer": writers, "admin": writers | {"DeleteStream"}}
     for role in ROLES:
         with client(server, keys[f"acme-{role}"]) as c:

@@ -49,6 +49,13 @@ async function send(method, path, body) {
 
 let keyDeclined = false; // the prompt was dismissed: polling does not ask again
 
+// A picture the API serves (it wants the key too, so no plain <img src>): an object URL for it.
+async function pictureUrl(path) {
+  let response = await send("GET", path);
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return URL.createObjectURL(await response.blob());
+}
+
 async function api(method, path, body) {
   let response = await send(method, path, body);
   if (response.status === 401) {
@@ -199,6 +206,57 @@ function showAnswer(result) {
   const total = result.timings && result.timings.total_ms;
   $("timing").textContent = total ? `${Math.round(total)} ms · ${result.model}` : result.model;
   $("answer-box").hidden = false;
+  showEvidencePictures(result).catch((e) => showError(e.message));
+  showTimeline(result).catch((e) => showError(e.message));
+}
+
+// The evidence as pictures: each cited chunk's kept frames, with their times; a click enlarges.
+async function showEvidencePictures(result) {
+  const strip = $("evidence-strip");
+  for (const img of strip.querySelectorAll("img")) URL.revokeObjectURL(img.src);
+  strip.replaceChildren();
+  const id = encodeURIComponent(result.stream_id);
+  for (const e of result.evidence) {
+    for (const t of e.picture_times_s || []) {
+      const figure = document.createElement("figure");
+      const img = document.createElement("img");
+      img.alt = `the frame at ${formatTime(t)}`;
+      img.dataset.time = String(t);
+      const caption = document.createElement("figcaption");
+      caption.textContent = formatTime(t);
+      figure.append(img, caption);
+      strip.appendChild(figure);
+      img.src = await pictureUrl(`/api/streams/${id}/frames/${t}`);
+      img.addEventListener("click", () => enlarge(img.src, t));
+    }
+  }
+}
+
+function enlarge(src, t) {
+  $("lightbox-image").src = src;
+  $("lightbox-time").textContent = formatTime(t);
+  $("lightbox").hidden = false;
+}
+
+// The stream's chunks along its time, gaps and dropped frames visible, the evidence marked.
+async function showTimeline(result) {
+  const id = encodeURIComponent(result.stream_id);
+  const t = await api("GET", `/api/streams/${id}/timeline`);
+  const bar = $("timeline");
+  bar.replaceChildren();
+  const end = Math.max(t.duration_s, 1);
+  const cited = new Set(result.evidence.map((e) => e.chunk_index));
+  for (const [index, start, stop] of t.chunks) {
+    const block = document.createElement("span");
+    block.className = cited.has(index) ? "chunk cited" : "chunk";
+    block.style.left = `${(100 * start) / end}%`;
+    block.style.width = `${Math.max(0.2, (100 * (stop - start)) / end)}%`;
+    block.title = `chunk ${index}: ${formatTime(start)} – ${formatTime(stop)}`;
+    block.dataset.chunk = String(index);
+    bar.appendChild(block);
+  }
+  bar.title = `${t.chunks.length} chunks kept (${t.chunks_dropped} dropped by retention), `
+    + `${t.frames_dropped} frames dropped live, ${formatTime(t.duration_s)} in all`;
 }
 
 // --- streams -------------------------------------------------------------------------------
@@ -249,6 +307,7 @@ async function refreshStreams() {
 $("send-form").addEventListener("submit", start);
 $("stop").addEventListener("click", stop);
 $("ask-form").addEventListener("submit", ask);
+$("lightbox").addEventListener("click", () => { $("lightbox").hidden = true; });
 window.addEventListener("beforeunload", () => { if (pc) pc.close(); });
 
 const preset = new URLSearchParams(location.search).get("stream");
