@@ -9,9 +9,11 @@ real service, its embedded Redis and a cold tier under the state folder. Redis' 
 of every key of the stream is read with every chunk in Redis ("hot"), then after the sweeper moved
 them all to the cold tier ("cold": the record, spans, retrieval vectors, commit times and cold
 pointers stay in Redis). Per stream-hour = the full chunks' mean x 450 chunks an hour (1 fps, 8
-frames a chunk) + the record. Ask: the same questions over gRPC, top-4, timed by the service
-(first token, and the load of the chunks' caches); cold reads come from the page cache after the
-first (the machine's RAM holds the files), as they would on a serving machine with free memory.
+frames a chunk) + the record; the pictures kept to show evidence (one 240-px JPEG a chunk, in
+Redis) are counted in it and also reported apart. Ask: the same questions over gRPC, top-4, timed
+by the service (first token, and the load of the chunks' caches); cold reads come from the page
+cache after the first (the machine's RAM holds the files), as they would on a serving machine
+with free memory.
 """
 
 from __future__ import annotations
@@ -47,12 +49,21 @@ QUESTIONS = ("What appeared?", "When did it appear?", "What colour was it?", "Wh
 
 
 def redis_bytes(client: redis.Redis, chunks: int) -> dict:
-    """MEMORY USAGE of the stream's keys: the record, the rest, and the rest per chunk."""
+    """MEMORY USAGE of the stream's keys: the record, the rest, and the rest per chunk; and the
+    bytes of the pictures kept with the chunks (one JPEG a chunk, 240 px: the default)."""
     keys = StreamKeys(STREAM)
-    names = [keys.vectors, keys.spans, keys.committed, keys.cold, *(keys.chunk(i) for i in range(chunks))]
+    names = [
+        keys.vectors,
+        keys.spans,
+        keys.committed,
+        keys.cold,
+        keys.pictures,
+        *(keys.chunk(i) for i in range(chunks)),
+    ]
     rest = sum(client.memory_usage(name, samples=0) or 0 for name in names)
     record = client.memory_usage(keys.record, samples=0) or 0
-    return {"record": record, "per_chunk": rest / chunks}
+    pictures = sum(len(v) for v in client.hvals(keys.pictures))
+    return {"record": record, "per_chunk": rest / chunks, "pictures_per_chunk": pictures / chunks}
 
 
 def ask_times(client: LongWatchClient, n: int) -> dict:
@@ -98,7 +109,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
             server.sweeper.sweep()
             cold_stream = client.get_stream(STREAM)
             cold = redis_bytes(raw, chunks) | ask_times(client, asks)
-            disk = sum(p.stat().st_size for p in (tmp / "state" / "cold" / STREAM).iterdir())
+            disk = sum(p.stat().st_size for p in (tmp / "state" / "cold" / f"stream-{STREAM}").iterdir())
             raw.close()
     rows = []
     for tier, figures, disk_bytes in (("all in Redis", hot, 0), ("cold tier", cold, disk)):
@@ -111,6 +122,9 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
                 "chunks": chunks,
                 "redis_mb_per_stream_hour": round(per_hour / 1e6, 2),
                 "disk_mb_per_stream_hour": round(disk_bytes / chunks * CHUNKS_PER_HOUR / 1e6, 1),
+                "pictures_mb_per_stream_hour": round(
+                    figures["pictures_per_chunk"] * CHUNKS_PER_HOUR / 1e6, 2
+                ),
                 "bytes_cold": int(cold_stream.bytes_cold) if disk_bytes else 0,
                 **{k: v for k, v in figures.items() if k.endswith("_ms")},
                 "asks": asks,
