@@ -146,7 +146,7 @@ def _text(value: bytes | str) -> str:
 
 
 def _parse_field(name: str, default: object, raw: str) -> object:
-    if name in ("stream_id", "source", "model", "kv_storage"):
+    if name in ("stream_id", "source", "model", "kv_storage", "source_path"):
         return raw
     if name == "state":
         return StreamState(raw)

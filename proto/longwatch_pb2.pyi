@@ -225,7 +225,7 @@ class GetStreamRequest(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
-    __slots__ = ("stream_id", "state", "source", "duration_s", "frames_decoded", "frames_sampled", "frames_kept", "tokens_seen", "tokens_kept", "chunks", "bytes_stored", "fps", "model", "created_unix", "updated_unix", "frames_dropped", "kv_storage", "frames_lost", "retention_age_s", "retention_bytes", "chunks_dropped", "bytes_dropped", "bytes_cold")
+    __slots__ = ("stream_id", "state", "source", "duration_s", "frames_decoded", "frames_sampled", "frames_kept", "tokens_seen", "tokens_kept", "chunks", "bytes_stored", "fps", "model", "created_unix", "updated_unix", "frames_dropped", "kv_storage", "frames_lost", "retention_age_s", "retention_bytes", "chunks_dropped", "bytes_dropped", "bytes_cold", "source_path")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class StreamInfo(_message.Message):
     CHUNKS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     BYTES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     BYTES_COLD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     state: StreamState
     source: str
@@ -272,7 +273,8 @@ class StreamInfo(_message.Message):
     chunks_dropped: int
     bytes_dropped: int
     bytes_cold: int
-    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., source: _Optional[str] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_kept: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., fps: _Optional[float] = ..., model: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., kv_storage: _Optional[str] = ..., frames_lost: _Optional[int] = ..., retention_age_s: _Optional[float] = ..., retention_bytes: _Optional[int] = ..., chunks_dropped: _Optional[int] = ..., bytes_dropped: _Optional[int] = ..., bytes_cold: _Optional[int] = ...) -> None: ...
+    source_path: str
+    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., source: _Optional[str] = ..., duration_s: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., frames_sampled: _Optional[int] = ..., frames_kept: _Optional[int] = ..., tokens_seen: _Optional[int] = ..., tokens_kept: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., fps: _Optional[float] = ..., model: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., kv_storage: _Optional[str] = ..., frames_lost: _Optional[int] = ..., retention_age_s: _Optional[float] = ..., retention_bytes: _Optional[int] = ..., chunks_dropped: _Optional[int] = ..., bytes_dropped: _Optional[int] = ..., bytes_cold: _Optional[int] = ..., source_path: _Optional[str] = ...) -> None: ...
 
 class ListStreamsRequest(_message.Message):
     __slots__ = ()

@@ -143,6 +143,7 @@ class StreamRecord:
         server's); what a client is shown is the retention in force.
     chunks_dropped, bytes_dropped: what retention removed (`chunks` counts them too).
     bytes_cold: of bytes_stored, what is in the cold tier (on disk) rather than in Redis.
+    source_path: the server-side file an archive was read from (an ingest root's), else "".
     """
 
     stream_id: str
@@ -168,6 +169,7 @@ class StreamRecord:
     chunks_dropped: int = 0
     bytes_dropped: int = 0
     bytes_cold: int = 0
+    source_path: str = ""
 
     def __post_init__(self) -> None:
         validate_stored_id(self.stream_id)  # a client sees bare ids; the service stores tenants' too

@@ -135,6 +135,7 @@ def ingest_archive(
     retry: StoreRetry | None = None,
     busy: bool = False,
     name: str | None = None,
+    source_path: str = "",
 ) -> Iterator[ArchiveProgress]:
     """Ingest a file into a new stream (or, with resume, continue an interrupted one), yielding
     progress after each committed chunk.
@@ -145,7 +146,8 @@ def ingest_archive(
     accumulates the seconds each stage spent (they are logged at the end either way). busy: another
     ingest of this stream is running in this process (a stale INGESTING record is not then resumable).
     name: the file's name as the stream's source shows it (an upload's own name), instead of the
-    path's.
+    path's. source_path: the file's path on the server when it stays there (an ingest root's), kept
+    in the record so the page can play cited spans from it.
     """
     validate_stored_id(stream_id)
     source, opened_name = open_source(path, data)
@@ -163,6 +165,7 @@ def ingest_archive(
         record = StreamRecord(
             stream_id=stream_id,
             source=source_name(name),
+            source_path=source_path,
             state=StreamState.INGESTING,
             fps=config.fps,
             model=fingerprint,

@@ -7,6 +7,8 @@ own event loop in a thread of the service process. Routes:
     POST /offer             {"sdp", "type": "offer", "stream_id"?} -> {"sdp", "type": "answer", "stream_id"}
     GET  /api/streams       [stream, ...], the fields of ListStreams, state as "live"/"ready"/...
     GET  /api/streams/{id}  one stream
+    GET  /api/streams/{id}/frames, /frames/{t}, /timeline, /video   its pictures, chunks, a link
+                            to play its file (stream/media.py); GET /media/{token} plays it
     POST /api/ask           {"stream_id", "question", "top_k"?, "max_new_tokens"?, "score_margin"?}
                             -> {"answer", "evidence": [{start_s, end_s, score, chunk_index}], ...}
 
@@ -39,6 +41,7 @@ from longwatch.memory.store import ChunkStore
 from longwatch.proto.streams import LOCAL_TENANT
 from longwatch.stream import metrics
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
+from longwatch.stream.archive import resolve_server_path
 from longwatch.stream.auth import Caller, KeyRing, Role
 from longwatch.stream.errors import (
     BadRequest,
@@ -49,6 +52,7 @@ from longwatch.stream.errors import (
     status_for,
 )
 from longwatch.stream.live import LiveRegistry, new_stream_id
+from longwatch.stream.media import MediaLinks
 from longwatch.stream.pictures import PICTURE_FORMAT
 from longwatch.stream.quotas import Quotas
 from longwatch.stream.retention import shown
@@ -204,11 +208,14 @@ class LiveHttpServer:
         keys: KeyRing | None = None,
         ssl_context: ssl.SSLContext | None = None,
         quotas: Quotas | None = None,
+        ingest_roots: tuple[Path, ...] = (),
     ) -> None:
         self.host, self.port = host, port
         self.keys = keys or KeyRing(None)
         self.ssl_context = ssl_context
         self.quotas = quotas or Quotas(self.keys, store, registry)
+        self.ingest_roots = ingest_roots
+        self.media = MediaLinks()
         self.answerer = answerer
         self.store = store
         self.top_k, self.max_new_tokens = top_k, max_new_tokens
@@ -253,6 +260,8 @@ class LiveHttpServer:
                 web.get("/api/streams/{stream_id}", self._stream),
                 web.get("/api/streams/{stream_id}/frames", self._frames),
                 web.get("/api/streams/{stream_id}/timeline", self._timeline),
+                web.get("/api/streams/{stream_id}/video", self._video_link),
+                web.get("/media/{token}", self._media),
                 web.get("/api/streams/{stream_id}/frames/{at}", self._frame),
                 web.post("/api/ask", self._ask),
                 web.get("/metrics", self._metrics),
@@ -384,6 +393,33 @@ class LiveHttpServer:
                 "frames_dropped": record.frames_dropped,
             }
         )
+
+    async def _video_link(self, request: web.Request) -> web.Response:
+        """{"url", "expires_unix"}: a link to play the archive's own file (stream/media.py)."""
+        caller = self._caller(request, Role.READER, "read streams")
+        stream_id = request.match_info["stream_id"]
+        stored_id = caller.stored_id(stream_id)
+        record = await asyncio.to_thread(self.store.get_stream, stored_id)
+        if record is None:
+            raise StreamMissing(f"no stream {stream_id!r}")
+        if not record.source_path:
+            raise StreamMissing(f"stream {stream_id!r} has no file on the server to play (uploaded, or live)")
+        token, expires = self.media.token(stored_id)
+        return web.json_response({"url": f"/media/{token}", "expires_unix": expires})
+
+    async def _media(self, request: web.Request) -> web.StreamResponse:
+        """The file a link names, with HTTP ranges; any bad link is a plain 404."""
+        stored_id = self.media.stream_of(request.match_info["token"])
+        record = await asyncio.to_thread(self.store.get_stream, stored_id) if stored_id else None
+        try:
+            if record is None or not record.source_path:
+                raise ValueError("no such stream or file")
+            path = resolve_server_path(record.source_path, self.ingest_roots)  # still inside a root
+            if not Path(path).is_file():
+                raise ValueError("the file is gone")
+        except (ValueError, PermissionDenied):
+            raise web.HTTPNotFound() from None
+        return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
     def _existing(self, caller: Caller, stream_id: str) -> str:
         stored_id = caller.stored_id(stream_id)

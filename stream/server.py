@@ -229,6 +229,7 @@ class LongWatchServer:
             keys=service.keys,
             ssl_context=http_context(s.security) if s.security.tls else None,
             quotas=service.quotas,
+            ingest_roots=s.security.ingest_roots,
         )
         self.http_port = self.http.start()
 

@@ -293,7 +293,9 @@ class LongWatchService(pb_grpc.LongWatchServicer):
     ) -> Iterator[pb.IngestProgress]:
         if request.WhichOneof("source") == "path":
             path = resolve_server_path(request.path, self.settings.security.ingest_roots)
-            yield from self._ingest(caller, request.stream_id, request.fps, request.resume, context, path)
+            yield from self._ingest(
+                caller, request.stream_id, request.fps, request.resume, context, path, stays=True
+            )
             return
         # The file's bytes in this message: spooled like an upload in pieces, under the same limit.
         self._check_ingest(caller, caller.stored_id(request.stream_id), request.resume)
@@ -346,9 +348,11 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         context: grpc.ServicerContext,
         path: str,
         name: str | None = None,
+        stays: bool = False,
     ) -> Iterator[pb.IngestProgress]:
         """An archive ingest of a file on the server (an ingest root's, or a spooled upload), as
-        progress messages; `name` is what the stream's source shows (else the file's own name)."""
+        progress messages; `name` is what the stream's source shows (else the file's own name);
+        stays: the file stays where it is (an ingest root's), so the stream records its path."""
         base = self.settings.ingest
         check_fps(fps)
         config = dataclasses.replace(base, fps=fps or base.fps)
@@ -373,6 +377,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
                 stopping=lambda: self.gate.closed,
                 busy=busy,
                 name=name,
+                source_path=path if stays else "",
             )
             with closing(progress):  # closed early (a quota): the ingest keeps what it committed
                 for p in progress:

@@ -208,6 +208,36 @@ function showAnswer(result) {
   $("answer-box").hidden = false;
   showEvidencePictures(result).catch((e) => showError(e.message));
   showTimeline(result).catch((e) => showError(e.message));
+  offerPlayback(result).catch(() => {}); // an upload or a live stream has no file to play: no player
+}
+
+// An archive read from the server's own folders can play each cited span from its file.
+async function offerPlayback(result) {
+  const video = $("evidence-video");
+  video.hidden = true;
+  const id = encodeURIComponent(result.stream_id);
+  const link = await api("GET", `/api/streams/${id}/video`);
+  video.src = link.url;
+  video.hidden = false;
+  const items = $("evidence").querySelectorAll("li");
+  result.evidence.forEach((e, n) => {
+    const play = document.createElement("button");
+    play.type = "button";
+    play.className = "play";
+    play.textContent = "▶";
+    play.title = `play ${formatTime(e.start_s)} – ${formatTime(e.end_s)}`;
+    play.addEventListener("click", () => playSpan(video, e.start_s, e.end_s));
+    items[n].prepend(play);
+  });
+}
+
+function playSpan(video, start, end) {
+  video.currentTime = start;
+  const stopAtEnd = () => {
+    if (video.currentTime >= end) { video.pause(); video.removeEventListener("timeupdate", stopAtEnd); }
+  };
+  video.addEventListener("timeupdate", stopAtEnd);
+  video.play().catch(() => {}); // a browser may refuse to autoplay; the controls still work
 }
 
 // The evidence as pictures: each cited chunk's kept frames, with their times; a click enlarges.
