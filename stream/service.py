@@ -43,7 +43,7 @@ from longwatch.stream.pictures import PICTURE_FORMAT
 from longwatch.stream.pipeline import ModelRunner, forget_stream
 from longwatch.stream.quotas import Quotas
 from longwatch.stream.retention import shown
-from longwatch.stream.settings import MAX_FPS, LiveConfig, ServiceSettings
+from longwatch.stream.settings import MAX_FPS, MIN_FPS, LiveConfig, ServiceSettings
 from longwatch.stream.uploads import UploadSpool, upload_name
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name  # longwatch.v1.LongWatch
@@ -199,9 +199,9 @@ def find_pictures(
 
 
 def check_fps(fps: float) -> float:
-    """A requested sampling rate: 0 (the default) or in (0, MAX_FPS]; NaN and the rest are refused."""
-    if not (fps == 0 or 0 < fps <= MAX_FPS):
-        raise BadRequest(f"fps must be in (0, {MAX_FPS:g}] (or 0 for the server's), got {fps}")
+    """A requested sampling rate: 0 (the default) or in [MIN_FPS, MAX_FPS]; NaN and the rest are refused."""
+    if not (fps == 0 or MIN_FPS <= fps <= MAX_FPS):
+        raise BadRequest(f"fps must be in [{MIN_FPS:g}, {MAX_FPS:g}] (or 0 for the server's), got {fps}")
     return fps
 
 

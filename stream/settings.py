@@ -14,6 +14,9 @@ from longwatch.model.config import ATTENTION, ModelConfig
 from longwatch.proto.streams import KV_STORAGE
 
 MAX_FPS = 60.0  # the highest sampling rate a stream may ask for
+# The lowest: a frame every 1000 s. Below it the interval between samples overflows stream time
+# (a fuzzed fps of 2e-313 made a chunk end at infinity).
+MIN_FPS = 0.001
 SERVICE_KV_STORAGE = "int8"  # the store's own default stays lossless ("float"); the service saves bytes
 
 
@@ -43,8 +46,8 @@ class IngestConfig:
     picture_side: int = 240
 
     def __post_init__(self) -> None:
-        if not 0 < self.fps <= MAX_FPS:
-            raise ValueError(f"fps must be in (0, {MAX_FPS:g}], got {self.fps}")
+        if not MIN_FPS <= self.fps <= MAX_FPS:
+            raise ValueError(f"fps must be in [{MIN_FPS:g}, {MAX_FPS:g}], got {self.fps}")
         if self.frames_per_chunk < 1:
             raise ValueError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk}")
         if self.max_tokens_per_frame < 1:

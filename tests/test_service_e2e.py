@@ -214,8 +214,9 @@ def test_bad_requests(gen: str, videos: dict[str, Path], client: LongWatchClient
         ingest(client, "missing-file", Path("/nonexistent/video.mp4"))
     with pytest.raises(AlreadyExists):
         ingest(client, "gen", Path(videos["generated"]))
-    for fps in (61.0, float("nan"), -1.0, float("inf")):
-        with pytest.raises(InvalidArgument, match=r"fps must be in \(0, 60\]"):
+    # 2.2e-313 (subnormal, found by the fuzzer) once made a chunk end at infinity: INTERNAL.
+    for fps in (61.0, float("nan"), -1.0, float("inf"), 2.2250738585e-313, 0.0009):
+        with pytest.raises(InvalidArgument, match=r"fps must be in \[0.001, 60\]"):
             for _ in client.ingest_file("fast", path=str(videos["generated"]), fps=fps):
                 pass
     assert client.get_stream("gen").chunks == GENERATED_SECONDS // 8  # the refused re-ingest lost nothing
