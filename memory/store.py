@@ -10,6 +10,7 @@ keys share a slot and one MULTI/EXEC can cover them):
     lw:{<id>}:spans      hash   i -> JSON [start_s, end_s]
     lw:{<id>}:committed  hash   i -> when chunk i was committed (unix seconds): retention's clock
     lw:{<id>}:pictures   hash   "i:t" -> a JPEG of the sampled frame at stream time t in chunk i
+    lw:{<id>}:picture_times  hash   i -> JSON [t, ...]: chunk i's picture times (what Ask names)
     lw:{<id>}:cold       hash   i -> JSON {"bytes", "sha256"}: chunk i's blob is in the cold tier
                                 (memory/tier.py), no longer at lw:{<id>}:chunk:<i>
     lw:{<id>}:ingest     string a live stream's small ingest state (safetensors bytes, written by
@@ -122,6 +123,10 @@ class StreamKeys:
     @property
     def pictures(self) -> str:
         return f"{self.prefix}:pictures"
+
+    @property
+    def picture_times(self) -> str:
+        return f"{self.prefix}:picture_times"
 
     def chunk(self, index: int) -> str:
         return f"{self.prefix}:chunk:{int(index)}"
@@ -438,6 +443,7 @@ class RedisChunkStore(ChunkStore):
                 keys.committed,
                 keys.cold,
                 keys.pictures,
+                keys.picture_times,
                 *sorted(chunk_keys),
             )
 
@@ -521,7 +527,7 @@ class RedisChunkStore(ChunkStore):
             if not present:
                 return
             pipe.unlink(*(keys.chunk(int(f)) for f in present))
-            for key in (keys.vectors, keys.spans, keys.committed, keys.cold):
+            for key in (keys.vectors, keys.spans, keys.committed, keys.cold, keys.picture_times):
                 pipe.hdel(key, *present)
             if picture_fields:
                 pipe.hdel(keys.pictures, *picture_fields)
@@ -588,6 +594,7 @@ class RedisChunkStore(ChunkStore):
             written = len(blob) + len(vector) + len(span) + sum(len(p.image) for p in pictures)
             if pictures:
                 pipe.hset(keys.pictures, mapping={_picture_field(p): p.image for p in pictures})
+                pipe.hset(keys.picture_times, field, json.dumps([float(p.time_s) for p in pictures]))
             pipe.set(keys.chunk(chunk.index), blob)
             pipe.hset(keys.vectors, field, vector)
             pipe.hset(keys.spans, field, span)
@@ -715,14 +722,17 @@ class RedisChunkStore(ChunkStore):
 
     @_unavailable_as_store_error
     def picture_times(self, stream_id: str, indices: Sequence[int]) -> dict[int, list[float]]:
+        """One HMGET of the chunks' picture times (on every Ask: never a scan of all pictures)."""
         keys = StreamKeys(stream_id)
-        wanted = {int(i) for i in indices}
-        times: dict[int, list[float]] = {i: [] for i in wanted}
-        for field in self._r.hkeys(keys.pictures):
-            index, time_s = _parse_picture_field(field, keys.pictures)
-            if index in wanted:
-                times[index].append(time_s)
-        return {i: sorted(t) for i, t in times.items()}
+        wanted = [int(i) for i in indices]
+        raw = self._r.hmget(keys.picture_times, [str(i) for i in wanted]) if wanted else []
+        times: dict[int, list[float]] = {}
+        for i, value in zip(wanted, raw, strict=True):
+            try:
+                times[i] = [float(t) for t in json.loads(value)] if value is not None else []
+            except (ValueError, TypeError):
+                raise CorruptData(f"{keys.picture_times}[{i}]: not a list of times: {value[:60]!r}") from None
+        return times
 
     def _with_cold(
         self, keys: StreamKeys, indices: list[int], blobs: list[bytes | None]

@@ -38,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from longwatch.clients.ice import check_bindable
 from longwatch.memory.store import ChunkStore
-from longwatch.proto.streams import LOCAL_TENANT
+from longwatch.proto.streams import LOCAL_TENANT, StreamRecord
 from longwatch.stream import metrics
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.archive import resolve_server_path
@@ -330,17 +330,14 @@ class LiveHttpServer:
 
     async def _stream(self, request: web.Request) -> web.Response:
         caller = self._caller(request, Role.READER, "read streams")
-        stream_id = request.match_info["stream_id"]
-        record = await asyncio.to_thread(self.store.get_stream, caller.stored_id(stream_id))
-        if record is None:
-            raise StreamMissing(f"no stream {stream_id!r}")
+        record = await asyncio.to_thread(self._record, caller, request.match_info["stream_id"])
         return web.json_response(shown(record, caller, self.keys).to_json_dict())
 
     async def _frames(self, request: web.Request) -> web.Response:
         """{"frames": [{time_s, chunk_index, url}]}: the pictures between ?from= and ?to= (seconds)."""
         caller = self._caller(request, Role.READER, "read streams")
         stream_id = request.match_info["stream_id"]
-        stored_id = await asyncio.to_thread(self._existing, caller, stream_id)
+        stored_id = (await asyncio.to_thread(self._record, caller, stream_id)).stream_id
         query = request.query
         from_s, to_s = _seconds(query, "from", 0.0), _seconds(query, "to", 1e12)
         max_frames = int(_seconds(query, "max", 0))
@@ -364,7 +361,7 @@ class LiveHttpServer:
         """The picture nearest a time (seconds) as image/jpeg."""
         caller = self._caller(request, Role.READER, "read streams")
         stream_id = request.match_info["stream_id"]
-        stored_id = await asyncio.to_thread(self._existing, caller, stream_id)
+        stored_id = (await asyncio.to_thread(self._record, caller, stream_id)).stream_id
         at = _seconds({"at": request.match_info["at"]}, "at", 0.0)
         found = await asyncio.to_thread(find_pictures, self.store, stored_id, at, at, 1, True)
         if not found:
@@ -379,12 +376,8 @@ class LiveHttpServer:
         """{duration_s, chunks: [[index, start_s, end_s]], chunks_dropped, frames_dropped}: for the
         page's timeline (gaps between chunks and what was dropped visible)."""
         caller = self._caller(request, Role.READER, "read streams")
-        stream_id = request.match_info["stream_id"]
-        stored_id = caller.stored_id(stream_id)
-        record = await asyncio.to_thread(self.store.get_stream, stored_id)
-        if record is None:
-            raise StreamMissing(f"no stream {stream_id!r}")
-        spans = await asyncio.to_thread(self.store.chunk_spans, stored_id)
+        record = await asyncio.to_thread(self._record, caller, request.match_info["stream_id"])
+        spans = await asyncio.to_thread(self.store.chunk_spans, record.stream_id)
         return web.json_response(
             {
                 "duration_s": record.duration_s,
@@ -398,13 +391,10 @@ class LiveHttpServer:
         """{"url", "expires_unix"}: a link to play the archive's own file (stream/media.py)."""
         caller = self._caller(request, Role.READER, "read streams")
         stream_id = request.match_info["stream_id"]
-        stored_id = caller.stored_id(stream_id)
-        record = await asyncio.to_thread(self.store.get_stream, stored_id)
-        if record is None:
-            raise StreamMissing(f"no stream {stream_id!r}")
+        record = await asyncio.to_thread(self._record, caller, stream_id)
         if not record.source_path:
             raise StreamMissing(f"stream {stream_id!r} has no file on the server to play (uploaded, or live)")
-        token, expires = self.media.token(stored_id)
+        token, expires = self.media.token(record.stream_id)
         return web.json_response({"url": f"/media/{token}", "expires_unix": expires})
 
     async def _media(self, request: web.Request) -> web.StreamResponse:
@@ -421,11 +411,12 @@ class LiveHttpServer:
             raise web.HTTPNotFound() from None
         return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
-    def _existing(self, caller: Caller, stream_id: str) -> str:
-        stored_id = caller.stored_id(stream_id)
-        if self.store.get_stream(stored_id) is None:
+    def _record(self, caller: Caller, stream_id: str) -> StreamRecord:
+        """The caller's stream by the id it knows; another tenant's is as missing as none."""
+        record = self.store.get_stream(caller.stored_id(stream_id))
+        if record is None:
             raise StreamMissing(f"no stream {stream_id!r}")
-        return stored_id
+        return record
 
     async def _ask(self, request: web.Request) -> web.Response:
         caller = self._caller(request, Role.READER, "ask")

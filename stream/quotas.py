@@ -42,20 +42,22 @@ class Quotas:
             or self.store.get_stream(stored_id) is not None
         ):
             return
-        streams, _ = self._count(caller)
+        streams, stored = self._count(caller)
         if limits.max_streams and streams >= limits.max_streams:
             raise QuotaExceeded(
                 f"tenant {caller.tenant} has {streams} streams, its limit (max_streams): delete one first"
             )
-        self.check_stored(caller)
+        self._check_bytes(caller, stored, limits.max_stored_bytes)
 
     def check_stored(self, caller: Caller) -> None:
         """The stored-bytes limit, before an ingest starts and as it goes."""
         limit = self.keys.limits(caller.tenant).max_stored_bytes
-        if not limit:
-            return
-        _, stored = self._count(caller)
-        if stored >= limit:
+        if limit:
+            self._check_bytes(caller, self._count(caller)[1], limit)
+
+    @staticmethod
+    def _check_bytes(caller: Caller, stored: int, limit: int) -> None:
+        if limit and stored >= limit:
             raise QuotaExceeded(
                 f"tenant {caller.tenant} stores {stored / 1e9:.3g} GB, its limit is {limit / 1e9:g} GB "
                 "(max_stored_gb): delete streams or raise the limit, then resume"

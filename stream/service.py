@@ -293,6 +293,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
     ) -> Iterator[pb.IngestProgress]:
         if request.WhichOneof("source") == "path":
             path = resolve_server_path(request.path, self.settings.security.ingest_roots)
+            self._check_ingest(caller, caller.stored_id(request.stream_id), request.resume)
             yield from self._ingest(
                 caller, request.stream_id, request.fps, request.resume, context, path, stays=True
             )
@@ -356,8 +357,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         base = self.settings.ingest
         check_fps(fps)
         config = dataclasses.replace(base, fps=fps or base.fps)
-        sid = caller.stored_id(stream_id)
-        self._check_ingest(caller, sid, resume)
+        sid = caller.stored_id(stream_id)  # its quotas were checked before the file was taken
         with self._ingesting_lock:
             busy = sid in self._ingesting
             if busy and resume:
