@@ -472,28 +472,31 @@ class RedisChunkStore(ChunkStore):
         keys = StreamKeys(stream_id)
         with self._r.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.spans)
-            pipe.hgetall(keys.vectors)
             pipe.hgetall(keys.committed)
             pipe.hget(keys.record, "created_unix")
             pipe.hgetall(keys.cold)
-            spans, vectors, committed, created, cold = pipe.execute()
+            spans, committed, created, cold = pipe.execute()
         indices = sorted(i for i in (_int_or_none(f) for f in spans) if i is not None)
         pictures = self._picture_fields(self._r, keys)
+        # Sizes only (STRLEN, HSTRLEN): the vectors and blobs themselves never leave Redis here.
         with self._r.pipeline(transaction=False) as pipe:
             for i in indices:
                 pipe.strlen(keys.chunk(i))
+            for i in indices:
+                pipe.hstrlen(keys.vectors, str(i))
             for field in (f for i in indices for f in pictures.get(i, [])):
                 pipe.hstrlen(keys.pictures, field)
             sizes = pipe.execute()
-        blob_sizes, picture_sizes = sizes[: len(indices)], iter(sizes[len(indices) :])
+        n = len(indices)
+        blob_sizes, vector_sizes, picture_sizes = sizes[:n], sizes[n : 2 * n], iter(sizes[2 * n :])
         fallback = float(created or 0.0)  # chunks committed before commit times were kept
         out = []
-        for i, blob in zip(indices, blob_sizes, strict=True):
+        for i, blob, vector in zip(indices, blob_sizes, vector_sizes, strict=True):
             field = str(i).encode()
             size = (
                 int(blob)
                 + _cold_bytes(cold.get(field))
-                + len(vectors.get(field, b""))
+                + int(vector)
                 + len(spans.get(field, b""))
                 + sum(next(picture_sizes) for _ in pictures.get(i, []))
             )

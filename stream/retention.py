@@ -74,14 +74,17 @@ def chunks_to_drop(ages: list[ChunkAge], retention: Retention, now: float) -> li
 
 
 def apply_retention(
-    store: ChunkStore, indexes: IndexRegistry, record: StreamRecord, retention: Retention, now: float
-) -> int:
-    """Drop what `retention` says from one stream; returns the chunks dropped."""
-    if retention.keeps_all:
-        return 0
-    drop = chunks_to_drop(store.chunk_ages(record.stream_id), retention, now)
+    store: ChunkStore,
+    indexes: IndexRegistry,
+    record: StreamRecord,
+    retention: Retention,
+    ages: list[ChunkAge],
+    now: float,
+) -> list[int]:
+    """Drop what `retention` says of one stream, whose chunks are `ages`; returns the indices dropped."""
+    drop = chunks_to_drop(ages, retention, now) if not retention.keeps_all else []
     if not drop:
-        return 0
+        return []
     indexes.get(record.stream_id).remove(drop)  # first: no Ask finds them from here on
     freed = store.drop_chunks(record.stream_id, drop)
     log.info(
@@ -91,4 +94,4 @@ def apply_retention(
         record.stream_id,
         max(drop),
     )
-    return len(drop)
+    return drop

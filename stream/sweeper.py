@@ -15,7 +15,7 @@ import threading
 import time
 
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import StoreError
+from longwatch.memory.records import ChunkAge, StoreError
 from longwatch.memory.store import ChunkStore
 from longwatch.proto.streams import StreamRecord
 from longwatch.stream.auth import KeyRing
@@ -27,15 +27,14 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 60.0
 
 
-def apply_tiering(store: ChunkStore, record: StreamRecord, hot_window_s: float, now: float) -> int:
-    """Move one stream's chunks committed more than `hot_window_s` ago to the cold tier; returns bytes moved."""
+def apply_tiering(
+    store: ChunkStore, record: StreamRecord, ages: list[ChunkAge], hot_window_s: float, now: float
+) -> int:
+    """Move one stream's chunks (`ages`) committed more than `hot_window_s` ago to the cold tier;
+    returns bytes moved."""
     if hot_window_s <= 0:
         return 0
-    old = [
-        a.index
-        for a in store.chunk_ages(record.stream_id)
-        if not a.cold and a.committed_unix < now - hot_window_s
-    ]
+    old = [a.index for a in ages if not a.cold and a.committed_unix < now - hot_window_s]
     if not old:
         return 0
     moved = store.move_to_cold(record.stream_id, old)
@@ -75,10 +74,16 @@ class StorageSweeper:
         """One pass over every stream. A stream that fails is logged and skipped (the next pass
         tries it again)."""
         for record in self.store.list_streams():
+            retention = retention_for(record, self.keys)
+            if retention.keeps_all and self.hot_window_s <= 0:
+                continue  # nothing to do: not even the stream's chunk list is read
             try:
                 now = time.time()
-                apply_retention(self.store, self.indexes, record, retention_for(record, self.keys), now)
-                apply_tiering(self.store, record, self.hot_window_s, now)
+                ages = self.store.chunk_ages(record.stream_id)  # once, for both
+                dropped = set(apply_retention(self.store, self.indexes, record, retention, ages, now))
+                apply_tiering(
+                    self.store, record, [a for a in ages if a.index not in dropped], self.hot_window_s, now
+                )
             except StoreError as e:
                 log.warning("storage sweep skipped %s this pass: %s", record.stream_id, one_line(e))
 
