@@ -9,8 +9,8 @@ real service, its embedded Redis and a cold tier under the state folder. Redis' 
 of every key of the stream is read with every chunk in Redis ("hot"), then after the sweeper moved
 them all to the cold tier ("cold": the record, spans, retrieval vectors, commit times and cold
 pointers stay in Redis). Per stream-hour = the full chunks' mean x 450 chunks an hour (1 fps, 8
-frames a chunk) + the record; the pictures kept to show evidence (one 240-px JPEG a chunk, in
-Redis) are counted in it and also reported apart. Ask: the same questions over gRPC, top-4, timed
+frames a chunk) + the record; the pictures kept to show evidence (one 240-px JPEG a chunk, which
+go cold with their chunk; their times stay) are counted in it and also reported apart. Ask: the same questions over gRPC, top-4, timed
 by the service (first token, and the load of the chunks' caches); cold reads come from the page
 cache after the first (the machine's RAM holds the files), as they would on a serving machine
 with free memory.
@@ -50,7 +50,7 @@ QUESTIONS = ("What appeared?", "When did it appear?", "What colour was it?", "Wh
 
 def redis_bytes(client: redis.Redis, chunks: int) -> dict:
     """MEMORY USAGE of the stream's keys: the record, the rest, and the rest per chunk; and the
-    bytes of the pictures kept with the chunks (one JPEG a chunk, 240 px: the default)."""
+    bytes of the pictures still in Redis (one JPEG a chunk, 240 px: the default)."""
     keys = StreamKeys(STREAM)
     names = [
         keys.vectors,
@@ -58,6 +58,8 @@ def redis_bytes(client: redis.Redis, chunks: int) -> dict:
         keys.committed,
         keys.cold,
         keys.pictures,
+        keys.picture_times,
+        keys.cold_pictures,
         *(keys.chunk(i) for i in range(chunks)),
     ]
     rest = sum(client.memory_usage(name, samples=0) or 0 for name in names)

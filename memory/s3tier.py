@@ -1,7 +1,7 @@
 """The cold tier on an S3-compatible object store (AWS S3, MinIO, Ceph RGW, R2, ...), for those who
 have one: `serve --cold-s3 s3://BUCKET/PREFIX [--s3-endpoint URL]` (the `s3` extra: boto3).
 
-Objects are <prefix>/stream-<stream id>/<index>.safetensors. A PUT stores an object whole or not at all;
+Objects are <prefix>/stream-<stream id>/<index>.safetensors (and <index>.pictures.safetensors). A PUT stores an object whole or not at all;
 what Redis points at is checked against its SHA-256 when read back (memory/tier.py). Credentials
 come the way boto3 finds them (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, a role).
 """
@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from longwatch.memory.records import StoreUnavailable
-from longwatch.memory.tier import SUFFIX, BlobTier, stream_folder
+from longwatch.memory.tier import KINDS, BlobTier, blob_name, stream_folder
 
 _DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 
@@ -33,11 +33,11 @@ class S3BlobTier(BlobTier):
         self._s3 = client
         self._errors = self._s3.exceptions
 
-    def _key(self, stream_id: str, index: int | None = None) -> str:
+    def _key(self, stream_id: str, index: int | None = None, kind: str = "chunk") -> str:
         folder = (
             f"{self.prefix}/{stream_folder(stream_id)}/" if self.prefix else f"{stream_folder(stream_id)}/"
         )
-        return folder if index is None else f"{folder}{index}{SUFFIX}"
+        return folder if index is None else folder + blob_name(index, kind)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One S3 call; a store that cannot be reached or refuses is StoreUnavailable, one line."""
@@ -53,26 +53,26 @@ class S3BlobTier(BlobTier):
                 f"the S3 cold tier s3://{self.bucket}/{self.prefix} failed to {what}: {text}"
             ) from e
 
-    def put(self, stream_id: str, index: int, blob: bytes) -> None:
+    def put(self, stream_id: str, index: int, blob: bytes, kind: str = "chunk") -> None:
         self._call(
             "store a chunk",
             self._s3.put_object,
             Bucket=self.bucket,
-            Key=self._key(stream_id, index),
+            Key=self._key(stream_id, index, kind),
             Body=blob,
         )
 
-    def get(self, stream_id: str, index: int) -> bytes | None:
+    def get(self, stream_id: str, index: int, kind: str = "chunk") -> bytes | None:
         try:
             reply = self._call(
-                "read a chunk", self._s3.get_object, Bucket=self.bucket, Key=self._key(stream_id, index)
+                "read a chunk", self._s3.get_object, Bucket=self.bucket, Key=self._key(stream_id, index, kind)
             )
         except self._errors.NoSuchKey:
             return None
         return bytes(reply["Body"].read())
 
-    def delete(self, stream_id: str, indices: list[int]) -> None:
-        self._delete_keys([self._key(stream_id, i) for i in indices])
+    def delete(self, stream_id: str, indices: list[int], kinds: tuple[str, ...] = tuple(KINDS)) -> None:
+        self._delete_keys([self._key(stream_id, i, kind) for i in indices for kind in kinds])
 
     def delete_stream(self, stream_id: str) -> None:
         self._delete_keys([key for key, _ in self._list(self._key(stream_id))])

@@ -18,6 +18,7 @@ serialises to the same blob (the store relies on that to recognise a retried com
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.kvquant import check_scales, dequantize_int8, quantize_int8
-from longwatch.memory.records import CorruptData
+from longwatch.memory.records import CorruptData, Picture
 from longwatch.proto.streams import KV_STORAGE
 
 META_KEY = "longwatch.chunk"  # the one safetensors metadata entry: JSON of the scalars and "version"
@@ -50,6 +51,8 @@ _SCALARS = (
     "mode",
     "alpha",
 )
+PICTURES_META_KEY = "longwatch.pictures"  # a cold chunk's pictures, packed into one blob
+PICTURES_FORMAT_VERSION = 1
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
@@ -122,6 +125,42 @@ def chunk_from_bytes(data: bytes, *, name: str = "chunk") -> ChunkCache:
         )
     except (ValueError, TypeError) as e:
         raise CorruptData(f"{name}: fields do not form a chunk ({_one_line(e)})") from None
+
+
+def pictures_to_bytes(index: int, pictures: Sequence[Picture]) -> bytes:
+    """Chunk `index`'s pictures as one blob, for the cold tier: each image a uint8 tensor named by its
+    position, the chunk and the times in the metadata (one entry, so the bytes are deterministic)."""
+    tensors = {
+        str(n): torch.frombuffer(bytearray(p.image), dtype=torch.uint8) for n, p in enumerate(pictures)
+    }
+    meta = {
+        "version": PICTURES_FORMAT_VERSION,
+        "index": int(index),
+        "times": [float(p.time_s) for p in pictures],
+    }
+    return save_safetensors_bytes(tensors, metadata={PICTURES_META_KEY: json.dumps(meta)})
+
+
+def pictures_from_bytes(data: bytes, *, index: int, name: str = "pictures") -> list[Picture]:
+    """Parse a blob written by pictures_to_bytes for chunk `index`; anything else is CorruptData."""
+    data = bytes(data)
+    meta = safetensors_metadata(data, PICTURES_META_KEY, name)
+    times = meta.get("times")
+    if (
+        meta.get("version") != PICTURES_FORMAT_VERSION
+        or meta.get("index") != index
+        or not isinstance(times, list)
+    ):
+        raise CorruptData(f"{name}: not the pictures of chunk {index} ({str(meta)[:80]})")
+    try:
+        tensors = load_safetensors_bytes(data)
+        images = [tensors[str(n)] for n in range(len(times))]
+        return [
+            Picture(index, float(t), bytes(image.numpy().tobytes()))
+            for t, image in zip(times, images, strict=True)
+        ]
+    except Exception as e:  # any parse failure of foreign bytes is corruption, whatever its type
+        raise CorruptData(f"{name}: not a valid pictures blob ({_one_line(e)})") from None
 
 
 def vector_to_bytes(vector: np.ndarray | torch.Tensor) -> bytes:

@@ -13,6 +13,9 @@ keys share a slot and one MULTI/EXEC can cover them):
     lw:{<id>}:picture_times  hash   i -> JSON [t, ...]: chunk i's picture times (what Ask names)
     lw:{<id>}:cold       hash   i -> JSON {"bytes", "sha256"}: chunk i's blob is in the cold tier
                                 (memory/tier.py), no longer at lw:{<id>}:chunk:<i>
+    lw:{<id>}:cold_pictures  hash   i -> JSON {"bytes", "sha256"}: chunk i's pictures went with it,
+                                packed in one blob; "bytes" is what the stream's counters hold for
+                                them (the images), the SHA-256 is the blob's
     lw:{<id>}:ingest     string a live stream's small ingest state (safetensors bytes, written by
                                 stream/live.py), so a reconnect or a restart continues the stream
     lw:streams           set    ids of all streams (another slot: never inside a stream's transaction)
@@ -64,6 +67,8 @@ from longwatch.memory.records import (
 from longwatch.memory.serialization import (
     chunk_from_bytes,
     chunk_to_bytes,
+    pictures_from_bytes,
+    pictures_to_bytes,
     vector_from_bytes,
     vector_to_bytes,
 )
@@ -127,6 +132,10 @@ class StreamKeys:
     @property
     def picture_times(self) -> str:
         return f"{self.prefix}:picture_times"
+
+    @property
+    def cold_pictures(self) -> str:
+        return f"{self.prefix}:cold_pictures"
 
     def chunk(self, index: int) -> str:
         return f"{self.prefix}:chunk:{int(index)}"
@@ -444,6 +453,7 @@ class RedisChunkStore(ChunkStore):
                 keys.cold,
                 keys.pictures,
                 keys.picture_times,
+                keys.cold_pictures,
                 *sorted(chunk_keys),
             )
 
@@ -475,7 +485,8 @@ class RedisChunkStore(ChunkStore):
             pipe.hgetall(keys.committed)
             pipe.hget(keys.record, "created_unix")
             pipe.hgetall(keys.cold)
-            spans, committed, created, cold = pipe.execute()
+            pipe.hgetall(keys.cold_pictures)
+            spans, committed, created, cold, cold_pictures = pipe.execute()
         indices = sorted(i for i in (_int_or_none(f) for f in spans) if i is not None)
         pictures = self._picture_fields(self._r, keys)
         # Sizes only (STRLEN, HSTRLEN): the vectors and blobs themselves never leave Redis here.
@@ -496,12 +507,16 @@ class RedisChunkStore(ChunkStore):
             size = (
                 int(blob)
                 + _cold_bytes(cold.get(field))
+                + _cold_bytes(cold_pictures.get(field))
                 + int(vector)
                 + len(spans.get(field, b""))
                 + sum(next(picture_sizes) for _ in pictures.get(i, []))
             )
             when = committed.get(field)
-            out.append(ChunkAge(i, float(when) if when else fallback, size, cold=field in cold))
+            # Cold once its blob and its pictures have both left Redis (pictures kept in Redis by
+            # an older version follow on the next sweep).
+            all_cold = field in cold and not pictures.get(i)
+            out.append(ChunkAge(i, float(when) if when else fallback, size, cold=all_cold))
         return out
 
     @_unavailable_as_store_error
@@ -517,7 +532,10 @@ class RedisChunkStore(ChunkStore):
             spans = pipe.hmget(keys.spans, fields) if fields else []
             present = [f for f, there in zip(fields, spans, strict=True) if there]
             pointers = dict(zip(present, pipe.hmget(keys.cold, present) if present else [], strict=True))
-            freed_cold = sum(_cold_bytes(pointers[f]) for f in present)
+            picture_pointers = dict(
+                zip(present, pipe.hmget(keys.cold_pictures, present) if present else [], strict=True)
+            )
+            freed_cold = sum(_cold_bytes(pointers[f]) + _cold_bytes(picture_pointers[f]) for f in present)
             pictures = self._picture_fields(pipe, keys)
             picture_fields = [p for f in present for p in pictures.get(int(f), [])]
             freed = freed_cold + sum(
@@ -525,12 +543,21 @@ class RedisChunkStore(ChunkStore):
                 for f in present
             )
             freed += sum(pipe.hstrlen(keys.pictures, p) for p in picture_fields)
-            cold_dropped[:] = [int(f) for f in present if pointers[f] is not None]
+            cold_dropped[:] = [
+                int(f) for f in present if pointers[f] is not None or picture_pointers[f] is not None
+            ]
             pipe.multi()
             if not present:
                 return
             pipe.unlink(*(keys.chunk(int(f)) for f in present))
-            for key in (keys.vectors, keys.spans, keys.committed, keys.cold, keys.picture_times):
+            for key in (
+                keys.vectors,
+                keys.spans,
+                keys.committed,
+                keys.cold,
+                keys.cold_pictures,
+                keys.picture_times,
+            ):
                 pipe.hdel(key, *present)
             if picture_fields:
                 pipe.hdel(keys.pictures, *picture_fields)
@@ -692,28 +719,70 @@ class RedisChunkStore(ChunkStore):
     ) -> list[Picture]:
         keys = StreamKeys(stream_id)
         wanted = None if indices is None else {int(i) for i in indices}
-        fields = []
-        for field in self._r.hkeys(keys.pictures):
-            index, time_s = _parse_picture_field(field, keys.pictures)
-            if from_s <= time_s <= to_s and (wanted is None or index in wanted):
-                fields.append((time_s, index, field))
-        fields.sort()
-        images = self._r.hmget(keys.pictures, [f for _, _, f in fields]) if fields else []
-        return [
-            Picture(index, time_s, bytes(image))
-            for (time_s, index, _), image in zip(fields, images, strict=True)
-            if image is not None  # dropped between the two reads
-        ]
+        chosen = sorted(
+            (time_s, index)
+            for index, times in self._all_picture_times(keys).items()
+            if wanted is None or index in wanted
+            for time_s in times
+            if from_s <= time_s <= to_s
+        )
+        return self._read_pictures(keys, chosen)
 
     @_unavailable_as_store_error
     def picture_at(self, stream_id: str, at_s: float) -> Picture | None:
         keys = StreamKeys(stream_id)
-        fields = [(_parse_picture_field(f, keys.pictures), f) for f in self._r.hkeys(keys.pictures)]
-        if not fields:
+        every = [(t, i) for i, times in self._all_picture_times(keys).items() for t in times]
+        if not every:
             return None
-        (index, time_s), field = min(fields, key=lambda item: (abs(item[0][1] - at_s), item[0][1]))
-        image = self._r.hget(keys.pictures, field)
-        return None if image is None else Picture(index, time_s, bytes(image))
+        nearest = min(every, key=lambda item: (abs(item[0] - at_s), item[0]))
+        found = self._read_pictures(keys, [nearest])
+        return found[0] if found else None
+
+    def _all_picture_times(self, keys: StreamKeys) -> dict[int, list[float]]:
+        """Chunk index -> its pictures' times, hot or cold (the times never leave Redis)."""
+        out = {}
+        for field, value in self._r.hgetall(keys.picture_times).items():
+            index = _int_or_none(field)
+            if index is None:
+                raise CorruptData(f"{keys.picture_times}: field {field!r} is not a chunk index")
+            out[index] = _parse_times(value, f"{keys.picture_times}[{index}]")
+        return out
+
+    def _read_pictures(self, keys: StreamKeys, chosen: list[tuple[float, int]]) -> list[Picture]:
+        """The pictures at these (time, chunk index), in order: from Redis, else from the chunk's
+        pictures blob in the cold tier (one read per chunk). One dropped meanwhile is left out."""
+        fields = [_picture_field(Picture(index, time_s, b"")) for time_s, index in chosen]
+        images = self._r.hmget(keys.pictures, fields) if fields else []
+        cold = self._cold_pictures(
+            keys, sorted({i for (_, i), im in zip(chosen, images, strict=True) if im is None})
+        )
+        out = []
+        for (time_s, index), image in zip(chosen, images, strict=True):
+            image = image if image is not None else cold.get((index, time_s))
+            if image is not None:
+                out.append(Picture(index, time_s, bytes(image)))
+        return out
+
+    def _cold_pictures(self, keys: StreamKeys, indices: list[int]) -> dict[tuple[int, float], bytes]:
+        """(chunk index, time) -> image for these chunks' pictures in the cold tier, each blob
+        checked against its SHA-256."""
+        if not indices:
+            return {}
+        pointers = self._r.hmget(keys.cold_pictures, [str(i) for i in indices])
+        out: dict[tuple[int, float], bytes] = {}
+        for index, pointer in zip(indices, pointers, strict=True):
+            if pointer is None:
+                continue
+            where = f"{keys.cold_pictures}[{index}]"
+            blob = checked(self._from_tier(keys, index, where, "pictures"), _sha256(pointer, where), where)
+            for picture in pictures_from_bytes(blob, index=index, name=where):
+                out[(index, picture.time_s)] = picture.image
+        return out
+
+    def _from_tier(self, keys: StreamKeys, index: int, where: str, kind: str) -> bytes | None:
+        if self.cold is None:
+            raise CorruptData(f"{where}: chunk {index} is in a cold tier this service was not given")
+        return self.cold.get(keys.stream_id, index, kind)
 
     @staticmethod
     def _picture_fields(client: redis.Redis | Pipeline, keys: StreamKeys) -> dict[int, list[bytes]]:
@@ -729,13 +798,10 @@ class RedisChunkStore(ChunkStore):
         keys = StreamKeys(stream_id)
         wanted = [int(i) for i in indices]
         raw = self._r.hmget(keys.picture_times, [str(i) for i in wanted]) if wanted else []
-        times: dict[int, list[float]] = {}
-        for i, value in zip(wanted, raw, strict=True):
-            try:
-                times[i] = [float(t) for t in json.loads(value)] if value is not None else []
-            except (ValueError, TypeError):
-                raise CorruptData(f"{keys.picture_times}[{i}]: not a list of times: {value[:60]!r}") from None
-        return times
+        return {
+            i: _parse_times(value, f"{keys.picture_times}[{i}]") if value is not None else []
+            for i, value in zip(wanted, raw, strict=True)
+        }
 
     def _with_cold(
         self, keys: StreamKeys, indices: list[int], blobs: list[bytes | None]
@@ -749,13 +815,7 @@ class RedisChunkStore(ChunkStore):
             if pointer is None:
                 continue
             where = f"{keys.cold}[{i}]"
-            if self.cold is None:
-                raise CorruptData(f"{where}: chunk {i} is in a cold tier this service was not given")
-            try:
-                sha256 = str(json.loads(pointer)["sha256"])
-            except (ValueError, KeyError, TypeError):
-                raise CorruptData(f"{where}: not a cold-tier pointer: {pointer[:60]!r}") from None
-            out[n] = checked(self.cold.get(keys.stream_id, i), sha256, where)
+            out[n] = checked(self._from_tier(keys, i, where, "chunk"), _sha256(pointer, where), where)
         return out
 
     @_unavailable_as_store_error
@@ -765,33 +825,63 @@ class RedisChunkStore(ChunkStore):
         keys = StreamKeys(stream_id)
         moved = 0
         for index in (int(i) for i in indices):
-            blob = self._r.get(keys.chunk(index))
-            if blob is None:  # cold already, or dropped
+            blob = self._r.get(keys.chunk(index))  # None: cold already, or dropped
+            pictures = self._read_hot_pictures(keys, index)
+            packed = pictures_to_bytes(index, pictures) if pictures else None
+            if blob is None and packed is None:
                 continue
-            self.cold.put(stream_id, index, blob)  # durable before Redis lets go of its copy
-            pointer = json.dumps({"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
-            if self._point_to_cold(keys, index, blob, pointer):
-                moved += len(blob)
+            # Durable in the tier before Redis lets go of its copy.
+            if blob is not None:
+                self.cold.put(stream_id, index, blob)
+            if packed is not None:
+                self.cold.put(stream_id, index, packed, "pictures")
+            if self._point_to_cold(keys, index, blob, pictures, packed):
+                moved += len(blob or b"") + sum(len(p.image) for p in pictures)
             else:
-                self.cold.delete(stream_id, [index])
+                kinds = ("chunk",) * (blob is not None) + ("pictures",) * (packed is not None)
+                self.cold.delete(stream_id, [index], kinds)
         return moved
 
-    def _point_to_cold(self, keys: StreamKeys, index: int, blob: bytes, pointer: str) -> bool:
-        """Swap chunk `index`'s blob in Redis for its pointer, if the blob is still the one copied
-        (not dropped or deleted meanwhile); True if it was."""
+    def _read_hot_pictures(self, keys: StreamKeys, index: int) -> list[Picture]:
+        """Chunk `index`'s pictures still in Redis."""
+        times = _parse_times(self._r.hget(keys.picture_times, str(index)) or b"[]", keys.picture_times)
+        fields = [_picture_field(Picture(index, t, b"")) for t in times]
+        images = self._r.hmget(keys.pictures, fields) if fields else []
+        return [Picture(index, t, bytes(im)) for t, im in zip(times, images, strict=True) if im is not None]
+
+    def _point_to_cold(
+        self, keys: StreamKeys, index: int, blob: bytes | None, pictures: list[Picture], packed: bytes | None
+    ) -> bool:
+        """Swap chunk `index`'s blob and pictures in Redis for their pointers, if they are still the
+        ones copied (not dropped or deleted meanwhile); True if they were. `blob` None: the blob
+        went cold earlier and only the pictures move (pictures an older version kept in Redis)."""
         swapped = False
+        fields = [_picture_field(p) for p in pictures]
 
         def body(pipe: Pipeline) -> None:
             nonlocal swapped
-            still = pipe.get(keys.chunk(index)) == blob and pipe.hexists(keys.spans, str(index))
+            still = bool(pipe.hexists(keys.spans, str(index)))
+            if blob is not None:
+                still = still and pipe.get(keys.chunk(index)) == blob
+            else:
+                still = still and bool(pipe.hexists(keys.cold, str(index)))
+            if fields:
+                still = still and all(image is not None for image in pipe.hmget(keys.pictures, fields))
             pipe.multi()
-            swapped = bool(still)
-            if swapped:
-                pipe.hset(keys.cold, str(index), pointer)
+            swapped = still
+            if not swapped:
+                return
+            if blob is not None:
+                pipe.hset(keys.cold, str(index), _pointer(len(blob), blob))
                 pipe.unlink(keys.chunk(index))
                 pipe.hincrby(keys.record, "bytes_cold", len(blob))
+            if packed is not None:
+                images = sum(len(p.image) for p in pictures)
+                pipe.hset(keys.cold_pictures, str(index), _pointer(images, packed))
+                pipe.hdel(keys.pictures, *fields)
+                pipe.hincrby(keys.record, "bytes_cold", images)
 
-        self._transact([keys.chunk(index), keys.spans, keys.record], body)
+        self._transact([keys.chunk(index), keys.spans, keys.record, keys.pictures, keys.cold], body)
         return swapped
 
     @_unavailable_as_store_error
@@ -890,6 +980,25 @@ def _parse_picture_field(field: bytes | str, where: str) -> tuple[int, float]:
         return int(index), float(time_s)
     except ValueError:
         raise CorruptData(f"{where}: field {text[:40]!r} is not <chunk>:<time>") from None
+
+
+def _pointer(accounted: int, blob: bytes) -> str:
+    """A cold-tier pointer: the bytes the stream's counters hold for it, and the blob's SHA-256."""
+    return json.dumps({"bytes": int(accounted), "sha256": hashlib.sha256(blob).hexdigest()})
+
+
+def _sha256(pointer: bytes, where: str) -> str:
+    try:
+        return str(json.loads(pointer)["sha256"])
+    except (ValueError, KeyError, TypeError):
+        raise CorruptData(f"{where}: not a cold-tier pointer: {pointer[:60]!r}") from None
+
+
+def _parse_times(value: bytes, where: str) -> list[float]:
+    try:
+        return [float(t) for t in json.loads(value)]
+    except (ValueError, TypeError):
+        raise CorruptData(f"{where}: not a list of times: {value[:60]!r}") from None
 
 
 def _cold_bytes(pointer: bytes | None) -> int:

@@ -20,22 +20,29 @@ from pathlib import Path
 from longwatch.memory.records import CorruptData, StoreFull
 
 SUFFIX = ".safetensors"
+# What a tier holds of a chunk: its K/V blob, and the pictures kept with it (memory/serialization.py).
+KINDS = {"chunk": SUFFIX, "pictures": ".pictures" + SUFFIX}
+
+
+def blob_name(index: int, kind: str) -> str:
+    """The file (or object) name of chunk `index`'s blob of this kind."""
+    return f"{int(index)}{KINDS[kind]}"
 
 
 class BlobTier(ABC):
-    """Blobs by (stream id, chunk index)."""
+    """Blobs by (stream id, chunk index, kind): kind is one of KINDS."""
 
     @abstractmethod
-    def put(self, stream_id: str, index: int, blob: bytes) -> None:
+    def put(self, stream_id: str, index: int, blob: bytes, kind: str = "chunk") -> None:
         """Store a blob durably (it survives a crash once this returns); StoreFull when out of room."""
 
     @abstractmethod
-    def get(self, stream_id: str, index: int) -> bytes | None:
+    def get(self, stream_id: str, index: int, kind: str = "chunk") -> bytes | None:
         """The blob, or None if there is none."""
 
     @abstractmethod
-    def delete(self, stream_id: str, indices: list[int]) -> None:
-        """Remove these blobs; absent ones are skipped."""
+    def delete(self, stream_id: str, indices: list[int], kinds: tuple[str, ...] = tuple(KINDS)) -> None:
+        """Remove these chunks' blobs of these kinds; absent ones are skipped."""
 
     @abstractmethod
     def delete_stream(self, stream_id: str) -> None:
@@ -61,7 +68,7 @@ def stream_folder(stream_id: str) -> str:
 
 
 class LocalBlobTier(BlobTier):
-    """A folder: <root>/stream-<stream id>/<index>.safetensors."""
+    """A folder: <root>/stream-<stream id>/<index>.safetensors (and <index>.pictures.safetensors)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -72,7 +79,7 @@ class LocalBlobTier(BlobTier):
         # id ".." once made rmtree of the stream's folder remove the whole state folder).
         return self.root / stream_folder(stream_id)
 
-    def put(self, stream_id: str, index: int, blob: bytes) -> None:
+    def put(self, stream_id: str, index: int, blob: bytes, kind: str = "chunk") -> None:
         folder = self._folder(stream_id)
         folder.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{index}.")
@@ -81,7 +88,7 @@ class LocalBlobTier(BlobTier):
                 f.write(blob)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, folder / f"{index}{SUFFIX}")
+            os.replace(tmp, folder / blob_name(index, kind))
             dir_fd = os.open(folder, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -96,15 +103,16 @@ class LocalBlobTier(BlobTier):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def get(self, stream_id: str, index: int) -> bytes | None:
+    def get(self, stream_id: str, index: int, kind: str = "chunk") -> bytes | None:
         try:
-            return (self._folder(stream_id) / f"{index}{SUFFIX}").read_bytes()
+            return (self._folder(stream_id) / blob_name(index, kind)).read_bytes()
         except FileNotFoundError:
             return None
 
-    def delete(self, stream_id: str, indices: list[int]) -> None:
+    def delete(self, stream_id: str, indices: list[int], kinds: tuple[str, ...] = tuple(KINDS)) -> None:
         for index in indices:
-            (self._folder(stream_id) / f"{index}{SUFFIX}").unlink(missing_ok=True)
+            for kind in kinds:
+                (self._folder(stream_id) / blob_name(index, kind)).unlink(missing_ok=True)
 
     def delete_stream(self, stream_id: str) -> None:
         shutil.rmtree(self._folder(stream_id), ignore_errors=True)

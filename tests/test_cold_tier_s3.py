@@ -70,20 +70,22 @@ def test_chunks_move_to_s3_answer_from_there_and_leave_with_their_stream(
     ):
         list(c.ingest_file("yard", path=video))
         hot = c.ask("yard", "What appeared?", top_k=3)
+        hot_frames = c.get_frames("yard", 0, 1e9)
         assert server.sweeper is not None
         server.sweeper.sweep()
-        assert objects(fake_s3, "longwatch/stream-yard/") == [
-            f"longwatch/stream-yard/{i}.safetensors" for i in range(3)
-        ]
+        assert objects(fake_s3, "longwatch/stream-yard/") == sorted(
+            f"longwatch/stream-yard/{i}.{kind}safetensors" for i in range(3) for kind in ("", "pictures.")
+        )
         assert c.get_stream("yard").bytes_cold > 0
         cold = c.ask("yard", "What appeared?", top_k=3)
         assert (cold.answer, cold.evidence) == (hot.answer, hot.evidence)
+        assert c.get_frames("yard", 0, 1e9) == hot_frames
         c.set_retention("yard", max_bytes=1)  # keeps nothing: every chunk goes, from S3 too
         server.sweeper.sweep()
         assert objects(fake_s3, "longwatch/stream-yard/") == []
         list(c.ingest_file("again", path=video))
         server.sweeper.sweep()
-        assert len(objects(fake_s3, "longwatch/stream-again/")) == 3
+        assert len(objects(fake_s3, "longwatch/stream-again/")) == 6
         c.delete_stream("again")
         assert objects(fake_s3, "longwatch/stream-again/") == []
 
