@@ -18,6 +18,10 @@ LEGACY_KV_STORAGE = "float"  # what a stream recorded before kv_storage existed 
 # --- errors -------------------------------------------------------------------------------------------
 
 
+# How long a chunk commit waits for the replicas it must reach (Redis WAIT; --commit-wait-ms).
+DEFAULT_COMMIT_WAIT_MS = 1000
+
+
 class StoreError(Exception):
     """Base of every error the memory layer raises on purpose; the gRPC edge maps subclasses to codes."""
 

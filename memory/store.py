@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import math
+import queue
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -43,11 +44,19 @@ import numpy as np
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.client import Pipeline
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.faults import crash_point
 from longwatch.memory.records import (
+    DEFAULT_COMMIT_WAIT_MS,
     LEGACY_KV_STORAGE,
     ChunkAge,
     ChunkExists,
@@ -286,7 +295,12 @@ def _unavailable_as_store_error(fn: Callable[P, T]) -> Callable[P, T]:
         try:
             return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as e:
+            _learn_slots(args)
             raise StoreUnavailable(f"redis unavailable during {fn.__name__}: {_first_line(e)}") from e
+        except (ClusterDownError, TryAgainError, AskError, RedisClusterException) as e:
+            # A Redis Cluster mid-failover: a slot without a master for a moment, or moving.
+            _learn_slots(args)
+            raise StoreUnavailable(f"redis cluster unavailable during {fn.__name__}: {_first_line(e)}") from e
         except redis.ResponseError as e:
             # In a transaction the first refused command's error comes wrapped ("Command # 3 (...)
             # of pipeline caused error: ..."), or as the EXECABORT that follows it.
@@ -306,35 +320,61 @@ def _unavailable_as_store_error(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+def _learn_slots(args: tuple[object, ...]) -> None:
+    """After a failure on a cluster, ask it who serves each slot now (a replica may have taken
+    over), so the caller's next try goes to the new master instead of the dead one."""
+    if args and isinstance(args[0], RedisChunkStore):
+        args[0]._refresh_slots()
+
+
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
 
 
 class RedisChunkStore(ChunkStore):
-    """ChunkStore on one Redis (standalone; the hash-tagged keys are Cluster-ready).
+    """ChunkStore on one Redis or a Redis Cluster (a stream's keys share one hash slot, so each of
+    its transactions runs on one master).
 
     The client must use decode_responses=False: chunk blobs and vectors are raw bytes.
     Thread-safe as far as redis-py's connection pool is: each call takes its own connection.
     """
 
     def __init__(
-        self, client: redis.Redis, kv_storage: str = DEFAULT_KV_STORAGE, cold: BlobTier | None = None
+        self,
+        client: redis.Redis | RedisCluster,
+        kv_storage: str = DEFAULT_KV_STORAGE,
+        cold: BlobTier | None = None,
+        commit_replicas: int = 0,
+        commit_wait_ms: int = DEFAULT_COMMIT_WAIT_MS,
     ) -> None:
         """kv_storage: how streams created through this store keep their K/V ("float" or "int8");
         a stream keeps the choice it was created with, whatever store commits to it later.
-        cold: the tier old chunks' blobs move to (move_to_cold); reads look there for them."""
+        cold: the tier old chunks' blobs move to (move_to_cold); reads look there for them.
+        commit_replicas: a commit returns only once this many replicas have it (Redis WAIT, at most
+        commit_wait_ms; fewer is StoreUnavailable, and the ingest's retry commits again)."""
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisChunkStore needs a client with decode_responses=False (blobs are bytes)")
         if kv_storage not in KV_STORAGE:
             raise ValueError(f"kv_storage must be one of {KV_STORAGE}, got {kv_storage!r}")
+        if commit_replicas < 0 or commit_wait_ms <= 0:
+            raise ValueError("commit_replicas must be >= 0 and commit_wait_ms > 0")
         self._r = client
         self.kv_storage = kv_storage
         self.cold = cold
+        self.commit_replicas = commit_replicas
+        self.commit_wait_ms = commit_wait_ms
+        # Single-connection clients by master address, for commits that WAIT: WAIT counts the
+        # replicas that have this connection's writes, so it must follow EXEC on the same one.
+        self._pinned: dict[tuple[str, int], queue.SimpleQueue[redis.Redis]] = {}
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> redis.Redis | RedisCluster:
         return self._r
+
+    @property
+    def is_cluster(self) -> bool:
+        return isinstance(self._r, RedisCluster)
 
     # --- streams ---------------------------------------------------------------------------------------
 
@@ -441,8 +481,8 @@ class RedisChunkStore(ChunkStore):
                     damaged = True
             chunk_keys = {keys.chunk(i) for i in (_int_or_none(f) for f in fields) if i is not None}
             if damaged:
-                # (a valid stream id has no glob characters)
-                chunk_keys |= {k.decode() for k in pipe.scan_iter(match=keys.chunk(0)[:-1] + "*")}
+                # (a valid stream id has no glob characters; a cluster client scans every master)
+                chunk_keys |= {k.decode() for k in self._r.scan_iter(match=keys.chunk(0)[:-1] + "*")}
             pipe.multi()
             pipe.unlink(
                 keys.record,
@@ -637,7 +677,7 @@ class RedisChunkStore(ChunkStore):
             pipe.hset(keys.record, mapping={"duration_s": repr(end), "updated_unix": repr(time.time())})
             crash_point("commit-before-exec")
 
-        self._transact([keys.record, keys.spans], body)
+        self._transact([keys.record, keys.spans], body, confirm=True)
         crash_point("commit-after-exec")
         return written
 
@@ -911,17 +951,31 @@ class RedisChunkStore(ChunkStore):
             return False
 
     def close(self) -> None:
+        for pinned in self._pinned.values():
+            while not pinned.empty():
+                pinned.get_nowait().close()
         self._r.close()
 
     # --- helpers ---------------------------------------------------------------------------------------
 
-    def _transact(self, watch: list[str], body: Callable[[Pipeline], None]) -> list[Any]:
+    def _transact(
+        self, watch: list[str], body: Callable[[Pipeline], None], confirm: bool = False
+    ) -> list[Any]:
         """Optimistic transaction: WATCH, let ``body`` read and queue writes after multi(), EXEC.
 
         A concurrent write to a watched key aborts EXEC (WatchError) and the body runs again on
-        fresh reads; an exception from the body aborts with nothing written.
+        fresh reads; an exception from the body aborts with nothing written. With `confirm` and
+        commit_replicas set, it returns once that many replicas have the writes (WAIT).
         """
-        with self._r.pipeline(transaction=True) as pipe:
+        if confirm and self.commit_replicas:
+            return self._transact_confirmed(watch, body)
+        return self._run_transaction(self._r, watch, body)
+
+    @staticmethod
+    def _run_transaction(
+        client: redis.Redis | RedisCluster, watch: list[str], body: Callable[[Pipeline], None]
+    ) -> list[Any]:
+        with client.pipeline(transaction=True) as pipe:
             for _ in range(_MAX_TXN_ATTEMPTS):
                 try:
                     pipe.watch(*watch)
@@ -930,6 +984,57 @@ class RedisChunkStore(ChunkStore):
                 except redis.WatchError:
                     continue
         raise StoreError(f"transaction on {watch[0]} lost {_MAX_TXN_ATTEMPTS} races in a row; giving up")
+
+    def _transact_confirmed(self, watch: list[str], body: Callable[[Pipeline], None]) -> list[Any]:
+        address, pinned = self._take_pinned(watch[0])
+        keep = True
+        try:
+            results = self._run_transaction(pinned, watch, body)
+            acked = int(pinned.execute_command("WAIT", self.commit_replicas, self.commit_wait_ms))
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError, AskError) as e:
+            # The master went away or gave up the slot (a failover): learn who serves it now.
+            keep = False
+            self._refresh_slots()
+            raise StoreUnavailable(
+                f"redis master {address[0]}:{address[1]} unavailable: {_first_line(e)}"
+            ) from e
+        finally:
+            if keep:
+                self._pinned.setdefault(address, queue.SimpleQueue()).put(pinned)
+            else:
+                pinned.close()
+        if acked < self.commit_replicas:
+            raise StoreUnavailable(
+                f"{acked} of {self.commit_replicas} replicas confirmed the commit within "
+                f"{self.commit_wait_ms} ms (written on the master; committing again)"
+            )
+        return results
+
+    def _take_pinned(self, key: str) -> tuple[tuple[str, int], redis.Redis]:
+        """A single-connection client to the master that holds `key`."""
+        if isinstance(self._r, RedisCluster):
+            node = self._r.get_node_from_key(key)
+            if node is None:
+                raise StoreUnavailable(f"redis cluster: no master serves {key} right now")
+            pool = node.redis_connection.connection_pool
+            address = (str(node.host), int(node.port))
+        else:
+            pool = self._r.connection_pool
+            address = ("", 0)
+        try:
+            return address, self._pinned.setdefault(address, queue.SimpleQueue()).get_nowait()
+        except queue.Empty:
+            one = redis.ConnectionPool(
+                connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs
+            )
+            return address, redis.Redis(connection_pool=one)
+
+    def _refresh_slots(self) -> None:
+        if isinstance(self._r, RedisCluster):
+            try:
+                self._r.nodes_manager.initialize()
+            except (redis.RedisError, RedisClusterException) as e:  # the next retry tries again
+                log.debug("redis cluster slots not refreshed: %s", _first_line(e))
 
     @staticmethod
     def _require_stream(pipe: Pipeline, keys: StreamKeys) -> None:
@@ -943,10 +1048,14 @@ def open_store(
     retry: Retry | None = None,
     kv_storage: str = DEFAULT_KV_STORAGE,
     cold: BlobTier | None = None,
+    commit_replicas: int = 0,
+    commit_wait_ms: int = DEFAULT_COMMIT_WAIT_MS,
 ) -> RedisChunkStore:
     """A store for a Redis URL: redis://host:port/db, rediss:// (TLS) or unix:///path/to.sock.
 
-    kv_storage: how streams created through it keep their K/V ("float" or "int8").
+    A URL of any node of a Redis Cluster opens the cluster (redis-py's RedisCluster finds the
+    rest). kv_storage: how streams created through it keep their K/V ("float" or "int8");
+    commit_replicas and commit_wait_ms: see RedisChunkStore.
 
     ``retry`` is handed to redis-py (reconnect/backoff policy lives in the client, not in callers);
     the default retries a failed command 3 times with exponential backoff.
@@ -958,8 +1067,20 @@ def open_store(
         )
     if retry is None:
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.01), 3)
-    client = redis.Redis.from_url(url, decode_responses=False, retry=retry)
-    return RedisChunkStore(client, kv_storage, cold)
+    client: redis.Redis | RedisCluster = redis.Redis.from_url(url, decode_responses=False, retry=retry)
+    if scheme != "unix" and _cluster_enabled(client):
+        client.close()
+        client = RedisCluster.from_url(url, decode_responses=False, retry=retry)
+    return RedisChunkStore(client, kv_storage, cold, commit_replicas, commit_wait_ms)
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    """Whether the server at the URL is a Redis Cluster node. One that cannot be asked now (down,
+    or an ACL that refuses INFO) is taken for a standalone Redis, as before clusters were known."""
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    except redis.RedisError:
+        return False
 
 
 def _check_chunk(chunk: ChunkCache) -> None:

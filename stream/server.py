@@ -118,7 +118,13 @@ class LongWatchServer:
             keys = KeyRing(s.security.keys_file, s.security.limits)
             s.state_dir.mkdir(parents=True, exist_ok=True)
             self.redis_url = s.redis_url or self._start_embedded_redis()
-            self.store = open_store(self.redis_url, kv_storage=s.kv_storage, cold=cold_tier(s))
+            self.store = open_store(
+                self.redis_url,
+                kv_storage=s.kv_storage,
+                cold=cold_tier(s),
+                commit_replicas=s.commit_replicas,
+                commit_wait_ms=s.commit_wait_ms,
+            )
             interrupted = settle_interrupted_archives(self.store)
             if interrupted:
                 log.warning(

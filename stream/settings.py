@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from longwatch.clients.ice import address_list, parse_ice_addresses
+from longwatch.memory.records import DEFAULT_COMMIT_WAIT_MS
 from longwatch.model.config import ATTENTION, ModelConfig
 from longwatch.proto.streams import KV_STORAGE
 
@@ -229,6 +230,10 @@ class ServiceSettings:
     port: int = 50051
     http_port: int = 8080
     redis_url: str | None = None
+    # A chunk commit returns only once this many replicas of its Redis master have it (WAIT, at
+    # most commit_wait_ms; fewer: the ingest commits again). 0: as soon as the master has it.
+    commit_replicas: int = 0
+    commit_wait_ms: int = DEFAULT_COMMIT_WAIT_MS
     state_dir: Path = field(default_factory=default_state_dir)
     workers: int = 8
     max_message_mb: int = 256
@@ -266,6 +271,11 @@ class ServiceSettings:
             raise ValueError(f"the hot window must be >= 0 seconds, got {self.hot_window_s}")
         if not 0 < self.retention_interval_s < 1e9:
             raise ValueError(f"the retention interval must be > 0 seconds, got {self.retention_interval_s}")
+        if not 0 <= self.commit_replicas <= 16 or not 0 < self.commit_wait_ms <= 600_000:
+            raise ValueError(
+                f"--commit-replicas must be 0-16 and --commit-wait-ms 1-600000, got "
+                f"{self.commit_replicas} and {self.commit_wait_ms}"
+            )
 
     @property
     def address(self) -> str:
@@ -319,7 +329,23 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--redis-url",
         default=_env("REDIS_URL", os.environ.get("REDIS_URL")),
-        help="Redis to use (LONGWATCH_REDIS_URL or REDIS_URL); unset starts an embedded redis-server",
+        help="Redis to use (LONGWATCH_REDIS_URL or REDIS_URL), or any node of a Redis Cluster; "
+        "unset starts an embedded redis-server",
+    )
+    g.add_argument(
+        "--commit-replicas",
+        type=int,
+        default=int(_env("COMMIT_REPLICAS") or 0),
+        metavar="N",
+        help="acknowledge a chunk only once N replicas of its Redis master have it (Redis WAIT), so "
+        "a failover loses no acknowledged chunk (LONGWATCH_COMMIT_REPLICAS; default 0: the master alone)",
+    )
+    g.add_argument(
+        "--commit-wait-ms",
+        type=int,
+        default=int(_env("COMMIT_WAIT_MS") or DEFAULT_COMMIT_WAIT_MS),
+        metavar="MS",
+        help="how long a commit waits for those replicas before trying again (LONGWATCH_COMMIT_WAIT_MS)",
     )
     g.add_argument(
         "--state-dir",
@@ -504,6 +530,8 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         port=args.port,
         http_port=args.http_port,
         redis_url=args.redis_url or None,
+        commit_replicas=args.commit_replicas,
+        commit_wait_ms=args.commit_wait_ms,
         state_dir=Path(args.state_dir),
         top_k=args.top_k,
         score_margin=args.score_margin,
