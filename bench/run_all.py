@@ -4,6 +4,7 @@
     python bench/run_all.py --quick          # smoke runs of a few seconds each
     python bench/run_all.py --only diffp storage --out bench/results/cpu.json
     python bench/run_all.py --reliability --out bench/results/reliability.json   # about 40 minutes
+    python bench/run_all.py --scaling        # Redis Cluster commits, replicas following each other
 
 Each benchmark runs in its own process (`python bench/<name>.py --json-out ...`), so one's threads,
 caches and memory cannot colour another's figures. LONGWATCH_DEVICE / LONGWATCH_DTYPE pick the
@@ -35,18 +36,25 @@ BENCHMARKS = (
 )
 # Faults, bad input and load (BENCHMARKS.md, Reliability): crashes, fuzzing, Asks under load, a soak.
 RELIABILITY = ("crash", "fuzz", "load", "soak")
+# Scaling out (BENCHMARKS.md, Scaling out): a local Redis Cluster, replicas on one Redis.
+SCALING = ("cluster", "replicas")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke runs (seconds each), not figures")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS + RELIABILITY, help="run just these")
-    parser.add_argument("--reliability", action="store_true", help="run the reliability benchmarks instead")
+    parser.add_argument(
+        "--only", nargs="+", choices=BENCHMARKS + RELIABILITY + SCALING, help="run just these"
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--reliability", action="store_true", help="run the reliability benchmarks instead")
+    group.add_argument("--scaling", action="store_true", help="run the scaling-out benchmarks instead")
     parser.add_argument("--out", type=Path, help="write {machine, rows} here as JSON")
     args = parser.parse_args()
     rows: list[dict] = []
     failed: list[str] = []
-    for name in args.only or (RELIABILITY if args.reliability else BENCHMARKS):
+    chosen = RELIABILITY if args.reliability else SCALING if args.scaling else BENCHMARKS
+    for name in args.only or chosen:
         print(f"\n== {name}", flush=True)
         out = HERE / "results" / f".{name}.rows.json"
         out.parent.mkdir(exist_ok=True)

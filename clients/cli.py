@@ -53,7 +53,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser, server: Any, timeo
         "--server",
         default=server,
         metavar="HOST:PORT",
-        help=f"server address (LONGWATCH_SERVER, default {DEFAULT_TARGET})",
+        help=f"server address, or several replicas' a:50051,b:50051 (LONGWATCH_SERVER, default {DEFAULT_TARGET})",
     )
     parser.add_argument(
         "--timeout",

@@ -18,7 +18,7 @@ import ipaddress
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +35,19 @@ if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT_TARGET = "localhost:50051"
+RECONNECT_PAUSE_S = 0.2
+PER_REPLICA_WAIT_S = 2.0  # how long a reconnect waits for one of several replicas before the next
+
+
+def parse_targets(target: str | Sequence[str]) -> list[str]:
+    """ "a:1,b:2" or ["a:1", "b:2"] -> ["a:1", "b:2"]; ValueError for none."""
+    parts = target.split(",") if isinstance(target, str) else list(target)
+    targets = [t.strip() for t in parts if t.strip()]
+    if not targets:
+        raise ValueError(f"no server address in {target!r}")
+    return targets
+
+
 DEFAULT_HTTP_SERVER = "localhost:8080"  # the service's HTTP side: WebRTC signalling and the browser page
 
 T = TypeVar("T")
@@ -424,8 +437,11 @@ class _SharedFrames:
 
 
 class LongWatchClient:
-    """A connection to one longwatch server.
+    """A connection to a longwatch server, or to any of several replicas of one.
 
+    target: "host:port", or several ("a:50051,b:50051", or a list): replicas serving one Redis.
+        Calls go to one at a time; when it is UNAVAILABLE, the idempotent calls retry on the next,
+        and a reconnecting live stream (ingest_frames) goes on on the next that serves.
     timeout: deadline in seconds for each unary call and AskStream (None waits as long as it
         takes). IngestFile has no deadline: it lasts as long as decoding the video does.
     retry: applied to UNAVAILABLE on the idempotent calls (Ask, GetStream, ListStreams) only;
@@ -437,25 +453,44 @@ class LongWatchClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         api_key: str | None = None,
         credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
-        self.target = target
+        self.targets = parse_targets(target)
+        self._at = 0
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
         if api_key is not None:
             credentials = dataclasses.replace(credentials, api_key=api_key)
         self.credentials = credentials
-        # Uploads (IngestFileRequest.data) can be large; the server enforces its own limit.
-        self._channel = credentials.grpc_channel(target, options=[("grpc.max_send_message_length", -1)])
-        self._stub = pb_grpc.LongWatchStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._channels: dict[str, grpc.Channel] = {}
+        self._connect()
+
+    @property
+    def target(self) -> str:
+        """The server calls go to now."""
+        return self.targets[self._at]
+
+    def _connect(self) -> None:
+        if self.target not in self._channels:
+            # Uploads (IngestFileRequest.data) can be large; the server enforces its own limit.
+            self._channels[self.target] = self.credentials.grpc_channel(
+                self.target, options=[("grpc.max_send_message_length", -1)]
+            )
+        channel = self._channels[self.target]
+        self._stub = pb_grpc.LongWatchStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+
+    def _fail_over(self) -> None:
+        """Calls go to the next replica from here on (with one target: the same one)."""
+        self._at = (self._at + 1) % len(self.targets)
+        self._connect()
 
     def __repr__(self) -> str:
-        return f"LongWatchClient(target={self.target!r}, timeout={self.timeout!r})"
+        return f"LongWatchClient(target={','.join(self.targets)!r}, timeout={self.timeout!r})"
 
     def __enter__(self) -> LongWatchClient:
         return self
@@ -464,7 +499,8 @@ class LongWatchClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels.values():
+            channel.close()
 
     # --- calls ---
 
@@ -515,9 +551,12 @@ class LongWatchClient:
         after the last progress message, instead of gRPC's anonymous CANCELLED.
 
         reconnect_s > 0: if the service goes away mid-stream (UNAVAILABLE: killed, restarting),
-        wait up to that long for it to serve again, then go on with a new call on the rest of
-        `frames`: the stream continues where its committed chunks end. Frames that had not reached
-        a chunk are lost; the service counts them (the final message's `stream.frames_lost`).
+        wait up to that long for it (or, with several targets, the next replica) to serve again,
+        then go on with a new call on the rest of `frames`: the stream continues where its
+        committed chunks end. Frames that had not reached a chunk are lost; the service counts
+        them (the final message's `stream.frames_lost`). Another replica takes the stream over
+        once the dead one's lease runs out (`serve --lease-ttl`); until then it answers
+        UNAVAILABLE and the client tries again.
         """
         failed: list[Exception] = []
         source = _SharedFrames(frames)
@@ -540,7 +579,7 @@ class LongWatchClient:
                     call.set()
                     if source.exhausted or failed or time.monotonic() >= deadline:
                         raise
-                    self.wait_ready(timeout=max(0.1, deadline - time.monotonic()))
+                    self._reconnect(deadline)
                     continue
                 finally:
                     call.set()
@@ -560,7 +599,7 @@ class LongWatchClient:
         score_margin: float | None = None,
     ) -> AskResult:
         request = ask_request(stream_id, question, top_k, time_range, max_new_tokens, score_margin)
-        return AskResult.from_proto(self._unary(self._stub.Ask, request, idempotent=True))
+        return AskResult.from_proto(self._unary(lambda stub: stub.Ask, request, idempotent=True))
 
     def ask_stream(
         self,
@@ -577,29 +616,30 @@ class LongWatchClient:
 
     def get_stream(self, stream_id: str) -> StreamSummary:
         request = pb.GetStreamRequest(stream_id=stream_id)
-        return StreamSummary.from_proto(self._unary(self._stub.GetStream, request, idempotent=True))
+        return StreamSummary.from_proto(self._unary(lambda stub: stub.GetStream, request, idempotent=True))
 
     def list_streams(self) -> list[StreamSummary]:
-        response = self._unary(self._stub.ListStreams, pb.ListStreamsRequest(), idempotent=True)
+        response = self._unary(lambda stub: stub.ListStreams, pb.ListStreamsRequest(), idempotent=True)
         return [StreamSummary.from_proto(info) for info in response.streams]
 
     def delete_stream(self, stream_id: str) -> int:
         """Remove a stream; returns the number of Redis keys deleted."""
         request = pb.DeleteStreamRequest(stream_id=stream_id)
-        return int(self._unary(self._stub.DeleteStream, request, idempotent=False).keys_deleted)
+        return int(self._unary(lambda stub: stub.DeleteStream, request, idempotent=False).keys_deleted)
 
     def get_frames(self, stream_id: str, from_s: float, to_s: float, max_frames: int = 0) -> list[Frame]:
         """The pictures kept between two stream times, in time order (at most max_frames; 0: 100)."""
         _check_count("max_frames", max_frames)
         request = pb.GetFramesRequest(stream_id=stream_id, from_s=from_s, to_s=to_s, max_frames=max_frames)
         return [
-            Frame.from_proto(p) for p in self._unary(self._stub.GetFrames, request, idempotent=True).frames
+            Frame.from_proto(p)
+            for p in self._unary(lambda stub: stub.GetFrames, request, idempotent=True).frames
         ]
 
     def frame_at(self, stream_id: str, at_s: float) -> Frame | None:
         """The picture nearest a stream time, or None if the stream keeps none."""
         request = pb.GetFramesRequest(stream_id=stream_id, from_s=at_s, to_s=at_s, nearest=True)
-        frames = self._unary(self._stub.GetFrames, request, idempotent=True).frames
+        frames = self._unary(lambda stub: stub.GetFrames, request, idempotent=True).frames
         return Frame.from_proto(frames[0]) if frames else None
 
     def set_retention(self, stream_id: str, max_age_s: float = 0.0, max_bytes: int = 0) -> StreamSummary:
@@ -609,7 +649,7 @@ class LongWatchClient:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 <= max_bytes < 2**63:
             raise InvalidArgument(f"max_bytes must be a whole number of bytes >= 0, got {max_bytes!r}")
         request = pb.SetRetentionRequest(stream_id=stream_id, max_age_s=max_age_s, max_bytes=max_bytes)
-        return StreamSummary.from_proto(self._unary(self._stub.SetRetention, request, idempotent=True))
+        return StreamSummary.from_proto(self._unary(lambda stub: stub.SetRetention, request, idempotent=True))
 
     def wait_ready(self, timeout: float, service: str = "", poll_s: float = 0.1) -> None:
         """Block until the standard health service reports SERVING; Unavailable after timeout.
@@ -652,12 +692,33 @@ class LongWatchClient:
         except grpc.RpcError as err:
             raise error_from_rpc(err, self.target) from err
 
-    def _unary(self, method: Callable[..., T], request: Any, *, idempotent: bool) -> T:
+    def _unary(
+        self, method: Callable[[pb_grpc.LongWatchStub], Callable[..., T]], request: Any, *, idempotent: bool
+    ) -> T:
         def once() -> T:
-            with self._rpc_errors():
-                return method(request, timeout=self.timeout)
+            try:
+                with self._rpc_errors():
+                    return method(self._stub)(request, timeout=self.timeout)
+            except Unavailable:
+                self._fail_over()  # the retry, if any, asks the next replica
+                raise
 
         return self.retry.call(once) if idempotent else once()
+
+    def _reconnect(self, deadline: float) -> None:
+        """Until the next target serves (the same one, with one target), or `deadline`."""
+        while True:
+            time.sleep(RECONNECT_PAUSE_S)  # a replica that refuses the stream for now is not hammered
+            self._fail_over()
+            left = deadline - time.monotonic()
+            try:
+                self.wait_ready(
+                    timeout=max(0.1, min(left, PER_REPLICA_WAIT_S) if len(self.targets) > 1 else left)
+                )
+                return
+            except Unavailable:
+                if time.monotonic() >= deadline:
+                    raise
 
     def _server_stream(
         self, method: Callable[..., Iterator[M]], request: Any, timeout: float | None

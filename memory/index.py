@@ -32,6 +32,7 @@ class StreamIndex:
         self._dim = dim
         self._index: faiss.IndexIDMap2 | None = None if dim is None else _new_index(dim)
         self._ids: set[int] = set()
+        self.version = ""  # the store's index_version this index reflects (IndexRegistry.current)
 
     @classmethod
     def from_vectors(cls, ids: Sequence[int], vectors: np.ndarray) -> StreamIndex:
@@ -51,6 +52,10 @@ class StreamIndex:
 
     def __contains__(self, chunk_index: object) -> bool:
         return chunk_index in self._ids
+
+    def ids(self) -> set[int]:
+        with self._lock:
+            return set(self._ids)
 
     def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Insert or replace vectors (n, dim) under chunk ids (n,)."""
@@ -109,7 +114,8 @@ class StreamIndex:
 
 
 class IndexRegistry:
-    """stream id -> StreamIndex, loaded lazily from the store so a restarted service rebuilds them.
+    """stream id -> StreamIndex, loaded lazily from the store so a restarted service rebuilds them,
+    and brought up to date before each search (`current`) so replicas see each other's commits.
 
     Call add() after the store committed the chunk: the first touch of a stream builds its index
     from the store (which then already holds that chunk) and the add is an idempotent upsert.
@@ -137,11 +143,34 @@ class IndexRegistry:
                         continue  # dropped while we waited: start over with the current lock
                     index = self._indexes.get(stream_id)
                 if index is None:
+                    version = self._store.index_version(stream_id)  # first: the vectors are as new
                     ids, vectors = self._store.retrieval_vectors(stream_id)  # (n, dim)
                     index = StreamIndex.from_vectors(ids, vectors)
+                    index.version = version
                     with self._lock:
                         self._indexes[stream_id] = index
                 return index
+
+    def current(self, stream_id: str) -> StreamIndex:
+        """The stream's index brought up to date with the store: chunks committed or dropped since
+        it was read, by this process or another replica on the same Redis. One HMGET when nothing
+        changed; else the chunk ids, and the vectors of the new ones only. A stream made again
+        under the same id is rebuilt whole."""
+        version = self._store.index_version(stream_id)
+        index = self.get(stream_id)
+        if index.version == version:
+            return index
+        if index.version.partition(":")[0] != version.partition(":")[0]:  # another stream now
+            self.drop(stream_id)
+            return self.get(stream_id)
+        stored = set(self._store.vector_ids(stream_id))
+        held = index.ids()
+        new = sorted(stored - held)
+        if new:
+            index.add(new, self._store.vectors_of(stream_id, new))
+        index.remove(held - stored)
+        index.version = version  # read before the ids: at worst the next call looks again
+        return index
 
     def add(self, stream_id: str, index: int, vector: np.ndarray) -> None:
         """Record a committed chunk's vector (dim,) in the stream's index."""

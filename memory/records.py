@@ -51,6 +51,16 @@ class StoreUnavailable(StoreError):
     """Redis could not be reached, or the embedded redis-server could not be started (UNAVAILABLE)."""
 
 
+class LeaseHeld(StoreError):
+    """Another replica holds the stream's ingest lease: one writer per stream. Transient: a lease
+    whose holder died runs out on its own."""
+
+
+class LeaseLost(StoreError):
+    """This ingest's lease passed to another writer (its fencing token is old): its writes are
+    refused, so two replicas never both write one stream."""
+
+
 class StoreFull(StoreError):
     """Redis refuses writes: it is at maxmemory, or cannot persist (a full disk). Reads go on."""
 

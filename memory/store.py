@@ -16,9 +16,14 @@ keys share a slot and one MULTI/EXEC can cover them):
     lw:{<id>}:cold_pictures  hash   i -> JSON {"bytes", "sha256"}: chunk i's pictures went with it,
                                 packed in one blob; "bytes" is what the stream's counters hold for
                                 them (the images), the SHA-256 is the blob's
+    lw:{<id>}:lease      string JSON {"holder", "token"} with a TTL: who may write the stream now
+                                (one ingest at a time across replicas), renewed while it runs; a
+                                write carrying another token than this one's is refused (LeaseLost)
     lw:{<id>}:ingest     string a live stream's small ingest state (safetensors bytes, written by
                                 stream/live.py), so a reconnect or a restart continues the stream
     lw:streams           set    ids of all streams (another slot: never inside a stream's transaction)
+    lw:lease_tokens      string the last fencing token handed out (INCR): tokens only ever grow,
+                                so no writer ever gets a token an earlier one had
 
 The record hash is the truth about whether a stream exists; ``lw:streams`` is an index of it that
 may briefly hold an id without a record (create adds the id first, delete removes it last), which
@@ -64,6 +69,8 @@ from longwatch.memory.records import (
     ChunkSpan,
     CorruptData,
     IngestCounters,
+    LeaseHeld,
+    LeaseLost,
     Picture,
     StoreError,
     StoreFull,
@@ -85,9 +92,12 @@ from longwatch.memory.tier import BlobTier, checked
 from longwatch.proto.streams import KV_STORAGE, StreamRecord, StreamState, validate_stored_id
 
 STREAMS_KEY = "lw:streams"
+LEASE_TOKENS_KEY = "lw:lease_tokens"
 # A live stream's sampled frames not yet in a chunk, in its record hash beside the StreamRecord's
 # fields (not one of them: it is the service's bookkeeping, turned into frames_lost after a crash).
 PENDING_FIELD = "frames_pending"
+# Bumped in the transaction of every commit and drop: what a replica's index compares to follow them.
+INDEX_VERSION_FIELD = "index_version"
 DEFAULT_KV_STORAGE = "float"
 URL_SCHEMES = ("redis", "rediss", "unix")
 _MAX_TXN_ATTEMPTS = 64  # optimistic-lock retries before giving up on a hot key
@@ -146,6 +156,10 @@ class StreamKeys:
     def cold_pictures(self) -> str:
         return f"{self.prefix}:cold_pictures"
 
+    @property
+    def lease(self) -> str:
+        return f"{self.prefix}:lease"
+
     def chunk(self, index: int) -> str:
         return f"{self.prefix}:chunk:{int(index)}"
 
@@ -169,10 +183,14 @@ class ChunkStore(ABC):
         """All streams, sorted by id."""
 
     @abstractmethod
-    def set_state(self, stream_id: str, state: StreamState) -> None: ...
+    def set_state(self, stream_id: str, state: StreamState, fence: int | None = None) -> None:
+        """Set the stream's state. Every write an ingest makes takes its lease's `fence` token: one
+        older than the newest handed out is LeaseLost and writes nothing (acquire_lease)."""
 
     @abstractmethod
-    def add_counters(self, stream_id: str, counters: IngestCounters, pending: int | None = None) -> None:
+    def add_counters(
+        self, stream_id: str, counters: IngestCounters, pending: int | None = None, fence: int | None = None
+    ) -> None:
         """Add counter deltas; `pending` (a live stream's sampled frames not yet in a chunk) is set, not added."""
 
     @abstractmethod
@@ -181,7 +199,11 @@ class ChunkStore(ABC):
 
     @abstractmethod
     def commit_chunk(
-        self, chunk: ChunkCache, counters: IngestCounters | None = None, pictures: Sequence[Picture] = ()
+        self,
+        chunk: ChunkCache,
+        counters: IngestCounters | None = None,
+        pictures: Sequence[Picture] = (),
+        fence: int | None = None,
     ) -> int:
         """Write chunk, vector, span, its pictures and counters atomically; return the bytes stored."""
 
@@ -215,8 +237,45 @@ class ChunkStore(ABC):
         """(chunk indices sorted, (n, dim) float32 vectors in the same order)."""
 
     @abstractmethod
-    def put_ingest_state(self, stream_id: str, blob: bytes) -> None:
+    def index_version(self, stream_id: str) -> str:
+        """Changes whenever a chunk of the stream is committed or dropped, or the stream is made
+        again ("" without a record): how a replica's FAISS index follows commits made elsewhere."""
+
+    @abstractmethod
+    def vector_ids(self, stream_id: str) -> list[int]:
+        """The indices of the chunks that have a retrieval vector."""
+
+    @abstractmethod
+    def vectors_of(self, stream_id: str, indices: Sequence[int]) -> np.ndarray:
+        """These chunks' vectors, (n, dim) float32; ChunkNotFound for one that has none."""
+
+    @abstractmethod
+    def put_ingest_state(self, stream_id: str, blob: bytes, fence: int | None = None) -> None:
         """Replace a live stream's ingest state (opaque bytes); raises StreamNotFound without a record."""
+
+    @abstractmethod
+    def acquire_lease(self, stream_id: str, holder: str, ttl_ms: int) -> int:
+        """Take the stream's ingest lease for `holder` (a replica) for ttl_ms; returns its fencing
+        token, higher than any handed out before for this id. LeaseHeld while another holder's
+        lease runs; a lease of the same holder (its own earlier process) is taken over."""
+
+    @abstractmethod
+    def renew_lease(self, stream_id: str, holder: str, token: int, ttl_ms: int) -> bool:
+        """Extend the lease; False if it passed to another writer (the ingest must stop)."""
+
+    @abstractmethod
+    def release_lease(self, stream_id: str, holder: str, token: int) -> None:
+        """Let go of the lease if it is still this one."""
+
+    @abstractmethod
+    def lease_holder(self, stream_id: str) -> str | None:
+        """Who holds the stream's lease now, if anyone."""
+
+    @abstractmethod
+    def settle_orphaned(self, stream_id: str, holder: str | None) -> tuple[StreamState, int] | None:
+        """A stream left INGESTING or LIVE by a writer that is gone (no lease, or one of `holder`'s
+        own, from an earlier process): INTERRUPTED, or READY with its pending frames counted lost.
+        Returns (new state, frames lost), or None if it was not orphaned."""
 
     @abstractmethod
     def get_ingest_state(self, stream_id: str) -> bytes | None: ...
@@ -429,24 +488,28 @@ class RedisChunkStore(ChunkStore):
         return records
 
     @_unavailable_as_store_error
-    def set_state(self, stream_id: str, state: StreamState) -> None:
+    def set_state(self, stream_id: str, state: StreamState, fence: int | None = None) -> None:
         keys = StreamKeys(stream_id)
         fields = {"state": StreamState(state).value, "updated_unix": repr(time.time())}
 
         def body(pipe: Pipeline) -> None:
             self._require_stream(pipe, keys)
+            _check_fence(pipe, keys, fence)
             pipe.multi()
             pipe.hset(keys.record, mapping=fields)
 
-        self._transact([keys.record], body)
+        self._transact([keys.record, keys.lease], body)
 
     @_unavailable_as_store_error
-    def add_counters(self, stream_id: str, counters: IngestCounters, pending: int | None = None) -> None:
+    def add_counters(
+        self, stream_id: str, counters: IngestCounters, pending: int | None = None, fence: int | None = None
+    ) -> None:
         """HINCRBY each non-zero counter; checked under WATCH so a deleted stream is not resurrected."""
         keys = StreamKeys(stream_id)
 
         def body(pipe: Pipeline) -> None:
             self._require_stream(pipe, keys)
+            _check_fence(pipe, keys, fence)
             pipe.multi()
             for name, delta in counters.items():
                 pipe.hincrby(keys.record, name, delta)
@@ -455,7 +518,7 @@ class RedisChunkStore(ChunkStore):
                 fields[PENDING_FIELD] = str(int(pending))
             pipe.hset(keys.record, mapping=fields)
 
-        self._transact([keys.record], body)
+        self._transact([keys.record, keys.lease], body)
 
     @_unavailable_as_store_error
     def frames_pending(self, stream_id: str) -> int:
@@ -494,6 +557,7 @@ class RedisChunkStore(ChunkStore):
                 keys.pictures,
                 keys.picture_times,
                 keys.cold_pictures,
+                keys.lease,
                 *sorted(chunk_keys),
             )
 
@@ -604,6 +668,7 @@ class RedisChunkStore(ChunkStore):
             pipe.hincrby(keys.record, "bytes_stored", -freed)
             pipe.hincrby(keys.record, "bytes_cold", -freed_cold)
             pipe.hincrby(keys.record, "chunks_dropped", len(present))
+            pipe.hincrby(keys.record, INDEX_VERSION_FIELD, 1)
             pipe.hincrby(keys.record, "bytes_dropped", freed)
 
         self._transact([keys.record, keys.spans], body)
@@ -612,16 +677,17 @@ class RedisChunkStore(ChunkStore):
         return freed
 
     @_unavailable_as_store_error
-    def put_ingest_state(self, stream_id: str, blob: bytes) -> None:
+    def put_ingest_state(self, stream_id: str, blob: bytes, fence: int | None = None) -> None:
         """SET under WATCH of the record, so a stream deleted meanwhile is not half resurrected."""
         keys = StreamKeys(stream_id)
 
         def body(pipe: Pipeline) -> None:
             self._require_stream(pipe, keys)
+            _check_fence(pipe, keys, fence)
             pipe.multi()
             pipe.set(keys.ingest, bytes(blob))
 
-        self._transact([keys.record], body)
+        self._transact([keys.record, keys.lease], body)
 
     @_unavailable_as_store_error
     def get_ingest_state(self, stream_id: str) -> bytes | None:
@@ -632,9 +698,15 @@ class RedisChunkStore(ChunkStore):
 
     @_unavailable_as_store_error
     def commit_chunk(
-        self, chunk: ChunkCache, counters: IngestCounters | None = None, pictures: Sequence[Picture] = ()
+        self,
+        chunk: ChunkCache,
+        counters: IngestCounters | None = None,
+        pictures: Sequence[Picture] = (),
+        fence: int | None = None,
     ) -> int:
         """One MULTI/EXEC writes the blob, the vector, the span, the pictures and the record's counters.
+
+        fence: the ingest's lease token; a newer one handed out since is LeaseLost, nothing written.
 
         Raises StreamNotFound (nothing written) without a record, ChunkExists if the index is
         already committed with different bytes, ValueError if the retrieval dim differs from the
@@ -653,6 +725,7 @@ class RedisChunkStore(ChunkStore):
         def body(pipe: Pipeline) -> None:
             nonlocal written
             duration, kv_storage = self._check_stream(pipe, keys, chunk.stream_id)
+            _check_fence(pipe, keys, fence)
             if kv_storage not in blobs:
                 blobs[kv_storage] = chunk_to_bytes(chunk, kv_storage)
             blob = blobs[kv_storage]
@@ -670,6 +743,7 @@ class RedisChunkStore(ChunkStore):
             pipe.hset(keys.spans, field, span)
             pipe.hset(keys.committed, field, repr(time.time()))
             pipe.hincrby(keys.record, "chunks", 1)
+            pipe.hincrby(keys.record, INDEX_VERSION_FIELD, 1)
             pipe.hincrby(keys.record, "bytes_stored", written)
             for name, delta in (counters or IngestCounters()).items():
                 pipe.hincrby(keys.record, name, delta)
@@ -677,7 +751,7 @@ class RedisChunkStore(ChunkStore):
             pipe.hset(keys.record, mapping={"duration_s": repr(end), "updated_unix": repr(time.time())})
             crash_point("commit-before-exec")
 
-        self._transact([keys.record, keys.spans], body, confirm=True)
+        self._transact([keys.record, keys.spans, keys.lease], body, confirm=True)
         crash_point("commit-after-exec")
         return written
 
@@ -877,7 +951,9 @@ class RedisChunkStore(ChunkStore):
                 self.cold.put(stream_id, index, packed, "pictures")
             if self._point_to_cold(keys, index, blob, pictures, packed):
                 moved += len(blob or b"") + sum(len(p.image) for p in pictures)
-            else:
+            elif not self._r.hexists(keys.spans, str(index)):
+                # Dropped meanwhile: what was just written is stray. (A chunk still there was moved
+                # by another replica's sweep first, to the same files with the same bytes: kept.)
                 kinds = ("chunk",) * (blob is not None) + ("pictures",) * (packed is not None)
                 self.cold.delete(stream_id, [index], kinds)
         return moved
@@ -923,6 +999,111 @@ class RedisChunkStore(ChunkStore):
 
         self._transact([keys.chunk(index), keys.spans, keys.record, keys.pictures, keys.cold], body)
         return swapped
+
+    # --- ingest leases: one writer per stream across replicas -----------------------------------------
+
+    @_unavailable_as_store_error
+    def acquire_lease(self, stream_id: str, holder: str, ttl_ms: int) -> int:
+        keys = StreamKeys(stream_id)
+        token = int(self._r.incr(LEASE_TOKENS_KEY))  # its own slot: taken before the transaction
+
+        def body(pipe: Pipeline) -> None:
+            current = _parse_lease(pipe.get(keys.lease))
+            if current is not None and current[0] != holder:
+                left = max(0, int(pipe.pttl(keys.lease)))
+                raise LeaseHeld(
+                    f"stream {stream_id!r} is being ingested by replica {current[0]} (its lease runs out "
+                    f"in {left / 1000:.1f} s unless renewed)"
+                )
+            pipe.multi()
+            pipe.set(keys.lease, json.dumps({"holder": holder, "token": token}), px=int(ttl_ms))
+
+        self._transact([keys.lease], body)
+        return token
+
+    @_unavailable_as_store_error
+    def renew_lease(self, stream_id: str, holder: str, token: int, ttl_ms: int) -> bool:
+        keys = StreamKeys(stream_id)
+        renewed = False
+
+        def body(pipe: Pipeline) -> None:
+            nonlocal renewed
+            # Only while it is still ours: once it ran out, another writer may have come and gone.
+            renewed = _parse_lease(pipe.get(keys.lease)) == (holder, token)
+            pipe.multi()
+            if renewed:
+                pipe.pexpire(keys.lease, int(ttl_ms))
+
+        self._transact([keys.lease], body)
+        return renewed
+
+    @_unavailable_as_store_error
+    def release_lease(self, stream_id: str, holder: str, token: int) -> None:
+        keys = StreamKeys(stream_id)
+
+        def body(pipe: Pipeline) -> None:
+            mine = _parse_lease(pipe.get(keys.lease)) == (holder, token)
+            pipe.multi()
+            if mine:
+                pipe.delete(keys.lease)
+
+        self._transact([keys.lease], body)
+
+    @_unavailable_as_store_error
+    def lease_holder(self, stream_id: str) -> str | None:
+        current = _parse_lease(self._r.get(StreamKeys(stream_id).lease))
+        return None if current is None else current[0]
+
+    @_unavailable_as_store_error
+    def settle_orphaned(self, stream_id: str, holder: str | None) -> tuple[StreamState, int] | None:
+        keys = StreamKeys(stream_id)
+        settled: tuple[StreamState, int] | None = None
+
+        def body(pipe: Pipeline) -> None:
+            nonlocal settled
+            settled = None
+            current = _parse_lease(pipe.get(keys.lease))
+            state, pending = pipe.hmget(keys.record, ["state", PENDING_FIELD])
+            pipe.multi()
+            if (current is not None and current[0] != holder) or state is None:
+                return
+            if state.decode() == StreamState.INGESTING.value:
+                settled = (StreamState.INTERRUPTED, 0)
+            elif state.decode() == StreamState.LIVE.value:
+                settled = (StreamState.READY, max(0, _int_or_none(pending or b"0") or 0))
+                pipe.hincrby(keys.record, "frames_lost", settled[1])
+                pipe.hset(keys.record, PENDING_FIELD, "0")
+            else:
+                return
+            pipe.hset(keys.record, mapping={"state": settled[0].value, "updated_unix": repr(time.time())})
+
+        self._transact([keys.lease, keys.record], body)
+        return settled
+
+    @_unavailable_as_store_error
+    def index_version(self, stream_id: str) -> str:
+        created, version = self._r.hmget(StreamKeys(stream_id).record, ["created_unix", INDEX_VERSION_FIELD])
+        if created is None:
+            return ""
+        return f"{created.decode()}:{int(version or 0)}"
+
+    @_unavailable_as_store_error
+    def vector_ids(self, stream_id: str) -> list[int]:
+        keys = StreamKeys(stream_id)
+        return sorted(i for i in (_int_or_none(f) for f in self._r.hkeys(keys.vectors)) if i is not None)
+
+    @_unavailable_as_store_error
+    def vectors_of(self, stream_id: str, indices: Sequence[int]) -> np.ndarray:
+        keys = StreamKeys(stream_id)
+        wanted = [int(i) for i in indices]
+        raw = self._r.hmget(keys.vectors, [str(i) for i in wanted]) if wanted else []
+        missing = [i for i, v in zip(wanted, raw, strict=True) if v is None]
+        if missing:
+            raise ChunkNotFound(f"stream {stream_id!r} has no vector for chunk(s) {missing[:16]}")
+        vectors = [
+            vector_from_bytes(v, name=f"{keys.vectors}[{i}]") for i, v in zip(wanted, raw, strict=True)
+        ]
+        return np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)  # (n, dim)
 
     @_unavailable_as_store_error
     def retrieval_vectors(self, stream_id: str) -> tuple[list[int], np.ndarray]:
@@ -1101,6 +1282,27 @@ def _parse_picture_field(field: bytes | str, where: str) -> tuple[int, float]:
         return int(index), float(time_s)
     except ValueError:
         raise CorruptData(f"{where}: field {text[:40]!r} is not <chunk>:<time>") from None
+
+
+def _parse_lease(raw: bytes | None) -> tuple[str, int] | None:
+    """(holder, token) of a lease value; None if there is none (a damaged one counts as none)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+        return str(value["holder"]), int(value["token"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_fence(pipe: Pipeline, keys: StreamKeys, fence: int | None) -> None:
+    """Under WATCH of keys.lease: LeaseLost unless the lease is still the one of token `fence`."""
+    if fence is None:
+        return
+    current = _parse_lease(pipe.get(keys.lease))
+    if current is None or current[1] != fence:
+        now = "ran out" if current is None else f"passed to replica {current[0]}"
+        raise LeaseLost(f"stream {keys.stream_id!r}: this ingest's lease {now}; it stops here")
 
 
 def _pointer(accounted: int, blob: bytes) -> str:

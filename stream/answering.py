@@ -185,7 +185,7 @@ class QuestionAnswerer:
         t_search = time.perf_counter()
         hits: list[tuple[int, float]] = []
         if record.chunks and allowed != set():
-            index = self.indexes.get(params.stream_id)
+            index = self.indexes.current(params.stream_id)  # with commits made on other replicas
             hits = index.search(qvec.numpy(), params.top_k or len(index), allowed)
             margin = self.score_margin if params.score_margin is None else params.score_margin
             if params.top_k and margin:  # top_k 0 asks for every chunk: all are kept

@@ -136,6 +136,7 @@ def ingest_archive(
     busy: bool = False,
     name: str | None = None,
     source_path: str = "",
+    fence: int | None = None,
 ) -> Iterator[ArchiveProgress]:
     """Ingest a file into a new stream (or, with resume, continue an interrupted one), yielding
     progress after each committed chunk.
@@ -147,7 +148,8 @@ def ingest_archive(
     ingest of this stream is running in this process (a stale INGESTING record is not then resumable).
     name: the file's name as the stream's source shows it (an upload's own name), instead of the
     path's. source_path: the file's path on the server when it stays there (an ingest root's), kept
-    in the record so the page can play cited spans from it.
+    in the record so the page can play cited spans from it. fence: the stream lease's token, which
+    every write carries (stream/leases.py).
     """
     validate_stored_id(stream_id)
     source, opened_name = open_source(path, data)
@@ -158,7 +160,7 @@ def ingest_archive(
     fingerprint = runner.lm.fingerprint
     if resume:
         first_chunk = resume_point(store, stream_id, name, config, fingerprint, busy)
-        store.set_state(stream_id, StreamState.INGESTING)
+        store.set_state(stream_id, StreamState.INGESTING, fence=fence)
     else:
         first_chunk = 0
         now = time.time()
@@ -196,10 +198,11 @@ def ingest_archive(
             stage_times if stage_times is not None else StageTimes(),
             first_chunk,
             retry,
+            fence,
         )
     except (VideoDecodeError, BadRequest) as e:
         if isinstance(e, _Stopped):
-            _interrupted(store, stream_id, e.chunks)
+            _interrupted(store, stream_id, e.chunks, fence)
             if stopping():
                 raise Stopping(
                     f"the server is stopping: ingest of {stream_id!r} stopped after {e.chunks} chunks; "
@@ -207,19 +210,19 @@ def ingest_archive(
                 ) from None
             raise
         if resume:  # a resumed stream keeps what it had
-            _interrupted(store, stream_id, None)
+            _interrupted(store, stream_id, None, fence)
         else:  # a new archive is all or nothing
             forget_stream(stream_id, runner, store, indexes)
         raise
     except GeneratorExit:  # the client went away: keep what was committed
-        _interrupted(store, stream_id, None)
+        _interrupted(store, stream_id, None, fence)
         raise
-    except StoreError:  # Redis stayed down past the retry: what reached it is kept
-        _interrupted(store, stream_id, None)
+    except StoreError:  # Redis stayed down past the retry, or the lease was lost: what reached it is kept
+        _interrupted(store, stream_id, None, fence)
         raise
     except BaseException:
         if resume:
-            _interrupted(store, stream_id, None)
+            _interrupted(store, stream_id, None, fence)
         else:
             forget_stream(stream_id, runner, store, indexes)
         raise
@@ -235,10 +238,11 @@ class _Stopped(BadRequest):
         self.chunks = chunks
 
 
-def _interrupted(store: ChunkStore, stream_id: str, chunks: int | None) -> None:
-    """Mark an ingest interrupted; if Redis is down, the next start settles it (settle_interrupted_archives)."""
+def _interrupted(store: ChunkStore, stream_id: str, chunks: int | None, fence: int | None) -> None:
+    """Mark an ingest interrupted; if Redis is down, the next start (or another replica's storage
+    sweep) settles it (stream/leases.py: settle_orphaned_streams)."""
     try:
-        store.set_state(stream_id, StreamState.INTERRUPTED)
+        store.set_state(stream_id, StreamState.INTERRUPTED, fence=fence)
     except StoreError as e:
         log.warning("could not mark %s interrupted (%s); the next start will", stream_id, e)
         return
@@ -247,18 +251,6 @@ def _interrupted(store: ChunkStore, stream_id: str, chunks: int | None) -> None:
         stream_id,
         "" if chunks is None else f" after {chunks} chunks",
     )
-
-
-def settle_interrupted_archives(
-    store: ChunkStore, busy: Callable[[str], bool] = lambda _: False
-) -> list[str]:
-    """Archives a killed process left INGESTING are INTERRUPTED: their chunks answer, resume continues them."""
-    settled = []
-    for record in store.list_streams():
-        if record.state == StreamState.INGESTING and not busy(record.stream_id):
-            store.set_state(record.stream_id, StreamState.INTERRUPTED)
-            settled.append(record.stream_id)
-    return settled
 
 
 def _run(
@@ -273,6 +265,7 @@ def _run(
     times: StageTimes,
     first_chunk: int,
     retry: StoreRetry,
+    fence: int | None,
 ) -> Iterator[ArchiveProgress]:
     started = time.perf_counter()
     reader = VideoFileReader(source, fps=config.fps)
@@ -286,6 +279,7 @@ def _run(
         stage_times=times,
         retry=retry,
         give_up=is_cancelled,
+        fence=fence,
     )
     runner.compressor.start_stream(stream_id)
     skip = first_chunk * config.frames_per_chunk  # sampled frames the committed chunks hold
@@ -319,7 +313,7 @@ def _run(
                 yield snapshot()
     ingestor.count_decoded(reader.frames_decoded)
     ingestor.finish()
-    store.set_state(stream_id, StreamState.READY)
+    store.set_state(stream_id, StreamState.READY, fence=fence)
     log.info(
         "ingested %s: %d chunks%s, %.1f s of video in %.1f s (%s)",
         stream_id,

@@ -7,6 +7,8 @@ import grpc
 from longwatch.memory.records import (
     ChunkNotFound,
     CorruptData,
+    LeaseHeld,
+    LeaseLost,
     StoreFull,
     StoreUnavailable,
     StreamExists,
@@ -75,6 +77,10 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     # is not there is data the store lost.
     (ChunkNotFound, grpc.StatusCode.DATA_LOSS),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    # Another replica ingests the stream: try again (a lease whose holder died runs out), or
+    # this ingest's lease passed to another writer: it was stopped (a conflict, ABORTED).
+    (LeaseHeld, grpc.StatusCode.UNAVAILABLE),
+    (LeaseLost, grpc.StatusCode.ABORTED),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),

@@ -28,7 +28,8 @@ previous frame) is saved to `lw:{id}:ingest` after every commit, so a later conn
 same id - in this process or after a restart - continues chunk numbering (from the record's chunk
 count), stream time and DiffFP: its first frame is compared with the last committed frame, not
 treated as a stream start. A process killed mid-stream loses only frames not yet committed;
-`settle_interrupted_live_streams` sets its streams back to READY at the next start.
+its next start, or another replica once the stream's lease ran out (stream/leases.py), sets the
+stream back to READY, and a sender that reconnects to any replica continues it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from longwatch.stream import metrics
 from longwatch.stream.decode import SampledFrame, TimeSampler
 from longwatch.stream.errors import BadRequest, NotReady, Stopping, StreamBusy, one_line
 from longwatch.stream.images import FrameImage
+from longwatch.stream.leases import Lease, LeaseKeeper
 from longwatch.stream.pipeline import CommittedChunk, ModelRunner, StreamIngestor, forget_stream
 from longwatch.stream.settings import IngestConfig, LiveConfig
 
@@ -329,7 +331,9 @@ class LiveSession:
                 self._take_counts()
                 self.ingestor.finish()  # commits the last partial chunk (saving the state)
                 self._save_state()
-                self.ingestor.store.add_counters(self.stream_id, IngestCounters(), pending=0)
+                self.ingestor.store.add_counters(
+                    self.stream_id, IngestCounters(), pending=0, fence=self.ingestor.fence
+                )
         except BaseException as exc:  # noqa: BLE001 - handed to the feeding side by offer()
             self._error = exc
             log.error("live stream %s stopped: %s", self.stream_id, one_line(exc))
@@ -348,7 +352,9 @@ class LiveSession:
 
     def _store_counters(self) -> None:
         """The counts so far, and how many sampled frames a crash now would lose."""
-        self.ingestor.store.add_counters(self.stream_id, self.ingestor.counters, pending=self._pending())
+        self.ingestor.store.add_counters(
+            self.stream_id, self.ingestor.counters, pending=self._pending(), fence=self.ingestor.fence
+        )
         self.ingestor.counters = IngestCounters()
         self._last_stored = time.monotonic()
 
@@ -361,7 +367,7 @@ class LiveSession:
             self._stats = replace(self._stats, chunks_committed=self._stats.chunks_committed + 1)
 
     def _save_state(self) -> None:
-        self.ingestor.store.put_ingest_state(self.stream_id, self.state.to_bytes())
+        self.ingestor.store.put_ingest_state(self.stream_id, self.state.to_bytes(), fence=self.ingestor.fence)
 
 
 # --- the registry ---------------------------------------------------------------------------------
@@ -377,13 +383,16 @@ class LiveRegistry:
         runner: ModelRunner,
         store: ChunkStore,
         indexes: IndexRegistry,
+        leases: LeaseKeeper,
     ) -> None:
         self.ingest = ingest
         self.limits = limits
         self.runner = runner
         self.store = store
         self.indexes = indexes
+        self.leases = leases
         self._sessions: dict[str, LiveSession] = {}
+        self._leases: dict[str, Lease] = {}  # the lease each session writes under
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -400,8 +409,14 @@ class LiveRegistry:
                 raise Stopping("the server is stopping and takes no new live streams")
             if sid in self._sessions:
                 raise StreamBusy(f"stream {sid!r} is already being fed by another live connection")
-            session = self._start(sid, source, fps or None)
+            lease = self.leases.take(sid)  # LeaseHeld while another replica feeds it
+            try:
+                session = self._start(sid, source, fps or None, lease.token)
+            except BaseException:
+                self.leases.release(lease)
+                raise
             self._sessions[sid] = session
+            self._leases[sid] = lease
         log.info("live stream %s started (%s, %g fps)", sid, source, session.config.fps)
         return session
 
@@ -430,7 +445,7 @@ class LiveRegistry:
         for session in sessions:
             session.close()
 
-    def _start(self, sid: str, source: str, fps: float | None) -> LiveSession:
+    def _start(self, sid: str, source: str, fps: float | None, fence: int) -> LiveSession:
         record = self.store.get_stream(sid)
         if record is None:
             config = self._config(fps)
@@ -438,11 +453,21 @@ class LiveRegistry:
             state, first_chunk = IngestState(), 0
         else:
             config = self._config(self._check_resumable(record, fps))
+            if record.state == StreamState.LIVE:  # its last writer died (this lease is ours now)
+                self.store.settle_orphaned(sid, self.leases.replica_id)
+                record = self.store.get_stream(sid) or record
             state = self._load_state(record, config)
-            self.store.set_state(sid, StreamState.LIVE)
+            self.store.set_state(sid, StreamState.LIVE, fence=fence)
             first_chunk = record.chunks
         ingestor = StreamIngestor(
-            sid, config, self.runner, self.store, self.indexes, first_chunk_index=first_chunk, source="live"
+            sid,
+            config,
+            self.runner,
+            self.store,
+            self.indexes,
+            first_chunk_index=first_chunk,
+            source="live",
+            fence=fence,
         )
         if state.diffp is not None:
             ingestor.pruner.load_state(state.diffp)
@@ -514,12 +539,13 @@ class LiveRegistry:
                 if session.created and session.stats().frames_sampled == 0:
                     forget_stream(sid, self.runner, self.store, self.indexes)
                 else:
-                    self.store.set_state(sid, StreamState.READY)
+                    self.store.set_state(sid, StreamState.READY, fence=session.ingestor.fence)
             except StoreError as e:
                 log.error("live stream %s: could not mark it ended: %s", sid, one_line(e))
             finally:
                 if self._sessions.get(sid) is session:
                     del self._sessions[sid]
+                    self.leases.release(self._leases.pop(sid))
 
 
 def _grid_matches(state: IngestState, config: IngestConfig) -> bool:
@@ -534,24 +560,3 @@ def _grid_matches(state: IngestState, config: IngestConfig) -> bool:
 def new_stream_id() -> str:
     """A fresh id for a live stream whose sender named none."""
     return f"cam-{secrets.token_hex(4)}"
-
-
-def settle_interrupted_live_streams(store: ChunkStore) -> list[str]:
-    """Live streams left LIVE by a killed process: no one feeds them now, so they are READY.
-
-    Their committed chunks stay answerable and a new connection with the id continues the stream
-    from its saved ingest state. The sampled frames that were waiting for a chunk are lost; their
-    count (as last stored, at most COUNTER_FLUSH_S old) goes to the stream's frames_lost.
-    """
-    settled = []
-    for record in store.list_streams():
-        if record.state == StreamState.LIVE:
-            lost = store.frames_pending(record.stream_id)
-            store.add_counters(record.stream_id, IngestCounters(frames_lost=lost), pending=0)
-            store.set_state(record.stream_id, StreamState.READY)
-            if lost:
-                log.warning(
-                    "live stream %s: %d sampled frames not yet in a chunk were lost", record.stream_id, lost
-                )
-            settled.append(record.stream_id)
-    return settled

@@ -122,10 +122,13 @@ class StreamIngestor:
         retry: StoreRetry | None = None,
         give_up: Callable[[], bool] = lambda: False,
         source: str = "archive",
+        fence: int | None = None,
     ) -> None:
         """retry: how long a commit waits out an unavailable Redis (give_up() ends the wait early,
-        as a shutdown does). source: "archive" or "live", for the metrics."""
+        as a shutdown does). source: "archive" or "live", for the metrics. fence: the stream
+        lease's token, carried by every write (stream/leases.py)."""
         self.stream_id = stream_id
+        self.fence = fence
         self.source = source
         self.picture_mode = PictureMode.parse(config.pictures, config.picture_side)
         self.config = config
@@ -179,7 +182,7 @@ class StreamIngestor:
         if self.pending:
             self._commit_pending()
         if self.counters != IngestCounters():
-            self.store.add_counters(self.stream_id, self.counters)
+            self.store.add_counters(self.stream_id, self.counters, fence=self.fence)
             self.counters = IngestCounters()
 
     def preview(self) -> ChunkCache | None:
@@ -249,7 +252,7 @@ class StreamIngestor:
             counters = self.counters
             started = time.perf_counter()
             written = self.retry.call(
-                lambda: self.store.commit_chunk(chunk, counters, pictures), self.give_up
+                lambda: self.store.commit_chunk(chunk, counters, pictures, fence=self.fence), self.give_up
             )
             metrics.chunk_committed(self.stream_id, self.source, n, written, time.perf_counter() - started)
             self.counters = IngestCounters()

@@ -32,11 +32,11 @@ from longwatch.memory.store import ChunkStore, open_store
 from longwatch.memory.tier import BlobTier, LocalBlobTier
 from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.loading import DEMO_MODEL_NAME, LoadedModel, ModelLoadError, load_model
-from longwatch.stream.archive import settle_interrupted_archives
+from longwatch.proto.streams import StreamState
 from longwatch.stream.auth import KeyRing
 from longwatch.stream.errors import one_line
 from longwatch.stream.http_server import LiveHttpServer
-from longwatch.stream.live import settle_interrupted_live_streams
+from longwatch.stream.leases import LeaseKeeper, default_replica_id, settle_orphaned_streams
 from longwatch.stream.metrics import Holdings, register_holdings
 from longwatch.stream.pipeline import ModelRunner
 from longwatch.stream.service import SERVICE_NAME, LongWatchService, add_to_server
@@ -108,6 +108,7 @@ class LongWatchServer:
         self._watch_stop: threading.Event | None = None  # the embedded redis-server's watcher
         self._unregister_metrics: Callable[[], None] | None = None
         self.sweeper: StorageSweeper | None = None
+        self.leases: LeaseKeeper | None = None
         self._watcher: threading.Thread | None = None
 
     def start(self) -> LongWatchServer:
@@ -125,26 +126,31 @@ class LongWatchServer:
                 commit_replicas=s.commit_replicas,
                 commit_wait_ms=s.commit_wait_ms,
             )
-            interrupted = settle_interrupted_archives(self.store)
+            replica = s.replica_id or default_replica_id(s.state_dir)
+            self.leases = LeaseKeeper(self.store, replica, s.lease_ttl_s)
+            # What an earlier process of this replica left mid-ingest; others' wait for their leases.
+            settled = settle_orphaned_streams(self.store, replica)
+            interrupted = [sid for sid, (state, _) in settled.items() if state == StreamState.INTERRUPTED]
             if interrupted:
                 log.warning(
                     "archives cut off by an earlier stop keep their chunks and can be resumed: %s",
                     ", ".join(interrupted),
                 )
-            settled = settle_interrupted_live_streams(self.store)
-            if settled:
-                log.warning("live streams cut off by an earlier stop are ready again: %s", ", ".join(settled))
+            ready = [sid for sid, (state, _) in settled.items() if state == StreamState.READY]
+            if ready:
+                log.warning("live streams cut off by an earlier stop are ready again: %s", ", ".join(ready))
+            self.leases.start()
             lm = load_model(s.model, state_dir=s.state_dir)
             s.model = lm.config  # as resolved: mode, attention, adapter of the built-in model
             s.ingest = ingest_for_model(s, lm.card)
             s.score_margin = score_margin_for_model(s, lm.card)
             runner = ModelRunner(lm=lm, compressor=SummaryCompressor(lm))
-            service = LongWatchService(s, runner, self.store, IndexRegistry(self.store), keys)
+            service = LongWatchService(s, runner, self.store, IndexRegistry(self.store), self.leases, keys)
             self.service = service
             holdings = Holdings(self.store, service.live.live_ids, service.quotas.asks_in_flight)
             self._unregister_metrics = register_holdings(holdings)
             self.sweeper = StorageSweeper(
-                self.store, service.indexes, keys, s.retention_interval_s, s.hot_window_s
+                self.store, service.indexes, keys, s.retention_interval_s, s.hot_window_s, self.leases
             ).start()
             self._start_grpc(service)
             self._start_http(service)
@@ -268,6 +274,8 @@ class LongWatchServer:
         if self.sweeper is not None:
             self.sweeper.stop()
             self.sweeper = None
+        if self.leases is not None:
+            self.leases.stop()  # after live streams and calls ended: their leases were released
         for close in (self._close_store, self._stop_redis):
             try:
                 close()

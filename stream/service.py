@@ -38,6 +38,7 @@ from longwatch.stream.errors import (
     status_for,
 )
 from longwatch.stream.images import EncodedImage, FrameImage, RawImage, check_bytes
+from longwatch.stream.leases import LeaseKeeper
 from longwatch.stream.live import LiveRegistry, LiveStats, new_stream_id
 from longwatch.stream.pictures import PICTURE_FORMAT
 from longwatch.stream.pipeline import ModelRunner, forget_stream
@@ -246,9 +247,11 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         runner: ModelRunner,
         store: ChunkStore,
         indexes: IndexRegistry,
+        leases: LeaseKeeper,
         keys: KeyRing | None = None,
     ) -> None:
         self.settings = settings
+        self.leases = leases
         self.keys = keys or KeyRing(None)
         self.uploads = UploadSpool(settings.state_dir / "uploads")
         self.runner = runner
@@ -257,7 +260,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         self.gate = CallGate()
         self._ingesting: set[str] = set()  # streams an IngestFile of this process is feeding
         self._ingesting_lock = threading.Lock()
-        self.live = LiveRegistry(settings.ingest, settings.live, runner, store, indexes)
+        self.live = LiveRegistry(settings.ingest, settings.live, runner, store, indexes, leases)
         self.quotas = Quotas(self.keys, store, self.live)
         self.answerer = QuestionAnswerer(
             runner,
@@ -363,7 +366,10 @@ class LongWatchService(pb_grpc.LongWatchServicer):
             if busy and resume:
                 raise StreamBusy(f"stream {sid!r} is being ingested now")
             self._ingesting.add(sid)
+        lease = None
         try:
+            # Not while this process ingests it: the ingest below is refused then (StreamExists).
+            lease = None if busy else self.leases.take(sid)
             progress = ingest_archive(
                 sid,
                 path,
@@ -378,6 +384,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
                 busy=busy,
                 name=name,
                 source_path=path if stays else "",
+                fence=lease.token if lease else None,
             )
             with closing(progress):  # closed early (a quota): the ingest keeps what it committed
                 for p in progress:
@@ -388,6 +395,8 @@ class LongWatchService(pb_grpc.LongWatchServicer):
                         self.quotas.check_stored(caller)
                     yield msg
         finally:
+            if lease is not None:
+                self.leases.release(lease)
             if not busy:
                 with self._ingesting_lock:
                     self._ingesting.discard(sid)

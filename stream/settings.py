@@ -234,6 +234,10 @@ class ServiceSettings:
     # most commit_wait_ms; fewer: the ingest commits again). 0: as soon as the master has it.
     commit_replicas: int = 0
     commit_wait_ms: int = DEFAULT_COMMIT_WAIT_MS
+    # Replicas on one Redis: each ingest holds its stream's lease for lease_ttl_s (renewed while it
+    # runs). replica_id names this replica in leases; None: this machine and state folder.
+    replica_id: str | None = None
+    lease_ttl_s: float = 10.0
     state_dir: Path = field(default_factory=default_state_dir)
     workers: int = 8
     max_message_mb: int = 256
@@ -271,6 +275,8 @@ class ServiceSettings:
             raise ValueError(f"the hot window must be >= 0 seconds, got {self.hot_window_s}")
         if not 0 < self.retention_interval_s < 1e9:
             raise ValueError(f"the retention interval must be > 0 seconds, got {self.retention_interval_s}")
+        if not 0.5 <= self.lease_ttl_s <= 3600:
+            raise ValueError(f"--lease-ttl must be 0.5-3600 seconds, got {self.lease_ttl_s}")
         if not 0 <= self.commit_replicas <= 16 or not 0 < self.commit_wait_ms <= 600_000:
             raise ValueError(
                 f"--commit-replicas must be 0-16 and --commit-wait-ms 1-600000, got "
@@ -339,6 +345,20 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="acknowledge a chunk only once N replicas of its Redis master have it (Redis WAIT), so "
         "a failover loses no acknowledged chunk (LONGWATCH_COMMIT_REPLICAS; default 0: the master alone)",
+    )
+    g.add_argument(
+        "--replica-id",
+        default=_env("REPLICA_ID"),
+        help="this replica's name in stream leases, when several serve one Redis (LONGWATCH_REPLICA_ID); "
+        "default: this machine and state folder",
+    )
+    g.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=float(_env("LEASE_TTL") or 10.0),
+        metavar="S",
+        help="how long a stream's ingest lease outlives its replica: another replica may take a stream "
+        "over this long after its replica died (LONGWATCH_LEASE_TTL)",
     )
     g.add_argument(
         "--commit-wait-ms",
@@ -532,6 +552,8 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         redis_url=args.redis_url or None,
         commit_replicas=args.commit_replicas,
         commit_wait_ms=args.commit_wait_ms,
+        replica_id=args.replica_id or None,
+        lease_ttl_s=args.lease_ttl,
         state_dir=Path(args.state_dir),
         top_k=args.top_k,
         score_margin=args.score_margin,

@@ -20,6 +20,7 @@ from longwatch.memory.store import ChunkStore
 from longwatch.proto.streams import StreamRecord
 from longwatch.stream.auth import KeyRing
 from longwatch.stream.errors import one_line
+from longwatch.stream.leases import LeaseKeeper, settle_orphaned_streams
 from longwatch.stream.retention import apply_retention, retention_for
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ class StorageSweeper:
         keys: KeyRing,
         interval_s: float = DEFAULT_INTERVAL_S,
         hot_window_s: float = 0.0,
+        leases: LeaseKeeper | None = None,
     ) -> None:
+        """leases: this replica's; each pass then also settles streams a replica that died left
+        mid-ingest, once their leases ran out (stream/leases.py)."""
+        self.leases = leases
         self.store = store
         self.indexes = indexes
         self.keys = keys
@@ -73,6 +78,8 @@ class StorageSweeper:
     def sweep(self) -> None:
         """One pass over every stream. A stream that fails is logged and skipped (the next pass
         tries it again)."""
+        if self.leases is not None:
+            settle_orphaned_streams(self.store, None, busy=set(self.leases.held()))
         for record in self.store.list_streams():
             retention = retention_for(record, self.keys)
             if retention.keeps_all and self.hot_window_s <= 0:
