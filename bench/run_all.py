@@ -36,8 +36,8 @@ BENCHMARKS = (
 )
 # Faults, bad input and load (BENCHMARKS.md, Reliability): crashes, fuzzing, Asks under load, a soak.
 RELIABILITY = ("crash", "fuzz", "load", "soak")
-# Scaling out (BENCHMARKS.md, Scaling out): a local Redis Cluster, replicas on one Redis.
-SCALING = ("cluster", "replicas")
+# Scaling out (BENCHMARKS.md, Scaling out): a local Redis Cluster, replicas on one Redis, Ray.
+SCALING = ("cluster", "replicas", "ray_ingest")
 
 
 def main() -> int:

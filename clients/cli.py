@@ -120,6 +120,12 @@ def add_ingest(sub: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue an interrupted ingest of this file into this stream from its last committed chunk",
     )
+    sub.add_argument(
+        "--ray",
+        action="store_true",
+        help="the server makes the chunks in segments over its Ray workers (serve --ray ADDRESS); "
+        "the stream is the same chunk for chunk",
+    )
 
 
 def add_stream(sub: argparse.ArgumentParser) -> None:
@@ -268,7 +274,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with _client(args) as client:
         last = _follow_ingest(
-            client.ingest_file(args.stream, fps=args.fps, resume=args.resume, **source), args.stream
+            client.ingest_file(args.stream, fps=args.fps, resume=args.resume, ray=args.ray, **source),
+            args.stream,
         )
     if last is None or not last.done:
         return fail(f"ingest of {args.stream} ended before the server reported it done")

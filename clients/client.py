@@ -323,10 +323,11 @@ UPLOAD_PIECE_BYTES = 512 << 10  # what one IngestUpload message carries: under a
 
 
 def upload_requests(
-    stream_id: str, name: str, pieces: Iterable[bytes], fps: float, resume: bool = False
+    stream_id: str, name: str, pieces: Iterable[bytes], fps: float, resume: bool = False, ray: bool = False
 ) -> Iterator[pb.IngestUploadRequest]:
     """IngestUpload's messages: `start`, then the file's pieces as they are read."""
-    yield pb.IngestUploadRequest(start=pb.UploadStart(stream_id=stream_id, name=name, fps=fps, resume=resume))
+    start = pb.UploadStart(stream_id=stream_id, name=name, fps=fps, resume=resume, ray=ray)
+    yield pb.IngestUploadRequest(start=start)
     for piece in pieces:
         yield pb.IngestUploadRequest(piece=piece)
 
@@ -512,6 +513,7 @@ class LongWatchClient:
         fps: float = 0.0,
         resume: bool = False,
         server_path: str | None = None,
+        ray: bool = False,
     ) -> Iterator[pb.IngestProgress]:
         """Progress messages of a new stream's ingest; the last has done=True and `.stream` set.
 
@@ -521,19 +523,23 @@ class LongWatchClient:
         Each message follows a committed chunk. The call starts when iteration does; abandoning
         the iterator cancels it, and the stream keeps what was committed (state "interrupted").
         resume: continue an interrupted ingest of the same file from its last committed chunk.
+        ray: the server makes the chunks in segments over its Ray workers (`serve --ray`); the
+        stream is the same chunk for chunk.
         """
         if sum(x is not None for x in (path, data, server_path)) != 1:
             raise InvalidArgument("ingest_file needs exactly one of path=, data= or server_path=")
         if server_path is not None:
-            request = pb.IngestFileRequest(stream_id=stream_id, path=server_path, fps=fps, resume=resume)
+            request = pb.IngestFileRequest(
+                stream_id=stream_id, path=server_path, fps=fps, resume=resume, ray=ray
+            )
             return self._server_stream(self._stub.IngestFile, request, timeout=None)
         if path is not None:
             if not os.path.isfile(path):
                 raise InvalidArgument(f"no such file: {os.fspath(path)}")
-            requests = upload_requests(stream_id, os.path.basename(path), file_pieces(path), fps, resume)
+            requests = upload_requests(stream_id, os.path.basename(path), file_pieces(path), fps, resume, ray)
         else:
             assert data is not None
-            requests = upload_requests(stream_id, "upload", bytes_pieces(data), fps, resume)
+            requests = upload_requests(stream_id, "upload", bytes_pieces(data), fps, resume, ray)
         return self._server_stream(self._stub.IngestUpload, requests, timeout=None)
 
     def ingest_frames(

@@ -21,18 +21,20 @@ STREAM_STATE_LIVE: StreamState
 STREAM_STATE_INTERRUPTED: StreamState
 
 class IngestFileRequest(_message.Message):
-    __slots__ = ("stream_id", "path", "data", "fps", "resume")
+    __slots__ = ("stream_id", "path", "data", "fps", "resume", "ray")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    RAY_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     path: str
     data: bytes
     fps: float
     resume: bool
-    def __init__(self, stream_id: _Optional[str] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ..., fps: _Optional[float] = ..., resume: _Optional[bool] = ...) -> None: ...
+    ray: bool
+    def __init__(self, stream_id: _Optional[str] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ..., fps: _Optional[float] = ..., resume: _Optional[bool] = ..., ray: _Optional[bool] = ...) -> None: ...
 
 class IngestUploadRequest(_message.Message):
     __slots__ = ("start", "piece")
@@ -43,16 +45,18 @@ class IngestUploadRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[UploadStart, _Mapping]] = ..., piece: _Optional[bytes] = ...) -> None: ...
 
 class UploadStart(_message.Message):
-    __slots__ = ("stream_id", "name", "fps", "resume")
+    __slots__ = ("stream_id", "name", "fps", "resume", "ray")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    RAY_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     name: str
     fps: float
     resume: bool
-    def __init__(self, stream_id: _Optional[str] = ..., name: _Optional[str] = ..., fps: _Optional[float] = ..., resume: _Optional[bool] = ...) -> None: ...
+    ray: bool
+    def __init__(self, stream_id: _Optional[str] = ..., name: _Optional[str] = ..., fps: _Optional[float] = ..., resume: _Optional[bool] = ..., ray: _Optional[bool] = ...) -> None: ...
 
 class IngestProgress(_message.Message):
     __slots__ = ("stream_id", "position_s", "duration_s", "frames_decoded", "frames_sampled", "tokens_seen", "tokens_kept", "chunks_committed", "done", "stream")

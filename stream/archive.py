@@ -20,15 +20,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from longwatch.memory.index import IndexRegistry
-from longwatch.memory.records import StoreError, StreamExists
+from longwatch.memory.records import IngestCounters, StoreError, StreamExists
 from longwatch.memory.store import ChunkStore, StoreRetry
 from longwatch.proto.streams import StreamRecord, StreamState, validate_stored_id
+from longwatch.stream import metrics
 from longwatch.stream.decode import SampledFrame, VideoDecodeError, VideoFileReader, probe_video
 from longwatch.stream.errors import BadRequest, NotReady, PermissionDenied, Stopping, StreamMissing
 from longwatch.stream.pipeline import ModelRunner, StageTimes, StreamIngestor, forget_stream
+from longwatch.stream.ray_ingest import RayPool
+from longwatch.stream.segments import SegmentResult, expected_chunks, plan_segments
 from longwatch.stream.settings import IngestConfig
 
 log = logging.getLogger(__name__)
@@ -137,6 +141,7 @@ def ingest_archive(
     name: str | None = None,
     source_path: str = "",
     fence: int | None = None,
+    pool: RayPool | None = None,
 ) -> Iterator[ArchiveProgress]:
     """Ingest a file into a new stream (or, with resume, continue an interrupted one), yielding
     progress after each committed chunk.
@@ -149,8 +154,18 @@ def ingest_archive(
     name: the file's name as the stream's source shows it (an upload's own name), instead of the
     path's. source_path: the file's path on the server when it stays there (an ingest root's), kept
     in the record so the page can play cited spans from it. fence: the stream lease's token, which
-    every write carries (stream/leases.py).
+    every write carries (stream/leases.py). pool: Ray workers that make the chunks in segments
+    (stream/ray_ingest.py); the file must then be one the server keeps (a path).
     """
+    if pool is not None and (path is None or data):
+        raise BadRequest(
+            "an ingest over Ray reads a file the server keeps: upload it, or name one under an ingest root"
+        )
+    if pool is not None and runner.lm.config.mode == "raw" and runner.lm.config.raw_context == "stream":
+        raise NotReady(
+            "this model keeps raw K/V computed after every earlier chunk (raw_context stream): "
+            "its chunks cannot be made in segments; ingest without --ray"
+        )
     validate_stored_id(stream_id)
     source, opened_name = open_source(path, data)
     name = name or opened_name
@@ -186,6 +201,22 @@ def ingest_archive(
             raise e
     retry = retry or StoreRetry()
     try:
+        if pool is not None:
+            assert path is not None
+            yield from _run_segments(
+                stream_id,
+                path,
+                info.duration_s or 0.0,
+                config,
+                store,
+                indexes,
+                lambda: is_cancelled() or stopping(),
+                first_chunk,
+                retry,
+                fence,
+                pool,
+            )
+            return
         yield from _run(
             stream_id,
             source,
@@ -299,11 +330,13 @@ def _run(
 
     committed = 0
     # Closed explicitly, so the decoding thread stops as soon as ingest does, however it ends.
-    with closing(decoded_ahead(reader, config.frames_per_chunk, times)) as frames:
-        for n, frame in enumerate(frames):
-            if n < skip:  # already committed: only the last one matters, as DiffFP's reference
-                if n == skip - 1:
-                    ingestor.continue_after(frame)
+    # The committed chunks' frames are not converted; the last of them is DiffFP's reference.
+    with closing(
+        decoded_ahead(reader.frames(first=max(0, skip - 1)), config.frames_per_chunk, times)
+    ) as frames:
+        for frame in frames:
+            if frame.index < skip:
+                ingestor.continue_after(frame)
                 continue
             if is_cancelled():
                 raise _Stopped(first_chunk + ingestor.chunks_committed)
@@ -324,6 +357,95 @@ def _run(
         times.summary(),
     )
     yield snapshot(done=True)
+
+
+def _run_segments(
+    stream_id: str,
+    path: str,
+    duration_s: float,
+    config: IngestConfig,
+    store: ChunkStore,
+    indexes: IndexRegistry,
+    is_cancelled: Callable[[], bool],
+    first_chunk: int,
+    retry: StoreRetry,
+    fence: int | None,
+    pool: RayPool,
+) -> Iterator[ArchiveProgress]:
+    """_run's work done by Ray workers in segments (stream/segments.py), committed here in order."""
+    started = time.perf_counter()
+    plan = plan_segments(first_chunk, expected_chunks(duration_s, config), pool.workers)
+    refs = pool.run(path, stream_id, config, plan)
+    totals = IngestCounters()
+    next_index, position = first_chunk, 0.0
+    ended: SegmentResult | None = None
+
+    def progress(done: bool = False) -> ArchiveProgress:
+        return ArchiveProgress(
+            position_s=position,
+            duration_s=duration_s,
+            frames_decoded=totals.frames_decoded,
+            frames_sampled=totals.frames_sampled,
+            tokens_seen=totals.tokens_seen,
+            tokens_kept=totals.tokens_kept,
+            chunks_committed=next_index,
+            done=done,
+        )
+
+    try:
+        for n, ((first, count), ref) in enumerate(zip(plan, refs, strict=True)):
+            result = pool.wait(ref, is_cancelled)
+            if result is None:
+                raise _Stopped(next_index)
+            indices = [c.index for c in result.chunks]
+            if (
+                indices != list(range(first, first + len(indices)))
+                or first != next_index
+                or (count and not result.reached_end and len(indices) != count)
+            ):
+                raise RuntimeError(
+                    f"segment {n} of {stream_id} made chunks {indices[:4]}..., not from {next_index}"
+                )
+            for made in result.chunks:
+                if is_cancelled():
+                    raise _Stopped(next_index)
+                chunk = made.chunk(name=f"chunk {made.index} of a Ray segment")
+                counters, pictures = IngestCounters(**made.counters), made.picture_list()
+                t0 = time.perf_counter()
+                written = retry.call(
+                    partial(store.commit_chunk, chunk, counters, pictures, fence=fence), is_cancelled
+                )
+                metrics.chunk_committed(
+                    stream_id, "archive", chunk.n_frames, written, time.perf_counter() - t0
+                )
+                vector = chunk.retrieval.numpy()
+                retry.call(partial(indexes.add, stream_id, chunk.index, vector), is_cancelled)
+                for name, delta in counters.items():
+                    setattr(totals, name, getattr(totals, name) + delta)
+                next_index, position = next_index + 1, chunk.end_s
+                yield progress()
+            if result.reached_end:
+                ended = result
+                break
+    finally:
+        pool.cancel(refs)  # segments past the file's end, or all that remain if this stopped
+    assert ended is not None  # the last segment is open-ended: it always reaches the end
+    trailing = IngestCounters(**ended.trailing)
+    if trailing.items():
+        store.add_counters(stream_id, trailing, fence=fence)
+        totals.frames_decoded += trailing.frames_decoded
+    store.set_state(stream_id, StreamState.READY, fence=fence)
+    log.info(
+        "ingested %s over Ray (%d segments, %d workers): %d chunks%s in %.1f s",
+        stream_id,
+        len(plan),
+        pool.workers,
+        next_index,
+        f" ({first_chunk} before resuming)" if first_chunk else "",
+        time.perf_counter() - started,
+    )
+    position = max(position, duration_s)
+    yield progress(done=True)
 
 
 def timed_frames(frames: Iterable[SampledFrame], times: StageTimes) -> Iterator[SampledFrame]:

@@ -218,13 +218,19 @@ class VideoFileReader:
         self.position_s = 0.0  # time of the last decoded frame, from the first one
 
     def __iter__(self) -> Iterator[SampledFrame]:
+        return self.frames()
+
+    def frames(self, first: int = 0) -> Iterator[SampledFrame]:
+        """The sampled frames from the one of index `first` on; those before are decoded as far
+        as sampling needs (and counted) but neither converted nor yielded: where a resumed ingest
+        or a segment (stream/segments.py) starts."""
         container = _open_container(self._source)
         try:
-            yield from self._decode(container)
+            yield from self._decode(container, first)
         finally:
             container.close()
 
-    def _decode(self, container: av.container.InputContainer) -> Iterator[SampledFrame]:
+    def _decode(self, container: av.container.InputContainer, first: int) -> Iterator[SampledFrame]:
         stream = _video_stream(container, self.name)
         # Frame threads decode ahead on another core (archive ingest's decode stage: BENCHMARKS.md).
         stream.thread_type = "AUTO"
@@ -251,8 +257,9 @@ class VideoFileReader:
                         # A video whose frame size changes part way (a stream spliced from two) is
                         # scaled to its first frame's size: one token grid for the whole stream.
                         size = size or (frame.width, frame.height)
-                        image = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
-                        yield SampledFrame(kept, self.position_s, image)
+                        if kept >= first:
+                            image = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+                            yield SampledFrame(kept, self.position_s, image)
                         kept += 1
             self.position_s = max(self.position_s, skipper.last_position_s() or 0.0)
         except av.error.FFmpegError as e:

@@ -237,6 +237,20 @@ class StreamIngestor:
                 for i in chosen
             ]
 
+    def _store(self, chunk: ChunkCache, counters: IngestCounters, pictures: list[Picture]) -> int:
+        """Commit one chunk with the counters since the last commit, and index it; the bytes stored.
+        (A segment worker overrides this to hand its chunks back instead: stream/segments.py.)"""
+        started = time.perf_counter()
+        written = self.retry.call(
+            lambda: self.store.commit_chunk(chunk, counters, pictures, fence=self.fence), self.give_up
+        )
+        metrics.chunk_committed(
+            self.stream_id, self.source, chunk.n_frames, written, time.perf_counter() - started
+        )
+        vector = chunk.retrieval.numpy()
+        self.retry.call(lambda: self.indexes.add(self.stream_id, chunk.index, vector), self.give_up)
+        return written
+
     def _commit_pending(self) -> None:
         frames, self.pending = self.pending, []
         chunk, keep = self._compress(frames, self.pruner, self.next_index, self.stage_times)
@@ -249,15 +263,8 @@ class StreamIngestor:
             c.frames_kept += n_kept_frames
         pictures = self._pictures(frames, keep, tpf)
         with self.stage_times.measure("storage"):
-            counters = self.counters
-            started = time.perf_counter()
-            written = self.retry.call(
-                lambda: self.store.commit_chunk(chunk, counters, pictures, fence=self.fence), self.give_up
-            )
-            metrics.chunk_committed(self.stream_id, self.source, n, written, time.perf_counter() - started)
+            written = self._store(chunk, self.counters, pictures)
             self.counters = IngestCounters()
-            vector = chunk.retrieval.numpy()
-            self.retry.call(lambda: self.indexes.add(self.stream_id, chunk.index, vector), self.give_up)
         self.next_index += 1
         self.chunks_committed += 1
         if self.on_commit is not None:

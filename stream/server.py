@@ -39,6 +39,7 @@ from longwatch.stream.http_server import LiveHttpServer
 from longwatch.stream.leases import LeaseKeeper, default_replica_id, settle_orphaned_streams
 from longwatch.stream.metrics import Holdings, register_holdings
 from longwatch.stream.pipeline import ModelRunner
+from longwatch.stream.ray_ingest import RayPool
 from longwatch.stream.service import SERVICE_NAME, LongWatchService, add_to_server
 from longwatch.stream.settings import (
     ServiceSettings,
@@ -109,6 +110,7 @@ class LongWatchServer:
         self._unregister_metrics: Callable[[], None] | None = None
         self.sweeper: StorageSweeper | None = None
         self.leases: LeaseKeeper | None = None
+        self.ray_pool: RayPool | None = None
         self._watcher: threading.Thread | None = None
 
     def start(self) -> LongWatchServer:
@@ -147,6 +149,9 @@ class LongWatchServer:
             runner = ModelRunner(lm=lm, compressor=SummaryCompressor(lm))
             service = LongWatchService(s, runner, self.store, IndexRegistry(self.store), self.leases, keys)
             self.service = service
+            if s.ray_address:
+                self.ray_pool = RayPool(s.ray_address, s.ray_workers, lm.config, lm.fingerprint, s.state_dir)
+                service.ray_pool = self.ray_pool
             holdings = Holdings(self.store, service.live.live_ids, service.quotas.asks_in_flight)
             self._unregister_metrics = register_holdings(holdings)
             self.sweeper = StorageSweeper(
@@ -274,6 +279,12 @@ class LongWatchServer:
         if self.sweeper is not None:
             self.sweeper.stop()
             self.sweeper = None
+        if self.ray_pool is not None:
+            try:
+                self.ray_pool.shutdown()
+            except Exception as exc:  # noqa: BLE001 - collected, reported below
+                errors.append(exc)
+            self.ray_pool = None
         if self.leases is not None:
             self.leases.stop()  # after live streams and calls ended: their leases were released
         for close in (self._close_store, self._stop_redis):
@@ -334,7 +345,10 @@ def serve_forever(settings: ServiceSettings) -> int:
         print(f"browser page and WebRTC on {scheme}://{settings.host}:{server.http_port}/{only}", flush=True)
         if settings.security.keys_file is not None:
             print(f"API keys from {settings.security.keys_file} (re-read when it changes)", flush=True)
-        stop.wait()
+        # Woken now and then: a signal the kernel hands to another thread is only acted on when
+        # the main thread next runs Python code, and an untimed wait might never return for it.
+        while not stop.wait(0.5):
+            pass
     finally:
         server.stop()
         for sig, handler in previous.items():

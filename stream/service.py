@@ -29,6 +29,7 @@ from longwatch.stream.auth import LOCAL_ADMIN, Caller, KeyRing, Role
 from longwatch.stream.errors import (
     BadRequest,
     CallEnded,
+    NotReady,
     PermissionDenied,
     Stopping,
     StreamBusy,
@@ -43,6 +44,7 @@ from longwatch.stream.live import LiveRegistry, LiveStats, new_stream_id
 from longwatch.stream.pictures import PICTURE_FORMAT
 from longwatch.stream.pipeline import ModelRunner, forget_stream
 from longwatch.stream.quotas import Quotas
+from longwatch.stream.ray_ingest import RayPool
 from longwatch.stream.retention import shown
 from longwatch.stream.settings import MAX_FPS, MIN_FPS, LiveConfig, ServiceSettings
 from longwatch.stream.uploads import UploadSpool, upload_name
@@ -252,6 +254,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
     ) -> None:
         self.settings = settings
         self.leases = leases
+        self.ray_pool: RayPool | None = None  # the server sets it with --ray
         self.keys = keys or KeyRing(None)
         self.uploads = UploadSpool(settings.state_dir / "uploads")
         self.runner = runner
@@ -298,7 +301,14 @@ class LongWatchService(pb_grpc.LongWatchServicer):
             path = resolve_server_path(request.path, self.settings.security.ingest_roots)
             self._check_ingest(caller, caller.stored_id(request.stream_id), request.resume)
             yield from self._ingest(
-                caller, request.stream_id, request.fps, request.resume, context, path, stays=True
+                caller,
+                request.stream_id,
+                request.fps,
+                request.resume,
+                context,
+                path,
+                stays=True,
+                ray=request.ray,
             )
             return
         # The file's bytes in this message: spooled like an upload in pieces, under the same limit.
@@ -306,7 +316,14 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         limit = self.keys.limits(caller.tenant).max_upload_bytes
         with self.uploads.receive([request.data], limit, "the upload") as spooled:
             yield from self._ingest(
-                caller, request.stream_id, request.fps, request.resume, context, str(spooled), "upload"
+                caller,
+                request.stream_id,
+                request.fps,
+                request.resume,
+                context,
+                str(spooled),
+                "upload",
+                ray=request.ray,
             )
 
     @_abort_on_error
@@ -340,7 +357,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         limit = self.keys.limits(caller.tenant).max_upload_bytes
         with self.uploads.receive(pieces(), limit, f"upload {name!r}") as path:
             yield from self._ingest(
-                caller, start.stream_id, start.fps, start.resume, context, str(path), name
+                caller, start.stream_id, start.fps, start.resume, context, str(path), name, ray=start.ray
             )
 
     def _ingest(
@@ -353,10 +370,14 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         path: str,
         name: str | None = None,
         stays: bool = False,
+        ray: bool = False,
     ) -> Iterator[pb.IngestProgress]:
         """An archive ingest of a file on the server (an ingest root's, or a spooled upload), as
         progress messages; `name` is what the stream's source shows (else the file's own name);
-        stays: the file stays where it is (an ingest root's), so the stream records its path."""
+        stays: the file stays where it is (an ingest root's), so the stream records its path.
+        ray: make the chunks over the server's Ray workers (stream/ray_ingest.py)."""
+        if ray and self.ray_pool is None:
+            raise NotReady("this server has no Ray workers: start it with `serve --ray ADDRESS`")
         base = self.settings.ingest
         check_fps(fps)
         config = dataclasses.replace(base, fps=fps or base.fps)
@@ -385,6 +406,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
                 name=name,
                 source_path=path if stays else "",
                 fence=lease.token if lease else None,
+                pool=self.ray_pool if ray else None,
             )
             with closing(progress):  # closed early (a quota): the ingest keeps what it committed
                 for p in progress:

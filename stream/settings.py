@@ -238,6 +238,10 @@ class ServiceSettings:
     # runs). replica_id names this replica in leases; None: this machine and state folder.
     replica_id: str | None = None
     lease_ttl_s: float = 10.0
+    # Archive ingests asked to (`ingest --ray`) make their chunks over Ray: "local" starts Ray on
+    # this machine, else a cluster's address; ray_workers actors, each holding the model.
+    ray_address: str | None = None
+    ray_workers: int = 2
     state_dir: Path = field(default_factory=default_state_dir)
     workers: int = 8
     max_message_mb: int = 256
@@ -275,6 +279,8 @@ class ServiceSettings:
             raise ValueError(f"the hot window must be >= 0 seconds, got {self.hot_window_s}")
         if not 0 < self.retention_interval_s < 1e9:
             raise ValueError(f"the retention interval must be > 0 seconds, got {self.retention_interval_s}")
+        if not 1 <= self.ray_workers <= 1024:
+            raise ValueError(f"--ray-workers must be 1-1024, got {self.ray_workers}")
         if not 0.5 <= self.lease_ttl_s <= 3600:
             raise ValueError(f"--lease-ttl must be 0.5-3600 seconds, got {self.lease_ttl_s}")
         if not 0 <= self.commit_replicas <= 16 or not 0 < self.commit_wait_ms <= 600_000:
@@ -359,6 +365,21 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="how long a stream's ingest lease outlives its replica: another replica may take a stream "
         "over this long after its replica died (LONGWATCH_LEASE_TTL)",
+    )
+    g.add_argument(
+        "--ray",
+        dest="ray_address",
+        default=_env("RAY"),
+        metavar="ADDRESS",
+        help="make archive chunks over Ray when an ingest asks (`ingest --ray`): `local` starts Ray "
+        "on this machine, else a running cluster's address (the ray extra; LONGWATCH_RAY)",
+    )
+    g.add_argument(
+        "--ray-workers",
+        type=int,
+        default=int(_env("RAY_WORKERS") or 2),
+        metavar="N",
+        help="Ray actors, each holding the model (one GPU each where the cluster has them)",
     )
     g.add_argument(
         "--commit-wait-ms",
@@ -554,6 +575,8 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         commit_wait_ms=args.commit_wait_ms,
         replica_id=args.replica_id or None,
         lease_ttl_s=args.lease_ttl,
+        ray_address=args.ray_address or None,
+        ray_workers=args.ray_workers,
         state_dir=Path(args.state_dir),
         top_k=args.top_k,
         score_margin=args.score_margin,

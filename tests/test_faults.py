@@ -131,12 +131,15 @@ def test_sigterm_during_an_ingest_stops_it_cleanly_and_resume_finishes_it(
 ) -> None:
     serve = ServeProcess(tmp_path).start()
     acked: list[int] = []
-    with LongWatchClient(serve.target, timeout=120) as client, pytest.raises(Unavailable) as stopped:
-        for p in client.ingest_file("yard", path=str(long_footage), fps=float(INGEST_FPS)):
-            acked.append(p.chunks_committed)
-            if len(acked) == 1:
-                serve.kill(signal.SIGTERM)
-    assert serve.wait() == 0
+    try:
+        with LongWatchClient(serve.target, timeout=120) as client, pytest.raises(Unavailable) as stopped:
+            for p in client.ingest_file("yard", path=str(long_footage), fps=float(INGEST_FPS)):
+                acked.append(p.chunks_committed)
+                if len(acked) == 1:
+                    serve.kill(signal.SIGTERM)
+        assert serve.wait() == 0
+    finally:
+        serve.stop()  # a failure above leaves no service behind
     message = str(stopped.value)
     assert "the server is stopping: ingest of 'yard' stopped after" in message and "--resume" in message
     assert "\n" not in message
