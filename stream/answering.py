@@ -24,6 +24,7 @@ from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.model.retrieval import within_margin
 from longwatch.proto.streams import StreamRecord, StreamState
 from longwatch.stream.errors import BadRequest, NotReady, StreamMissing
+from longwatch.stream.model_lock import ASK
 from longwatch.stream.pipeline import ModelRunner
 
 MAX_TOP_K = 64  # top_k 0 asks for every committed chunk (full context)
@@ -180,7 +181,7 @@ class QuestionAnswerer:
         if allowed == set() and record.state != StreamState.LIVE:
             raise self._nothing_to_answer_from(record, params.time_range)  # before any model work
         t_question = time.perf_counter()
-        with self.runner.lock:
+        with self.runner.lock.hold(ASK):
             qvec = question_vector(self.runner.lm, params.question)
         t_search = time.perf_counter()
         hits: list[tuple[int, float]] = []
@@ -219,7 +220,7 @@ class QuestionAnswerer:
             steps = iter(stream)
             try:
                 while True:
-                    with self.runner.lock:
+                    with self.runner.lock.hold(ASK):
                         delta = next(steps, None)
                     outcome.tokens_generated = stream.stats.tokens_generated
                     if delta is None:

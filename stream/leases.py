@@ -21,6 +21,7 @@ from longwatch.memory.records import LeaseHeld, StoreError
 from longwatch.memory.store import ChunkStore
 from longwatch.proto.streams import StreamState
 from longwatch.stream.errors import one_line
+from longwatch.stream.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,14 @@ class LeaseKeeper:
         self.ttl_ms = int(ttl_s * 1000)
         self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew_all, name="longwatch-leases", daemon=True)
+        self._task = PeriodicTask("lease renewal", ttl_s / RENEWALS_PER_TTL, self._renew_all)
 
     def start(self) -> LeaseKeeper:
-        self._thread.start()
+        self._task.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._task.stop()
 
     def take(self, stream_id: str) -> Lease:
         """The stream's lease for this replica; LeaseHeld (a StoreError) while another ingest holds
@@ -96,19 +94,17 @@ class LeaseKeeper:
             return sorted(self._held)
 
     def _renew_all(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 1000 / RENEWALS_PER_TTL):
-            with self._lock:
-                leases = [lease for lease in self._held.values() if lease.token]
-            for lease in leases:
-                try:
-                    if not self.store.renew_lease(lease.stream_id, self.replica_id, lease.token, self.ttl_ms):
-                        lease.lost.set()
-                        log.warning(
-                            "stream %s: its lease passed to another writer; this ingest stops",
-                            lease.stream_id,
-                        )
-                except StoreError as e:  # Redis down: the next round tries again
-                    log.warning("lease of %s not renewed this round: %s", lease.stream_id, one_line(e))
+        with self._lock:
+            leases = [lease for lease in self._held.values() if lease.token]
+        for lease in leases:
+            try:
+                if not self.store.renew_lease(lease.stream_id, self.replica_id, lease.token, self.ttl_ms):
+                    lease.lost.set()
+                    log.warning(
+                        "stream %s: its lease passed to another writer; this ingest stops", lease.stream_id
+                    )
+            except StoreError as e:  # Redis down: the next round tries again
+                log.warning("lease of %s not renewed this round: %s", lease.stream_id, one_line(e))
 
 
 def settle_orphaned_streams(

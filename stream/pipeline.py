@@ -7,7 +7,6 @@ frames -> resize + patchify -> DiffFP (against the previous frame, across chunk 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,21 +28,23 @@ from longwatch.model.vision import chunk_frames, encode_frames
 from longwatch.stream import metrics
 from longwatch.stream.decode import SampledFrame
 from longwatch.stream.images import check_aspect
+from longwatch.stream.model_lock import ARCHIVE, ASK, LIVE, ModelLock
 from longwatch.stream.pictures import PictureMode, chosen_frames, encode_picture
 from longwatch.stream.settings import IngestConfig
 
 
 @dataclass
 class ModelRunner:
-    """The loaded model and the lock that serialises its use.
+    """The loaded model and the lock that serialises its use (stream/model_lock.py).
 
     The summary-token mask reaches the projections through module state for the length of one
-    forward pass, so two passes must not interleave. Ingest and Ask both go through here.
+    forward pass, so two passes must not interleave. Ingest and Ask both go through here; an
+    answer's next step goes before an ingest's next chunk.
     """
 
     lm: LoadedModel
     compressor: SummaryCompressor
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: ModelLock = field(default_factory=ModelLock)
 
 
 def forget_stream(stream_id: str, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry) -> int:
@@ -198,13 +199,19 @@ class StreamIngestor:
             return None
         pruner = DiffFramePruner(self.pruner.threshold, self.pruner.min_tokens, self.pruner.merge_size)
         pruner.load_state(self.pruner.state())
-        chunk, _ = self._compress(list(self.pending), pruner, self.next_index, StageTimes())
+        chunk, _ = self._compress(list(self.pending), pruner, self.next_index, StageTimes(), ASK)
         return chunk
 
     def _compress(
-        self, frames: list[SampledFrame], pruner: DiffFramePruner, index: int, times: StageTimes
+        self,
+        frames: list[SampledFrame],
+        pruner: DiffFramePruner,
+        index: int,
+        times: StageTimes,
+        priority: int | None = None,
     ) -> tuple[ChunkCache, torch.Tensor]:
-        """Chunk `index` made of `frames` (DiffFP through `pruner`), and DiffFP's keep mask."""
+        """Chunk `index` made of `frames` (DiffFP through `pruner`), and DiffFP's keep mask;
+        `priority` for the model (default: this stream's kind, live or archive)."""
         grid = self.grid
         assert grid is not None  # set by the first push
         with times.measure("resize"):
@@ -213,7 +220,9 @@ class StreamIngestor:
         n = len(frames)
         with times.measure("diffp"):
             keep = pruner.push(pixel_values, grid, n)  # (T * tokens_per_frame,) bool
-        with self.runner.lock, torch.no_grad():
+        if priority is None:
+            priority = LIVE if self.source == "live" else ARCHIVE
+        with self.runner.lock.hold(priority), torch.no_grad():
             with times.measure("vision"):
                 features = encode_frames(self.runner.lm, pixel_values, n, grid.grid_h, grid.grid_w)
             interval = 1.0 / self.config.fps

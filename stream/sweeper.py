@@ -11,7 +11,6 @@ first: nothing is moved only to be dropped.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from longwatch.memory.index import IndexRegistry
@@ -21,6 +20,7 @@ from longwatch.proto.streams import StreamRecord
 from longwatch.stream.auth import KeyRing
 from longwatch.stream.errors import one_line
 from longwatch.stream.leases import LeaseKeeper, settle_orphaned_streams
+from longwatch.stream.periodic import PeriodicTask
 from longwatch.stream.retention import apply_retention, retention_for
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,14 @@ class StorageSweeper:
         self.keys = keys
         self.interval_s = interval_s
         self.hot_window_s = hot_window_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="longwatch-sweeper", daemon=True)
+        self._task = PeriodicTask("storage sweep", interval_s, self.sweep)
 
     def start(self) -> StorageSweeper:
-        self._thread.start()
+        self._task.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._task.stop()
 
     def sweep(self) -> None:
         """One pass over every stream. A stream that fails is logged and skipped (the next pass
@@ -93,10 +90,3 @@ class StorageSweeper:
                 )
             except StoreError as e:
                 log.warning("storage sweep skipped %s this pass: %s", record.stream_id, one_line(e))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.sweep()
-            except StoreError as e:  # Redis down: the next pass tries again
-                log.warning("storage sweep skipped: %s", one_line(e))

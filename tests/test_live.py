@@ -39,6 +39,7 @@ from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.proto.streams import StreamState
 from longwatch.stream.decode import VideoFileReader
 from longwatch.stream.images import scale_rgb
+from longwatch.stream.model_lock import ASK
 from longwatch.stream.server import LongWatchServer
 from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings
 
@@ -588,7 +589,7 @@ def test_a_live_stream_drops_when_the_model_is_busy_an_archive_waits(
     queue_frames = server.settings.live.queue_frames
     lock = server.service.runner.lock
     progress: list[pb.LiveProgress] = []
-    with lock:
+    with lock.hold(ASK):
         feeder = threading.Thread(
             target=lambda: progress.extend(client.ingest_frames("busy-cam", timed(frames, 0.5)))
         )
@@ -613,7 +614,7 @@ def test_a_live_stream_drops_when_the_model_is_busy_an_archive_waits(
         archive.extend(client.ingest_file("busy-archive", path=str(video), fps=FPS))
         done.set()
 
-    with lock:
+    with lock.hold(ASK):
         worker = threading.Thread(target=ingest)
         worker.start()
         assert not done.wait(timeout=1.0)  # it waits for the model instead of dropping
