@@ -180,3 +180,26 @@ def test_with_commit_replicas_a_killed_master_loses_no_acknowledged_chunk(
             assert torch.equal(got.keys, want.keys) and torch.equal(got.values, want.values)
         assert client.ask("cam", "What appeared?").evidence
     cluster.wait_healthy()
+
+
+def test_two_replicas_on_the_cluster_share_every_stream(
+    cluster: LocalRedisCluster, footage: Path, tmp_path: Path
+) -> None:
+    """Replicas on a Redis Cluster: a stream ingested through A is answered by B (its index built
+    from the cluster), and A's retention drops reach B's next Ask."""
+    with (
+        LongWatchServer(loopback_settings(tmp_path / "a", cluster.url, retention_interval_s=3600)) as a,
+        LongWatchServer(loopback_settings(tmp_path / "b", cluster.url, retention_interval_s=3600)) as b,
+        LongWatchClient(f"127.0.0.1:{a.port}", timeout=120) as on_a,
+        LongWatchClient(f"127.0.0.1:{b.port}", timeout=120) as on_b,
+    ):
+        assert isinstance(b.store, RedisChunkStore) and b.store.is_cluster
+        made = list(on_a.ingest_file("shared", path=footage))[-1].stream
+        cited = {e.chunk_index for e in on_b.ask("shared", "What appeared?", top_k=0).evidence}
+        assert cited == set(range(made.chunks))
+        on_a.set_retention("shared", max_bytes=on_a.get_stream("shared").bytes_stored // 2)
+        assert a.sweeper is not None
+        a.sweeper.sweep()
+        dropped = on_b.get_stream("shared").chunks_dropped
+        cited = {e.chunk_index for e in on_b.ask("shared", "What appeared?", top_k=0).evidence}
+        assert dropped > 0 and cited == set(range(dropped, made.chunks))
