@@ -4,7 +4,8 @@ The server keeps a pool of Ray actors, each holding the server's model (one GPU 
 cluster has GPUs), made at the first such ingest and kept for the next. An archive is split by
 chunk index into segments (stream/segments.py), spread over the actors; the server commits their
 chunks in order under the stream's lease, exactly as one ingest would, and reports progress as
-it goes. Only plain data crosses Ray: paths, settings as dicts, chunks as safetensors bytes.
+it goes. Only plain data crosses Ray: paths and settings as dicts one way, one safetensors blob
+per segment the other (parsed and checked by the server, never unpickled as objects of ours).
 
 `--ray local` starts a Ray instance on this machine, its node bound to 127.0.0.1; any other value
 is the address of a running cluster (`ray start --head` on one node, `ray start --address` on
@@ -52,10 +53,12 @@ class SegmentWorker:
 
     def segment(
         self, path: str, stream_id: str, config: dict[str, Any], first_chunk: int, n_chunks: int
-    ) -> SegmentResult:
+    ) -> bytes:
+        """The segment's result as one safetensors blob (SegmentResult.to_bytes)."""
         from longwatch.stream.segments import ingest_segment
 
-        return ingest_segment(path, stream_id, IngestConfig(**config), self.runner, first_chunk, n_chunks)
+        config_ = IngestConfig(**config)
+        return ingest_segment(path, stream_id, config_, self.runner, first_chunk, n_chunks).to_bytes()
 
 
 class RayPool:
@@ -137,7 +140,7 @@ class RayPool:
         while True:
             ready, _ = self._ray.wait([ref], timeout=WAIT_POLL_S)
             if ready:
-                return self._ray.get(ready[0])
+                return SegmentResult.from_bytes(self._ray.get(ready[0]))
             if is_cancelled():
                 return None
 

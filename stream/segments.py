@@ -6,25 +6,33 @@ them in order. A segment starts where an interrupted ingest would resume (stream
 worker decodes the file from its start, skips the sampled frames of the chunks before its segment
 (only the last of them is converted: it is DiffFP's reference, so the segment's first chunk is
 pruned against the frame before it, exactly as in one front-to-back ingest), and stops once its
-segment is made. What a worker hands back is plain data: each chunk as its float safetensors
-blob (exact), its counters and its pictures.
+segment is made. What a worker hands back is one safetensors blob (`SegmentResult.to_bytes`):
+each chunk as its float safetensors blob (exact) and its pictures as bytes, the counters in JSON
+metadata; the server parses and checks it like anything else it reads, never unpickles it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
 from longwatch.memory.chunk import ChunkCache
-from longwatch.memory.records import IngestCounters, Picture
-from longwatch.memory.serialization import chunk_from_bytes, chunk_to_bytes
+from longwatch.memory.records import CorruptData, IngestCounters, Picture
+from longwatch.memory.serialization import chunk_from_bytes, chunk_to_bytes, safetensors_metadata
 from longwatch.stream.decode import VideoFileReader
 from longwatch.stream.pipeline import ModelRunner, StreamIngestor
 from longwatch.stream.settings import IngestConfig
 
 SEGMENTS_PER_WORKER = 2  # more, smaller segments than workers: a slow one holds the rest up less
+SEGMENT_META_KEY = "longwatch.segment"
+SEGMENT_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -50,6 +58,68 @@ class SegmentResult:
     # ingest stores with its final add_counters.
     trailing: dict[str, int] = field(default_factory=dict)
     frames_decoded: int = 0
+
+    def to_bytes(self) -> bytes:
+        """One safetensors blob: chunk and picture bytes as uint8 tensors, the rest as JSON."""
+        tensors: dict[str, torch.Tensor] = {}
+        chunks = []
+        for c in self.chunks:
+            tensors[f"chunk.{c.index}"] = _as_tensor(c.blob)
+            for k, (_, image) in enumerate(c.pictures):
+                tensors[f"picture.{c.index}.{k}"] = _as_tensor(image)
+            chunks.append(
+                {"index": c.index, "counters": c.counters, "picture_times": [t for t, _ in c.pictures]}
+            )
+        meta = {
+            "version": SEGMENT_FORMAT_VERSION,
+            "first_chunk": self.first_chunk,
+            "reached_end": self.reached_end,
+            "trailing": self.trailing,
+            "frames_decoded": self.frames_decoded,
+            "chunks": chunks,
+        }
+        return save_safetensors_bytes(tensors, metadata={SEGMENT_META_KEY: json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "a Ray segment") -> SegmentResult:
+        """Parse a blob of to_bytes; anything else is CorruptData naming `name`."""
+        data = bytes(data)
+        meta = safetensors_metadata(data, SEGMENT_META_KEY, name)
+        try:
+            if meta["version"] != SEGMENT_FORMAT_VERSION:
+                raise ValueError(f"format version {meta['version']!r}")
+            tensors = load_safetensors_bytes(data)
+            chunks = [
+                SegmentChunk(
+                    int(c["index"]),
+                    _as_bytes(tensors[f"chunk.{c['index']}"]),
+                    {str(k): int(v) for k, v in c["counters"].items()},
+                    [
+                        (float(t), _as_bytes(tensors[f"picture.{c['index']}.{k}"]))
+                        for k, t in enumerate(c["picture_times"])
+                    ],
+                )
+                for c in meta["chunks"]
+            ]
+            return cls(
+                int(meta["first_chunk"]),
+                chunks,
+                bool(meta["reached_end"]),
+                {str(k): int(v) for k, v in meta["trailing"].items()},
+                int(meta["frames_decoded"]),
+            )
+        except Exception as e:  # any parse failure of foreign bytes is corruption, whatever its type
+            raise CorruptData(
+                f"{name}: not a segment's result ({type(e).__name__}: {str(e)[:120]})"
+            ) from None
+
+
+def _as_tensor(blob: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
+
+
+def _as_bytes(t: torch.Tensor) -> bytes:
+    return bytes(t.numpy().tobytes())
 
 
 def plan_segments(first_chunk: int, expected_chunks: int, workers: int) -> list[tuple[int, int]]:

@@ -15,9 +15,7 @@ from service_settings import loopback_settings
 from longwatch.clients.client import LongWatchClient, LongWatchError
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.model.train.synthetic import write_video
-from longwatch.stream.segments import expected_chunks, plan_segments
 from longwatch.stream.server import LongWatchServer
-from longwatch.stream.settings import IngestConfig
 
 pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'longwatch[ray]'")
 
@@ -97,13 +95,3 @@ def test_ray_on_a_server_without_it_is_refused_in_one_line(
         assert "serve --ray" in str(refused.value) and "\n" not in str(refused.value)
         with pytest.raises(LongWatchError, match="does not exist|no stream|not found"):
             client.get_stream("nope")  # nothing was made
-
-
-def test_segments_cover_every_chunk_once_and_the_last_runs_to_the_end() -> None:
-    config = IngestConfig(fps=1.0, frames_per_chunk=8)
-    assert expected_chunks(150.0, config) == 19  # 151 sampled frames
-    for first, total, workers in ((0, 19, 2), (5, 19, 2), (0, 1, 4), (0, 450, 8), (18, 19, 3)):
-        plan = plan_segments(first, total, workers)
-        assert plan[0][0] == first and plan[-1][1] == 0  # open-ended: a longer file loses nothing
-        assert all(a + n == b for (a, n), (b, _) in zip(plan, plan[1:], strict=False))
-        assert len(plan) <= max(1, workers * 2)
