@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from longwatch.memory.records import LeaseHeld, StoreError
 from longwatch.memory.store import ChunkStore
-from longwatch.proto.streams import StreamState
+from longwatch.proto.streams import StreamRecord, StreamState
 from longwatch.stream.errors import one_line
 from longwatch.stream.periodic import PeriodicTask
 
@@ -39,7 +39,6 @@ def default_replica_id(state_dir: Path) -> str:
 class Lease:
     stream_id: str
     token: int  # the fencing token every write of the ingest carries
-    lost: threading.Event = field(default_factory=threading.Event)  # renewal found it taken
 
 
 class LeaseKeeper:
@@ -99,7 +98,7 @@ class LeaseKeeper:
         for lease in leases:
             try:
                 if not self.store.renew_lease(lease.stream_id, self.replica_id, lease.token, self.ttl_ms):
-                    lease.lost.set()
+                    # Its next write is refused (fencing) and the ingest stops there.
                     log.warning(
                         "stream %s: its lease passed to another writer; this ingest stops", lease.stream_id
                     )
@@ -108,14 +107,18 @@ class LeaseKeeper:
 
 
 def settle_orphaned_streams(
-    store: ChunkStore, own_replica: str | None, busy: set[str] | frozenset[str] = frozenset()
+    store: ChunkStore,
+    own_replica: str | None,
+    busy: set[str] | frozenset[str] = frozenset(),
+    records: list[StreamRecord] | None = None,
 ) -> dict[str, tuple[StreamState, int]]:
     """Streams left INGESTING or LIVE by a writer that is gone: INTERRUPTED archives (resumable) and
     READY live streams (their pending frames counted lost). A stream whose lease another replica
     still holds is left alone; own_replica's leases count as gone (at start: an earlier process of
-    this replica held them), None for none. `busy`: streams this process ingests now."""
+    this replica held them), None for none. `busy`: streams this process ingests now. `records`:
+    the streams as just listed, if the caller has them."""
     settled = {}
-    for record in store.list_streams():
+    for record in store.list_streams() if records is None else records:
         if record.state not in (StreamState.INGESTING, StreamState.LIVE) or record.stream_id in busy:
             continue
         outcome = store.settle_orphaned(record.stream_id, own_replica)

@@ -75,9 +75,10 @@ class StorageSweeper:
     def sweep(self) -> None:
         """One pass over every stream. A stream that fails is logged and skipped (the next pass
         tries it again)."""
+        records = self.store.list_streams()
         if self.leases is not None:
-            settle_orphaned_streams(self.store, None, busy=set(self.leases.held()))
-        for record in self.store.list_streams():
+            settle_orphaned_streams(self.store, None, busy=set(self.leases.held()), records=records)
+        for record in records:
             retention = retention_for(record, self.keys)
             if retention.keeps_all and self.hot_window_s <= 0:
                 continue  # nothing to do: not even the stream's chunk list is read
