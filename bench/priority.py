@@ -62,7 +62,8 @@ def one_side(server: LongWatchServer, video: Path, seconds: float, side: str) ->
                     chunks[n] = chunks[n] + 1 if not progress.done else chunks[n]
                     if stop.is_set():
                         break
-                client.delete_stream(stream_id)
+                else:  # only a finished one: a stream deleted under its running ingest would let
+                    client.delete_stream(stream_id)  # that ingest go on unseen by the wait below
                 round_ += 1
 
     failed: list[BaseException] = []

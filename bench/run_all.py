@@ -37,7 +37,7 @@ BENCHMARKS = (
 # Faults, bad input and load (BENCHMARKS.md, Reliability): crashes, fuzzing, Asks under load, a soak.
 RELIABILITY = ("crash", "fuzz", "load", "soak")
 # Scaling out (BENCHMARKS.md, Scaling out): a local Redis Cluster, replicas on one Redis, Ray.
-SCALING = ("cluster", "replicas", "ray_ingest", "priority")
+SCALING = ("cluster", "replicas", "ray_ingest", "priority", "batching")
 
 
 def main() -> int:

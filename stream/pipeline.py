@@ -24,13 +24,14 @@ from longwatch.model.compressor import SummaryCompressor
 from longwatch.model.diffp import DiffFramePruner, frames_kept
 from longwatch.model.frames import FrameGrid, frames_to_pixel_values, grid_for
 from longwatch.model.loading import LoadedModel
-from longwatch.model.vision import chunk_frames, encode_frames
+from longwatch.model.vision import chunk_frames
 from longwatch.stream import metrics
 from longwatch.stream.decode import SampledFrame
 from longwatch.stream.images import check_aspect
 from longwatch.stream.model_lock import ARCHIVE, ASK, LIVE, ModelLock
 from longwatch.stream.pictures import PictureMode, chosen_frames, encode_picture
 from longwatch.stream.settings import IngestConfig
+from longwatch.stream.vision_batch import VisionBatcher
 
 
 @dataclass
@@ -45,6 +46,10 @@ class ModelRunner:
     lm: LoadedModel
     compressor: SummaryCompressor
     lock: ModelLock = field(default_factory=ModelLock)
+    vision: VisionBatcher = field(init=False)  # vision passes shared by chunks that wait together
+
+    def __post_init__(self) -> None:
+        self.vision = VisionBatcher(self.lm)
 
 
 def forget_stream(stream_id: str, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry) -> int:
@@ -222,9 +227,10 @@ class StreamIngestor:
             keep = pruner.push(pixel_values, grid, n)  # (T * tokens_per_frame,) bool
         if priority is None:
             priority = LIVE if self.source == "live" else ARCHIVE
+        request = self.runner.vision.submit(pixel_values, n, grid.grid_h, grid.grid_w)
         with self.runner.lock.hold(priority), torch.no_grad():
             with times.measure("vision"):
-                features = encode_frames(self.runner.lm, pixel_values, n, grid.grid_h, grid.grid_w)
+                features = self.runner.vision.features(request)
             interval = 1.0 / self.config.fps
             times_s = [f.pts_s for f in frames]
             encoded = chunk_frames(times_s, features, keep, index == 0, times_s[-1] + interval)

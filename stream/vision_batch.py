@@ -1,0 +1,96 @@
+"""The vision tower run once over the chunks of several streams that wait for it together.
+
+Each ingest registers its chunk's frames (`submit`) and waits for the model. Whichever waiter the
+model lock serves first runs the vision tower over every waiting chunk of the same token grid (up
+to MAX_BATCH_FRAMES frames) and hands each its features; the others find theirs ready when their
+turn comes, and go on to their summary pass in the same turn. Vision attention is per frame, so a frame's features do not depend
+on what else is in the pass; tests/test_vision_batch.py checks that the batched features equal
+one pass per chunk, bit for bit. A chunk alone is encoded alone, as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from longwatch.model.loading import LoadedModel
+from longwatch.model.vision import encode_frames
+
+MAX_BATCH_FRAMES = 64  # a pass's frames: 8 chunks of 8, bounding a batch's memory
+
+
+@dataclass(eq=False)  # a request is itself: compared by identity, never by its tensors
+class _Request:
+    pixel_values: torch.Tensor  # (n_frames * grid_h * grid_w, 3 * patch^2)
+    n_frames: int
+    grid: tuple[int, int]
+    features: torch.Tensor | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class VisionBatcher:
+    """submit() a chunk's frames, then, holding the model lock, features() for them."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        self.lm = lm
+        self._waiting: list[_Request] = []
+        self._mu = threading.Lock()  # the list only; never held across a pass
+        self.passes = 0  # vision passes run, and the chunks they encoded: batching at work
+        self.chunks = 0
+
+    def submit(self, pixel_values: torch.Tensor, n_frames: int, grid_h: int, grid_w: int) -> _Request:
+        """Register a chunk's frames before waiting for the model, so a pass before its turn can
+        take them along."""
+        request = _Request(pixel_values, n_frames, (grid_h, grid_w))
+        with self._mu:
+            self._waiting.append(request)
+        return request
+
+    def features(self, request: _Request) -> torch.Tensor:
+        """The chunk's features (n_frames * tokens per frame, hidden); call with the model lock
+        held. Runs a pass over it and the chunks waiting beside it, unless one already did."""
+        if not request.done.is_set():
+            self._run(self._take(request))
+        if request.error is not None:
+            raise request.error
+        assert request.features is not None
+        return request.features
+
+    def _take(self, first: _Request) -> list[_Request]:
+        """`first` and the requests waiting beside it with its grid, oldest first, within the cap."""
+        with self._mu:
+            batch, frames = [first], first.n_frames
+            for r in self._waiting:
+                if r is not first and r.grid == first.grid and frames + r.n_frames <= MAX_BATCH_FRAMES:
+                    batch.append(r)
+                    frames += r.n_frames
+            self._waiting = [r for r in self._waiting if r not in batch]
+        return batch
+
+    def _run(self, batch: list[_Request]) -> None:
+        grid_h, grid_w = batch[0].grid
+        try:
+            with torch.no_grad():
+                features = encode_frames(
+                    self.lm,
+                    torch.cat([r.pixel_values for r in batch]),
+                    sum(r.n_frames for r in batch),
+                    grid_h,
+                    grid_w,
+                )  # (sum of tokens, hidden)
+            per_frame = features.shape[0] // sum(r.n_frames for r in batch)
+            for r, part in zip(
+                batch, torch.split(features, [r.n_frames * per_frame for r in batch]), strict=True
+            ):
+                r.features = part
+        except BaseException as e:  # every chunk of the pass fails the same way
+            for r in batch:
+                r.error = e
+        finally:
+            self.passes += 1
+            self.chunks += len(batch)
+            for r in batch:
+                r.done.set()

@@ -1,0 +1,19 @@
+"""bench/batching.py's smoke run: 8 ingests at once, with and without shared vision passes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import batching  # noqa: E402
+
+from longwatch.stream import vision_batch
+
+
+def test_batching_quick_shares_passes_only_when_allowed() -> None:
+    before, shared = batching.run(quick=True)
+    assert before["chunks_per_pass"] == 1.0 and shared["chunks_per_pass"] >= 1.0
+    assert before["wall_s"] > 0 and shared["wall_s"] > 0
+    assert vision_batch.MAX_BATCH_FRAMES == 64  # the bench put the service's cap back
