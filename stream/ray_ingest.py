@@ -57,8 +57,8 @@ class SegmentWorker:
         """The segment's result as one safetensors blob (SegmentResult.to_bytes)."""
         from longwatch.stream.segments import ingest_segment
 
-        config_ = IngestConfig(**config)
-        return ingest_segment(path, stream_id, config_, self.runner, first_chunk, n_chunks).to_bytes()
+        segment = ingest_segment(path, stream_id, IngestConfig(**config), self.runner, first_chunk, n_chunks)
+        return segment.to_bytes()
 
 
 class RayPool:
@@ -84,7 +84,6 @@ class RayPool:
         local = address == "local"
         ray.init(
             address=None if local else address,
-            num_cpus=None,
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,

@@ -57,7 +57,6 @@ class SegmentResult:
     # Counters left after the last chunk once the file ended (frames decoded, for one): what one
     # ingest stores with its final add_counters.
     trailing: dict[str, int] = field(default_factory=dict)
-    frames_decoded: int = 0
 
     def to_bytes(self) -> bytes:
         """One safetensors blob: chunk and picture bytes as uint8 tensors, the rest as JSON."""
@@ -75,7 +74,6 @@ class SegmentResult:
             "first_chunk": self.first_chunk,
             "reached_end": self.reached_end,
             "trailing": self.trailing,
-            "frames_decoded": self.frames_decoded,
             "chunks": chunks,
         }
         return save_safetensors_bytes(tensors, metadata={SEGMENT_META_KEY: json.dumps(meta)})
@@ -106,7 +104,6 @@ class SegmentResult:
                 chunks,
                 bool(meta["reached_end"]),
                 {str(k): int(v) for k, v in meta["trailing"].items()},
-                int(meta["frames_decoded"]),
             )
         except Exception as e:  # any parse failure of foreign bytes is corruption, whatever its type
             raise CorruptData(
@@ -189,5 +186,4 @@ def ingest_segment(
         result.reached_end = True
         result.trailing = dict(ingestor.counters.items())
     result.chunks = ingestor.made
-    result.frames_decoded = reader.frames_decoded
     return result
