@@ -27,7 +27,9 @@ from longwatch.clients.client import (
 )
 from longwatch.clients.credentials import Credentials
 from longwatch.clients.format import (
+    across_json,
     answer_json,
+    format_across,
     format_answer,
     format_evidence,
     format_ingest_summary,
@@ -170,10 +172,24 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_ask(sub: argparse.ArgumentParser) -> None:
     _client_command(sub, _cmd_ask)
-    sub.set_defaults(check=_check_time_range)
-    sub.add_argument("stream_id", metavar="ID")
+    sub.set_defaults(check=_check_ask)
+    sub.add_argument("stream_id", metavar="ID", nargs="?", help="the stream (none with --all or --streams)")
     sub.add_argument("question", metavar="QUESTION")
-    sub.add_argument("--top-k", type=int, metavar="K", help="chunks to retrieve (default: the server's)")
+    across = sub.add_mutually_exclusive_group()
+    across.add_argument("--all", action="store_true", help="ask every stream of yours; the best answer first")
+    across.add_argument(
+        "--streams", type=_id_list, metavar="ID,ID,...", help="ask these streams; the best answer first"
+    )
+    sub.add_argument(
+        "--results",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --all or --streams: streams to answer, best first (default: the server's 3)",
+    )
+    sub.add_argument(
+        "--top-k", type=int, metavar="K", help="chunks to retrieve (per stream; default: the server's)"
+    )
     sub.add_argument(
         "--score-margin",
         type=float,
@@ -233,6 +249,26 @@ def parse_seconds(text: str) -> float:
     for value in values:
         seconds = seconds * 60 + value
     return seconds
+
+
+def _id_list(text: str) -> list[str]:
+    ids = [i.strip() for i in text.split(",") if i.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError(f"expected stream ids separated by commas, got {text!r}")
+    return ids
+
+
+def _check_ask(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    across = args.all or args.streams is not None
+    if across and args.stream_id is not None:
+        parser.error("ask: give a stream ID, or --all / --streams, not both")
+    if not across and args.stream_id is None:
+        parser.error("ask: give a stream ID (or --all, or --streams ID,ID,...) and a QUESTION")
+    if across and args.stream:
+        parser.error("ask: --stream prints one stream's answer as it comes; not with --all or --streams")
+    if args.results and not across:
+        parser.error("ask: --results goes with --all or --streams")
+    _check_time_range(parser, args)
 
 
 def _check_time_range(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -348,6 +384,10 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         score_margin=args.score_margin,
     )
     with _client(args) as client:
+        if args.all or args.streams is not None:
+            across = client.ask_across(args.question, args.streams or (), args.results, **query)
+            print(_json(across_json(across)) if args.json else format_across(across))
+            return 0
         if args.stream:
             return _ask_streaming(client, args.stream_id, args.question, query)
         result = client.ask(args.stream_id, args.question, **query)

@@ -231,6 +231,44 @@ class AskResult:
 
 
 @dataclass(frozen=True)
+class RankedAnswer:
+    """One stream's place in a cross-stream answer: its best chunk's score, and Ask's result on it."""
+
+    score: float
+    result: AskResult
+
+    @property
+    def stream_id(self) -> str:
+        return self.result.stream_id
+
+
+@dataclass(frozen=True)
+class AcrossResult:
+    """AskAcross: the streams that answer best, best first; the streams searched and skipped
+    (stream id, reason); where the time went (milliseconds)."""
+
+    results: list[RankedAnswer]
+    streams_searched: int
+    skipped: list[tuple[str, str]]
+    timings: dict[str, float]
+    model: str
+
+    @classmethod
+    def from_proto(cls, response: pb.AskAcrossResponse) -> AcrossResult:
+        timings = {f.name: getattr(response.timings, f.name) for f in pb.AskTimings.DESCRIPTOR.fields}
+        return cls(
+            results=[
+                RankedAnswer(float(f"{r.score:.7g}"), AskResult.from_proto(r.response))
+                for r in response.results
+            ],
+            streams_searched=response.streams_searched,
+            skipped=[(s.stream_id, s.reason) for s in response.skipped],
+            timings=timings,
+            model=response.model,
+        )
+
+
+@dataclass(frozen=True)
 class Frame:
     """A picture the service kept of a sampled frame: its stream time, chunk and image bytes."""
 
@@ -619,6 +657,31 @@ class LongWatchClient:
         """Like ask, yielding text as it is generated; not retried, as text may already be shown."""
         request = ask_request(stream_id, question, top_k, time_range, max_new_tokens, score_margin)
         return AskStream(self._server_stream(self._stub.AskStream, request, timeout=self.timeout))
+
+    def ask_across(
+        self,
+        question: str,
+        stream_ids: Sequence[str] = (),
+        results: int = 0,
+        top_k: int | None = None,
+        time_range: tuple[float, float] | None = None,
+        max_new_tokens: int = 0,
+        score_margin: float | None = None,
+    ) -> AcrossResult:
+        """Ask one question of many streams (none named: every stream of the caller's); the best
+        `results` streams (0: the server's 3) come back answered, best first."""
+        one = ask_request("", question, top_k, time_range, max_new_tokens, score_margin)  # checked as Ask's
+        _check_count("results", results)
+        request = pb.AskAcrossRequest(
+            question=question, stream_ids=list(stream_ids), results=results, max_new_tokens=max_new_tokens
+        )
+        if one.HasField("top_k"):
+            request.top_k = one.top_k
+        if one.HasField("score_margin"):
+            request.score_margin = one.score_margin
+        if one.HasField("time_range"):
+            request.time_range.CopyFrom(one.time_range)
+        return AcrossResult.from_proto(self._unary(lambda stub: stub.AskAcross, request, idempotent=True))
 
     def get_stream(self, stream_id: str) -> StreamSummary:
         request = pb.GetStreamRequest(stream_id=stream_id)

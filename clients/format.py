@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from longwatch.clients.client import AskResult, EvidenceSpan, StreamSummary
+    from longwatch.clients.client import AcrossResult, AskResult, EvidenceSpan, StreamSummary
     from longwatch.clients.webrtc import SendResult
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -84,6 +84,35 @@ def answer_json(result: AskResult) -> dict[str, Any]:
         "evidence": [e.to_json_dict() for e in result.evidence],
         "timings": dict(result.timings),
         "tokens_generated": result.tokens_generated,
+        "model": result.model,
+    }
+
+
+def format_across(result: AcrossResult) -> str:
+    """`ask --all`: each stream answered, best first ("1. cam-3 (score 41.20): a red circle") with
+    its evidence; then how many streams were searched and which were skipped, and why."""
+    blocks = []
+    for rank, ranked in enumerate(result.results, 1):
+        head = f"{rank}. {printable(ranked.stream_id)} (score {ranked.score:.2f}): {printable(ranked.result.answer)}"
+        evidence = format_evidence(ranked.result.evidence)
+        blocks.append(f"{head}\n{evidence}" if evidence else head)
+    if not result.results:
+        blocks.append("no stream has a chunk to answer from (in that time range)")
+    tail = f"{result.streams_searched} streams searched"
+    if result.skipped:
+        tail += f", {len(result.skipped)} skipped:\n" + "\n".join(
+            f"  {printable(sid)}: {printable(reason)}" for sid, reason in result.skipped
+        )
+    return "\n".join([*blocks, tail])
+
+
+def across_json(result: AcrossResult) -> dict[str, Any]:
+    """What `ask --all --json` prints: results best first, each `ask --json`'s object with its score."""
+    return {
+        "results": [{**answer_json(r.result), "score": r.score} for r in result.results],
+        "streams_searched": result.streams_searched,
+        "skipped": [{"stream_id": sid, "reason": reason} for sid, reason in result.skipped],
+        "timings": dict(result.timings),
         "model": result.model,
     }
 

@@ -151,12 +151,14 @@ class IndexRegistry:
                         self._indexes[stream_id] = index
                 return index
 
-    def current(self, stream_id: str) -> StreamIndex:
+    def current(self, stream_id: str, version: str | None = None) -> StreamIndex:
         """The stream's index brought up to date with the store: chunks committed or dropped since
         it was read, by this process or another replica on the same Redis. One HMGET when nothing
-        changed; else the chunk ids, and the vectors of the new ones only. A stream made again
-        under the same id is rebuilt whole."""
-        version = self._store.index_version(stream_id)
+        changed (none when the caller read `version` already, as store.index_versions does for
+        many streams at once); else the chunk ids, and the vectors of the new ones only. A stream
+        made again under the same id is rebuilt whole."""
+        if version is None:
+            version = self._store.index_version(stream_id)
         index = self.get(stream_id)
         if index.version == version:
             return index

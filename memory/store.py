@@ -241,6 +241,10 @@ class ChunkStore(ABC):
         """Changes whenever a chunk of the stream is committed or dropped, or the stream is made
         again ("" without a record): how a replica's FAISS index follows commits made elsewhere."""
 
+    def index_versions(self, stream_ids: Sequence[str]) -> list[str]:
+        """index_version of each stream, in order (a backend may read them in one round trip)."""
+        return [self.index_version(sid) for sid in stream_ids]
+
     @abstractmethod
     def vector_ids(self, stream_id: str) -> list[int]:
         """The indices of the chunks that have a retrieval vector."""
@@ -1082,10 +1086,17 @@ class RedisChunkStore(ChunkStore):
 
     @_unavailable_as_store_error
     def index_version(self, stream_id: str) -> str:
-        created, version = self._r.hmget(StreamKeys(stream_id).record, ["created_unix", INDEX_VERSION_FIELD])
-        if created is None:
-            return ""
-        return f"{created.decode()}:{int(version or 0)}"
+        return self.index_versions([stream_id])[0]
+
+    @_unavailable_as_store_error
+    def index_versions(self, stream_ids: Sequence[str]) -> list[str]:
+        pipe = self._r.pipeline(transaction=False)  # the records are in different slots
+        for sid in stream_ids:
+            pipe.hmget(StreamKeys(sid).record, ["created_unix", INDEX_VERSION_FIELD])
+        return [
+            "" if created is None else f"{created.decode()}:{int(version or 0)}"
+            for created, version in pipe.execute()
+        ]
 
     @_unavailable_as_store_error
     def vector_ids(self, stream_id: str) -> list[int]:

@@ -222,6 +222,54 @@ class AskStreamResponse(_message.Message):
     response: AskResponse
     def __init__(self, delta: _Optional[str] = ..., response: _Optional[_Union[AskResponse, _Mapping]] = ...) -> None: ...
 
+class AskAcrossRequest(_message.Message):
+    __slots__ = ("question", "stream_ids", "time_range", "results", "top_k", "max_new_tokens", "score_margin")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    STREAM_IDS_FIELD_NUMBER: _ClassVar[int]
+    TIME_RANGE_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    question: str
+    stream_ids: _containers.RepeatedScalarFieldContainer[str]
+    time_range: TimeRange
+    results: int
+    top_k: int
+    max_new_tokens: int
+    score_margin: float
+    def __init__(self, question: _Optional[str] = ..., stream_ids: _Optional[_Iterable[str]] = ..., time_range: _Optional[_Union[TimeRange, _Mapping]] = ..., results: _Optional[int] = ..., top_k: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., score_margin: _Optional[float] = ...) -> None: ...
+
+class AskAcrossResult(_message.Message):
+    __slots__ = ("score", "response")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    score: float
+    response: AskResponse
+    def __init__(self, score: _Optional[float] = ..., response: _Optional[_Union[AskResponse, _Mapping]] = ...) -> None: ...
+
+class SkippedStream(_message.Message):
+    __slots__ = ("stream_id", "reason")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    reason: str
+    def __init__(self, stream_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AskAcrossResponse(_message.Message):
+    __slots__ = ("results", "streams_searched", "skipped", "timings", "model")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_SEARCHED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[AskAcrossResult]
+    streams_searched: int
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedStream]
+    timings: AskTimings
+    model: str
+    def __init__(self, results: _Optional[_Iterable[_Union[AskAcrossResult, _Mapping]]] = ..., streams_searched: _Optional[int] = ..., skipped: _Optional[_Iterable[_Union[SkippedStream, _Mapping]]] = ..., timings: _Optional[_Union[AskTimings, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+
 class GetStreamRequest(_message.Message):
     __slots__ = ("stream_id",)
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]

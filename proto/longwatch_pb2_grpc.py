@@ -60,6 +60,11 @@ class LongWatchStub:
                 request_serializer=longwatch__pb2.AskRequest.SerializeToString,
                 response_deserializer=longwatch__pb2.AskStreamResponse.FromString,
                 _registered_method=True)
+        self.AskAcross = channel.unary_unary(
+                '/longwatch.v1.LongWatch/AskAcross',
+                request_serializer=longwatch__pb2.AskAcrossRequest.SerializeToString,
+                response_deserializer=longwatch__pb2.AskAcrossResponse.FromString,
+                _registered_method=True)
         self.GetStream = channel.unary_unary(
                 '/longwatch.v1.LongWatch/GetStream',
                 request_serializer=longwatch__pb2.GetStreamRequest.SerializeToString,
@@ -132,6 +137,14 @@ class LongWatchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AskAcross(self, request, context):
+        """Ask one question of many streams (by default every stream of the caller's): the streams
+        whose chunks score best for it, best first, each answered from its own chunks as Ask would.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStream(self, request, context):
         """One stream's state and counters; NOT_FOUND when there is no such stream.
         """
@@ -195,6 +208,11 @@ def add_LongWatchServicer_to_server(servicer, server):
                     servicer.AskStream,
                     request_deserializer=longwatch__pb2.AskRequest.FromString,
                     response_serializer=longwatch__pb2.AskStreamResponse.SerializeToString,
+            ),
+            'AskAcross': grpc.unary_unary_rpc_method_handler(
+                    servicer.AskAcross,
+                    request_deserializer=longwatch__pb2.AskAcrossRequest.FromString,
+                    response_serializer=longwatch__pb2.AskAcrossResponse.SerializeToString,
             ),
             'GetStream': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStream,
@@ -358,6 +376,33 @@ class LongWatch:
             '/longwatch.v1.LongWatch/AskStream',
             longwatch__pb2.AskRequest.SerializeToString,
             longwatch__pb2.AskStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AskAcross(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longwatch.v1.LongWatch/AskAcross',
+            longwatch__pb2.AskAcrossRequest.SerializeToString,
+            longwatch__pb2.AskAcrossResponse.FromString,
             options,
             channel_credentials,
             insecure,

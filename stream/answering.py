@@ -105,8 +105,8 @@ class QuestionAnswerer:
         self.recent_chunks = recent_chunks
         self.score_margin = score_margin
 
-    def check(self, params: AskParams) -> StreamRecord:
-        """Validate a request before any work; returns the stream's record."""
+    def check_request(self, params: AskParams) -> None:
+        """Validate what a request asks for (question, counts, time range), before any work."""
         params.question = validate_question(params.question, self.max_question_chars)
         if not 0 <= params.top_k <= MAX_TOP_K:
             raise BadRequest(f"top_k must be in 1..{MAX_TOP_K}, or 0 for every chunk, got {params.top_k}")
@@ -118,17 +118,52 @@ class QuestionAnswerer:
             start, end = params.time_range
             if not 0 <= start < end:
                 raise BadRequest(f"time range must satisfy 0 <= start < end, got {start}..{end}")
+
+    def unanswerable(self, record: StreamRecord) -> NotReady | None:
+        """Why the stream cannot be asked now (no chunks yet, another model's), or None."""
+        if record.chunks == 0 and record.state != StreamState.LIVE:
+            return NotReady(f"stream {record.stream_id!r} has no committed chunks yet")
+        if record.model != self.runner.lm.fingerprint:
+            return NotReady(
+                f"stream {record.stream_id!r} was ingested with model {record.model}, "
+                f"this server runs {self.runner.lm.fingerprint}: ingest it again"
+            )
+        return None
+
+    def check(self, params: AskParams) -> StreamRecord:
+        """Validate a request before any work; returns the stream's record."""
+        self.check_request(params)
         record = self.store.get_stream(params.stream_id)
         if record is None:
             raise StreamMissing(f"no stream {params.stream_id!r}")
-        if record.chunks == 0 and record.state != StreamState.LIVE:
-            raise NotReady(f"stream {params.stream_id!r} has no committed chunks yet")
-        if record.model != self.runner.lm.fingerprint:
-            raise NotReady(
-                f"stream {params.stream_id!r} was ingested with model {record.model}, "
-                f"this server runs {self.runner.lm.fingerprint}: ingest it again"
-            )
+        if (why := self.unanswerable(record)) is not None:
+            raise why
         return record
+
+    def question_vector(self, question: str) -> torch.Tensor:
+        """The question's in-model retrieval vector (retrieval_dim,), one short model pass."""
+        with self.runner.lock.hold(ASK):
+            return question_vector(self.runner.lm, question)
+
+    def retrieve(
+        self,
+        record: StreamRecord,
+        params: AskParams,
+        qvec: torch.Tensor,
+        version: str | None = None,
+    ) -> list[tuple[int, float]]:
+        """The stream's committed chunks for the question: (chunk index, score), best first, within
+        the score margin; none when no chunk is in the time range. `version`: the stream's
+        index_version if already read (IndexRegistry.current)."""
+        allowed = self._candidates(params.stream_id, params.time_range)
+        if not record.chunks or allowed == set():
+            return []
+        index = self.indexes.current(params.stream_id, version)  # with other replicas' commits
+        hits = index.search(qvec.numpy(), params.top_k or len(index), allowed)
+        margin = self.score_margin if params.score_margin is None else params.score_margin
+        if params.top_k and margin:  # top_k 0 asks for every chunk: all are kept
+            hits = within_margin(hits, margin)
+        return hits
 
     def _candidates(self, stream_id: str, time_range: tuple[float, float] | None) -> set[int] | None:
         """Committed chunks overlapping the time range (maybe none); None without a range."""
@@ -176,21 +211,34 @@ class QuestionAnswerer:
         """
         t0 = time.perf_counter()
         record = self.check(params)
-        outcome = AskOutcome(model=self.runner.lm.fingerprint)
-        allowed = self._candidates(params.stream_id, params.time_range)
-        if allowed == set() and record.state != StreamState.LIVE:
+        no_chunk_in_range = self._candidates(params.stream_id, params.time_range) == set()
+        if no_chunk_in_range and record.state != StreamState.LIVE:
             raise self._nothing_to_answer_from(record, params.time_range)  # before any model work
         t_question = time.perf_counter()
-        with self.runner.lock.hold(ASK):
-            qvec = question_vector(self.runner.lm, params.question)
+        qvec = self.question_vector(params.question)
         t_search = time.perf_counter()
-        hits: list[tuple[int, float]] = []
-        if record.chunks and allowed != set():
-            index = self.indexes.current(params.stream_id)  # with commits made on other replicas
-            hits = index.search(qvec.numpy(), params.top_k or len(index), allowed)
-            margin = self.score_margin if params.score_margin is None else params.score_margin
-            if params.top_k and margin:  # top_k 0 asks for every chunk: all are kept
-                hits = within_margin(hits, margin)
+        hits = self.retrieve(record, params, qvec)
+        t1 = time.perf_counter()
+        timings = {
+            "retrieve_ms": (t1 - t0) * 1e3,
+            "question_ms": (t_search - t_question) * 1e3,
+            "search_ms": (t1 - t_search) * 1e3,
+        }
+        return self.answer(record, params, qvec, hits, t0, timings)
+
+    def answer(
+        self,
+        record: StreamRecord,
+        params: AskParams,
+        qvec: torch.Tensor,
+        hits: list[tuple[int, float]],
+        t0: float,
+        timings: dict[str, float],
+    ) -> tuple[Iterator[str], AskOutcome]:
+        """Decode the answer from the retrieved chunks (and a LIVE stream's latest): (text deltas,
+        outcome), as ask(). t0 is when the request came (its first token is timed from there);
+        timings, those taken so far."""
+        outcome = AskOutcome(model=self.runner.lm.fingerprint)
         t1 = time.perf_counter()
         scores = dict(hits)
         recent, pending = self._live_extras(record, set(scores), params.time_range)
@@ -232,9 +280,7 @@ class QuestionAnswerer:
             outcome.answer = stream.text
             outcome.tokens_generated = s.tokens_generated
             outcome.timings_ms = {
-                "retrieve_ms": (t1 - t0) * 1e3,
-                "question_ms": (t_search - t_question) * 1e3,
-                "search_ms": (t1 - t_search) * 1e3,
+                **timings,
                 "load_ms": (t2 - t1) * 1e3,
                 "repack_ms": s.repack_ms,
                 "prefill_ms": s.prefill_ms,

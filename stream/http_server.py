@@ -11,6 +11,8 @@ own event loop in a thread of the service process. Routes:
                             to play its file (stream/media.py); GET /media/{token} plays it
     POST /api/ask           {"stream_id", "question", "top_k"?, "max_new_tokens"?, "score_margin"?}
                             -> {"answer", "evidence": [{start_s, end_s, score, chunk_index}], ...}
+                            or {"streams": [ids] ([]: all of yours), "question", "results"?, ...}
+                            -> {"results": [{"stream_id", "score", "answer", "evidence"}], ...}
 
 With a keys file, /offer and /api/ take `Authorization: Bearer <key>` as gRPC does (the page and
 its files are open: the page asks for the key). Errors are {"error": "<one line>"} with the HTTP
@@ -40,6 +42,7 @@ from longwatch.clients.ice import check_bindable
 from longwatch.memory.store import ChunkStore
 from longwatch.proto.streams import LOCAL_TENANT, StreamRecord
 from longwatch.stream import metrics
+from longwatch.stream.across import DEFAULT_RESULTS, AcrossOutcome, AcrossParams, ask_across
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.archive import resolve_server_path
 from longwatch.stream.auth import Caller, KeyRing, Role
@@ -56,7 +59,7 @@ from longwatch.stream.media import MediaLinks
 from longwatch.stream.pictures import PICTURE_FORMAT
 from longwatch.stream.quotas import Quotas
 from longwatch.stream.retention import shown
-from longwatch.stream.service import find_pictures
+from longwatch.stream.service import callers_streams, find_pictures
 from longwatch.stream.webrtc import WebRTCIngest
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,23 @@ def outcome_json(stream_id: str, outcome: AskOutcome) -> dict[str, Any]:
         ],
         "timings": outcome.timings_ms,
         "tokens_generated": outcome.tokens_generated,
+        "model": outcome.model,
+    }
+
+
+def across_json(caller: Caller, outcome: AcrossOutcome) -> dict[str, Any]:
+    """The same shape `longwatch ask --all --json` prints."""
+    return {
+        "results": [
+            {**outcome_json(caller.public_id(r.stream_id), r.outcome), "score": r.score}
+            for r in outcome.results
+        ],
+        "streams_searched": outcome.streams_searched,
+        "skipped": [
+            {"stream_id": caller.public_id(s.stream_id), "reason": caller.public_text(s.reason)}
+            for s in outcome.skipped
+        ],
+        "timings": outcome.timings_ms,
         "model": outcome.model,
     }
 
@@ -424,10 +444,14 @@ class LiveHttpServer:
         body = await _json_body(request)
         stream_id = _optional_str(body, "stream_id")
         question = body.get("question")
-        if stream_id is None:
-            raise BadRequest("stream_id is required")
         if not isinstance(question, str):
             raise BadRequest("question must be a string")
+        if "streams" in body:
+            if stream_id is not None:
+                raise BadRequest("give stream_id (one stream) or streams (several), not both")
+            return await self._ask_across(caller, body, question)
+        if stream_id is None:
+            raise BadRequest("stream_id is required (or streams: a list of stream ids, [] for all of yours)")
         params = AskParams(
             stream_id=caller.stored_id(stream_id),
             question=question,
@@ -437,6 +461,27 @@ class LiveHttpServer:
         )
         outcome = await asyncio.to_thread(self._answer, caller, params)
         return web.json_response(outcome_json(stream_id, outcome))
+
+    async def _ask_across(self, caller: Caller, body: dict[str, Any], question: str) -> web.Response:
+        streams = body["streams"]
+        if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
+            raise BadRequest("streams must be a list of stream ids ([] for every stream of yours)")
+        params = AcrossParams(
+            question=question,
+            results=_optional_int(body, "results", DEFAULT_RESULTS),
+            top_k=_optional_int(body, "top_k", self.top_k),
+            max_new_tokens=_optional_int(body, "max_new_tokens", self.max_new_tokens),
+            score_margin=_optional_number(body, "score_margin"),
+        )
+        outcome = await asyncio.to_thread(self._answer_across, caller, params, streams)
+        return web.json_response(across_json(caller, outcome))
+
+    def _answer_across(self, caller: Caller, params: AcrossParams, streams: list[str]) -> AcrossOutcome:
+        with self.quotas.asking(caller):
+            outcome = ask_across(self.answerer, params, callers_streams(self.store, caller, streams))
+        if outcome.results:
+            metrics.asked(outcome.results[0].stream_id, outcome.timings_ms)
+        return outcome
 
     def _answer(self, caller: Caller, params: AskParams) -> AskOutcome:
         with self.quotas.asking(caller):

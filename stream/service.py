@@ -9,7 +9,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.proto.streams import StreamRecord, StreamState
 from longwatch.stream import metrics
+from longwatch.stream.across import DEFAULT_RESULTS, AcrossOutcome, AcrossParams, ask_across
 from longwatch.stream.answering import AskOutcome, AskParams, QuestionAnswerer
 from longwatch.stream.archive import ArchiveProgress, ingest_archive, resolve_server_path
 from longwatch.stream.auth import LOCAL_ADMIN, Caller, KeyRing, Role
@@ -99,6 +100,7 @@ METHOD_ROLES: dict[str, Role] = {
     "IngestFrames": Role.WRITER,
     "Ask": Role.READER,
     "AskStream": Role.READER,
+    "AskAcross": Role.READER,
     "GetStream": Role.READER,
     "ListStreams": Role.READER,
     "DeleteStream": Role.ADMIN,
@@ -183,6 +185,38 @@ def _ask_response(stream_id: str, outcome: AskOutcome) -> pb.AskResponse:
         tokens_generated=outcome.tokens_generated,
         model=outcome.model,
     )
+
+
+def _across_response(caller: Caller, outcome: AcrossOutcome) -> pb.AskAcrossResponse:
+    return pb.AskAcrossResponse(
+        results=[
+            pb.AskAcrossResult(
+                score=r.score, response=_ask_response(caller.public_id(r.stream_id), r.outcome)
+            )
+            for r in outcome.results
+        ],
+        streams_searched=outcome.streams_searched,
+        skipped=[
+            pb.SkippedStream(stream_id=caller.public_id(s.stream_id), reason=caller.public_text(s.reason))
+            for s in outcome.skipped
+        ],
+        timings=pb.AskTimings(**outcome.timings_ms),
+        model=outcome.model,
+    )
+
+
+def callers_streams(store: ChunkStore, caller: Caller, stream_ids: Sequence[str]) -> list[StreamRecord]:
+    """The streams a cross-stream question names (each once, in order; NOT_FOUND for one the caller
+    has not), or every stream of the caller's when it names none."""
+    if not stream_ids:
+        return [r for r in store.list_streams() if caller.owns(r.stream_id)]
+    records = []
+    for sid in dict.fromkeys(caller.stored_id(s) for s in stream_ids):
+        record = store.get_stream(sid)
+        if record is None:
+            raise StreamMissing(f"no stream {sid!r}")
+        records.append(record)
+    return records
 
 
 def find_pictures(
@@ -517,6 +551,34 @@ class LongWatchService(pb_grpc.LongWatchServicer):
                         raise
         metrics.asked(params.stream_id, outcome.timings_ms)
         yield pb.AskStreamResponse(response=_ask_response(request.stream_id, outcome))
+
+    @_abort_on_error
+    def AskAcross(
+        self, request: pb.AskAcrossRequest, context: grpc.ServicerContext, caller: Caller
+    ) -> pb.AskAcrossResponse:
+        time_range = None
+        if request.HasField("time_range"):
+            time_range = (request.time_range.start_s, request.time_range.end_s)
+        params = AcrossParams(
+            question=request.question,
+            results=request.results or DEFAULT_RESULTS,
+            top_k=request.top_k if request.HasField("top_k") else self.settings.top_k,
+            max_new_tokens=request.max_new_tokens or self.settings.max_new_tokens,
+            time_range=time_range,
+            score_margin=request.score_margin if request.HasField("score_margin") else None,
+        )
+        streams = callers_streams(self.store, caller, request.stream_ids)
+        progress = AskOutcome()  # only for the message of a call that ended part way
+        with self.quotas.asking(caller):
+            outcome = ask_across(
+                self.answerer,
+                params,
+                streams,
+                lambda: _check_caller(context, "AskAcross", f"{len(streams)} streams", progress),
+            )
+        if outcome.results:  # one question: counted once, under the first result's tenant (the caller's)
+            metrics.asked(outcome.results[0].stream_id, outcome.timings_ms)
+        return _across_response(caller, outcome)
 
     @_abort_on_error
     def GetStream(

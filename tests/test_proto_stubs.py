@@ -23,6 +23,7 @@ SERVICE_METHODS = {
     "IngestFrames",
     "Ask",
     "AskStream",
+    "AskAcross",
     "GetStream",
     "ListStreams",
     "DeleteStream",

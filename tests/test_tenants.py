@@ -104,6 +104,7 @@ def every_call(c: LongWatchClient, stream_id: str, video: Path) -> dict[str, Any
         "GetStream": lambda: c.get_stream(stream_id),
         "Ask": lambda: c.ask(stream_id, "What appeared?"),
         "AskStream": lambda: list(c.ask_stream(stream_id, "What appeared?")),
+        "AskAcross": lambda: c.ask_across("What appeared?", [stream_id], results=1),
         "GetFrames": lambda: c.get_frames(stream_id, 0, 1e9),
         "SetRetention": lambda: c.set_retention(stream_id, max_age_s=0),
         "DeleteStream": lambda: c.delete_stream(stream_id),
@@ -130,7 +131,7 @@ def test_no_key_or_a_wrong_key_is_unauthenticated_on_every_call_and_health_stays
 def test_each_role_may_do_what_it_may_and_nothing_more(
     server: LongWatchServer, keys: dict[str, str], videos: dict[str, Path]
 ) -> None:
-    readers = {"ListStreams", "GetStream", "Ask", "AskStream", "GetFrames"}
+    readers = {"ListStreams", "GetStream", "Ask", "AskStream", "AskAcross", "GetFrames"}
     writers = readers | {"IngestFile", "IngestUpload", "IngestFrames", "SetRetention"}
     allowed = {"reader": readers, "writer": writers, "admin": writers | {"DeleteStream"}}
     for role in ROLES:
@@ -164,6 +165,11 @@ def test_a_tenant_never_sees_another_tenants_streams(
         assert "beta-only" not in {s.stream_id for s in acme.list_streams()}
         assert "acme-only" not in {s.stream_id for s in beta.list_streams()}
         assert acme.ask("cam", "When did it end?").evidence[-1].end_s <= 24.5
+        # A question across all of one's streams searches one's own only.
+        across = acme.ask_across("What appeared?", results=16, max_new_tokens=1)
+        assert across.streams_searched == len(acme.list_streams())
+        assert {r.stream_id for r in across.results} <= {s.stream_id for s in acme.list_streams()}
+        assert "beta" not in str(across)
         # Another tenant's stream is answered exactly as a stream that does not exist.
         for name, call in every_call(acme, "beta-only", videos["short"]).items():
             if name in ("ListStreams", "IngestFile", "IngestUpload", "IngestFrames"):
