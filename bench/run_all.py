@@ -1,6 +1,6 @@
 """Run every benchmark, print each one's JSON lines and table, and save all rows with the machine.
 
-    python bench/run_all.py                  # full runs (about 10-15 minutes on 2 cores)
+    python bench/run_all.py                  # full runs (about 15-20 minutes on 2 cores)
     python bench/run_all.py --quick          # smoke runs of a few seconds each
     python bench/run_all.py --only diffp storage --out bench/results/cpu.json
     python bench/run_all.py --reliability --out bench/results/reliability.json   # about 40 minutes
@@ -33,6 +33,7 @@ BENCHMARKS = (
     "tier",
     "kv_quant",
     "ask_latency",
+    "ask_across",
 )
 # Faults, bad input and load (BENCHMARKS.md, Reliability): crashes, fuzzing, Asks under load, a soak.
 RELIABILITY = ("crash", "fuzz", "load", "soak")
