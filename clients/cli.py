@@ -38,6 +38,9 @@ from longwatch.clients.format import (
     format_stream,
     format_streams_table,
     format_timestamp,
+    format_watch_event,
+    format_watch_start,
+    format_watches,
 )
 from longwatch.clients.ice import address_list
 from longwatch.proto import longwatch_pb2 as pb
@@ -206,6 +209,43 @@ def add_ask(sub: argparse.ArgumentParser) -> None:
     output.add_argument("--stream", action="store_true", help="print the answer as it is generated")
 
 
+def add_watch(sub: argparse.ArgumentParser) -> None:
+    _client_command(sub, _cmd_watch)
+    sub.set_defaults(check=_check_watch)
+    sub.add_argument("stream_id", metavar="ID", nargs="?", help="the stream (none with --all or --resume)")
+    sub.add_argument(
+        "question", metavar="QUESTION", nargs="?", help='a yes/no question: "Did a red van stop?"'
+    )
+    which = sub.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="watch every stream of yours, later ones too")
+    which.add_argument("--resume", metavar="WATCH", help="a watch made before: its events after --after")
+    sub.add_argument(
+        "--after", default="", metavar="EVENT", help="with --resume: the last event id seen (default: all)"
+    )
+    sub.add_argument("--match", default="", help='what an answer starts with to be an event (default "yes")')
+    sub.add_argument(
+        "--webhook", default="", metavar="URL", help="also POST each event there (needs a writer)"
+    )
+    sub.add_argument(
+        "--reconnect",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="wait this long for a server that went away",
+    )
+    sub.add_argument("--json", action="store_true", help="one JSON object a line")
+
+
+def add_watches(sub: argparse.ArgumentParser) -> None:
+    _client_command(sub, _cmd_watches)
+    sub.add_argument("--json", action="store_true")
+
+
+def add_unwatch(sub: argparse.ArgumentParser) -> None:
+    _client_command(sub, _cmd_unwatch)
+    sub.add_argument("watch_id", metavar="WATCH")
+
+
 def add_streams(sub: argparse.ArgumentParser) -> None:
     _client_command(sub, _cmd_streams)
     sub.add_argument("--json", action="store_true")
@@ -269,6 +309,21 @@ def _check_ask(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.results and not across:
         parser.error("ask: --results goes with --all or --streams")
     _check_time_range(parser, args)
+
+
+def _check_watch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.resume is not None:
+        if args.stream_id is not None or args.match or args.webhook:
+            parser.error("watch: --resume takes a watch id alone (and --after)")
+        return
+    if args.after:
+        parser.error("watch: --after goes with --resume")
+    if args.all and args.question is None and args.stream_id is not None:
+        args.stream_id, args.question = None, args.stream_id  # `watch --all QUESTION`
+    if args.all and args.stream_id is not None:
+        parser.error("watch: give a stream ID or --all, not both")
+    if args.question is None or (not args.all and args.stream_id is None):
+        parser.error("watch: give a stream ID (or --all) and a QUESTION, or --resume WATCH")
 
 
 def _check_time_range(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -404,6 +459,38 @@ def _ask_streaming(client: LongWatchClient, stream_id: str, question: str, query
     evidence = format_evidence(stream.result.evidence)
     if evidence:
         print(evidence)
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.resume is not None:
+            events = client.watch(watch_id=args.resume, after_event_id=args.after, reconnect_s=args.reconnect)
+        else:
+            events = client.watch(
+                args.stream_id, args.question, args.match, args.webhook, reconnect_s=args.reconnect
+            )
+        with events:
+            watch = events.first()
+            print(format_watch_start(watch), file=sys.stderr, flush=True)
+            for event in events:
+                print(
+                    json.dumps(event.to_json_dict()) if args.json else format_watch_event(event), flush=True
+                )
+    return 0
+
+
+def _cmd_watches(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        watches = client.list_watches()
+    print(_json([w.to_json_dict() for w in watches]) if args.json else format_watches(watches))
+    return 0
+
+
+def _cmd_unwatch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        watch = client.delete_watch(args.watch_id)
+    print(f"deleted watch {watch.watch_id} ({watch.events} events)")
     return 0
 
 

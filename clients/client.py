@@ -269,6 +269,134 @@ class AcrossResult:
 
 
 @dataclass(frozen=True)
+class WatchSummary:
+    """A standing question: its id, what it watches (stream_id "" for all of yours), how far it got."""
+
+    watch_id: str
+    stream_id: str
+    question: str
+    match: str
+    webhook_url: str
+    created_unix: float
+    chunks_checked: int
+    events: int
+    last_event_id: str
+    webhook_delivered_id: str
+
+    @classmethod
+    def from_proto(cls, info: pb.WatchInfo) -> WatchSummary:
+        return cls(**{f.name: getattr(info, f.name) for f in pb.WatchInfo.DESCRIPTOR.fields})
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """A chunk whose answer to the watch's question matched: where, what, and its score."""
+
+    watch_id: str
+    event_id: str
+    stream_id: str
+    chunk_index: int
+    start_s: float
+    end_s: float
+    answer: str
+    score: float
+    checked_unix: float
+
+    @classmethod
+    def from_proto(cls, watch_id: str, event: pb.WatchEvent) -> WatchEvent:
+        return cls(
+            watch_id=watch_id,
+            event_id=event.event_id,
+            stream_id=event.stream_id,
+            chunk_index=event.chunk_index,
+            start_s=event.start_s,
+            end_s=event.end_s,
+            answer=event.answer,
+            score=float(f"{event.score:.7g}"),
+            checked_unix=event.checked_unix,
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class WatchEvents(Iterator[WatchEvent]):
+    """A watch's events as they come; `.watch` is the watch once the server answered (`first()`
+    waits for that). Endless: stop by closing it (or leaving its `with`). With reconnect_s > 0 a
+    server that goes away is waited for (or the next replica) and the watch resumed after the
+    last event seen: nothing is missed and nothing comes twice."""
+
+    def __init__(self, client: LongWatchClient, request: pb.WatchRequest, reconnect_s: float) -> None:
+        self._client = client
+        self._request = request
+        self._reconnect_s = reconnect_s
+        self.watch: WatchSummary | None = None
+        self.last_event_id = request.after_event_id
+        self._call: Any = None  # the Watch call in flight; close() cancels it from any thread
+        self._closed = False
+        self._messages = self._run()
+
+    def _run(self) -> Iterator[WatchSummary | WatchEvent]:
+        """The watch (first, and again after each reconnect), then its events."""
+        while not self._closed:
+            try:
+                with self._client._rpc_errors():
+                    self._call = self._client._stub.Watch(self._request)
+                    if self._closed:  # closed while the call was being made
+                        self._call.cancel()
+                    for message in self._call:
+                        if message.HasField("watch"):
+                            self.watch = WatchSummary.from_proto(message.watch)
+                            yield self.watch
+                        elif self.watch is not None:
+                            event = WatchEvent.from_proto(self.watch.watch_id, message)
+                            self.last_event_id = event.event_id
+                            yield event
+                return
+            except LongWatchError as e:
+                if self._closed and e.code == grpc.StatusCode.CANCELLED:
+                    return
+                if not isinstance(e, Unavailable) or self._reconnect_s <= 0 or self.watch is None:
+                    raise
+                self._client._reconnect(time.monotonic() + self._reconnect_s)
+                self._request = pb.WatchRequest(
+                    watch_id=self.watch.watch_id, after_event_id=self.last_event_id
+                )
+            finally:
+                if self._call is not None:
+                    self._call.cancel()  # a no-op once the call has ended
+
+    def first(self) -> WatchSummary:
+        """The watch, created or resumed, once the server has it."""
+        while self.watch is None:
+            if next(self._messages, None) is None:
+                raise LongWatchError("the watch ended before the server answered", grpc.StatusCode.UNKNOWN)
+        return self.watch
+
+    def __next__(self) -> WatchEvent:
+        while True:
+            message = next(self._messages)
+            if isinstance(message, WatchEvent):
+                return message
+
+    def close(self) -> None:
+        """End the watch call (from any thread); iterating then stops. The watch itself stays
+        (delete_watch removes it)."""
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+
+    def __enter__(self) -> WatchEvents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
 class Frame:
     """A picture the service kept of a sampled frame: its stream time, chunk and image bytes."""
 
@@ -682,6 +810,36 @@ class LongWatchClient:
         if one.HasField("time_range"):
             request.time_range.CopyFrom(one.time_range)
         return AcrossResult.from_proto(self._unary(lambda stub: stub.AskAcross, request, idempotent=True))
+
+    def watch(
+        self,
+        stream_id: str | None = None,
+        question: str = "",
+        match: str = "",
+        webhook_url: str = "",
+        watch_id: str | None = None,
+        after_event_id: str = "",
+        reconnect_s: float = 0.0,
+    ) -> WatchEvents:
+        """A new standing question on a stream (None: every stream of yours), or the watch
+        `watch_id` resumed after `after_event_id`; iterate for its events (see WatchEvents).
+        An event is a chunk whose answer starts with `match` (the server's "yes" when empty)."""
+        if watch_id is not None:
+            request = pb.WatchRequest(watch_id=watch_id, after_event_id=after_event_id)
+        else:
+            new = pb.NewWatch(
+                stream_id=stream_id or "", question=question, match=match, webhook_url=webhook_url
+            )
+            request = pb.WatchRequest(new=new, after_event_id=after_event_id)
+        return WatchEvents(self, request, reconnect_s)
+
+    def list_watches(self) -> list[WatchSummary]:
+        response = self._unary(lambda stub: stub.ListWatches, pb.ListWatchesRequest(), idempotent=True)
+        return [WatchSummary.from_proto(w) for w in response.watches]
+
+    def delete_watch(self, watch_id: str) -> WatchSummary:
+        request = pb.DeleteWatchRequest(watch_id=watch_id)
+        return WatchSummary.from_proto(self._unary(lambda stub: stub.DeleteWatch, request, idempotent=False))
 
     def get_stream(self, stream_id: str) -> StreamSummary:
         request = pb.GetStreamRequest(stream_id=stream_id)

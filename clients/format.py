@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from longwatch.clients.client import AcrossResult, AskResult, EvidenceSpan, StreamSummary
+    from longwatch.clients.client import (
+        AcrossResult,
+        AskResult,
+        EvidenceSpan,
+        StreamSummary,
+        WatchEvent,
+        WatchSummary,
+    )
     from longwatch.clients.webrtc import SendResult
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -115,6 +122,39 @@ def across_json(result: AcrossResult) -> dict[str, Any]:
         "timings": dict(result.timings),
         "model": result.model,
     }
+
+
+def format_watch_start(watch: WatchSummary) -> str:
+    """What `longwatch watch` says first (on stderr): the watch, and how to pick it up again."""
+    where = f"stream {printable(watch.stream_id)}" if watch.stream_id else "every stream of yours"
+    return (
+        f"watching {where} for {printable(watch.question)!r} (watch {watch.watch_id}; "
+        f"pick it up again with `longwatch watch --resume {watch.watch_id} --after LAST_EVENT`)"
+    )
+
+
+def format_watch_event(event: WatchEvent) -> str:
+    """One event a line: "1733390000000-0 yard [4:56 - 5:04] score -36.50: yes"."""
+    span = format_span(event.start_s, event.end_s)
+    return f"{event.event_id} {printable(event.stream_id)} {span} score {event.score:.2f}: {printable(event.answer)}"
+
+
+def format_watches(watches: Sequence[WatchSummary]) -> str:
+    """A table of watches: id, what it watches, its question, chunks checked, events."""
+    if not watches:
+        return "no watches"
+    rows = [
+        (
+            w.watch_id,
+            printable(w.stream_id) or "(all)",
+            printable(w.question),
+            str(w.chunks_checked),
+            str(w.events),
+            "webhook" if w.webhook_url else "",
+        )
+        for w in watches
+    ]
+    return format_table(("watch", "stream", "question", "checked", "events", ""), rows, left_aligned=3)
 
 
 _TABLE_HEADERS = (

@@ -346,7 +346,7 @@ class StoreRetry:
                 wait = min(self.max_wait_s, wait * 2)
 
 
-def _unavailable_as_store_error(fn: Callable[P, T]) -> Callable[P, T]:
+def redis_errors_as_store_errors(fn: Callable[P, T]) -> Callable[P, T]:
     """Map Redis' failures to the store's errors so callers handle one exception tree.
 
     Transport failures are StoreUnavailable; a Redis that refuses writes (OOM at maxmemory, MISCONF
@@ -381,6 +381,22 @@ def _unavailable_as_store_error(fn: Callable[P, T]) -> Callable[P, T]:
             raise
 
     return wrapper
+
+
+def run_transaction(
+    client: redis.Redis | RedisCluster, watch: list[str], body: Callable[[Pipeline], None]
+) -> list[Any]:
+    """Optimistic transaction on `client`: WATCH the keys, run `body` (reads, then multi() and the
+    writes), EXEC; a concurrent write to a watched key runs the body again on fresh reads."""
+    with client.pipeline(transaction=True) as pipe:
+        for _ in range(_MAX_TXN_ATTEMPTS):
+            try:
+                pipe.watch(*watch)
+                body(pipe)
+                return pipe.execute()
+            except redis.WatchError:
+                continue
+    raise StoreError(f"transaction on {watch[0]} lost {_MAX_TXN_ATTEMPTS} races in a row; giving up")
 
 
 def _learn_slots(args: tuple[object, ...]) -> None:
@@ -441,7 +457,7 @@ class RedisChunkStore(ChunkStore):
 
     # --- streams ---------------------------------------------------------------------------------------
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def create_stream(self, record: StreamRecord) -> None:
         keys = StreamKeys(record.stream_id)
         now = time.time()
@@ -463,12 +479,12 @@ class RedisChunkStore(ChunkStore):
 
         self._transact([keys.record], body)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         data = self._r.hgetall(StreamKeys(stream_id).record)
         return record_from_hash(data) if data else None
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def list_streams(self) -> list[StreamRecord]:
         ids = sorted(
             sid
@@ -491,7 +507,7 @@ class RedisChunkStore(ChunkStore):
                 log.warning("stream %r left out of the list: its record is corrupt: %s", sid, _first_line(e))
         return records
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def set_state(self, stream_id: str, state: StreamState, fence: int | None = None) -> None:
         keys = StreamKeys(stream_id)
         fields = {"state": StreamState(state).value, "updated_unix": repr(time.time())}
@@ -504,7 +520,7 @@ class RedisChunkStore(ChunkStore):
 
         self._transact([keys.record, keys.lease], body)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def add_counters(
         self, stream_id: str, counters: IngestCounters, pending: int | None = None, fence: int | None = None
     ) -> None:
@@ -524,12 +540,12 @@ class RedisChunkStore(ChunkStore):
 
         self._transact([keys.record, keys.lease], body)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def frames_pending(self, stream_id: str) -> int:
         value = self._r.hget(StreamKeys(stream_id).record, PENDING_FIELD)
         return max(0, _int_or_none(value) or 0) if value is not None else 0
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def delete_stream(self, stream_id: str) -> int:
         keys = StreamKeys(stream_id)
 
@@ -571,7 +587,7 @@ class RedisChunkStore(ChunkStore):
         self._r.srem(STREAMS_KEY, stream_id)  # last: see the module docstring
         return int(results[0])
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def set_retention(self, stream_id: str, max_age_s: float, max_bytes: int) -> None:
         keys = StreamKeys(stream_id)
 
@@ -585,7 +601,7 @@ class RedisChunkStore(ChunkStore):
 
         self._transact([keys.record], body)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def chunk_ages(self, stream_id: str) -> list[ChunkAge]:
         keys = StreamKeys(stream_id)
         with self._r.pipeline(transaction=False) as pipe:
@@ -627,7 +643,7 @@ class RedisChunkStore(ChunkStore):
             out.append(ChunkAge(i, float(when) if when else fallback, size, cold=all_cold))
         return out
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def drop_chunks(self, stream_id: str, indices: Sequence[int]) -> int:
         keys = StreamKeys(stream_id)
         fields = [str(int(i)) for i in indices]
@@ -680,7 +696,7 @@ class RedisChunkStore(ChunkStore):
             self.cold.delete(stream_id, cold_dropped)  # after Redis let go: a crash leaves a stray file only
         return freed
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def put_ingest_state(self, stream_id: str, blob: bytes, fence: int | None = None) -> None:
         """SET under WATCH of the record, so a stream deleted meanwhile is not half resurrected."""
         keys = StreamKeys(stream_id)
@@ -693,14 +709,14 @@ class RedisChunkStore(ChunkStore):
 
         self._transact([keys.record, keys.lease], body)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def get_ingest_state(self, stream_id: str) -> bytes | None:
         blob = self._r.get(StreamKeys(stream_id).ingest)
         return None if blob is None else bytes(blob)
 
     # --- chunks ----------------------------------------------------------------------------------------
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def commit_chunk(
         self,
         chunk: ChunkCache,
@@ -785,7 +801,7 @@ class RedisChunkStore(ChunkStore):
             )
         return False
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def chunk_spans(self, stream_id: str) -> list[ChunkSpan]:
         """Committed chunks' spans sorted by index; empty for a stream without chunks or record."""
         keys = StreamKeys(stream_id)
@@ -803,11 +819,11 @@ class RedisChunkStore(ChunkStore):
                 ) from None
         return sorted(spans, key=lambda s: s.index)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def get_chunk(self, stream_id: str, index: int) -> ChunkCache:
         return self.get_chunks(stream_id, [index])[0]
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def get_chunks(self, stream_id: str, indices: Sequence[int]) -> list[ChunkCache]:
         """One MGET for all of them; each blob is validated and checked against its key."""
         keys = StreamKeys(stream_id)
@@ -831,7 +847,7 @@ class RedisChunkStore(ChunkStore):
             out.append(chunk)
         return out
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def get_pictures(
         self, stream_id: str, from_s: float, to_s: float, indices: Sequence[int] | None = None
     ) -> list[Picture]:
@@ -846,7 +862,7 @@ class RedisChunkStore(ChunkStore):
         )
         return self._read_pictures(keys, chosen)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def picture_at(self, stream_id: str, at_s: float) -> Picture | None:
         keys = StreamKeys(stream_id)
         every = [(t, i) for i, times in self._all_picture_times(keys).items() for t in times]
@@ -910,7 +926,7 @@ class RedisChunkStore(ChunkStore):
             fields.setdefault(_parse_picture_field(field, keys.pictures)[0], []).append(field)
         return fields
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def picture_times(self, stream_id: str, indices: Sequence[int]) -> dict[int, list[float]]:
         """One HMGET of the chunks' picture times (on every Ask: never a scan of all pictures)."""
         keys = StreamKeys(stream_id)
@@ -936,7 +952,7 @@ class RedisChunkStore(ChunkStore):
             out[n] = checked(self._from_tier(keys, i, where, "chunk"), _sha256(pointer, where), where)
         return out
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def move_to_cold(self, stream_id: str, indices: Sequence[int]) -> int:
         if self.cold is None:
             return 0
@@ -1006,7 +1022,7 @@ class RedisChunkStore(ChunkStore):
 
     # --- ingest leases: one writer per stream across replicas -----------------------------------------
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def acquire_lease(self, stream_id: str, holder: str, ttl_ms: int) -> int:
         keys = StreamKeys(stream_id)
         token = int(self._r.incr(LEASE_TOKENS_KEY))  # its own slot: taken before the transaction
@@ -1025,7 +1041,7 @@ class RedisChunkStore(ChunkStore):
         self._transact([keys.lease], body)
         return token
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def renew_lease(self, stream_id: str, holder: str, token: int, ttl_ms: int) -> bool:
         keys = StreamKeys(stream_id)
         renewed = False
@@ -1041,7 +1057,7 @@ class RedisChunkStore(ChunkStore):
         self._transact([keys.lease], body)
         return renewed
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def release_lease(self, stream_id: str, holder: str, token: int) -> None:
         keys = StreamKeys(stream_id)
 
@@ -1053,12 +1069,12 @@ class RedisChunkStore(ChunkStore):
 
         self._transact([keys.lease], body)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def lease_holder(self, stream_id: str) -> str | None:
         current = _parse_lease(self._r.get(StreamKeys(stream_id).lease))
         return None if current is None else current[0]
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def settle_orphaned(self, stream_id: str, holder: str | None) -> tuple[StreamState, int] | None:
         keys = StreamKeys(stream_id)
         settled: tuple[StreamState, int] | None = None
@@ -1084,11 +1100,11 @@ class RedisChunkStore(ChunkStore):
         self._transact([keys.lease, keys.record], body)
         return settled
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def index_version(self, stream_id: str) -> str:
         return self.index_versions([stream_id])[0]
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def index_versions(self, stream_ids: Sequence[str]) -> list[str]:
         pipe = self._r.pipeline(transaction=False)  # the records are in different slots
         for sid in stream_ids:
@@ -1098,12 +1114,12 @@ class RedisChunkStore(ChunkStore):
             for created, version in pipe.execute()
         ]
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def vector_ids(self, stream_id: str) -> list[int]:
         keys = StreamKeys(stream_id)
         return sorted(i for i in (_int_or_none(f) for f in self._r.hkeys(keys.vectors)) if i is not None)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def vectors_of(self, stream_id: str, indices: Sequence[int]) -> np.ndarray:
         keys = StreamKeys(stream_id)
         wanted = [int(i) for i in indices]
@@ -1116,7 +1132,7 @@ class RedisChunkStore(ChunkStore):
         ]
         return np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)  # (n, dim)
 
-    @_unavailable_as_store_error
+    @redis_errors_as_store_errors
     def retrieval_vectors(self, stream_id: str) -> tuple[list[int], np.ndarray]:
         """Every committed chunk's vector; (n, dim) float32, or (0, 0) for a stream without chunks."""
         keys = StreamKeys(stream_id)
@@ -1161,27 +1177,13 @@ class RedisChunkStore(ChunkStore):
         """
         if confirm and self.commit_replicas:
             return self._transact_confirmed(watch, body)
-        return self._run_transaction(self._r, watch, body)
-
-    @staticmethod
-    def _run_transaction(
-        client: redis.Redis | RedisCluster, watch: list[str], body: Callable[[Pipeline], None]
-    ) -> list[Any]:
-        with client.pipeline(transaction=True) as pipe:
-            for _ in range(_MAX_TXN_ATTEMPTS):
-                try:
-                    pipe.watch(*watch)
-                    body(pipe)
-                    return pipe.execute()
-                except redis.WatchError:
-                    continue
-        raise StoreError(f"transaction on {watch[0]} lost {_MAX_TXN_ATTEMPTS} races in a row; giving up")
+        return run_transaction(self._r, watch, body)
 
     def _transact_confirmed(self, watch: list[str], body: Callable[[Pipeline], None]) -> list[Any]:
         address, pinned = self._take_pinned(watch[0])
         keep = True
         try:
-            results = self._run_transaction(pinned, watch, body)
+            results = run_transaction(pinned, watch, body)
             acked = int(pinned.execute_command("WAIT", self.commit_replicas, self.commit_wait_ms))
         except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError, AskError) as e:
             # The master went away or gave up the slot (a failover): learn who serves it now.

@@ -270,6 +270,90 @@ class AskAcrossResponse(_message.Message):
     model: str
     def __init__(self, results: _Optional[_Iterable[_Union[AskAcrossResult, _Mapping]]] = ..., streams_searched: _Optional[int] = ..., skipped: _Optional[_Iterable[_Union[SkippedStream, _Mapping]]] = ..., timings: _Optional[_Union[AskTimings, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
+class WatchRequest(_message.Message):
+    __slots__ = ("new", "watch_id", "after_event_id")
+    NEW_FIELD_NUMBER: _ClassVar[int]
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    new: NewWatch
+    watch_id: str
+    after_event_id: str
+    def __init__(self, new: _Optional[_Union[NewWatch, _Mapping]] = ..., watch_id: _Optional[str] = ..., after_event_id: _Optional[str] = ...) -> None: ...
+
+class NewWatch(_message.Message):
+    __slots__ = ("stream_id", "question", "match", "webhook_url")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    question: str
+    match: str
+    webhook_url: str
+    def __init__(self, stream_id: _Optional[str] = ..., question: _Optional[str] = ..., match: _Optional[str] = ..., webhook_url: _Optional[str] = ...) -> None: ...
+
+class WatchInfo(_message.Message):
+    __slots__ = ("watch_id", "stream_id", "question", "match", "webhook_url", "created_unix", "chunks_checked", "events", "last_event_id", "webhook_delivered_id")
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_DELIVERED_ID_FIELD_NUMBER: _ClassVar[int]
+    watch_id: str
+    stream_id: str
+    question: str
+    match: str
+    webhook_url: str
+    created_unix: float
+    chunks_checked: int
+    events: int
+    last_event_id: str
+    webhook_delivered_id: str
+    def __init__(self, watch_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., question: _Optional[str] = ..., match: _Optional[str] = ..., webhook_url: _Optional[str] = ..., created_unix: _Optional[float] = ..., chunks_checked: _Optional[int] = ..., events: _Optional[int] = ..., last_event_id: _Optional[str] = ..., webhook_delivered_id: _Optional[str] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("watch", "event_id", "stream_id", "chunk_index", "start_s", "end_s", "answer", "score", "checked_unix")
+    WATCH_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    watch: WatchInfo
+    event_id: str
+    stream_id: str
+    chunk_index: int
+    start_s: float
+    end_s: float
+    answer: str
+    score: float
+    checked_unix: float
+    def __init__(self, watch: _Optional[_Union[WatchInfo, _Mapping]] = ..., event_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., chunk_index: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., answer: _Optional[str] = ..., score: _Optional[float] = ..., checked_unix: _Optional[float] = ...) -> None: ...
+
+class ListWatchesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWatchesResponse(_message.Message):
+    __slots__ = ("watches",)
+    WATCHES_FIELD_NUMBER: _ClassVar[int]
+    watches: _containers.RepeatedCompositeFieldContainer[WatchInfo]
+    def __init__(self, watches: _Optional[_Iterable[_Union[WatchInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteWatchRequest(_message.Message):
+    __slots__ = ("watch_id",)
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    watch_id: str
+    def __init__(self, watch_id: _Optional[str] = ...) -> None: ...
+
 class GetStreamRequest(_message.Message):
     __slots__ = ("stream_id",)
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]

@@ -65,6 +65,21 @@ class LongWatchStub:
                 request_serializer=longwatch__pb2.AskAcrossRequest.SerializeToString,
                 response_deserializer=longwatch__pb2.AskAcrossResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/longwatch.v1.LongWatch/Watch',
+                request_serializer=longwatch__pb2.WatchRequest.SerializeToString,
+                response_deserializer=longwatch__pb2.WatchEvent.FromString,
+                _registered_method=True)
+        self.ListWatches = channel.unary_unary(
+                '/longwatch.v1.LongWatch/ListWatches',
+                request_serializer=longwatch__pb2.ListWatchesRequest.SerializeToString,
+                response_deserializer=longwatch__pb2.ListWatchesResponse.FromString,
+                _registered_method=True)
+        self.DeleteWatch = channel.unary_unary(
+                '/longwatch.v1.LongWatch/DeleteWatch',
+                request_serializer=longwatch__pb2.DeleteWatchRequest.SerializeToString,
+                response_deserializer=longwatch__pb2.WatchInfo.FromString,
+                _registered_method=True)
         self.GetStream = channel.unary_unary(
                 '/longwatch.v1.LongWatch/GetStream',
                 request_serializer=longwatch__pb2.GetStreamRequest.SerializeToString,
@@ -145,6 +160,30 @@ class LongWatchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """A standing question: asked of every chunk committed from now on (in one stream, or every
+        stream of the caller's), an event each time the answer is yes. The watch lives in Redis and is
+        evaluated whether or not anyone is connected; this call creates one (or resumes one, by id,
+        after the last event id its caller saw) and streams its events until the caller hangs up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWatches(self, request, context):
+        """The caller's watches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWatch(self, request, context):
+        """Stop a watch and remove its events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStream(self, request, context):
         """One stream's state and counters; NOT_FOUND when there is no such stream.
         """
@@ -213,6 +252,21 @@ def add_LongWatchServicer_to_server(servicer, server):
                     servicer.AskAcross,
                     request_deserializer=longwatch__pb2.AskAcrossRequest.FromString,
                     response_serializer=longwatch__pb2.AskAcrossResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=longwatch__pb2.WatchRequest.FromString,
+                    response_serializer=longwatch__pb2.WatchEvent.SerializeToString,
+            ),
+            'ListWatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWatches,
+                    request_deserializer=longwatch__pb2.ListWatchesRequest.FromString,
+                    response_serializer=longwatch__pb2.ListWatchesResponse.SerializeToString,
+            ),
+            'DeleteWatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWatch,
+                    request_deserializer=longwatch__pb2.DeleteWatchRequest.FromString,
+                    response_serializer=longwatch__pb2.WatchInfo.SerializeToString,
             ),
             'GetStream': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStream,
@@ -403,6 +457,87 @@ class LongWatch:
             '/longwatch.v1.LongWatch/AskAcross',
             longwatch__pb2.AskAcrossRequest.SerializeToString,
             longwatch__pb2.AskAcrossResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/longwatch.v1.LongWatch/Watch',
+            longwatch__pb2.WatchRequest.SerializeToString,
+            longwatch__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longwatch.v1.LongWatch/ListWatches',
+            longwatch__pb2.ListWatchesRequest.SerializeToString,
+            longwatch__pb2.ListWatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longwatch.v1.LongWatch/DeleteWatch',
+            longwatch__pb2.DeleteWatchRequest.SerializeToString,
+            longwatch__pb2.WatchInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,7 @@ from longwatch.stream.errors import one_line
 from longwatch.stream.http_server import LiveHttpServer
 from longwatch.stream.leases import LeaseKeeper, default_replica_id, settle_orphaned_streams
 from longwatch.stream.metrics import Holdings, register_holdings
+from longwatch.stream.periodic import PeriodicTask
 from longwatch.stream.pipeline import ModelRunner
 from longwatch.stream.ray_ingest import RayPool
 from longwatch.stream.service import SERVICE_NAME, LongWatchService, add_to_server
@@ -49,6 +50,8 @@ from longwatch.stream.settings import (
 )
 from longwatch.stream.sweeper import StorageSweeper
 from longwatch.stream.tls import grpc_credentials, http_context
+from longwatch.stream.watching import WATCH_INTERVAL_S, WatchChecker
+from longwatch.stream.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ class LongWatchServer:
         self._watch_stop: threading.Event | None = None  # the embedded redis-server's watcher
         self._unregister_metrics: Callable[[], None] | None = None
         self.sweeper: StorageSweeper | None = None
+        self.watch_tasks: list[PeriodicTask] = []  # standing questions checked, webhooks delivered
         self.leases: LeaseKeeper | None = None
         self.ray_pool: RayPool | None = None
         self._watcher: threading.Thread | None = None
@@ -157,6 +161,14 @@ class LongWatchServer:
             self.sweeper = StorageSweeper(
                 self.store, service.indexes, keys, s.retention_interval_s, s.hot_window_s, self.leases
             ).start()
+            checker = WatchChecker(runner, self.store, service.watches)
+            webhooks = WebhookSender(service.watches, replica)
+            self.watch_tasks = [
+                PeriodicTask("watch-checker", WATCH_INTERVAL_S, checker.check_round),
+                PeriodicTask("webhooks", WATCH_INTERVAL_S, webhooks.deliver_round),
+            ]
+            for task in self.watch_tasks:
+                task.start()
             self._start_grpc(service)
             self._start_http(service)
         except BaseException:
@@ -279,6 +291,9 @@ class LongWatchServer:
         if self.sweeper is not None:
             self.sweeper.stop()
             self.sweeper = None
+        for task in self.watch_tasks:
+            task.stop()
+        self.watch_tasks = []
         if self.ray_pool is not None:
             try:
                 self.ray_pool.shutdown()

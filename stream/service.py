@@ -18,7 +18,8 @@ from google.protobuf.message import DecodeError, Message
 
 from longwatch.memory.index import IndexRegistry
 from longwatch.memory.records import CorruptData, Picture
-from longwatch.memory.store import ChunkStore
+from longwatch.memory.store import ChunkStore, RedisChunkStore
+from longwatch.memory.watches import RedisWatchStore, WatchEventRecord, WatchRecord, valid_event_id
 from longwatch.proto import longwatch_pb2 as pb
 from longwatch.proto import longwatch_pb2_grpc as pb_grpc
 from longwatch.proto.streams import StreamRecord, StreamState
@@ -49,6 +50,7 @@ from longwatch.stream.ray_ingest import RayPool
 from longwatch.stream.retention import shown
 from longwatch.stream.settings import MAX_FPS, MIN_FPS, LiveConfig, ServiceSettings
 from longwatch.stream.uploads import UploadSpool, upload_name
+from longwatch.stream.watching import new_watch, tenant_watch
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name  # longwatch.v1.LongWatch
 log = logging.getLogger(__name__)
@@ -106,8 +108,12 @@ METHOD_ROLES: dict[str, Role] = {
     "DeleteStream": Role.ADMIN,
     "SetRetention": Role.WRITER,
     "GetFrames": Role.READER,
+    "Watch": Role.READER,  # a webhook needs a writer (checked in Watch)
+    "ListWatches": Role.READER,
+    "DeleteWatch": Role.WRITER,
 }
 MAX_FRAMES = 100  # GetFrames' default and most pictures per call
+WATCH_WAIT_MS = 1000  # how long a Watch call waits for an event before looking at its caller again
 
 
 def _abort_on_error(method: F) -> F:
@@ -205,6 +211,34 @@ def _across_response(caller: Caller, outcome: AcrossOutcome) -> pb.AskAcrossResp
     )
 
 
+def watch_info(caller: Caller, watch: WatchRecord) -> pb.WatchInfo:
+    return pb.WatchInfo(
+        watch_id=caller.public_id(watch.watch_id),
+        stream_id=caller.public_id(watch.stream_id) if watch.stream_id else "",
+        question=watch.question,
+        match=watch.match,
+        webhook_url=watch.webhook_url,
+        created_unix=watch.created_unix,
+        chunks_checked=watch.chunks_checked,
+        events=watch.events,
+        last_event_id=watch.last_event_id,
+        webhook_delivered_id=watch.webhook_delivered_id,
+    )
+
+
+def _watch_event(caller: Caller, event: WatchEventRecord) -> pb.WatchEvent:
+    return pb.WatchEvent(
+        event_id=event.event_id,
+        stream_id=caller.public_id(event.stream_id),
+        chunk_index=event.chunk_index,
+        start_s=event.start_s,
+        end_s=event.end_s,
+        answer=event.answer,
+        score=event.score,
+        checked_unix=event.checked_unix,
+    )
+
+
 def callers_streams(store: ChunkStore, caller: Caller, stream_ids: Sequence[str]) -> list[StreamRecord]:
     """The streams a cross-stream question names (each once, in order; NOT_FOUND for one the caller
     has not), or every stream of the caller's when it names none."""
@@ -298,6 +332,9 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         self._ingesting: set[str] = set()  # streams an IngestFile of this process is feeding
         self._ingesting_lock = threading.Lock()
         self.live = LiveRegistry(settings.ingest, settings.live, runner, store, indexes, leases)
+        if not isinstance(store, RedisChunkStore):
+            raise TypeError("the service needs a RedisChunkStore: watches live beside the streams")
+        self.watches = RedisWatchStore(store.client)
         self.quotas = Quotas(self.keys, store, self.live)
         self.answerer = QuestionAnswerer(
             runner,
@@ -579,6 +616,70 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         if outcome.results:  # one question: counted once, under the first result's tenant (the caller's)
             metrics.asked(outcome.results[0].stream_id, outcome.timings_ms)
         return _across_response(caller, outcome)
+
+    @_abort_on_error
+    def Watch(
+        self, request: pb.WatchRequest, context: grpc.ServicerContext, caller: Caller
+    ) -> Iterator[pb.WatchEvent]:
+        after = request.after_event_id
+        if not valid_event_id(after):
+            raise BadRequest(f"after_event_id must be an event id such as 1733390000000-0, got {after!r}")
+        kind = request.WhichOneof("kind")
+        if kind == "new":
+            watch = self._new_watch(caller, request.new)
+        elif kind == "watch_id":
+            watch = tenant_watch(self.watches, caller.tenant, caller.stored_id(request.watch_id))
+        else:
+            raise BadRequest("Watch needs `new` (a question to watch for) or `watch_id` (a watch to resume)")
+        yield pb.WatchEvent(watch=watch_info(caller, watch))
+        rounds = 0
+        while context.is_active() and not self.gate.closed:
+            events = self.watches.events_after(watch.watch_id, after, block_ms=WATCH_WAIT_MS)
+            for event in events:
+                yield _watch_event(caller, event)
+                after = event.event_id
+            rounds += 1
+            if not events and rounds % 5 == 0 and self.watches.get(watch.watch_id) is None:
+                raise StreamMissing(f"watch {watch.watch_id!r} was deleted")
+        if self.gate.closed:
+            raise Stopping(
+                f"the server is shutting down: resume watch {watch.watch_id!r} after event {after or 'none'} "
+                "on another server (or this one once it is back)"
+            )
+
+    def _new_watch(self, caller: Caller, new: pb.NewWatch) -> WatchRecord:
+        if new.webhook_url:
+            caller.require(Role.WRITER, "create a watch with a webhook")
+        stream_id = ""
+        if new.stream_id:
+            stream_id = caller.stored_id(new.stream_id)
+            self._record(stream_id)  # NOT_FOUND for a stream that is not there (a typo never fires)
+        return new_watch(
+            self.store,
+            self.watches,
+            caller.tenant,
+            stream_id,
+            new.question,
+            new.match,
+            new.webhook_url,
+            self.settings.max_question_chars,
+        )
+
+    @_abort_on_error
+    def ListWatches(
+        self, request: pb.ListWatchesRequest, context: grpc.ServicerContext, caller: Caller
+    ) -> pb.ListWatchesResponse:
+        mine = [w for w in self.watches.list() if w.tenant == caller.tenant]
+        return pb.ListWatchesResponse(watches=[watch_info(caller, w) for w in mine])
+
+    @_abort_on_error
+    def DeleteWatch(
+        self, request: pb.DeleteWatchRequest, context: grpc.ServicerContext, caller: Caller
+    ) -> pb.WatchInfo:
+        watch = tenant_watch(self.watches, caller.tenant, caller.stored_id(request.watch_id))
+        self.watches.delete(watch.watch_id)
+        log.info("watch %s deleted by %s", watch.watch_id, caller.key_id or "the local admin")
+        return watch_info(caller, watch)
 
     @_abort_on_error
     def GetStream(

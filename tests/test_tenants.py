@@ -29,6 +29,7 @@ from longwatch.clients.client import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    WatchSummary,
 )
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.model.train.synthetic import SyntheticFootage, write_video
@@ -106,9 +107,18 @@ def every_call(c: LongWatchClient, stream_id: str, video: Path) -> dict[str, Any
         "AskStream": lambda: list(c.ask_stream(stream_id, "What appeared?")),
         "AskAcross": lambda: c.ask_across("What appeared?", [stream_id], results=1),
         "GetFrames": lambda: c.get_frames(stream_id, 0, 1e9),
+        "Watch": lambda: watch_once(c, stream_id),
+        "ListWatches": lambda: c.list_watches(),
+        "DeleteWatch": lambda: c.delete_watch(watch_once(c, stream_id).watch_id),
         "SetRetention": lambda: c.set_retention(stream_id, max_age_s=0),
         "DeleteStream": lambda: c.delete_stream(stream_id),
     }
+
+
+def watch_once(c: LongWatchClient, stream_id: str) -> WatchSummary:
+    """A new watch on the stream, its call ended once the server answered (the watch stays)."""
+    with c.watch(stream_id, "Did it appear?") as events:
+        return events.first()
 
 
 def test_no_key_or_a_wrong_key_is_unauthenticated_on_every_call_and_health_stays_open(
@@ -131,8 +141,17 @@ def test_no_key_or_a_wrong_key_is_unauthenticated_on_every_call_and_health_stays
 def test_each_role_may_do_what_it_may_and_nothing_more(
     server: LongWatchServer, keys: dict[str, str], videos: dict[str, Path]
 ) -> None:
-    readers = {"ListStreams", "GetStream", "Ask", "AskStream", "AskAcross", "GetFrames"}
-    writers = readers | {"IngestFile", "IngestUpload", "IngestFrames", "SetRetention"}
+    readers = {
+        "ListStreams",
+        "GetStream",
+        "Ask",
+        "AskStream",
+        "AskAcross",
+        "GetFrames",
+        "Watch",
+        "ListWatches",
+    }
+    writers = readers | {"IngestFile", "IngestUpload", "IngestFrames", "SetRetention", "DeleteWatch"}
     allowed = {"reader": readers, "writer": writers, "admin": writers | {"DeleteStream"}}
     for role in ROLES:
         with client(server, keys[f"acme-{role}"]) as c:
@@ -172,7 +191,7 @@ def test_a_tenant_never_sees_another_tenants_streams(
         assert "beta" not in str(across)
         # Another tenant's stream is answered exactly as a stream that does not exist.
         for name, call in every_call(acme, "beta-only", videos["short"]).items():
-            if name in ("ListStreams", "IngestFile", "IngestUpload", "IngestFrames"):
+            if name in ("ListStreams", "IngestFile", "IngestUpload", "IngestFrames", "ListWatches"):
                 continue
             with pytest.raises(NotFound) as other:
                 call()

@@ -1,0 +1,220 @@
+"""Standing questions: ask each watch's question of every chunk committed to its streams.
+
+Every replica runs a WatchChecker. Each round (every `interval_s`) it reads the watches and the
+streams, and for each watch and stream asks the question of the chunks past the watch's cursor,
+one chunk at a time, from that chunk alone, as an Ask retrieving just it would. An answer that
+starts with the watch's `match` ("yes" by default) is an event. The check is recorded in Redis in
+one transaction that moves the cursor (memory/watches.py): checks survive restarts, and two
+replicas that checked the same chunk record it once. Nothing depends on which replica ingested
+the chunk or on anyone being connected.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import torch
+
+from longwatch.memory.chunk import ChunkCache
+from longwatch.memory.records import ChunkNotFound, CorruptData, StoreError
+from longwatch.memory.store import ChunkStore
+from longwatch.memory.watches import RedisWatchStore, WatchEventRecord, WatchRecord
+from longwatch.model.answer import AnswerStream, question_vector
+from longwatch.proto.streams import StreamRecord, split_stored_id, stored_stream_id
+from longwatch.stream.answering import validate_question
+from longwatch.stream.errors import BadRequest, QuotaExceeded, StreamMissing, one_line
+from longwatch.stream.model_lock import LIVE
+from longwatch.stream.pipeline import ModelRunner
+
+log = logging.getLogger(__name__)
+
+MATCH_TOKENS = 8  # an answer's first words are enough to tell yes from no
+MAX_WATCHES_PER_TENANT = 100
+MAX_MATCH_CHARS = 64
+CHECKS_PER_ROUND = 64  # per round, so one busy archive does not hold up every other watch
+WATCH_INTERVAL_S = 0.5  # how often new chunks are looked for (commits made on any replica)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def answer_matches(answer: str, match: str) -> bool:
+    """Whether the answer starts with the match's words, case and punctuation aside:
+    "Yes." and "yes, a red circle" match "yes"; "no" and "yesterday" do not."""
+    expected = words(match)
+    return bool(expected) and words(answer)[: len(expected)] == expected
+
+
+def check_webhook_url(url: str) -> str:
+    """An http(s) URL with a host, or "" for none; anything else is BadRequest."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest(f"webhook_url must be an http:// or https:// URL with a host, got {url!r}")
+    return url
+
+
+def new_watch(
+    store: ChunkStore,
+    watches: RedisWatchStore,
+    tenant: str,
+    stream_id: str,
+    question: str,
+    match: str,
+    webhook_url: str,
+    max_question_chars: int,
+) -> WatchRecord:
+    """Store a new watch of the tenant's stream (a stored id; "" for all of the tenant's streams),
+    checking only chunks committed from now on."""
+    question = validate_question(question, max_question_chars)
+    match = match.strip() or "yes"
+    if len(match) > MAX_MATCH_CHARS or not words(match):
+        raise BadRequest(f"match must hold a word and be at most {MAX_MATCH_CHARS} characters, got {match!r}")
+    mine = [w for w in watches.list() if w.tenant == tenant]
+    if len(mine) >= MAX_WATCHES_PER_TENANT:
+        raise QuotaExceeded(f"tenant {tenant!r} has {len(mine)} watches, the most it may have: delete one")
+    streams = [r for r in store.list_streams() if split_stored_id(r.stream_id)[0] == tenant]
+    cursors = {
+        r.stream_id: (r.created_unix, r.chunks) for r in streams if not stream_id or r.stream_id == stream_id
+    }
+    watch = WatchRecord(
+        watch_id=stored_stream_id(tenant, f"w{secrets.token_hex(6)}"),
+        tenant=tenant,
+        question=question,
+        stream_id=stream_id,
+        match=match,
+        webhook_url=check_webhook_url(webhook_url),
+        created_unix=round(time.time(), 3),
+    )
+    watches.create(watch, cursors)
+    log.info("watch %s created on %s: %r", watch.watch_id, stream_id or f"every stream of {tenant}", question)
+    return watch
+
+
+def tenant_watch(watches: RedisWatchStore, tenant: str, stored_watch_id: str) -> WatchRecord:
+    """The tenant's watch by its stored id; another tenant's is as missing as none."""
+    watch = watches.get(stored_watch_id)
+    if watch is None or watch.tenant != tenant:
+        raise StreamMissing(f"no watch {stored_watch_id!r}")
+    return watch
+
+
+class WatchChecker:
+    """Checks new chunks against every watch (see the module's docstring); `check_round` is one
+    round, run by a PeriodicTask in the server."""
+
+    def __init__(self, runner: ModelRunner, store: ChunkStore, watches: RedisWatchStore) -> None:
+        self.runner = runner
+        self.store = store
+        self.watches = watches
+        self._question_vectors: dict[str, torch.Tensor] = {}  # watch id -> (retrieval_dim,)
+
+    def check_round(self) -> int:
+        """Check up to CHECKS_PER_ROUND chunks; returns how many were checked. A failure other
+        than the store's is logged and the next round goes on (PeriodicTask logs the store's)."""
+        try:
+            return self._check_round()
+        except StoreError:
+            raise
+        except Exception:  # noqa: BLE001 - one bad round must not end the checking
+            log.exception("watch checking failed this round")
+            return 0
+
+    def _check_round(self) -> int:
+        watches = self.watches.list()
+        if not watches:
+            self._question_vectors.clear()
+            return 0
+        streams = self.store.list_streams()
+        fingerprint = self.runner.lm.fingerprint
+        checked = 0
+        for watch in watches:
+            cursors = self.watches.cursors(watch.watch_id)
+            for record in self._targets(watch, streams):
+                if record.model != fingerprint:
+                    continue  # another model's chunks: not this server's to read
+                # A stream made after the watch is checked from its start; one made before that
+                # the watch has no cursor for (made as the watch was) from its end.
+                start_at = 0 if record.created_unix >= watch.created_unix else record.chunks
+                made, first = cursors.get(record.stream_id, (record.created_unix, start_at))
+                if made != record.created_unix:  # deleted and made again since
+                    first = start_at
+                for index in range(first, record.chunks):
+                    if checked >= CHECKS_PER_ROUND:
+                        return checked
+                    self._check(watch, record, index, start_at)
+                    checked += 1
+        live = {w.watch_id for w in watches}
+        for gone in set(self._question_vectors) - live:
+            del self._question_vectors[gone]
+        return checked
+
+    @staticmethod
+    def _targets(watch: WatchRecord, streams: Sequence[StreamRecord]) -> list[StreamRecord]:
+        if watch.stream_id:
+            return [r for r in streams if r.stream_id == watch.stream_id]
+        return [r for r in streams if split_stored_id(r.stream_id)[0] == watch.tenant]
+
+    def _check(self, watch: WatchRecord, record: StreamRecord, index: int, start_at: int) -> None:
+        event = None
+        try:
+            chunk = self.store.get_chunks(record.stream_id, [index])[0]
+        except (ChunkNotFound, CorruptData) as e:  # dropped by retention since, or unreadable
+            log.info(
+                "watch %s skips chunk %d of %s: %s", watch.watch_id, index, record.stream_id, one_line(e)
+            )
+        else:
+            answer = self._answer(watch.question, chunk)
+            if answer_matches(answer, watch.match):
+                qvec = self._question_vector(watch)
+                event = WatchEventRecord(
+                    stream_id=record.stream_id,
+                    chunk_index=index,
+                    start_s=chunk.start_s,
+                    end_s=chunk.end_s,
+                    answer=answer,
+                    score=float(qvec @ chunk.retrieval.float()),
+                    checked_unix=round(time.time(), 3),
+                )
+        event_id = self.watches.record_check(
+            watch.watch_id, record.stream_id, record.created_unix, index, start_at, event
+        )
+        if event_id:
+            log.info(
+                "watch %s: event %s, %s chunk %d (%.1f-%.1f s): %r",
+                watch.watch_id,
+                event_id,
+                record.stream_id,
+                index,
+                event.start_s if event else 0.0,
+                event.end_s if event else 0.0,
+                event.answer if event else "",
+            )
+
+    def _answer(self, question: str, chunk: ChunkCache) -> str:
+        """The answer from this chunk alone; the model is held step by step, as Ask holds it."""
+        stream = AnswerStream(self.runner.lm, [chunk], question, MATCH_TOKENS)
+        steps = iter(stream)
+        try:
+            while True:
+                with self.runner.lock.hold(LIVE):
+                    if next(steps, None) is None:
+                        break
+        finally:
+            steps.close()
+        return stream.text
+
+    def _question_vector(self, watch: WatchRecord) -> torch.Tensor:
+        qvec = self._question_vectors.get(watch.watch_id)
+        if qvec is None:
+            with self.runner.lock.hold(LIVE):
+                qvec = question_vector(self.runner.lm, watch.question).float()
+            self._question_vectors[watch.watch_id] = qvec
+        return qvec
