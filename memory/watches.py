@@ -7,7 +7,9 @@ is ever a watch's); the set `lw:watches` names them all.
     lw:{w:ID}:cursor   hash: stream id -> "<its created_unix>:<the next chunk index to check>"
                        (a stream deleted and made again under its id starts again from 0)
     lw:{w:ID}:events   Redis stream: one entry per event, its id the event id
-    lw:{w:ID}:webhook  the replica delivering its webhook now (SET NX PX)
+    lw:{w:ID}:checker  the replica checking its chunks now (SET NX PX; another takes over when
+                       it lapses)
+    lw:{w:ID}:webhook  the replica delivering its webhook now (likewise)
 
 A check is recorded in one transaction that moves the stream's cursor past the chunk and adds
 the event, if any, only if the cursor still stood at that chunk: two replicas checking the same
@@ -30,6 +32,7 @@ from longwatch.memory.store import redis_errors_as_store_errors, run_transaction
 WATCHES_KEY = "lw:watches"
 MAX_EVENTS_KEPT = 10_000  # per watch; the oldest are trimmed past this
 EVENT_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
+DUTIES = ("checker", "webhook")
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,11 @@ class WatchKeys:
     def events(self) -> str:
         return f"{self.prefix}:events"
 
-    @property
-    def webhook(self) -> str:
-        return f"{self.prefix}:webhook"
+    def claim(self, duty: str) -> str:
+        """The key of a duty one replica at a time does for the watch: "checker" or "webhook"."""
+        if duty not in DUTIES:
+            raise ValueError(f"duty must be one of {DUTIES}, got {duty!r}")
+        return f"{self.prefix}:{duty}"
 
 
 def valid_event_id(event_id: str) -> bool:
@@ -160,7 +165,7 @@ class RedisWatchStore:
     @redis_errors_as_store_errors
     def delete(self, watch_id: str) -> bool:
         keys = WatchKeys(watch_id)
-        removed = self._r.delete(keys.watch, keys.cursor, keys.events, keys.webhook)
+        removed = self._r.delete(keys.watch, keys.cursor, keys.events, *(keys.claim(d) for d in DUTIES))
         self._r.srem(WATCHES_KEY, watch_id)
         return bool(removed)
 
@@ -231,10 +236,10 @@ class RedisWatchStore:
             self._r.hset(keys.watch, "webhook_delivered_id", event_id)
 
     @redis_errors_as_store_errors
-    def claim_delivery(self, watch_id: str, holder: str, ttl_ms: int) -> bool:
-        """Whether `holder` delivers the watch's webhook for the next ttl_ms: taken when free,
-        extended when it is the holder's already."""
-        key = WatchKeys(watch_id).webhook
+    def claim(self, watch_id: str, duty: str, holder: str, ttl_ms: int) -> bool:
+        """Whether `holder` does the watch's `duty` ("checker", "webhook") for the next ttl_ms:
+        taken when free or lapsed, extended when it is the holder's already."""
+        key = WatchKeys(watch_id).claim(duty)
         if self._r.set(key, holder, nx=True, px=ttl_ms):
             return True
         if (self._r.get(key) or b"").decode() == holder:

@@ -9,6 +9,10 @@ own event loop in a thread of the service process. Routes:
     GET  /api/streams/{id}  one stream
     GET  /api/streams/{id}/frames, /frames/{t}, /timeline, /video   its pictures, chunks, a link
                             to play its file (stream/media.py); GET /media/{token} plays it
+    GET  /api/watches       the caller's watches
+    POST /api/watches       {"stream_id"? ("" or none: all of yours), "question", "match"?, "webhook_url"?}
+    DELETE /api/watches/ID  delete a watch
+    GET  /api/watches/ID/events   server-sent events, one per watch event (resume: Last-Event-ID)
     POST /api/ask           {"stream_id", "question", "top_k"?, "max_new_tokens"?, "score_margin"?}
                             -> {"answer", "evidence": [{start_s, end_s, score, chunk_index}], ...}
                             or {"streams": [ids] ([]: all of yours), "question", "results"?, ...}
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import json
 import logging
 import math
 import ssl
@@ -40,6 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from longwatch.clients.ice import check_bindable
 from longwatch.memory.store import ChunkStore
+from longwatch.memory.watches import RedisWatchStore, WatchRecord, valid_event_id
 from longwatch.proto.streams import LOCAL_TENANT, StreamRecord
 from longwatch.stream import metrics
 from longwatch.stream.across import DEFAULT_RESULTS, AcrossOutcome, AcrossParams, ask_across
@@ -60,6 +66,8 @@ from longwatch.stream.pictures import PICTURE_FORMAT
 from longwatch.stream.quotas import Quotas
 from longwatch.stream.retention import shown
 from longwatch.stream.service import callers_streams, find_pictures
+from longwatch.stream.watching import tenant_watch, watch_for
+from longwatch.stream.webhooks import event_json
 from longwatch.stream.webrtc import WebRTCIngest
 
 log = logging.getLogger(__name__)
@@ -121,6 +129,22 @@ def across_json(caller: Caller, outcome: AcrossOutcome) -> dict[str, Any]:
         ],
         "timings": outcome.timings_ms,
         "model": outcome.model,
+    }
+
+
+def watch_json(caller: Caller, watch: WatchRecord) -> dict[str, Any]:
+    """The same shape `longwatch watches --json` prints."""
+    return {
+        "watch_id": caller.public_id(watch.watch_id),
+        "stream_id": caller.public_id(watch.stream_id) if watch.stream_id else "",
+        "question": watch.question,
+        "match": watch.match,
+        "webhook_url": watch.webhook_url,
+        "created_unix": watch.created_unix,
+        "chunks_checked": watch.chunks_checked,
+        "events": watch.events,
+        "last_event_id": watch.last_event_id,
+        "webhook_delivered_id": watch.webhook_delivered_id,
     }
 
 
@@ -230,8 +254,13 @@ class LiveHttpServer:
         ssl_context: ssl.SSLContext | None = None,
         quotas: Quotas | None = None,
         ingest_roots: tuple[Path, ...] = (),
+        watches: RedisWatchStore | None = None,
+        max_question_chars: int = 1000,
     ) -> None:
         self.host, self.port = host, port
+        self.watches = watches
+        self.max_question_chars = max_question_chars
+        self._closing = False  # set at stop: event streams end
         self.keys = keys or KeyRing(None)
         self.ssl_context = ssl_context
         self.quotas = quotas or Quotas(self.keys, store, registry)
@@ -285,6 +314,10 @@ class LiveHttpServer:
                 web.get("/media/{token}", self._media),
                 web.get("/api/streams/{stream_id}/frames/{at}", self._frame),
                 web.post("/api/ask", self._ask),
+                web.get("/api/watches", self._list_watches),
+                web.post("/api/watches", self._new_watch),
+                web.delete("/api/watches/{watch_id}", self._delete_watch),
+                web.get("/api/watches/{watch_id}/events", self._watch_events),
                 web.get("/metrics", self._metrics),
                 web.static("/static", static_dir()),
             ]
@@ -299,6 +332,7 @@ class LiveHttpServer:
         return int(self._runner.addresses[0][1])
 
     async def _shutdown(self) -> None:
+        self._closing = True
         await self.webrtc.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -490,6 +524,77 @@ class LiveHttpServer:
                 pass
         metrics.asked(params.stream_id, outcome.timings_ms)
         return outcome
+
+    # --- watches ---
+
+    def _watch_store(self) -> RedisWatchStore:
+        if self.watches is None:
+            raise StreamMissing("this server keeps no watches")
+        return self.watches
+
+    async def _list_watches(self, request: web.Request) -> web.Response:
+        caller = self._caller(request, Role.READER, "list watches")
+        watches = await asyncio.to_thread(self._watch_store().list)
+        return web.json_response([watch_json(caller, w) for w in watches if w.tenant == caller.tenant])
+
+    async def _new_watch(self, request: web.Request) -> web.Response:
+        caller = self._caller(request, Role.READER, "watch streams")
+        body = await _json_body(request)
+        question = body.get("question")
+        if not isinstance(question, str):
+            raise BadRequest("question must be a string")
+        watch = await asyncio.to_thread(
+            watch_for,
+            caller,
+            self.store,
+            self._watch_store(),
+            _optional_str(body, "stream_id") or "",
+            question,
+            _optional_str(body, "match") or "",
+            _optional_str(body, "webhook_url") or "",
+            self.max_question_chars,
+        )
+        return web.json_response(watch_json(caller, watch), status=201)
+
+    async def _delete_watch(self, request: web.Request) -> web.Response:
+        caller = self._caller(request, Role.WRITER, "delete watches")
+        watch = await asyncio.to_thread(self._callers_watch, caller, request.match_info["watch_id"])
+        await asyncio.to_thread(self._watch_store().delete, watch.watch_id)
+        return web.json_response(watch_json(caller, watch))
+
+    def _callers_watch(self, caller: Caller, watch_id: str) -> WatchRecord:
+        return tenant_watch(self._watch_store(), caller.tenant, caller.stored_id(watch_id))
+
+    async def _watch_events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: `id: EVENT_ID`, `event: watch`, `data: {event JSON}` each; a browser's
+        EventSource resumes by itself after the last id it saw (Last-Event-ID), and so may anyone
+        (or ?after=ID). A comment every 15 s keeps proxies from closing a quiet stream."""
+        caller = self._caller(request, Role.READER, "watch streams")
+        watch = await asyncio.to_thread(self._callers_watch, caller, request.match_info["watch_id"])
+        after = request.headers.get("Last-Event-ID") or request.query.get("after", "")
+        if not valid_event_id(after):
+            raise BadRequest(f"the last event id must look like 1733390000000-0, got {after!r}")
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        store = self._watch_store()
+        quiet = 0.0
+        while not self._closing and request.transport is not None and not request.transport.is_closing():
+            events = await asyncio.to_thread(store.events_after, watch.watch_id, after, 100, 1000)
+            for event in events:
+                data = json.dumps(event_json(watch, event))
+                await response.write(f"id: {event.event_id}\nevent: watch\ndata: {data}\n\n".encode())
+                after = event.event_id
+            quiet = 0.0 if events else quiet + 1.0
+            if quiet >= 15:
+                await response.write(b": still watching\n\n")
+                quiet = 0.0
+        return response
 
     def _check_live(self, caller: Caller, stored_id: str) -> None:
         self.quotas.check_live(caller)

@@ -161,7 +161,7 @@ class LongWatchServer:
             self.sweeper = StorageSweeper(
                 self.store, service.indexes, keys, s.retention_interval_s, s.hot_window_s, self.leases
             ).start()
-            checker = WatchChecker(runner, self.store, service.watches)
+            checker = WatchChecker(runner, self.store, service.watches, replica)
             webhooks = WebhookSender(service.watches, replica)
             self.watch_tasks = [
                 PeriodicTask("watch-checker", WATCH_INTERVAL_S, checker.check_round),
@@ -259,6 +259,8 @@ class LongWatchServer:
             ssl_context=http_context(s.security) if s.security.tls else None,
             quotas=service.quotas,
             ingest_roots=s.security.ingest_roots,
+            watches=service.watches,
+            max_question_chars=s.max_question_chars,
         )
         self.http_port = self.http.start()
 

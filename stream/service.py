@@ -50,7 +50,7 @@ from longwatch.stream.ray_ingest import RayPool
 from longwatch.stream.retention import shown
 from longwatch.stream.settings import MAX_FPS, MIN_FPS, LiveConfig, ServiceSettings
 from longwatch.stream.uploads import UploadSpool, upload_name
-from longwatch.stream.watching import new_watch, tenant_watch
+from longwatch.stream.watching import tenant_watch, watch_for
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LongWatch"].full_name  # longwatch.v1.LongWatch
 log = logging.getLogger(__name__)
@@ -626,7 +626,17 @@ class LongWatchService(pb_grpc.LongWatchServicer):
             raise BadRequest(f"after_event_id must be an event id such as 1733390000000-0, got {after!r}")
         kind = request.WhichOneof("kind")
         if kind == "new":
-            watch = self._new_watch(caller, request.new)
+            new = request.new
+            watch = watch_for(
+                caller,
+                self.store,
+                self.watches,
+                new.stream_id,
+                new.question,
+                new.match,
+                new.webhook_url,
+                self.settings.max_question_chars,
+            )
         elif kind == "watch_id":
             watch = tenant_watch(self.watches, caller.tenant, caller.stored_id(request.watch_id))
         else:
@@ -646,24 +656,6 @@ class LongWatchService(pb_grpc.LongWatchServicer):
                 f"the server is shutting down: resume watch {watch.watch_id!r} after event {after or 'none'} "
                 "on another server (or this one once it is back)"
             )
-
-    def _new_watch(self, caller: Caller, new: pb.NewWatch) -> WatchRecord:
-        if new.webhook_url:
-            caller.require(Role.WRITER, "create a watch with a webhook")
-        stream_id = ""
-        if new.stream_id:
-            stream_id = caller.stored_id(new.stream_id)
-            self._record(stream_id)  # NOT_FOUND for a stream that is not there (a typo never fires)
-        return new_watch(
-            self.store,
-            self.watches,
-            caller.tenant,
-            stream_id,
-            new.question,
-            new.match,
-            new.webhook_url,
-            self.settings.max_question_chars,
-        )
 
     @_abort_on_error
     def ListWatches(

@@ -1,11 +1,13 @@
 """Standing questions: ask each watch's question of every chunk committed to its streams.
 
-Every replica runs a WatchChecker. Each round (every `interval_s`) it reads the watches and the
-streams, and for each watch and stream asks the question of the chunks past the watch's cursor,
+Every replica runs a WatchChecker; each watch is checked by one replica at a time (a claim in
+Redis, renewed each round, taken over when it lapses). Each round (every WATCH_INTERVAL_S) it
+reads the watches and the streams, and for each watch it holds and each of its streams asks the
+question of the chunks past the watch's cursor,
 one chunk at a time, from that chunk alone, as an Ask retrieving just it would. An answer that
 starts with the watch's `match` ("yes" by default) is an event. The check is recorded in Redis in
-one transaction that moves the cursor (memory/watches.py): checks survive restarts, and two
-replicas that checked the same chunk record it once. Nothing depends on which replica ingested
+one transaction that moves the cursor (memory/watches.py): checks survive restarts, and even two
+replicas that checked the same chunk (one whose claim lapsed mid-round) record it once. Nothing depends on which replica ingested
 the chunk or on anyone being connected.
 """
 
@@ -27,6 +29,7 @@ from longwatch.memory.watches import RedisWatchStore, WatchEventRecord, WatchRec
 from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.proto.streams import StreamRecord, split_stored_id, stored_stream_id
 from longwatch.stream.answering import validate_question
+from longwatch.stream.auth import Caller, Role
 from longwatch.stream.errors import BadRequest, QuotaExceeded, StreamMissing, one_line
 from longwatch.stream.model_lock import LIVE
 from longwatch.stream.pipeline import ModelRunner
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 MATCH_TOKENS = 8  # an answer's first words are enough to tell yes from no
 MAX_WATCHES_PER_TENANT = 100
 MAX_MATCH_CHARS = 64
+CHECKER_CLAIM_MS = 5000  # a replica that stops checking a watch hands it on after this
 CHECKS_PER_ROUND = 64  # per round, so one busy archive does not hold up every other watch
 WATCH_INTERVAL_S = 0.5  # how often new chunks are looked for (commits made on any replica)
 
@@ -98,6 +102,29 @@ def new_watch(
     return watch
 
 
+def watch_for(
+    caller: Caller,
+    store: ChunkStore,
+    watches: RedisWatchStore,
+    stream_id: str,
+    question: str,
+    match: str,
+    webhook_url: str,
+    max_question_chars: int,
+) -> WatchRecord:
+    """A new watch as a caller asks for it (gRPC Watch, POST /api/watches): its stream by the id the
+    caller knows ("" for all of its streams; one that does not exist is StreamMissing, so a typo
+    never waits in silence), a webhook only for a writer."""
+    if webhook_url:
+        caller.require(Role.WRITER, "create a watch with a webhook")
+    stored = ""
+    if stream_id:
+        stored = caller.stored_id(stream_id)
+        if store.get_stream(stored) is None:
+            raise StreamMissing(f"no stream {stored!r}")
+    return new_watch(store, watches, caller.tenant, stored, question, match, webhook_url, max_question_chars)
+
+
 def tenant_watch(watches: RedisWatchStore, tenant: str, stored_watch_id: str) -> WatchRecord:
     """The tenant's watch by its stored id; another tenant's is as missing as none."""
     watch = watches.get(stored_watch_id)
@@ -110,10 +137,11 @@ class WatchChecker:
     """Checks new chunks against every watch (see the module's docstring); `check_round` is one
     round, run by a PeriodicTask in the server."""
 
-    def __init__(self, runner: ModelRunner, store: ChunkStore, watches: RedisWatchStore) -> None:
+    def __init__(self, runner: ModelRunner, store: ChunkStore, watches: RedisWatchStore, holder: str) -> None:
         self.runner = runner
         self.store = store
         self.watches = watches
+        self.holder = holder  # this replica, in the watches' checker claims
         self._question_vectors: dict[str, torch.Tensor] = {}  # watch id -> (retrieval_dim,)
 
     def check_round(self) -> int:
@@ -136,6 +164,8 @@ class WatchChecker:
         fingerprint = self.runner.lm.fingerprint
         checked = 0
         for watch in watches:
+            if not self.watches.claim(watch.watch_id, "checker", self.holder, CHECKER_CLAIM_MS):
+                continue  # another replica checks this one; it takes over if that one stops
             cursors = self.watches.cursors(watch.watch_id)
             for record in self._targets(watch, streams):
                 if record.model != fingerprint:

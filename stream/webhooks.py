@@ -69,7 +69,7 @@ class WebhookSender:
             backoff = self._backoff.setdefault(watch.watch_id, _Backoff())
             if time.monotonic() < backoff.next_try:
                 continue
-            if not self.watches.claim_delivery(watch.watch_id, self.holder, CLAIM_TTL_MS):
+            if not self.watches.claim(watch.watch_id, "webhook", self.holder, CLAIM_TTL_MS):
                 continue  # another replica delivers it
             for event in self.watches.events_after(
                 watch.watch_id, watch.webhook_delivered_id, EVENTS_PER_ROUND

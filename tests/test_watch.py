@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -301,3 +303,91 @@ def test_the_cli_prints_a_line_per_event_and_lists_and_deletes_watches(
     assert capsys.readouterr().out.strip() == "no watches"
     with pytest.raises(SystemExit):
         main.main(["--server", target, "watch", "cam"])  # no question
+
+
+def http(
+    server: LongWatchServer, method: str, path: str, body: Any = None, headers: dict | None = None
+) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    return urllib.request.urlopen(request, timeout=30)
+
+
+def sse_events(reply: Any, n: int) -> list[tuple[str, dict]]:
+    """The next n server-sent events of an open reply: (id, data)."""
+    events: list[tuple[str, dict]] = []
+    event_id, data = "", ""
+    while len(events) < n:
+        line = reply.readline().decode().rstrip("\n")
+        if line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "" and data:
+            events.append((event_id, json.loads(data)))
+            event_id, data = "", ""
+    return events
+
+
+def test_the_http_api_makes_watches_and_streams_their_events(
+    server: LongWatchServer, needles: list[tuple[NeedleVideo, Path]]
+) -> None:
+    video, path = needles[1]
+    with http(
+        server, "POST", "/api/watches", {"question": QUESTION, "match": video.needle.phrase()}
+    ) as reply:
+        assert reply.status == 201
+        watch = json.loads(reply.read())
+    assert watch["stream_id"] == "" and watch["question"] == QUESTION
+    with connect(server) as c:
+        list(c.ingest_file("web1", path=path))
+        list(c.ingest_file("web2", path=path))
+    events_path = f"/api/watches/{watch['watch_id']}/events"
+    with http(server, "GET", events_path) as reply:
+        assert reply.headers["Content-Type"].startswith("text/event-stream")
+        (first_id, first), (second_id, second) = sse_events(reply, 2)
+    assert (first["stream_id"], second["stream_id"]) == ("web1", "web2")
+    assert first["event_id"] == first_id and first["answer"] == video.needle.phrase()
+    # A browser's EventSource resumes with Last-Event-ID: only what came after.
+    with http(server, "GET", events_path, headers={"Last-Event-ID": first_id}) as reply:
+        assert sse_events(reply, 1)[0][0] == second_id
+    with http(server, "GET", "/api/watches") as reply:
+        (listed,) = json.loads(reply.read())
+    assert listed["events"] == 2 and listed["last_event_id"] == second_id
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        http(server, "GET", events_path, headers={"Last-Event-ID": "soon"})
+    assert bad.value.code == 400 and "last event id" in json.loads(bad.value.read())["error"]
+    with http(server, "DELETE", f"/api/watches/{watch['watch_id']}") as reply:
+        assert json.loads(reply.read())["watch_id"] == watch["watch_id"]
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        http(server, "GET", events_path)
+    assert gone.value.code == 404
+
+
+def test_the_browser_page_makes_a_watch_and_shows_its_events_as_they_come(
+    server: LongWatchServer, needles: list[tuple[NeedleVideo, Path]]
+) -> None:
+    from browser import chromium_driver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    video, path = needles[2]
+    driver = chromium_driver()
+    try:
+        driver.get(f"http://127.0.0.1:{server.http_port}/")
+        driver.find_element(By.ID, "watch-question").send_keys(QUESTION)
+        driver.find_element(By.ID, "watch-match").send_keys(video.needle.phrase())
+        driver.find_element(By.ID, "watch").click()
+        WebDriverWait(driver, 30).until(lambda d: "following" in d.find_element(By.ID, "watch-status").text)
+        with connect(server) as c:
+            list(c.ingest_file("page", path=path))
+        item = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#watch-events li"))
+        assert item[0].text.startswith("page · 0:16 – 0:24") and video.needle.phrase() in item[0].text
+        options = [o.text for o in driver.find_elements(By.CSS_SELECTOR, "#watches option")]
+        assert any(QUESTION in o for o in options)
+    finally:
+        driver.quit()

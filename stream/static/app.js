@@ -1,5 +1,6 @@
 // The longwatch browser client: send the camera over WebRTC, ask questions, list streams.
-// Talks to the service's HTTP side only: POST /offer, POST /api/ask, GET /api/streams.
+// Talks to the service's HTTP side only: POST /offer, POST /api/ask, GET /api/streams,
+// /api/watches and a watch's events.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -332,11 +333,125 @@ async function refreshStreams() {
   }
 }
 
+// --- watching ------------------------------------------------------------------------------
+
+// The followed watch's events come as server-sent events. EventSource cannot send the API key, so
+// the stream is read with fetch; after a break it resumes with Last-Event-ID: nothing is missed or
+// shown twice.
+let following = null; // {id, controller, lastEventId}
+
+async function createWatch(event) {
+  event.preventDefault();
+  showError("");
+  try {
+    const watch = await api("POST", "/api/watches", {
+      stream_id: $("watch-stream").value.trim(),
+      question: $("watch-question").value,
+      match: $("watch-match").value.trim(),
+    });
+    await refreshWatches();
+    follow(watch.watch_id);
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function refreshWatches() {
+  const watches = await api("GET", "/api/watches");
+  const select = $("watches");
+  const chosen = following ? following.id : select.value;
+  select.replaceChildren(new Option("your watches…", ""));
+  for (const w of watches) {
+    const where = w.stream_id || "all streams";
+    select.add(new Option(`${w.watch_id} · ${where} · ${w.question} (${w.events} events)`, w.watch_id));
+  }
+  select.value = chosen;
+}
+
+function follow(watchId) {
+  if (following) following.controller.abort();
+  $("watch-events").replaceChildren();
+  $("watches").value = watchId;
+  $("unwatch").disabled = !watchId;
+  following = null;
+  if (!watchId) return;
+  following = { id: watchId, controller: new AbortController(), lastEventId: "" };
+  $("watch-status").textContent = `following ${watchId}: its events since it began, then as they come`;
+  readEvents(following).catch(() => {});
+}
+
+async function readEvents(state) {
+  while (following === state) {
+    try {
+      const headers = {};
+      const key = sessionStorage.getItem(KEY_ITEM);
+      if (key) headers.Authorization = `Bearer ${key}`;
+      if (state.lastEventId) headers["Last-Event-ID"] = state.lastEventId;
+      const path = `/api/watches/${encodeURIComponent(state.id)}/events`;
+      const response = await fetch(path, { headers, signal: state.controller.signal });
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        throw new Error(body.error || `${path}: HTTP ${response.status}`);
+      }
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          showWatchEvent(state, buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+        }
+      }
+    } catch (e) {
+      if (state.controller.signal.aborted) return;
+      $("watch-status").textContent = `${e.message}; trying again`;
+    }
+    await new Promise((r) => setTimeout(r, 2000)); // the server went away: resume after the last event
+  }
+}
+
+function showWatchEvent(state, block) {
+  let id = "";
+  let data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("id: ")) id = line.slice(4);
+    else if (line.startsWith("data: ")) data += line.slice(6);
+  }
+  if (!data || following !== state) return;
+  state.lastEventId = id;
+  const e = JSON.parse(data);
+  const item = document.createElement("li");
+  item.className = "span";
+  item.textContent = `${e.stream_id} · ${formatTime(e.start_s)} – ${formatTime(e.end_s)} · ` +
+    `score ${e.score.toFixed(2)} · ${printable(e.answer)}`;
+  item.title = `event ${e.event_id}, chunk ${e.chunk_index}`;
+  $("watch-events").prepend(item);
+}
+
+async function deleteWatch() {
+  const id = $("watches").value;
+  if (!id) return;
+  try {
+    await api("DELETE", `/api/watches/${encodeURIComponent(id)}`);
+    follow("");
+    await refreshWatches();
+    $("watch-status").textContent = `deleted ${id}`;
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
 // --- wiring --------------------------------------------------------------------------------
 
 $("send-form").addEventListener("submit", start);
 $("stop").addEventListener("click", stop);
 $("ask-form").addEventListener("submit", ask);
+$("watch-form").addEventListener("submit", createWatch);
+$("watches").addEventListener("change", (e) => follow(e.target.value));
+$("unwatch").addEventListener("click", deleteWatch);
 $("lightbox").addEventListener("click", () => { $("lightbox").hidden = true; });
 window.addEventListener("beforeunload", () => { if (pc) pc.close(); });
 
@@ -352,3 +467,4 @@ if (!window.RTCPeerConnection || !navigator.mediaDevices) {
 }
 refreshStreams();
 setInterval(refreshStreams, STREAMS_MS);
+refreshWatches().catch(() => {});
