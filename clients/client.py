@@ -304,6 +304,7 @@ class WatchEvent:
     answer: str
     score: float
     checked_unix: float
+    pending: bool = False  # from frames not yet in a chunk (the span is the chunk so far)
 
     @classmethod
     def from_proto(cls, watch_id: str, event: pb.WatchEvent) -> WatchEvent:
@@ -317,6 +318,7 @@ class WatchEvent:
             answer=event.answer,
             score=float(f"{event.score:.7g}"),
             checked_unix=event.checked_unix,
+            pending=event.pending,
         )
 
     def to_json_dict(self) -> dict[str, Any]:

@@ -134,8 +134,11 @@ def format_watch_start(watch: WatchSummary) -> str:
 
 
 def format_watch_event(event: WatchEvent) -> str:
-    """One event a line: "1733390000000-0 yard [4:56 - 5:04] score -36.50: yes"."""
+    """One event a line: "1733390000000-0 yard [4:56 - 5:04] score -36.50: yes" ("[4:56 - 5:01 so
+    far]" for one told before its chunk was committed)."""
     span = format_span(event.start_s, event.end_s)
+    if event.pending:
+        span = span[:-1] + " so far]"
     return f"{event.event_id} {printable(event.stream_id)} {span} score {event.score:.2f}: {printable(event.answer)}"
 
 

@@ -5,7 +5,8 @@ is ever a watch's); the set `lw:watches` names them all.
 
     lw:{w:ID}:watch    hash: the watch (stream, tenant, question, match, webhook, counters)
     lw:{w:ID}:cursor   hash: stream id -> "<its created_unix>:<the next chunk index to check>"
-                       (a stream deleted and made again under its id starts again from 0)
+                       (a stream deleted and made again under its id starts again from 0), and
+                       "p:<stream id>" -> the chunk a pending (uncommitted) event was told for
     lw:{w:ID}:events   Redis stream: one entry per event, its id the event id
     lw:{w:ID}:checker  the replica checking its chunks now (SET NX PX; another takes over when
                        it lapses)
@@ -13,7 +14,9 @@ is ever a watch's); the set `lw:watches` names them all.
 
 A check is recorded in one transaction that moves the stream's cursor past the chunk and adds
 the event, if any, only if the cursor still stood at that chunk: two replicas checking the same
-chunk record it once, and a restart never checks a recorded chunk again.
+chunk record it once, and a restart never checks a recorded chunk again. An event told from a
+live stream's frames before their chunk was committed (pending) marks that chunk, and the
+chunk's own check then adds no second event.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ WATCHES_KEY = "lw:watches"
 MAX_EVENTS_KEPT = 10_000  # per watch; the oldest are trimmed past this
 EVENT_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
 DUTIES = ("checker", "webhook")
+PENDING_PREFIX = "p:"  # stream ids hold no colon: no stream's cursor field starts so
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class WatchEventRecord:
     answer: str
     score: float
     checked_unix: float
+    pending: bool = False  # told from frames not yet committed (the chunk's start, so far)
     event_id: str = ""  # given by Redis when added
 
 
@@ -173,7 +178,9 @@ class RedisWatchStore:
     def cursors(self, watch_id: str) -> dict[str, tuple[float, int]]:
         """stream id -> (the stream's created_unix, the next chunk index to check)."""
         raw = self._r.hgetall(WatchKeys(watch_id).cursor)
-        return {k.decode(): _parse_cursor(v) for k, v in raw.items()}
+        return {
+            k.decode(): _parse_cursor(v) for k, v in raw.items() if not k.startswith(PENDING_PREFIX.encode())
+        }
 
     @redis_errors_as_store_errors
     def record_check(
@@ -195,7 +202,7 @@ class RedisWatchStore:
 
         def body(pipe: Pipeline) -> None:
             outcome[0] = None
-            current = pipe.hget(keys.cursor, stream_id)
+            current, told = pipe.hmget(keys.cursor, [stream_id, PENDING_PREFIX + stream_id])
             made, at = _parse_cursor(current) if current is not None else (created_unix, start_at)
             if made != created_unix:  # the stream was made again since: from its start
                 at = start_at
@@ -205,16 +212,44 @@ class RedisWatchStore:
             pipe.multi()
             pipe.hset(keys.cursor, stream_id, _cursor(created_unix, chunk_index + 1))
             pipe.hincrby(keys.watch, "chunks_checked", 1)
-            if event is not None:
-                fields = {k: str(v) for k, v in dataclasses.asdict(event).items() if k != "event_id"}
-                pipe.xadd(keys.events, fields, maxlen=MAX_EVENTS_KEPT, approximate=True)
-                pipe.hincrby(keys.watch, "events", 1)
             outcome[0] = ""
+            if event is not None and told != _cursor(created_unix, chunk_index).encode():
+                pipe.xadd(keys.events, _fields(event), maxlen=MAX_EVENTS_KEPT, approximate=True)
+                pipe.hincrby(keys.watch, "events", 1)
+                outcome[0] = "event"
 
         results = run_transaction(self._r, [keys.cursor, keys.watch], body)
         if outcome[0] is None:
             return None
-        return results[2].decode() if event is not None else ""
+        return results[2].decode() if outcome[0] == "event" else ""
+
+    @redis_errors_as_store_errors
+    def record_pending_event(
+        self, watch_id: str, stream_id: str, created_unix: float, start_at: int, event: WatchEventRecord
+    ) -> str | None:
+        """Add an event told from a live stream's frames not yet committed (chunk `event.chunk_index`
+        so far), once for that chunk, and only while the chunk's own check has not been recorded.
+        Returns its id, or None when nothing was added."""
+        keys = WatchKeys(watch_id)
+        mark = _cursor(created_unix, event.chunk_index)
+        added: list[bool] = [False]
+
+        def body(pipe: Pipeline) -> None:
+            added[0] = False
+            current, told = pipe.hmget(keys.cursor, [stream_id, PENDING_PREFIX + stream_id])
+            made, at = _parse_cursor(current) if current is not None else (created_unix, start_at)
+            checked = made == created_unix and at > event.chunk_index
+            gone = not pipe.exists(keys.watch)
+            pipe.multi()
+            if checked or told == mark.encode() or gone:
+                return
+            pipe.hset(keys.cursor, PENDING_PREFIX + stream_id, mark)
+            pipe.xadd(keys.events, _fields(event), maxlen=MAX_EVENTS_KEPT, approximate=True)
+            pipe.hincrby(keys.watch, "events", 1)
+            added[0] = True
+
+        results = run_transaction(self._r, [keys.cursor, keys.watch], body)
+        return results[1].decode() if added[0] else None
 
     @redis_errors_as_store_errors
     def events_after(
@@ -248,6 +283,14 @@ class RedisWatchStore:
         return False
 
 
+def _fields(event: WatchEventRecord) -> dict[str, str]:
+    return {
+        k: str(int(v) if isinstance(v, bool) else v)
+        for k, v in dataclasses.asdict(event).items()
+        if k != "event_id"
+    }
+
+
 def _cursor(created_unix: float, index: int) -> str:
     return f"{created_unix!r}:{index}"
 
@@ -267,5 +310,6 @@ def _event(entry_id: bytes, fields: Mapping[bytes, bytes]) -> WatchEventRecord:
         answer=text["answer"],
         score=float(text["score"]),
         checked_unix=float(text["checked_unix"]),
+        pending=text.get("pending", "0") == "1",
         event_id=entry_id.decode(),
     )

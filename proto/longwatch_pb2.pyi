@@ -317,7 +317,7 @@ class WatchInfo(_message.Message):
     def __init__(self, watch_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., question: _Optional[str] = ..., match: _Optional[str] = ..., webhook_url: _Optional[str] = ..., created_unix: _Optional[float] = ..., chunks_checked: _Optional[int] = ..., events: _Optional[int] = ..., last_event_id: _Optional[str] = ..., webhook_delivered_id: _Optional[str] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("watch", "event_id", "stream_id", "chunk_index", "start_s", "end_s", "answer", "score", "checked_unix")
+    __slots__ = ("watch", "event_id", "stream_id", "chunk_index", "start_s", "end_s", "answer", "score", "checked_unix", "pending")
     WATCH_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +327,7 @@ class WatchEvent(_message.Message):
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     CHECKED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     watch: WatchInfo
     event_id: str
     stream_id: str
@@ -336,7 +337,8 @@ class WatchEvent(_message.Message):
     answer: str
     score: float
     checked_unix: float
-    def __init__(self, watch: _Optional[_Union[WatchInfo, _Mapping]] = ..., event_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., chunk_index: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., answer: _Optional[str] = ..., score: _Optional[float] = ..., checked_unix: _Optional[float] = ...) -> None: ...
+    pending: bool
+    def __init__(self, watch: _Optional[_Union[WatchInfo, _Mapping]] = ..., event_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., chunk_index: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., answer: _Optional[str] = ..., score: _Optional[float] = ..., checked_unix: _Optional[float] = ..., pending: _Optional[bool] = ...) -> None: ...
 
 class ListWatchesRequest(_message.Message):
     __slots__ = ()

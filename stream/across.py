@@ -102,7 +102,8 @@ def ask_across(
     versions = answerer.store.index_versions([r.stream_id for r in searchable])
     ranked: list[tuple[float, StreamRecord, list[tuple[int, float]]]] = []
     for record, version in zip(searchable, versions, strict=True):
-        hits = answerer.retrieve(record, _ask_params(record.stream_id, params), qvec, version)
+        allowed = answerer.candidates(record.stream_id, params.time_range)
+        hits = answerer.retrieve(record, _ask_params(record.stream_id, params), qvec, allowed, version)
         if hits:
             ranked.append((max(score for _, score in hits), record, hits))
     ranked.sort(key=lambda r: (-r[0], r[1].stream_id))

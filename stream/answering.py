@@ -150,12 +150,12 @@ class QuestionAnswerer:
         record: StreamRecord,
         params: AskParams,
         qvec: torch.Tensor,
+        allowed: set[int] | None,
         version: str | None = None,
     ) -> list[tuple[int, float]]:
         """The stream's committed chunks for the question: (chunk index, score), best first, within
-        the score margin; none when no chunk is in the time range. `version`: the stream's
-        index_version if already read (IndexRegistry.current)."""
-        allowed = self._candidates(params.stream_id, params.time_range)
+        the score margin. allowed: the candidates (`candidates`: those in the time range, None
+        for all). version: the stream's index_version if already read (IndexRegistry.current)."""
         if not record.chunks or allowed == set():
             return []
         index = self.indexes.current(params.stream_id, version)  # with other replicas' commits
@@ -165,7 +165,7 @@ class QuestionAnswerer:
             hits = within_margin(hits, margin)
         return hits
 
-    def _candidates(self, stream_id: str, time_range: tuple[float, float] | None) -> set[int] | None:
+    def candidates(self, stream_id: str, time_range: tuple[float, float] | None) -> set[int] | None:
         """Committed chunks overlapping the time range (maybe none); None without a range."""
         if time_range is None:
             return None
@@ -211,13 +211,13 @@ class QuestionAnswerer:
         """
         t0 = time.perf_counter()
         record = self.check(params)
-        no_chunk_in_range = self._candidates(params.stream_id, params.time_range) == set()
-        if no_chunk_in_range and record.state != StreamState.LIVE:
+        allowed = self.candidates(params.stream_id, params.time_range)
+        if allowed == set() and record.state != StreamState.LIVE:
             raise self._nothing_to_answer_from(record, params.time_range)  # before any model work
         t_question = time.perf_counter()
         qvec = self.question_vector(params.question)
         t_search = time.perf_counter()
-        hits = self.retrieve(record, params, qvec)
+        hits = self.retrieve(record, params, qvec, allowed)
         t1 = time.perf_counter()
         timings = {
             "retrieve_ms": (t1 - t0) * 1e3,

@@ -249,6 +249,11 @@ class LiveSession:
         with self._counts_lock:
             return self._stats
 
+    def pending_frames(self) -> tuple[int, int]:
+        """(the next chunk's index, its sampled frames so far): what `preview` would compress."""
+        with self._lock:
+            return self.ingestor.next_index, len(self.ingestor.pending)
+
     def preview(self) -> ChunkCache | None:
         """The frames not yet committed, compressed into a throwaway chunk (see StreamIngestor.preview).
 
@@ -431,6 +436,11 @@ class LiveRegistry:
         """The streams a connection feeds now."""
         with self._lock:
             return list(self._sessions)
+
+    def pending_frames(self, stream_id: str) -> tuple[int, int] | None:
+        """A live stream's next chunk index and its frames not yet committed; None if not live here."""
+        session = self.get(stream_id)
+        return None if session is None else session.pending_frames()
 
     def pending_chunk(self, stream_id: str) -> ChunkCache | None:
         """A live stream's frames not yet committed, as a throwaway chunk (for Ask); else None."""

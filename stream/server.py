@@ -161,7 +161,7 @@ class LongWatchServer:
             self.sweeper = StorageSweeper(
                 self.store, service.indexes, keys, s.retention_interval_s, s.hot_window_s, self.leases
             ).start()
-            checker = WatchChecker(runner, self.store, service.watches, replica)
+            checker = WatchChecker(runner, self.store, service.watches, replica, service.live)
             webhooks = WebhookSender(service.watches, replica)
             self.watch_tasks = [
                 PeriodicTask("watch-checker", WATCH_INTERVAL_S, checker.check_round),

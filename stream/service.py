@@ -236,6 +236,7 @@ def _watch_event(caller: Caller, event: WatchEventRecord) -> pb.WatchEvent:
         answer=event.answer,
         score=event.score,
         checked_unix=event.checked_unix,
+        pending=event.pending,
     )
 
 

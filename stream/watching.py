@@ -18,6 +18,8 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import torch
@@ -133,15 +135,44 @@ def tenant_watch(watches: RedisWatchStore, tenant: str, stored_watch_id: str) ->
     return watch
 
 
+class LiveFrames(Protocol):
+    """What the checker needs of the live streams fed here (stream.live.LiveRegistry)."""
+
+    def live_ids(self) -> list[str]: ...
+
+    def pending_frames(self, stream_id: str) -> tuple[int, int] | None: ...
+
+    def pending_chunk(self, stream_id: str) -> ChunkCache | None: ...
+
+
+@dataclass(frozen=True)
+class _Due:
+    """One check a round owes: the watch's question of the stream's chunk `index`."""
+
+    watch: WatchRecord
+    record: StreamRecord
+    index: int
+    start_at: int  # where the watch's cursor on the stream starts when it has none
+
+
 class WatchChecker:
     """Checks new chunks against every watch (see the module's docstring); `check_round` is one
     round, run by a PeriodicTask in the server."""
 
-    def __init__(self, runner: ModelRunner, store: ChunkStore, watches: RedisWatchStore, holder: str) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        store: ChunkStore,
+        watches: RedisWatchStore,
+        holder: str,
+        live: LiveFrames | None = None,
+    ) -> None:
         self.runner = runner
         self.store = store
         self.watches = watches
         self.holder = holder  # this replica, in the watches' checker claims
+        self.live = live
+        self._pending_seen: dict[str, tuple[int, int]] = {}  # stream -> (chunk, frames) last checked
         self._question_vectors: dict[str, torch.Tensor] = {}  # watch id -> (retrieval_dim,)
 
     def check_round(self) -> int:
@@ -160,12 +191,88 @@ class WatchChecker:
         if not watches:
             self._question_vectors.clear()
             return 0
+        for gone in set(self._question_vectors) - {w.watch_id for w in watches}:
+            del self._question_vectors[gone]
         streams = self.store.list_streams()
+        due = self._due(watches, streams)
+        # Each chunk is read once for every watch that waits for it; a watch's chunks of a stream
+        # stay in order (its cursor moves one chunk at a time).
+        by_stream: dict[str, list[_Due]] = {}
+        for item in due:
+            by_stream.setdefault(item.record.stream_id, []).append(item)
+        for stream_id, items in by_stream.items():
+            chunks = self._read_chunks(stream_id, sorted({item.index for item in items}))
+            for item in sorted(items, key=lambda i: i.index):
+                self._check(item, chunks.get(item.index))
+        if self.live is not None:
+            self._check_pending(watches, streams)
+        return len(due)
+
+    def _check_pending(self, watches: Sequence[WatchRecord], streams: Sequence[StreamRecord]) -> None:
+        """The frames of the live streams fed here that are not yet in a chunk: compressed once a
+        stream each time more have come, and asked of by every watch on that stream. A match is an
+        event now (pending); the chunk's own check later adds none for it."""
+        assert self.live is not None
         fingerprint = self.runner.lm.fingerprint
-        checked = 0
+        records = {r.stream_id: r for r in streams}
+        live = set(self.live.live_ids())
+        for gone in set(self._pending_seen) - live:
+            del self._pending_seen[gone]
+        for stream_id in live:
+            record = records.get(stream_id)
+            if record is None or record.model != fingerprint:
+                continue
+            wanted = [w for w in watches if record in self._targets(w, [record])]
+            now = self.live.pending_frames(stream_id)
+            if not wanted or now is None or now[1] == 0 or self._pending_seen.get(stream_id) == now:
+                continue
+            self._pending_seen[stream_id] = now
+            chunk = self.live.pending_chunk(stream_id)
+            if chunk is None:
+                continue
+            for watch in wanted:
+                answer = self._answer(watch.question, chunk)
+                if not answer_matches(answer, watch.match):
+                    continue
+                start_at = 0 if record.created_unix >= watch.created_unix else record.chunks
+                event = self._event(watch, record, chunk, answer, pending=True)
+                event_id = self.watches.record_pending_event(
+                    watch.watch_id, stream_id, record.created_unix, start_at, event
+                )
+                if event_id:
+                    log.info(
+                        "watch %s: event %s, %s chunk %d so far (%.1f-%.1f s, not yet committed): %r",
+                        watch.watch_id,
+                        event_id,
+                        stream_id,
+                        chunk.index,
+                        chunk.start_s,
+                        chunk.end_s,
+                        answer,
+                    )
+
+    def _event(
+        self, watch: WatchRecord, record: StreamRecord, chunk: ChunkCache, answer: str, pending: bool
+    ) -> WatchEventRecord:
+        return WatchEventRecord(
+            stream_id=record.stream_id,
+            chunk_index=chunk.index,
+            start_s=chunk.start_s,
+            end_s=chunk.end_s,
+            answer=answer,
+            score=float(self._question_vector(watch) @ chunk.retrieval.float()),
+            checked_unix=round(time.time(), 3),
+            pending=pending,
+        )
+
+    def _due(self, watches: Sequence[WatchRecord], streams: Sequence[StreamRecord]) -> list[_Due]:
+        """The checks this replica owes this round, at most CHECKS_PER_ROUND, for the watches it
+        holds (one replica at a time checks a watch; it takes over one whose holder stopped)."""
+        fingerprint = self.runner.lm.fingerprint
+        due: list[_Due] = []
         for watch in watches:
             if not self.watches.claim(watch.watch_id, "checker", self.holder, CHECKER_CLAIM_MS):
-                continue  # another replica checks this one; it takes over if that one stops
+                continue
             cursors = self.watches.cursors(watch.watch_id)
             for record in self._targets(watch, streams):
                 if record.model != fingerprint:
@@ -177,14 +284,25 @@ class WatchChecker:
                 if made != record.created_unix:  # deleted and made again since
                     first = start_at
                 for index in range(first, record.chunks):
-                    if checked >= CHECKS_PER_ROUND:
-                        return checked
-                    self._check(watch, record, index, start_at)
-                    checked += 1
-        live = {w.watch_id for w in watches}
-        for gone in set(self._question_vectors) - live:
-            del self._question_vectors[gone]
-        return checked
+                    if len(due) >= CHECKS_PER_ROUND:
+                        return due
+                    due.append(_Due(watch, record, index, start_at))
+        return due
+
+    def _read_chunks(self, stream_id: str, indices: list[int]) -> dict[int, ChunkCache]:
+        """The chunks that can be read: one dropped by retention since, or unreadable, is left out
+        (its checks are recorded without an event) and logged."""
+        try:
+            return {c.index: c for c in self.store.get_chunks(stream_id, indices)}
+        except (ChunkNotFound, CorruptData):
+            pass
+        chunks = {}
+        for index in indices:
+            try:
+                chunks[index] = self.store.get_chunks(stream_id, [index])[0]
+            except (ChunkNotFound, CorruptData) as e:
+                log.info("watches skip chunk %d of %s: %s", index, stream_id, one_line(e))
+        return chunks
 
     @staticmethod
     def _targets(watch: WatchRecord, streams: Sequence[StreamRecord]) -> list[StreamRecord]:
@@ -192,40 +310,27 @@ class WatchChecker:
             return [r for r in streams if r.stream_id == watch.stream_id]
         return [r for r in streams if split_stored_id(r.stream_id)[0] == watch.tenant]
 
-    def _check(self, watch: WatchRecord, record: StreamRecord, index: int, start_at: int) -> None:
+    def _check(self, item: _Due, chunk: ChunkCache | None) -> None:
+        """Ask the watch's question of the chunk and record the check (with its event, if any)."""
+        watch, record = item.watch, item.record
         event = None
-        try:
-            chunk = self.store.get_chunks(record.stream_id, [index])[0]
-        except (ChunkNotFound, CorruptData) as e:  # dropped by retention since, or unreadable
-            log.info(
-                "watch %s skips chunk %d of %s: %s", watch.watch_id, index, record.stream_id, one_line(e)
-            )
-        else:
+        if chunk is not None:
             answer = self._answer(watch.question, chunk)
             if answer_matches(answer, watch.match):
-                qvec = self._question_vector(watch)
-                event = WatchEventRecord(
-                    stream_id=record.stream_id,
-                    chunk_index=index,
-                    start_s=chunk.start_s,
-                    end_s=chunk.end_s,
-                    answer=answer,
-                    score=float(qvec @ chunk.retrieval.float()),
-                    checked_unix=round(time.time(), 3),
-                )
+                event = self._event(watch, record, chunk, answer, pending=False)
         event_id = self.watches.record_check(
-            watch.watch_id, record.stream_id, record.created_unix, index, start_at, event
+            watch.watch_id, record.stream_id, record.created_unix, item.index, item.start_at, event
         )
-        if event_id:
+        if event_id and event is not None:
             log.info(
                 "watch %s: event %s, %s chunk %d (%.1f-%.1f s): %r",
                 watch.watch_id,
                 event_id,
                 record.stream_id,
-                index,
-                event.start_s if event else 0.0,
-                event.end_s if event else 0.0,
-                event.answer if event else "",
+                item.index,
+                event.start_s,
+                event.end_s,
+                event.answer,
             )
 
     def _answer(self, question: str, chunk: ChunkCache) -> str:

@@ -41,6 +41,7 @@ def event_json(watch: WatchRecord, event: WatchEventRecord) -> dict[str, Any]:
         "answer": event.answer,
         "score": event.score,
         "checked_unix": event.checked_unix,
+        "pending": event.pending,
         "question": watch.question,
     }
 

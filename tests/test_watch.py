@@ -20,7 +20,14 @@ import pytest
 from service_settings import loopback_settings
 
 from longwatch.clients import main
-from longwatch.clients.client import InvalidArgument, LongWatchClient, NotFound, WatchEvent, WatchEvents
+from longwatch.clients.client import (
+    InvalidArgument,
+    LiveFrame,
+    LongWatchClient,
+    NotFound,
+    WatchEvent,
+    WatchEvents,
+)
 from longwatch.model.train.needles import NeedleVideo, make_needle_video, seed_for
 from longwatch.model.train.synthetic import SyntheticFootage
 from longwatch.stream.server import LongWatchServer
@@ -120,6 +127,40 @@ def test_an_event_for_the_chunk_that_answers_and_none_for_the_rest(
         with c.watch(watch_id=watch.watch_id, after_event_id=event.event_id) as resumed:
             again = next(resumed)
         assert (again.stream_id, again.chunk_index) == ("cam", 2) and again.event_id > event.event_id
+
+
+def test_a_live_stream_s_event_comes_before_its_chunk_is_committed_and_only_once(
+    server: LongWatchServer, needles: list[tuple[NeedleVideo, Path]]
+) -> None:
+    video, _ = needles[0]  # the needle at 19-20 s: chunk 2 holds frames 16-23
+    footage = video.footage()
+    held = threading.Event()
+
+    def frames() -> Iterator[LiveFrame]:
+        for i in range(40):
+            if i == 22:
+                held.wait(WAIT_S)  # chunk 2 stays open (frames 16-21) until the event came
+            yield LiveFrame(float(i), rgb=footage.frame_at(i))
+
+    with connect(server) as c, connect(server) as sender:
+        got: list[WatchEvent] = []
+        with c.watch(None, QUESTION, match=video.needle.phrase()) as events:
+            events.first()
+            collect(events, got)
+            feed = threading.Thread(target=lambda: list(sender.ingest_frames("door", frames(), fps=1.0)))
+            feed.start()
+            try:
+                wait_for(lambda: got, "event from frames not yet committed")
+                assert c.get_stream("door").chunks == 2  # chunk 2 is not committed yet
+            finally:
+                held.set()
+                feed.join(timeout=WAIT_S)
+            wait_for(lambda: c.list_watches()[0].chunks_checked == 5, "check of the 5 chunks")
+            time.sleep(1)
+        (event,) = got  # the committed chunk 2 added no second event
+        assert event.pending and (event.stream_id, event.chunk_index) == ("door", 2)
+        assert event.start_s == 16 and event.start_s <= video.needle.start_s < event.end_s < 24
+        assert c.list_watches()[0].events == 1
 
 
 def test_a_watch_outlives_its_caller_and_a_restart_and_resumes_without_gaps_or_repeats(

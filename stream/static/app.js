@@ -425,7 +425,8 @@ function showWatchEvent(state, block) {
   const e = JSON.parse(data);
   const item = document.createElement("li");
   item.className = "span";
-  item.textContent = `${e.stream_id} · ${formatTime(e.start_s)} – ${formatTime(e.end_s)} · ` +
+  const soFar = e.pending ? " so far" : "";
+  item.textContent = `${e.stream_id} · ${formatTime(e.start_s)} – ${formatTime(e.end_s)}${soFar} · ` +
     `score ${e.score.toFixed(2)} · ${printable(e.answer)}`;
   item.title = `event ${e.event_id}, chunk ${e.chunk_index}`;
   $("watch-events").prepend(item);
