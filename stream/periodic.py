@@ -14,9 +14,10 @@ log = logging.getLogger(__name__)
 
 class PeriodicTask:
     """Calls `tick` every `interval_s` seconds (the first time one interval after start) until
-    stopped. A StoreError (Redis down) is logged and the next round tries again."""
+    stopped; at once again when it returns True (it has more to do now). A StoreError (Redis
+    down) is logged and the next round tries again."""
 
-    def __init__(self, name: str, interval_s: float, tick: Callable[[], None]) -> None:
+    def __init__(self, name: str, interval_s: float, tick: Callable[[], object]) -> None:
         self.name = name
         self.interval_s = interval_s
         self.tick = tick
@@ -33,8 +34,11 @@ class PeriodicTask:
             self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        wait = self.interval_s
+        while not self._stop.wait(wait):
+            wait = self.interval_s
             try:
-                self.tick()
+                if self.tick() is True:  # more is due now: the next round without a pause
+                    wait = 0.0
             except StoreError as e:
                 log.warning("%s skipped this round: %s", self.name, one_line(e))

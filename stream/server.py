@@ -164,7 +164,7 @@ class LongWatchServer:
             checker = WatchChecker(runner, self.store, service.watches, replica, service.live)
             webhooks = WebhookSender(service.watches, replica)
             self.watch_tasks = [
-                PeriodicTask("watch-checker", WATCH_INTERVAL_S, checker.check_round),
+                PeriodicTask("watch-checker", WATCH_INTERVAL_S, checker.tick),
                 PeriodicTask("webhooks", WATCH_INTERVAL_S, webhooks.deliver_round),
             ]
             for task in self.watch_tasks:

@@ -13,11 +13,13 @@ the chunk or on anyone being connected.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -57,6 +59,16 @@ def answer_matches(answer: str, match: str) -> bool:
     return bool(expected) and words(answer)[: len(expected)] == expected
 
 
+def cannot_match(partial: str, match: str) -> bool:
+    """Whether an answer that begins `partial` can no longer start with the match's words: one of
+    its finished words (all but the last, unless it ends in a space or mark) differs."""
+    said = words(partial)
+    if said and partial[-1].isalnum():
+        said = said[:-1]  # the last word may go on
+    expected = words(match)
+    return any(a != b for a, b in zip(said, expected, strict=False))
+
+
 def check_webhook_url(url: str) -> str:
     """An http(s) URL with a host, or "" for none; anything else is BadRequest."""
     if not url:
@@ -65,43 +77,6 @@ def check_webhook_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadRequest(f"webhook_url must be an http:// or https:// URL with a host, got {url!r}")
     return url
-
-
-def new_watch(
-    store: ChunkStore,
-    watches: RedisWatchStore,
-    tenant: str,
-    stream_id: str,
-    question: str,
-    match: str,
-    webhook_url: str,
-    max_question_chars: int,
-) -> WatchRecord:
-    """Store a new watch of the tenant's stream (a stored id; "" for all of the tenant's streams),
-    checking only chunks committed from now on."""
-    question = validate_question(question, max_question_chars)
-    match = match.strip() or "yes"
-    if len(match) > MAX_MATCH_CHARS or not words(match):
-        raise BadRequest(f"match must hold a word and be at most {MAX_MATCH_CHARS} characters, got {match!r}")
-    mine = [w for w in watches.list() if w.tenant == tenant]
-    if len(mine) >= MAX_WATCHES_PER_TENANT:
-        raise QuotaExceeded(f"tenant {tenant!r} has {len(mine)} watches, the most it may have: delete one")
-    streams = [r for r in store.list_streams() if split_stored_id(r.stream_id)[0] == tenant]
-    cursors = {
-        r.stream_id: (r.created_unix, r.chunks) for r in streams if not stream_id or r.stream_id == stream_id
-    }
-    watch = WatchRecord(
-        watch_id=stored_stream_id(tenant, f"w{secrets.token_hex(6)}"),
-        tenant=tenant,
-        question=question,
-        stream_id=stream_id,
-        match=match,
-        webhook_url=check_webhook_url(webhook_url),
-        created_unix=round(time.time(), 3),
-    )
-    watches.create(watch, cursors)
-    log.info("watch %s created on %s: %r", watch.watch_id, stream_id or f"every stream of {tenant}", question)
-    return watch
 
 
 def watch_for(
@@ -114,17 +89,39 @@ def watch_for(
     webhook_url: str,
     max_question_chars: int,
 ) -> WatchRecord:
-    """A new watch as a caller asks for it (gRPC Watch, POST /api/watches): its stream by the id the
-    caller knows ("" for all of its streams; one that does not exist is StreamMissing, so a typo
-    never waits in silence), a webhook only for a writer."""
+    """A new watch as a caller asks for it (gRPC Watch, POST /api/watches), checking only chunks
+    committed from now on: its stream by the id the caller knows ("" for all of its streams; one
+    that does not exist is StreamMissing, so a typo never waits in silence), a webhook only for a
+    writer."""
     if webhook_url:
         caller.require(Role.WRITER, "create a watch with a webhook")
-    stored = ""
-    if stream_id:
-        stored = caller.stored_id(stream_id)
-        if store.get_stream(stored) is None:
-            raise StreamMissing(f"no stream {stored!r}")
-    return new_watch(store, watches, caller.tenant, stored, question, match, webhook_url, max_question_chars)
+    question = validate_question(question, max_question_chars)
+    match = match.strip() or "yes"
+    if len(match) > MAX_MATCH_CHARS or not words(match):
+        raise BadRequest(f"match must hold a word and be at most {MAX_MATCH_CHARS} characters, got {match!r}")
+    tenant = caller.tenant
+    stored = caller.stored_id(stream_id) if stream_id else ""
+    if stored and store.get_stream(stored) is None:
+        raise StreamMissing(f"no stream {stored!r}")
+    mine = [w for w in watches.list() if w.tenant == tenant]
+    if len(mine) >= MAX_WATCHES_PER_TENANT:
+        raise QuotaExceeded(f"tenant {tenant!r} has {len(mine)} watches, the most it may have: delete one")
+    streams = [r for r in store.list_streams() if caller.owns(r.stream_id)]
+    cursors = {
+        r.stream_id: (r.created_unix, r.chunks) for r in streams if not stored or r.stream_id == stored
+    }
+    watch = WatchRecord(
+        watch_id=stored_stream_id(tenant, f"w{secrets.token_hex(6)}"),
+        tenant=tenant,
+        question=question,
+        stream_id=stored,
+        match=match,
+        webhook_url=check_webhook_url(webhook_url),
+        created_unix=round(time.time(), 3),
+    )
+    watches.create(watch, cursors)
+    log.info("watch %s created on %s: %r", watch.watch_id, stored or f"every stream of {tenant}", question)
+    return watch
 
 
 def tenant_watch(watches: RedisWatchStore, tenant: str, stored_watch_id: str) -> WatchRecord:
@@ -154,6 +151,11 @@ class _Due:
     index: int
     start_at: int  # where the watch's cursor on the stream starts when it has none
 
+    @classmethod
+    def each(cls, watch: WatchRecord, record: StreamRecord, first: int, start_at: int) -> Iterator[_Due]:
+        """The watch's checks of the stream's chunks from `first` to its last committed one."""
+        return (cls(watch, record, index, start_at) for index in range(first, record.chunks))
+
 
 class WatchChecker:
     """Checks new chunks against every watch (see the module's docstring); `check_round` is one
@@ -174,6 +176,10 @@ class WatchChecker:
         self.live = live
         self._pending_seen: dict[str, tuple[int, int]] = {}  # stream -> (chunk, frames) last checked
         self._question_vectors: dict[str, torch.Tensor] = {}  # watch id -> (retrieval_dim,)
+
+    def tick(self) -> bool:
+        """One round for the PeriodicTask; True when it left checks due (the next starts at once)."""
+        return self.check_round() >= CHECKS_PER_ROUND
 
     def check_round(self) -> int:
         """Check up to CHECKS_PER_ROUND chunks; returns how many were checked. A failure other
@@ -231,7 +237,7 @@ class WatchChecker:
             if chunk is None:
                 continue
             for watch in wanted:
-                answer = self._answer(watch.question, chunk)
+                answer = self._answer(watch.question, chunk, watch.match)
                 if not answer_matches(answer, watch.match):
                     continue
                 start_at = 0 if record.created_unix >= watch.created_unix else record.chunks
@@ -267,9 +273,11 @@ class WatchChecker:
 
     def _due(self, watches: Sequence[WatchRecord], streams: Sequence[StreamRecord]) -> list[_Due]:
         """The checks this replica owes this round, at most CHECKS_PER_ROUND, for the watches it
-        holds (one replica at a time checks a watch; it takes over one whose holder stopped)."""
+        holds (one replica at a time checks a watch; it takes over one whose holder stopped).
+        Oldest chunks first across all watches, so that watches behind together move together and
+        a chunk is read once for all of them."""
         fingerprint = self.runner.lm.fingerprint
-        due: list[_Due] = []
+        behind: list[Iterator[_Due]] = []
         for watch in watches:
             if not self.watches.claim(watch.watch_id, "checker", self.holder, CHECKER_CLAIM_MS):
                 continue
@@ -283,11 +291,10 @@ class WatchChecker:
                 made, first = cursors.get(record.stream_id, (record.created_unix, start_at))
                 if made != record.created_unix:  # deleted and made again since
                     first = start_at
-                for index in range(first, record.chunks):
-                    if len(due) >= CHECKS_PER_ROUND:
-                        return due
-                    due.append(_Due(watch, record, index, start_at))
-        return due
+                if first < record.chunks:
+                    behind.append(_Due.each(watch, record, first, start_at))
+        merged = heapq.merge(*behind, key=lambda d: d.index)
+        return list(itertools.islice(merged, CHECKS_PER_ROUND))
 
     def _read_chunks(self, stream_id: str, indices: list[int]) -> dict[int, ChunkCache]:
         """The chunks that can be read: one dropped by retention since, or unreadable, is left out
@@ -315,7 +322,7 @@ class WatchChecker:
         watch, record = item.watch, item.record
         event = None
         if chunk is not None:
-            answer = self._answer(watch.question, chunk)
+            answer = self._answer(watch.question, chunk, watch.match)
             if answer_matches(answer, watch.match):
                 event = self._event(watch, record, chunk, answer, pending=False)
         event_id = self.watches.record_check(
@@ -333,8 +340,10 @@ class WatchChecker:
                 event.answer,
             )
 
-    def _answer(self, question: str, chunk: ChunkCache) -> str:
-        """The answer from this chunk alone; the model is held step by step, as Ask holds it."""
+    def _answer(self, question: str, chunk: ChunkCache, match: str) -> str:
+        """The answer from this chunk alone, up to MATCH_TOKENS tokens, or only as far as it takes
+        to see that it does not start with `match` (most chunks: "no" is one token). The model is
+        held step by step, as Ask holds it."""
         stream = AnswerStream(self.runner.lm, [chunk], question, MATCH_TOKENS)
         steps = iter(stream)
         try:
@@ -342,6 +351,8 @@ class WatchChecker:
                 with self.runner.lock.hold(LIVE):
                     if next(steps, None) is None:
                         break
+                if cannot_match(stream.text, match):
+                    break
         finally:
             steps.close()
         return stream.text

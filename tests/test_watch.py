@@ -32,7 +32,7 @@ from longwatch.model.train.needles import NeedleVideo, make_needle_video, seed_f
 from longwatch.model.train.synthetic import SyntheticFootage
 from longwatch.stream.server import LongWatchServer
 from longwatch.stream.settings import IngestConfig, ServiceSettings
-from longwatch.stream.watching import answer_matches
+from longwatch.stream.watching import answer_matches, cannot_match
 
 QUESTION = "What appeared in the video?"  # the demo model knows no yes/no question: match its answer
 WAIT_S = 60
@@ -97,6 +97,11 @@ def test_answers_match_by_their_first_words() -> None:
     assert answer_matches("Yes.", "yes") and answer_matches("yes, a red circle", "YES")
     assert not answer_matches("no", "yes") and not answer_matches("yesterday", "yes")
     assert answer_matches("a red circle", "a red circle") and not answer_matches("a red", "a red circle")
+    # Decoding stops as soon as a finished word differs: a word still being written may go on.
+    assert cannot_match("no", "yes") is False  # its last word may still grow ("no" ... "noon")
+    assert cannot_match("no ", "yes") and cannot_match("no,", "yes")
+    assert not cannot_match("ye", "yes") and not cannot_match("yes, a", "yes")
+    assert cannot_match("a blue ", "a red circle") and not cannot_match("a red ci", "a red circle")
 
 
 def test_an_event_for_the_chunk_that_answers_and_none_for_the_rest(
