@@ -263,7 +263,7 @@ class LiveHttpServer:
         self._closing = False  # set at stop: event streams end
         self.keys = keys or KeyRing(None)
         self.ssl_context = ssl_context
-        self.quotas = quotas or Quotas(self.keys, store, registry)
+        self.quotas = quotas or Quotas(self.keys, store)
         self.ingest_roots = ingest_roots
         self.media = MediaLinks()
         self.answerer = answerer

@@ -1,7 +1,9 @@
 """Each tenant's limits, enforced: streams, live streams, Asks at once, stored bytes.
 
 The limits come from the keys file's tenant entries over the server's defaults (KeyRing.limits);
-0 is no limit. An Ask past its tenant's limit is refused at once rather than queued. Streams and
+0 is no limit. They hold across replicas: Asks are counted in Redis (memory/slots.py; a slot of a
+replica killed mid-Ask lapses after ASK_SLOT_TTL_S), live streams from the streams' records.
+An Ask past its tenant's limit is refused at once rather than queued. Streams and
 stored bytes are counted from the store (one read of the tenant's records) when a stream is made
 and after each chunk an ingest commits, so two ingests that start in the same instant may pass a
 limit together (by one stream each); an ingest that crosses the stored-bytes limit stops after
@@ -15,19 +17,22 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from longwatch.memory.store import ChunkStore
+from longwatch.memory.slots import RedisSlots
+from longwatch.memory.store import ChunkStore, RedisChunkStore
+from longwatch.proto.streams import StreamState
 from longwatch.stream.auth import Caller, KeyRing
 from longwatch.stream.errors import QuotaExceeded
-from longwatch.stream.live import LiveRegistry
+
+ASK_SLOT_TTL_S = 300.0  # an Ask takes seconds; a killed replica's slot frees itself after this
 
 
 class Quotas:
-    def __init__(self, keys: KeyRing, store: ChunkStore, live: LiveRegistry) -> None:
+    def __init__(self, keys: KeyRing, store: ChunkStore) -> None:
         self.keys = keys
         self.store = store
-        self.live = live
+        self.slots = RedisSlots(store.client) if isinstance(store, RedisChunkStore) else None
         self._lock = threading.Lock()
-        self._asking: dict[str, int] = defaultdict(int)
+        self._asking: dict[str, int] = defaultdict(int)  # this replica's, for /metrics
 
     def _count(self, caller: Caller) -> tuple[int, int]:
         """(streams, stored bytes) of the caller's tenant, as the store says now."""
@@ -68,7 +73,9 @@ class Quotas:
         limit = self.keys.limits(caller.tenant).max_live_streams
         if not limit:
             return
-        live = sum(1 for sid in self.live.live_ids() if caller.owns(sid))
+        live = sum(
+            1 for r in self.store.list_streams() if caller.owns(r.stream_id) and r.state == StreamState.LIVE
+        )
         if live >= limit:
             raise QuotaExceeded(
                 f"tenant {caller.tenant} has {live} live streams, its limit (max_live_streams)"
@@ -80,17 +87,30 @@ class Quotas:
 
     @contextmanager
     def asking(self, caller: Caller) -> Iterator[None]:
-        """Around one Ask: the limit on Asks at once, refused at once past it."""
+        """Around one Ask: the limit on Asks at once (on every replica together), refused at once
+        past it."""
         limit = self.keys.limits(caller.tenant).max_concurrent_asks
+        key = f"lw:asking:{caller.tenant}"
+        slot = None
         with self._lock:
-            if limit and self._asking[caller.tenant] >= limit:
-                raise QuotaExceeded(
-                    f"tenant {caller.tenant} has {limit} Asks running, its limit (max_concurrent_asks): "
-                    "try again when one ends"
-                )
+            if limit and self.slots is None and self._asking[caller.tenant] >= limit:
+                raise self._asks_exhausted(caller, limit)
             self._asking[caller.tenant] += 1
         try:
+            if limit and self.slots is not None:
+                slot = self.slots.take(key, limit, ASK_SLOT_TTL_S)
+                if slot is None:
+                    raise self._asks_exhausted(caller, limit)
             yield
         finally:
+            if slot is not None and self.slots is not None:
+                self.slots.give_back(key, slot)
             with self._lock:
                 self._asking[caller.tenant] -= 1
+
+    @staticmethod
+    def _asks_exhausted(caller: Caller, limit: int) -> QuotaExceeded:
+        return QuotaExceeded(
+            f"tenant {caller.tenant} has {limit} Asks running, its limit (max_concurrent_asks): "
+            "try again when one ends"
+        )

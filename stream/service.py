@@ -336,7 +336,7 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         if not isinstance(store, RedisChunkStore):
             raise TypeError("the service needs a RedisChunkStore: watches live beside the streams")
         self.watches = RedisWatchStore(store.client)
-        self.quotas = Quotas(self.keys, store, self.live)
+        self.quotas = Quotas(self.keys, store)
         self.answerer = QuestionAnswerer(
             runner,
             store,

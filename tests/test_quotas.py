@@ -15,7 +15,7 @@ import grpc
 import pytest
 from service_settings import loopback_settings
 
-from longwatch.clients.client import LiveFrame, LongWatchClient, LongWatchError
+from longwatch.clients.client import LiveFrame, LongWatchClient, LongWatchError, NotFound
 from longwatch.memory.redis_server import EmbeddedRedis
 from longwatch.model.train.synthetic import SyntheticFootage, write_video
 from longwatch.proto.streams import StreamState
@@ -61,6 +61,20 @@ def tenant(server: LongWatchServer, keys_file: Path, name: str, **limits: float)
     if limits:
         set_limits(keys_file, name, limits)
     return LongWatchClient(f"127.0.0.1:{server.port}", timeout=60, api_key=key)
+
+
+def wait_live(c: LongWatchClient, stream_id: str) -> None:
+    """Until the stream is live: the frames a sender has handed to gRPC may not have reached the
+    server yet, so at first the stream may not even exist."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if c.get_stream(stream_id).state == "live":
+                return
+        except NotFound:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{stream_id} did not become live in 10 s")
 
 
 def exhausted(call: object) -> str:
@@ -126,9 +140,7 @@ def test_the_live_streams_limit_refuses_a_second_connection_over_grpc_and_http(
         feeder.start()
         try:
             assert held.wait(30)
-            deadline = time.monotonic() + 10
-            while c.get_stream("porch").state != "live" and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_live(c, "porch")
             message = exhausted(
                 lambda: list(c.ingest_frames("yard", [LiveFrame(0.0, rgb=footage.frame_at(0))]))
             )
@@ -165,3 +177,48 @@ def test_the_asks_limit_refuses_an_ask_beyond_it_at_once(
                 list(other.ingest_file("cam", path=video))
                 assert other.ask("cam", "What appeared?").evidence
         assert c.ask("cam", "What appeared?").evidence
+
+
+def test_the_limits_hold_across_replicas(
+    server: LongWatchServer, keys_file: Path, module_redis: EmbeddedRedis, tmp_path: Path, video: Path
+) -> None:
+    """A second replica on the same Redis and keys file counts the first one's Asks and live streams."""
+    security = SecuritySettings(keys_file=keys_file, limits=TenantLimits(max_streams=50))
+    other = LongWatchServer(loopback_settings(tmp_path / "b", module_redis.url, security=security)).start()
+    footage = SyntheticFootage(seed=2, width=64, height=64, fps=4.0)
+    held = threading.Event()
+    release = threading.Event()
+
+    def frames() -> Iterator[LiveFrame]:
+        for i in range(1000):
+            if i == 4:
+                held.set()
+                release.wait(60)
+                return
+            yield LiveFrame(i / 4, rgb=footage.frame_at(i))
+
+    try:
+        with tenant(server, keys_file, "replicated", max_concurrent_asks=1, max_live_streams=1) as a:
+            key = a.credentials.api_key
+            with LongWatchClient(f"127.0.0.1:{other.port}", timeout=60, api_key=key) as b:
+                list(a.ingest_file("cam", path=video))
+                assert server.service is not None
+                with server.service.quotas.asking(Caller("replicated", Role.READER)):  # an Ask on A
+                    assert "its limit (max_concurrent_asks)" in exhausted(
+                        lambda: b.ask("cam", "What appeared?")
+                    )
+                assert b.ask("cam", "What appeared?").evidence  # A's Ask ended: its slot is free
+                feeder = threading.Thread(target=lambda: list(a.ingest_frames("porch", frames())))
+                feeder.start()
+                try:
+                    assert held.wait(30)
+                    wait_live(b, "porch")
+                    message = exhausted(
+                        lambda: list(b.ingest_frames("yard", [LiveFrame(0.0, rgb=footage.frame_at(0))]))
+                    )
+                    assert message == "tenant replicated has 1 live streams, its limit (max_live_streams)"
+                finally:
+                    release.set()
+                    feeder.join(60)
+    finally:
+        other.stop()
