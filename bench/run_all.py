@@ -5,6 +5,7 @@
     python bench/run_all.py --only diffp storage --out bench/results/cpu.json
     python bench/run_all.py --reliability --out bench/results/reliability.json   # about 40 minutes
     python bench/run_all.py --scaling        # Redis Cluster commits, replicas following each other
+    python bench/run_all.py --long           # 10-hour streams and watches (about 30 minutes)
 
 Each benchmark runs in its own process (`python bench/<name>.py --json-out ...`), so one's threads,
 caches and memory cannot colour another's figures. LONGWATCH_DEVICE / LONGWATCH_DTYPE pick the
@@ -39,22 +40,27 @@ BENCHMARKS = (
 RELIABILITY = ("crash", "fuzz", "load", "soak")
 # Scaling out (BENCHMARKS.md, Scaling out): a local Redis Cluster, replicas on one Redis, Ray.
 SCALING = ("cluster", "replicas", "ray_ingest", "priority", "batching")
+# Long streams (BENCHMARKS.md, sections 10-11): a 10-hour live stream, watches on live needle streams.
+LONG = ("ten_hours", "watch_live")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke runs (seconds each), not figures")
     parser.add_argument(
-        "--only", nargs="+", choices=BENCHMARKS + RELIABILITY + SCALING, help="run just these"
+        "--only", nargs="+", choices=BENCHMARKS + RELIABILITY + SCALING + LONG, help="run just these"
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--reliability", action="store_true", help="run the reliability benchmarks instead")
     group.add_argument("--scaling", action="store_true", help="run the scaling-out benchmarks instead")
+    group.add_argument("--long", action="store_true", help="run the long-stream benchmarks instead")
     parser.add_argument("--out", type=Path, help="write {machine, rows} here as JSON")
     args = parser.parse_args()
     rows: list[dict] = []
     failed: list[str] = []
-    chosen = RELIABILITY if args.reliability else SCALING if args.scaling else BENCHMARKS
+    chosen = (
+        RELIABILITY if args.reliability else SCALING if args.scaling else LONG if args.long else BENCHMARKS
+    )
     for name in args.only or chosen:
         print(f"\n== {name}", flush=True)
         out = HERE / "results" / f".{name}.rows.json"
