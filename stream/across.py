@@ -100,12 +100,13 @@ def ask_across(
     qvec = answerer.question_vector(template.question)
     t_search = time.perf_counter()
     versions = answerer.store.index_versions([r.stream_id for r in searchable])
-    ranked: list[tuple[float, StreamRecord, list[tuple[int, float]]]] = []
+    ranked: list[tuple[float, StreamRecord, AskParams, list[tuple[int, float]]]] = []
     for record, version in zip(searchable, versions, strict=True):
+        ask = _ask_params(record.stream_id, params)
         allowed = answerer.candidates(record.stream_id, params.time_range)
-        hits = answerer.retrieve(record, _ask_params(record.stream_id, params), qvec, allowed, version)
+        hits = answerer.retrieve(record, ask, qvec, allowed, version)
         if hits:
-            ranked.append((max(score for _, score in hits), record, hits))
+            ranked.append((max(score for _, score in hits), record, ask, hits))
     ranked.sort(key=lambda r: (-r[0], r[1].stream_id))
     t1 = time.perf_counter()
     outcome.streams_searched = len(searchable)
@@ -114,11 +115,9 @@ def ask_across(
         "question_ms": (t_search - t_question) * 1e3,
         "search_ms": (t1 - t_search) * 1e3,
     }
-    for score, record, hits in ranked[: params.results]:
+    for score, record, ask, hits in ranked[: params.results]:
         try:
-            deltas, answer = answerer.answer(
-                record, _ask_params(record.stream_id, params), qvec, hits, t0, search
-            )
+            deltas, answer = answerer.answer(record, ask, qvec, hits, t0, search)
         except NotReady as e:  # its chunks were dropped by retention since the search
             outcome.skipped.append(SkippedStream(record.stream_id, str(e)))
             continue

@@ -164,6 +164,8 @@ def _error_response(exc: Exception, caller: Caller | None) -> web.Response:
 
 
 API_PATHS = ("/api/", "/offer")  # answered in JSON, errors too
+SSE_POLL_S = 0.5  # a watch's event stream looks for new events this often
+SSE_KEEPALIVE_S = 15.0  # and says it is there this often when none come (proxies close quiet streams)
 CALLER = web.RequestKey("longwatch.caller", Caller)  # where a request keeps its authenticated Caller
 
 
@@ -585,15 +587,19 @@ class LiveHttpServer:
         store = self._watch_store()
         quiet = 0.0
         while not self._closing and request.transport is not None and not request.transport.is_closing():
-            events = await asyncio.to_thread(store.events_after, watch.watch_id, after, 100, 1000)
+            # A quick read, then a wait on the loop: no executor thread is held between events,
+            # so any number of pages may follow watches.
+            events = await asyncio.to_thread(store.events_after, watch.watch_id, after, 100)
             for event in events:
                 data = json.dumps(event_json(watch, event))
                 await response.write(f"id: {event.event_id}\nevent: watch\ndata: {data}\n\n".encode())
                 after = event.event_id
-            quiet = 0.0 if events else quiet + 1.0
-            if quiet >= 15:
+            quiet = 0.0 if events else quiet + SSE_POLL_S
+            if quiet >= SSE_KEEPALIVE_S:
                 await response.write(b": still watching\n\n")
                 quiet = 0.0
+            if not events:
+                await asyncio.sleep(SSE_POLL_S)
         return response
 
     def _check_live(self, caller: Caller, stored_id: str) -> None:

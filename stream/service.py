@@ -33,6 +33,7 @@ from longwatch.stream.errors import (
     CallEnded,
     NotReady,
     PermissionDenied,
+    QuotaExceeded,
     Stopping,
     StreamBusy,
     StreamMissing,
@@ -158,6 +159,22 @@ def _abort_on_error(method: F) -> F:
             handle(context, caller, exc)
 
     return unary_wrapper  # type: ignore[return-value]
+
+
+def _once(fn: Callable[[], object]) -> Callable[[], None]:
+    """`fn`, run the first time only, whichever thread calls first."""
+    lock = threading.Lock()
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        with lock:
+            if done:
+                return
+            done = True
+        fn()
+
+    return once
 
 
 def _check_caller(context: grpc.ServicerContext, method: str, stream_id: str, outcome: AskOutcome) -> None:
@@ -336,6 +353,9 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         if not isinstance(store, RedisChunkStore):
             raise TypeError("the service needs a RedisChunkStore: watches live beside the streams")
         self.watches = RedisWatchStore(store.client)
+        # Each Watch call holds one of gRPC's threads for as long as it is open: at most half of
+        # them, so watchers can never keep the other calls waiting.
+        self._watch_calls = threading.BoundedSemaphore(max(2, settings.workers // 2))
         self.quotas = Quotas(self.keys, store)
         self.answerer = QuestionAnswerer(
             runner,
@@ -625,8 +645,26 @@ class LongWatchService(pb_grpc.LongWatchServicer):
         after = request.after_event_id
         if not valid_event_id(after):
             raise BadRequest(f"after_event_id must be an event id such as 1733390000000-0, got {after!r}")
-        kind = request.WhichOneof("kind")
-        if kind == "new":
+        if request.WhichOneof("kind") is None:
+            raise BadRequest("Watch needs `new` (a question to watch for) or `watch_id` (a watch to resume)")
+        if not self._watch_calls.acquire(blocking=False):
+            raise QuotaExceeded(
+                f"this server has {max(2, self.settings.workers // 2)} Watch calls open, its most: "
+                "follow the watch over HTTP (GET /api/watches/ID/events) or a webhook, or another replica"
+            )
+        # Given back the moment the call ends (the caller hung up), not when the loop notices it.
+        give_back = _once(self._watch_calls.release)
+        if not context.add_callback(give_back):
+            give_back()  # the call has ended already
+        try:
+            yield from self._watch(request, context, caller, after)
+        finally:
+            give_back()
+
+    def _watch(
+        self, request: pb.WatchRequest, context: grpc.ServicerContext, caller: Caller, after: str
+    ) -> Iterator[pb.WatchEvent]:
+        if request.WhichOneof("kind") == "new":
             new = request.new
             watch = watch_for(
                 caller,
@@ -638,10 +676,8 @@ class LongWatchService(pb_grpc.LongWatchServicer):
                 new.webhook_url,
                 self.settings.max_question_chars,
             )
-        elif kind == "watch_id":
-            watch = tenant_watch(self.watches, caller.tenant, caller.stored_id(request.watch_id))
         else:
-            raise BadRequest("Watch needs `new` (a question to watch for) or `watch_id` (a watch to resume)")
+            watch = tenant_watch(self.watches, caller.tenant, caller.stored_id(request.watch_id))
         yield pb.WatchEvent(watch=watch_info(caller, watch))
         rounds = 0
         while context.is_active() and not self.gate.closed:

@@ -243,7 +243,9 @@ class ServiceSettings:
     ray_address: str | None = None
     ray_workers: int = 2
     state_dir: Path = field(default_factory=default_state_dir)
-    workers: int = 8
+    # gRPC's threads. A streaming call (Watch, IngestFrames, an upload) holds one while it lasts;
+    # model work waits for the model lock whatever the count, so idle threads cost little.
+    workers: int = 32
     max_message_mb: int = 256
     top_k: int = 4
     # Of the top-k, leave out chunks scoring more than this below the best (0: keep all k). The

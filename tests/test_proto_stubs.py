@@ -24,6 +24,9 @@ SERVICE_METHODS = {
     "Ask",
     "AskStream",
     "AskAcross",
+    "Watch",
+    "ListWatches",
+    "DeleteWatch",
     "GetStream",
     "ListStreams",
     "DeleteStream",
@@ -80,7 +83,7 @@ def test_service_has_every_method() -> None:
     service = pb.DESCRIPTOR.services_by_name["LongWatch"]
     assert set(service.methods_by_name) == SERVICE_METHODS
     streaming = {m.name for m in service.methods if m.server_streaming}
-    assert streaming == {"IngestFile", "IngestUpload", "IngestFrames", "AskStream"}
+    assert streaming == {"IngestFile", "IngestUpload", "IngestFrames", "AskStream", "Watch"}
     assert {m.name for m in service.methods if m.client_streaming} == {"IngestUpload", "IngestFrames"}
     with grpc.insecure_channel("localhost:1") as channel:  # never connected: stubs are lazy
         stub = pb_grpc.LongWatchStub(channel)

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from service_settings import loopback_settings
 
@@ -24,6 +25,7 @@ from longwatch.clients.client import (
     InvalidArgument,
     LiveFrame,
     LongWatchClient,
+    LongWatchError,
     NotFound,
     WatchEvent,
     WatchEvents,
@@ -304,6 +306,31 @@ def test_bad_watches_are_refused_and_deleting_one_ends_it(server: LongWatchServe
         assert c.list_watches() == []
         with pytest.raises(NotFound):
             c.delete_watch(watch.watch_id)
+
+
+def test_watch_calls_take_at_most_half_the_servers_threads(server: LongWatchServer, haystack: Path) -> None:
+    """Each open Watch call holds a gRPC thread: past half of them (2 of this server's 4) a new one
+    is refused at once, naming the ways that do not hold one, and nothing is made for it."""
+    with connect(server) as c:
+        list(c.ingest_file("hay", path=haystack))
+        first, second = c.watch("hay", QUESTION), c.watch("hay", QUESTION)
+        first.first(), second.first()
+        with pytest.raises(LongWatchError) as refused, c.watch("hay", QUESTION) as third:
+            third.first()
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Watch calls open" in str(refused.value) and "/api/watches/ID/events" in str(refused.value)
+        assert len(c.list_watches()) == 2
+        first.close()
+        deadline = time.monotonic() + WAIT_S
+        while True:  # the server frees the thread once it sees the call has ended (within 1 s)
+            try:
+                with c.watch("hay", QUESTION) as fourth:
+                    fourth.first()
+                break
+            except LongWatchError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        second.close()
 
 
 def test_the_cli_prints_a_line_per_event_and_lists_and_deletes_watches(

@@ -58,7 +58,12 @@ async function pictureUrl(path) {
 }
 
 async function api(method, path, body) {
+  const used = sessionStorage.getItem(KEY_ITEM);
   let response = await send(method, path, body);
+  const current = sessionStorage.getItem(KEY_ITEM);
+  if (response.status === 401 && current && current !== used) {
+    response = await send(method, path, body); // a request beside this one got the key meanwhile
+  }
   if (response.status === 401) {
     sessionStorage.removeItem(KEY_ITEM); // none, or one the server no longer takes
     const key = keyDeclined ? null : window.prompt("This longwatch server needs an API key:");
