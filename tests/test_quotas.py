@@ -63,6 +63,17 @@ def tenant(server: LongWatchServer, keys_file: Path, name: str, **limits: float)
     return LongWatchClient(f"127.0.0.1:{server.port}", timeout=60, api_key=key)
 
 
+def held_open(
+    footage: SyntheticFootage, held: threading.Event, release: threading.Event
+) -> Iterator[LiveFrame]:
+    """A live stream's first 4 frames, then `held` is set and the connection stays open until
+    `release`: a live stream for as long as a test needs one."""
+    for i in range(4):
+        yield LiveFrame(i / 4, rgb=footage.frame_at(i))
+    held.set()
+    release.wait(60)
+
+
 def wait_live(c: LongWatchClient, stream_id: str) -> None:
     """Until the stream is live: the frames a sender has handed to gRPC may not have reached the
     server yet, so at first the stream may not even exist."""
@@ -124,19 +135,11 @@ def test_the_live_streams_limit_refuses_a_second_connection_over_grpc_and_http(
     server: LongWatchServer, keys_file: Path
 ) -> None:
     footage = SyntheticFootage(seed=2, width=64, height=64, fps=4.0)
-    held = threading.Event()
-    release = threading.Event()
-
-    def frames() -> Iterator[LiveFrame]:
-        for i in range(1000):
-            if i == 4:
-                held.set()
-                release.wait(60)
-                return
-            yield LiveFrame(i / 4, rgb=footage.frame_at(i))
+    held, release = threading.Event(), threading.Event()
+    frames = held_open(footage, held, release)
 
     with tenant(server, keys_file, "onelive", max_live_streams=1) as c:
-        feeder = threading.Thread(target=lambda: list(c.ingest_frames("porch", frames())))
+        feeder = threading.Thread(target=lambda: list(c.ingest_frames("porch", frames)))
         feeder.start()
         try:
             assert held.wait(30)
@@ -186,16 +189,8 @@ def test_the_limits_hold_across_replicas(
     security = SecuritySettings(keys_file=keys_file, limits=TenantLimits(max_streams=50))
     other = LongWatchServer(loopback_settings(tmp_path / "b", module_redis.url, security=security)).start()
     footage = SyntheticFootage(seed=2, width=64, height=64, fps=4.0)
-    held = threading.Event()
-    release = threading.Event()
-
-    def frames() -> Iterator[LiveFrame]:
-        for i in range(1000):
-            if i == 4:
-                held.set()
-                release.wait(60)
-                return
-            yield LiveFrame(i / 4, rgb=footage.frame_at(i))
+    held, release = threading.Event(), threading.Event()
+    frames = held_open(footage, held, release)
 
     try:
         with tenant(server, keys_file, "replicated", max_concurrent_asks=1, max_live_streams=1) as a:
@@ -208,7 +203,7 @@ def test_the_limits_hold_across_replicas(
                         lambda: b.ask("cam", "What appeared?")
                     )
                 assert b.ask("cam", "What appeared?").evidence  # A's Ask ended: its slot is free
-                feeder = threading.Thread(target=lambda: list(a.ingest_frames("porch", frames())))
+                feeder = threading.Thread(target=lambda: list(a.ingest_frames("porch", frames)))
                 feeder.start()
                 try:
                     assert held.wait(30)
