@@ -203,9 +203,7 @@ class RedisWatchStore:
         def body(pipe: Pipeline) -> None:
             outcome[0] = None
             current, told = pipe.hmget(keys.cursor, [stream_id, PENDING_PREFIX + stream_id])
-            made, at = _parse_cursor(current) if current is not None else (created_unix, start_at)
-            if made != created_unix:  # the stream was made again since: from its start
-                at = start_at
+            at = next_to_check(_parse_cursor(current) if current else None, created_unix, start_at)
             if at != chunk_index or not pipe.exists(keys.watch):
                 pipe.multi()
                 return
@@ -237,8 +235,8 @@ class RedisWatchStore:
         def body(pipe: Pipeline) -> None:
             added[0] = False
             current, told = pipe.hmget(keys.cursor, [stream_id, PENDING_PREFIX + stream_id])
-            made, at = _parse_cursor(current) if current is not None else (created_unix, start_at)
-            checked = made == created_unix and at > event.chunk_index
+            at = next_to_check(_parse_cursor(current) if current else None, created_unix, start_at)
+            checked = at > event.chunk_index
             gone = not pipe.exists(keys.watch)
             pipe.multi()
             if checked or told == mark.encode() or gone:
@@ -281,6 +279,15 @@ class RedisWatchStore:
             self._r.pexpire(key, ttl_ms)
             return True
         return False
+
+
+def next_to_check(cursor: tuple[float, int] | None, created_unix: float, start_at: int) -> int:
+    """The next chunk a watch checks in a stream made at `created_unix`: its cursor's, or
+    `start_at` where it has none for this very stream (none yet, or the stream was deleted and
+    made again since)."""
+    if cursor is None or cursor[0] != created_unix:
+        return start_at
+    return cursor[1]
 
 
 def _fields(event: WatchEventRecord) -> dict[str, str]:

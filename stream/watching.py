@@ -3,12 +3,13 @@
 Every replica runs a WatchChecker; each watch is checked by one replica at a time (a claim in
 Redis, renewed each round, taken over when it lapses). Each round (every WATCH_INTERVAL_S) it
 reads the watches and the streams, and for each watch it holds and each of its streams asks the
-question of the chunks past the watch's cursor,
-one chunk at a time, from that chunk alone, as an Ask retrieving just it would. An answer that
-starts with the watch's `match` ("yes" by default) is an event. The check is recorded in Redis in
-one transaction that moves the cursor (memory/watches.py): checks survive restarts, and even two
-replicas that checked the same chunk (one whose claim lapsed mid-round) record it once. Nothing depends on which replica ingested
-the chunk or on anyone being connected.
+question of the chunks past the watch's cursor, one chunk at a time, from that chunk alone, as
+an Ask retrieving just it would. An answer that starts with the watch's `match` ("yes" by
+default) is an event. The check is recorded in Redis in one transaction that moves the cursor
+(memory/watches.py): checks survive restarts, and even two replicas that checked the same chunk
+(one whose claim lapsed mid-round) record it once. Nothing depends on which replica ingested the
+chunk or on anyone being connected. The live streams fed through this replica are also checked
+before their chunk is full (`_check_pending`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from longwatch.memory.chunk import ChunkCache
 from longwatch.memory.records import ChunkNotFound, CorruptData, StoreError
 from longwatch.memory.store import ChunkStore
-from longwatch.memory.watches import RedisWatchStore, WatchEventRecord, WatchRecord
+from longwatch.memory.watches import RedisWatchStore, WatchEventRecord, WatchRecord, next_to_check
 from longwatch.model.answer import AnswerStream, question_vector
 from longwatch.proto.streams import StreamRecord, split_stored_id, stored_stream_id
 from longwatch.stream.answering import validate_question
@@ -132,6 +133,27 @@ def tenant_watch(watches: RedisWatchStore, tenant: str, stored_watch_id: str) ->
     return watch
 
 
+def _start_at(watch: WatchRecord, record: StreamRecord) -> int:
+    """Where a watch with no cursor on the stream begins: a stream made after the watch from its
+    start, one made before it (the watch was made as it was) from its end."""
+    return 0 if record.created_unix >= watch.created_unix else record.chunks
+
+
+def _log_event(watch: WatchRecord, event_id: str | None, event: WatchEventRecord | None) -> None:
+    if event_id and event is not None:
+        log.info(
+            "watch %s: event %s, %s chunk %d (%.1f-%.1f s%s): %r",
+            watch.watch_id,
+            event_id,
+            event.stream_id,
+            event.chunk_index,
+            event.start_s,
+            event.end_s,
+            ", not yet committed" if event.pending else "",
+            event.answer,
+        )
+
+
 class LiveFrames(Protocol):
     """What the checker needs of the live streams fed here (stream.live.LiveRegistry)."""
 
@@ -228,7 +250,7 @@ class WatchChecker:
             record = records.get(stream_id)
             if record is None or record.model != fingerprint:
                 continue
-            wanted = [w for w in watches if record in self._targets(w, [record])]
+            wanted = [w for w in watches if self._covers(w, record)]
             now = self.live.pending_frames(stream_id)
             if not wanted or now is None or now[1] == 0 or self._pending_seen.get(stream_id) == now:
                 continue
@@ -240,22 +262,11 @@ class WatchChecker:
                 answer = self._answer(watch.question, chunk, watch.match)
                 if not answer_matches(answer, watch.match):
                     continue
-                start_at = 0 if record.created_unix >= watch.created_unix else record.chunks
                 event = self._event(watch, record, chunk, answer, pending=True)
                 event_id = self.watches.record_pending_event(
-                    watch.watch_id, stream_id, record.created_unix, start_at, event
+                    watch.watch_id, stream_id, record.created_unix, _start_at(watch, record), event
                 )
-                if event_id:
-                    log.info(
-                        "watch %s: event %s, %s chunk %d so far (%.1f-%.1f s, not yet committed): %r",
-                        watch.watch_id,
-                        event_id,
-                        stream_id,
-                        chunk.index,
-                        chunk.start_s,
-                        chunk.end_s,
-                        answer,
-                    )
+                _log_event(watch, event_id, event)
 
     def _event(
         self, watch: WatchRecord, record: StreamRecord, chunk: ChunkCache, answer: str, pending: bool
@@ -282,15 +293,11 @@ class WatchChecker:
             if not self.watches.claim(watch.watch_id, "checker", self.holder, CHECKER_CLAIM_MS):
                 continue
             cursors = self.watches.cursors(watch.watch_id)
-            for record in self._targets(watch, streams):
-                if record.model != fingerprint:
-                    continue  # another model's chunks: not this server's to read
-                # A stream made after the watch is checked from its start; one made before that
-                # the watch has no cursor for (made as the watch was) from its end.
-                start_at = 0 if record.created_unix >= watch.created_unix else record.chunks
-                made, first = cursors.get(record.stream_id, (record.created_unix, start_at))
-                if made != record.created_unix:  # deleted and made again since
-                    first = start_at
+            for record in streams:
+                if not self._covers(watch, record) or record.model != fingerprint:
+                    continue  # not watched, or another model's chunks: not this server's to read
+                start_at = _start_at(watch, record)
+                first = next_to_check(cursors.get(record.stream_id), record.created_unix, start_at)
                 if first < record.chunks:
                     behind.append(_Due.each(watch, record, first, start_at))
         merged = heapq.merge(*behind, key=lambda d: d.index)
@@ -312,10 +319,11 @@ class WatchChecker:
         return chunks
 
     @staticmethod
-    def _targets(watch: WatchRecord, streams: Sequence[StreamRecord]) -> list[StreamRecord]:
+    def _covers(watch: WatchRecord, record: StreamRecord) -> bool:
+        """Whether the watch is on this stream: its one stream, or any of its tenant's."""
         if watch.stream_id:
-            return [r for r in streams if r.stream_id == watch.stream_id]
-        return [r for r in streams if split_stored_id(r.stream_id)[0] == watch.tenant]
+            return record.stream_id == watch.stream_id
+        return split_stored_id(record.stream_id)[0] == watch.tenant
 
     def _check(self, item: _Due, chunk: ChunkCache | None) -> None:
         """Ask the watch's question of the chunk and record the check (with its event, if any)."""
@@ -328,17 +336,7 @@ class WatchChecker:
         event_id = self.watches.record_check(
             watch.watch_id, record.stream_id, record.created_unix, item.index, item.start_at, event
         )
-        if event_id and event is not None:
-            log.info(
-                "watch %s: event %s, %s chunk %d (%.1f-%.1f s): %r",
-                watch.watch_id,
-                event_id,
-                record.stream_id,
-                item.index,
-                event.start_s,
-                event.end_s,
-                event.answer,
-            )
+        _log_event(watch, event_id, event)
 
     def _answer(self, question: str, chunk: ChunkCache, match: str) -> str:
         """The answer from this chunk alone, up to MATCH_TOKENS tokens, or only as far as it takes

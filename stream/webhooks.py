@@ -64,7 +64,10 @@ class WebhookSender:
     def deliver_round(self) -> int:
         """POST what is due; returns the events delivered."""
         delivered = 0
-        for watch in self.watches.list():
+        watches = self.watches.list()
+        for gone in set(self._backoff) - {w.watch_id for w in watches}:
+            del self._backoff[gone]  # deleted watches
+        for watch in watches:
             if not watch.webhook_url or watch.webhook_delivered_id == watch.last_event_id:
                 continue
             backoff = self._backoff.setdefault(watch.watch_id, _Backoff())
