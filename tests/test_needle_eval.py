@@ -118,10 +118,11 @@ def test_eval_clips_prints_accuracy_of_the_shipped_model(capsys, extra: list[str
     args = ["eval", "clips", "--clips", "12", "--chunks", "3", "--top-k", "1", "--haystacks", "60,3600"]
     assert main.main(args + extra) == 0
     header, *rows = capsys.readouterr().out.strip().splitlines()[-3:]
-    assert header.split() == ["haystack", "chunks", "clips", "what", "colour", "when", "recall@1"]
+    columns = ["what", "colour", "when", "did-yes", "did-no", "recall@1"]
+    assert header.split() == ["haystack", "chunks", "clips", *columns]
     assert [row.split()[:3] for row in rows] == [["60s", "3", "12"], ["3600s", "3", "12"]]
     for row in rows:
-        colour, recall = row.split()[4], row.split()[6]
+        colour, recall = row.split()[4], row.split()[8]
         # The shipped demo model reads colours, and its retrieval finds the needle's chunk among
         # three, from rendered frames, from the same frames through a codec, and with the needle
         # where the hundreds digit of its time turns over (or just before it, shown across it), at

@@ -429,7 +429,7 @@ def test_an_encoded_chunk_looks_like_what_the_service_decodes_from_the_haystack_
         path = encode_video(tmp_path / f"{rate}.mp4", (footage.frame_at(i) for i in range(end)), rate)
         decoded = np.stack([f.image for f in VideoFileReader(path, fps=1.0) if start <= f.pts_s < start + 8])
         rendered = np.stack([footage.frame_at(round(t * rate)) for t in np.arange(start, start + 8)])
-        chunk = clips.encoded_chunk(seed, needle, start, 8, rate)
+        chunk = clips.encoded_chunk(seed, [needle], start, 8, rate)
         # As lossy as the file; at 1 fps (every frame sampled, no I-frame inside this chunk of
         # the file either) nearly the very frames, which a chunk coded alone would not be.
         assert 0.6 * error(decoded, rendered) < error(chunk, rendered) < 1.4 * error(decoded, rendered)

@@ -99,12 +99,14 @@ def evaluate_clips(
     split: Split = "eval",
     frame_size: tuple[int, int] = (56, 56),
     needle_px: tuple[int, int] | None = None,
+    rendering: str = "demo",
 ) -> ClipEval:
     """Accuracy per question kind and retrieval recall on `n` clips of a split (evaluation by default).
 
     haystack_s: length of the haystack the clips are cut from; it sets how many digits a
     "when" answer has (a minute: two; an hour: mostly four).
-    kinds: the question kinds asked, one drawn per clip.
+    kinds: the question kinds asked, one drawn per clip; "did" (yes or no) is scored as "did-yes"
+        and "did-no" by the answer expected, a clip in three with no needle at all.
     encoded_fps: the needle's chunk is sampled from an mp4 of footage at this rate (the same
         clips otherwise); None: rendered frames.
     rollover: every needle in a chunk where the time's hundreds digit turns over.
@@ -117,15 +119,20 @@ def evaluate_clips(
     split: "eval" (what the demo recipe was checked on) or "holdout" (never tuned on).
     frame_size: (width, height) of the footage; needle_px: the needle's side in pixels (a range;
         None: the share of the frame the demo model trained on).
+    rendering: how needles are drawn (needles.RENDERINGS: "demo", "varied", "heldout").
     max_tokens: tokens per frame (None: the model card's, as the service would ingest).
     """
     if max_tokens is None:
         max_tokens = int(lm.card.get("ingest", {}).get("max_tokens_per_frame", 16))
+    needle_kinds = tuple(k for k in kinds if k != "did") or QUESTION_KINDS
     source = NeedleClips(
         n_chunks=n_chunks,
         split=split,
         haystack_s=haystack_s,
-        kinds=kinds,
+        kinds=needle_kinds,
+        yes_no_share=(1 / len(kinds)) if "did" in kinds else 0.0,
+        absent_share=1 / 3,
+        rendering=rendering,
         codec_share=0.0 if encoded_fps is None else 1.0,
         footage_rates=(encoded_fps or 1.0,),
         rollover_share=float(rollover or turnover),
@@ -141,8 +148,10 @@ def evaluate_clips(
     for i in range(n):
         clip = source.clip(np.random.default_rng([seed, i, 7]))
         answer, chosen = answer_clip(lm, clip, alpha, top_k, max_tokens, score_margin=score_margin)
-        result.correct[clip.kind].append(judge(clip.kind, answer, clip.needle))
-        result.recalled.append(bool(set(clip.evidence) & set(chosen)))
+        kind = f"did-{clip.answer}" if clip.kind == "did" else clip.kind
+        result.correct[kind].append(judge(clip.kind, answer, clip.needle, expected=clip.answer))
+        if clip.evidence and clip.question not in clip.unanchored:
+            result.recalled.append(bool(set(clip.evidence) & set(chosen)))
     return result
 
 

@@ -65,7 +65,18 @@ def add_eval(sub: argparse.ArgumentParser) -> None:
         default="3600",
         help="clips: seconds of haystack the clips are cut from, one run per length (sets the digits of a time)",
     )
-    sub.add_argument("--kinds", default="what,colour,when", help="clips: question kinds asked, one per clip")
+    sub.add_argument(
+        "--kinds",
+        default="what,colour,when",
+        help="clips: question kinds asked, one per clip (what, colour, when; did: yes/no, as a watch asks)",
+    )
+    sub.add_argument(
+        "--rendering",
+        choices=["demo", "varied", "heldout"],
+        default="demo",
+        help="clips: how needles are drawn: demo (one font, filled, pure colours), varied (what training "
+        "draws with --rendering varied), heldout (a font and darker shades no training run draws)",
+    )
     sub.add_argument(
         "--encoded",
         type=float,
@@ -168,17 +179,17 @@ def _eval_clips(args: argparse.Namespace) -> int:
     from longwatch.model.config import ModelConfig
     from longwatch.model.eval.clips import evaluate_clips
     from longwatch.model.loading import load_model
-    from longwatch.model.train.needles import QUESTION_KINDS
+    from longwatch.model.train.needles import ALL_KINDS
 
     kinds = tuple(args.kinds.split(","))
-    if unknown := set(kinds) - set(QUESTION_KINDS):
-        return fail(
-            f"unknown question kinds {sorted(unknown)}; choose from {', '.join(QUESTION_KINDS)}", code=2
-        )
+    if unknown := set(kinds) - set(ALL_KINDS):
+        return fail(f"unknown question kinds {sorted(unknown)}; choose from {', '.join(ALL_KINDS)}", code=2)
     lm = load_model(ModelConfig(path=args.model, adapter=args.adapter))
+    columns = ("what", "colour", "when", "did-yes", "did-no")
     print(
-        f"{'haystack':>8}  {'chunks':>6}  {'clips':>5}  {'what':>6}  {'colour':>6}  {'when':>6}"
-        f"  {'recall@' + str(args.top_k):>9}"
+        f"{'haystack':>8}  {'chunks':>6}  {'clips':>5}  "
+        + "  ".join(f"{c:>7}" for c in columns)
+        + f"  {'recall@' + str(args.top_k):>9}"
     )
     for haystack_s in (int(x) for x in args.haystacks.split(",")):
         for n_chunks in (int(x) for x in args.chunks.split(",")):
@@ -199,8 +210,9 @@ def _eval_clips(args: argparse.Namespace) -> int:
                 frame_size=args.frame_size,
                 needle_px=args.needle_px,
                 max_tokens=args.max_tokens_per_frame,
+                rendering=args.rendering,
             ).accuracy()
-            cells = [f"{acc[k]:6.1%}" if k in acc else f"{'-':>6}" for k in ("what", "colour", "when")]
+            cells = [f"{acc[k]:7.1%}" if k in acc else f"{'-':>7}" for k in columns]
             print(
                 f"{haystack_s:>7}s  {n_chunks:>6}  {args.clips:>5}  {'  '.join(cells)}  {acc['recall@k']:9.1%}",
                 flush=True,

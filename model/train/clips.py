@@ -14,13 +14,17 @@ from typing import Protocol
 import numpy as np
 
 from longwatch.model.train.needles import (
+    NO,
     QUESTION_KINDS,
+    YES,
     Needle,
     QuestionKind,
     Split,
+    other_needle,
     questions_for,
     random_needle,
     seed_for,
+    yes_no_question,
 )
 from longwatch.model.train.synthetic import SyntheticFootage, codec_round_trip
 
@@ -51,6 +55,9 @@ class TrainingClip:
     # The clip's first chunk is its stream's first (chunk 0): the service writes that chunk's
     # first label without the "," that joins every later one, as VideoLLaMA3 joins frames.
     opens_stream: bool = False
+    # Questions whose answer no chunk holds (a yes/no question answered "no"): the retrieval loss
+    # leaves them out, as there is no evidence chunk for them to find.
+    unanchored: tuple[str, ...] = ()
 
     @property
     def n_chunks(self) -> int:
@@ -160,6 +167,19 @@ class NeedleClips:
     # worst (1800 s needles as "at 1907 s" for 1899 s; the needle grid's depth 75% of an hour is
     # 2698-2701 s).
     turnover_share: float = 0.0
+    # Share of clips whose needle is sized by needle_px; the others are the demo model's own size
+    # (1.0: every one by needle_px). Drawn only below 1.0.
+    needle_px_share: float = 1.0
+    # How needles are drawn: a needles.RENDERINGS name ("demo": one font, filled, pure colours).
+    rendering: str = "demo"
+    # Share of clips that ask a yes/no question ("Did a red circle appear?", "Is there a digit?"),
+    # the kind a watch asks of every chunk. Of them, absent_share have no needle drawn at all (so
+    # "no" whatever is asked, as a watch hears from almost every chunk), and of the rest half ask
+    # about the needle ("yes") and half about something else ("no"); kind_only_share ask for a
+    # kind alone. Drawn after everything else, and only when asked for.
+    yes_no_share: float = 0.0
+    absent_share: float = 0.4
+    kind_only_share: float = 0.3
 
     def __post_init__(self) -> None:
         for rate in self.footage_rates:
@@ -203,7 +223,10 @@ class NeedleClips:
         else:
             straddle = False
         t0 = float(starts[evidence] + (rng.integers(f) if frame is None else frame) / self.fps)
-        needle = random_needle(rng, t0, self.width, self.height, size_px=self.needle_px)
+        size_px = self.needle_px
+        if self.needle_px_share < 1.0 and rng.random() >= self.needle_px_share:
+            size_px = None
+        needle = random_needle(rng, t0, self.width, self.height, size_px=size_px, rendering=self.rendering)
         if rolled and self.turnover_share and not straddle and frame is None:
             turn = (int(starts[evidence]) // 100 + 1) * 100  # the next multiple of 100 s
             turn_frame = round((turn - starts[evidence]) * self.fps)  # its frame in the chunk, if < f
@@ -217,40 +240,66 @@ class NeedleClips:
             start = float(starts[evidence] + (f - inside) / self.fps)
             needle = replace(needle, start_s=start, duration_s=shown / self.fps)
         held = [evidence, evidence + 1] if straddle else [evidence]
-        footage = SyntheticFootage(seed, self.width, self.height, self.fps, overlays=[needle])
-        times = [float(s + i / self.fps) for s in starts for i in range(f)]
-        frames = np.stack([footage.frame_at(round(t * self.fps)) for t in times])
         qas = questions_for(needle)
         qa = qas[self.kinds[int(rng.integers(len(self.kinds)))]]
         others = [qas[k] for k in self.kinds if k != qa.kind] if self.all_questions else []
         also = [(o.question, o.answer) for o in others]
-        # Drawn last, and only when asked for: a run without it draws the same clips as before.
+        # Drawn last, and only when asked for: a run without them draws the same clips as before.
+        rate = None
         if self.codec_share and rng.random() < self.codec_share:
             rate = self.footage_rates[int(rng.integers(len(self.footage_rates)))]
+        question, answer, kind, evidence_chunks = qa.question, qa.answer, qa.kind, held
+        overlays, unanchored = [needle], ()
+        if self.yes_no_share and rng.random() < self.yes_no_share:
+            kind_only = rng.random() < self.kind_only_share
+            draw = rng.random()
+            kind = "did"
+            if draw < self.absent_share:  # no needle at all: no evidence, and nothing else to ask
+                question, answer, overlays, evidence_chunks, also = (
+                    yes_no_question(needle, kind_only),
+                    NO,
+                    [],
+                    [],
+                    [],
+                )
+            else:
+                also = [(question, answer), *also]  # the needle's own questions, of the same context
+                asked_other = draw >= self.absent_share + (1 - self.absent_share) / 2
+                asked = other_needle(rng, needle, kind_only) if asked_other else needle
+                question, answer = yes_no_question(asked, kind_only), NO if asked_other else YES
+            if answer == NO:
+                unanchored = (question,)
+        footage = SyntheticFootage(seed, self.width, self.height, self.fps, overlays=overlays)
+        times = [float(s + i / self.fps) for s in starts for i in range(f)]
+        frames = np.stack([footage.frame_at(round(t * self.fps)) for t in times])
+        if rate is not None:
             for c in held:
-                frames[c * f : (c + 1) * f] = self.encoded_chunk(seed, needle, float(starts[c]), f, rate)
+                frames[c * f : (c + 1) * f] = self.encoded_chunk(seed, overlays, float(starts[c]), f, rate)
         return TrainingClip(
             frames,
             times,
-            qa.question,
-            qa.answer,
-            held,
+            question,
+            answer,
+            evidence_chunks,
             f,
             needle,
-            qa.kind,
+            kind,
             also,
             keep,
             opens_stream=bool(starts[0] == 0),
+            unanchored=unanchored,
         )
 
-    def encoded_chunk(self, seed: int, needle: Needle, start_s: float, f: int, rate: float) -> np.ndarray:
+    def encoded_chunk(
+        self, seed: int, overlays: list[Needle], start_s: float, f: int, rate: float
+    ) -> np.ndarray:
         """A chunk's f frames from `start_s` as a stream samples them from an mp4 at `rate` fps.
 
         The mp4 holds CODEC_CONTEXT_FRAMES of footage either side of the chunk, so that its frames
         are coded as inside a long video (predicted from earlier ones, x264 looking ahead).
         """
         step = round(rate / self.fps)
-        footage = SyntheticFootage(seed, self.width, self.height, rate, overlays=[needle])
+        footage = SyntheticFootage(seed, self.width, self.height, rate, overlays=overlays)
         first = round(start_s * rate)
         lead = min(first, CODEC_CONTEXT_FRAMES)
         n = f * step
@@ -348,5 +397,7 @@ def corpus(system_prompt: str) -> list[str]:
             n = Needle(0.0, 1.0, shape, colour, digit="7" if shape == "digit" else "")
             for qa in questions_for(n).values():
                 texts += [question_suffix(qa.question), qa.answer]
+            texts += [question_suffix(yes_no_question(n, kind_only)) for kind_only in (False, True)]
+    texts += [YES, NO]
     texts += [f"the digit {d}" for d in DIGITS]
     return texts

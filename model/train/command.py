@@ -184,6 +184,28 @@ def add_train(sub: argparse.ArgumentParser) -> None:
         help="--data needles: the needle's side in pixels (default: 55-80%% of the frame's shorter side)",
     )
     sub.add_argument(
+        "--needle-px-share",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="--data needles: the share of needles sized by --needle-px; the rest are the default size",
+    )
+    sub.add_argument(
+        "--rendering",
+        default="demo",
+        choices=["demo", "varied"],
+        help="--data needles: how needles are drawn (varied: digit fonts, outlines, shades; the "
+        "'heldout' renderings are for evaluation only)",
+    )
+    sub.add_argument(
+        "--yes-no-share",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="--data needles: the share of clips asking a yes/no question ('Did a red circle appear?'), "
+        "a watch's kind; a demo model's vocabulary gains its words where it lacks them",
+    )
+    sub.add_argument(
         "--max-tokens-per-frame",
         type=int,
         metavar="N",

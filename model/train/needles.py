@@ -9,7 +9,7 @@ seed ranges, so no evaluation video is ever trained on.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,8 +27,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 DIGITS = tuple(str(d) for d in range(10))
-QuestionKind = Literal["what", "colour", "when"]
+QuestionKind = Literal["what", "colour", "when", "did"]
+# The needle's own questions; "did" (yes or no: "Did a red circle appear?") is asked only where a
+# clip source asks for it (NeedleClips.yes_no_share), so that runs without it draw what they drew.
 QUESTION_KINDS: tuple[QuestionKind, ...] = ("what", "colour", "when")
+ALL_KINDS: tuple[QuestionKind, ...] = (*QUESTION_KINDS, "did")
 WHEN_TOLERANCE_S = 3.0
 
 # Three disjoint seed ranges. "train" trains; "eval" is what the demo model's recipe was checked
@@ -52,6 +55,50 @@ _FONT = {
     "7": ("###", "..#", ".#.", ".#.", ".#."),
     "8": ("###", "#.#", "###", "#.#", "###"),
     "9": ("###", "#.#", "###", "..#", "###"),
+}
+
+
+# Digit fonts beside _FONT ("block"): "tall", 5x7 bitmaps, and "segments", a seven-segment display.
+_TALL_FONT = {
+    "0": (".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."),
+    "1": ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),
+    "2": (".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"),
+    "3": ("####.", "....#", "....#", ".###.", "....#", "....#", "####."),
+    "4": ("...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."),
+    "5": ("#####", "#....", "####.", "....#", "....#", "#...#", ".###."),
+    "6": ("..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."),
+    "7": ("#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."),
+    "8": (".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."),
+    "9": (".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."),
+}
+# Lit segments per digit: a top, b upper right, c lower right, d bottom, e lower left, f upper
+# left, g middle.
+_SEGMENTS = {
+    "0": "abcdef", "1": "bc", "2": "abdeg", "3": "abcdg", "4": "bcfg",
+    "5": "acdfg", "6": "acdefg", "7": "abc", "8": "abcdefg", "9": "abcdfg",
+}  # fmt: skip
+FONTS = ("block", "tall", "segments")
+STROKES = ("filled", "outline")
+
+
+@dataclass(frozen=True)
+class Renderings:
+    """How needles are drawn: digit fonts, strokes (a filled shape or its outline), and shades
+    (the named colour scaled by a factor in `shades`, each channel moved by up to `tint`)."""
+
+    fonts: tuple[str, ...]
+    strokes: tuple[str, ...]
+    shades: tuple[float, float]
+    tint: int = 0
+
+
+# "demo": what the shipped demo model first trained on; "varied": what training draws to learn
+# needles in general; "heldout": renderings no training run draws (a font and a band of darker
+# shades), for reporting how far what was learnt carries.
+RENDERINGS: dict[str, Renderings] = {
+    "demo": Renderings(("block",), ("filled",), (1.0, 1.0)),
+    "varied": Renderings(("block", "tall"), STROKES, (0.75, 1.15), tint=25),
+    "heldout": Renderings(("segments",), STROKES, (0.55, 0.75), tint=25),
 }
 
 
@@ -82,6 +129,9 @@ class Needle:
     cx: int = 0  # centre, frame pixels
     cy: int = 0
     size: int = 16  # side of the bounding square, pixels
+    font: str = "block"  # a digit's (FONTS)
+    stroke: str = "filled"  # a shape's (STROKES)
+    rgb: tuple[int, int, int] | None = None  # its shade of `colour` (None: COLOURS[colour])
 
     @property
     def end_s(self) -> float:
@@ -97,16 +147,41 @@ class Needle:
     def draw(self, frame: np.ndarray, t_s: float) -> None:
         if not self.start_s <= t_s < self.end_s:
             return
-        mask = needle_mask(self.shape, self.size, self.digit)  # (size, size) bool
+        mask = needle_mask(self.shape, self.size, self.digit, self.font, self.stroke)  # (size, size) bool
         h, w = frame.shape[:2]
         y0, x0 = self.cy - self.size // 2, self.cx - self.size // 2
         ys, xs = slice(max(y0, 0), min(y0 + self.size, h)), slice(max(x0, 0), min(x0 + self.size, w))
         region = frame[ys, xs]
-        region[mask[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]] = COLOURS[self.colour]
+        rgb = self.rgb or COLOURS[self.colour]
+        region[mask[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]] = rgb
 
 
-def needle_mask(shape: str, size: int, digit: str = "") -> np.ndarray:
+def needle_mask(
+    shape: str, size: int, digit: str = "", font: str = "block", stroke: str = "filled"
+) -> np.ndarray:
     """Boolean (size, size) footprint of a needle."""
+    if shape == "digit":
+        return _digit_mask(digit, size, font)
+    filled = _shape_mask(shape, size)
+    if stroke == "filled" or shape == "cross":  # a cross is strokes already
+        return filled
+    if stroke != "outline":
+        raise ValueError(f"unknown stroke {stroke!r}")
+    # The outline: filled pixels within about a sixth of the side of the shape's edge.
+    width = max(1, round(size / 7))
+    inner = filled.copy()
+    for _ in range(width):  # erode by one pixel, 4-connected
+        inner = (
+            inner
+            & np.roll(inner, 1, 0)
+            & np.roll(inner, -1, 0)
+            & np.roll(inner, 1, 1)
+            & np.roll(inner, -1, 1)
+        )
+    return filled & ~inner
+
+
+def _shape_mask(shape: str, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     c, r = size / 2, size / 2
     if shape == "circle":
@@ -119,14 +194,39 @@ def needle_mask(shape: str, size: int, digit: str = "") -> np.ndarray:
     if shape == "cross":
         t = size / 6
         return (np.abs(yy - c) <= t) | (np.abs(xx - c) <= t)
-    if shape == "digit":
-        rows = _FONT[digit]
-        cell = np.array([[ch == "#" for ch in row] for row in rows])  # (5, 3)
-        ys = np.minimum((yy / size * 5).astype(int), 4)
-        xs = np.minimum(((xx - size * 0.2) / (size * 0.6) * 3).astype(int), 2)
-        inside = (xx >= size * 0.2) & (xx < size * 0.8)
-        return inside & cell[ys, np.clip(xs, 0, 2)]
     raise ValueError(f"unknown needle shape {shape!r}")
+
+
+def _digit_mask(digit: str, size: int, font: str) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    if font in ("block", "tall"):
+        rows = _FONT[digit] if font == "block" else _TALL_FONT[digit]
+        cell = np.array([[ch == "#" for ch in row] for row in rows])  # (rows, cols)
+        n_rows, n_cols = cell.shape
+        left, width = size * 0.2, size * 0.6
+        ys = np.minimum((yy / size * n_rows).astype(int), n_rows - 1)
+        xs = np.clip(((xx - left) / width * n_cols).astype(int), 0, n_cols - 1)
+        inside = (xx >= left) & (xx < left + width)
+        return inside & cell[ys, xs]
+    if font == "segments":
+        t = max(1.0, size / 8)  # a segment's thickness
+        x0, x1, y0, y1, ym = size * 0.2, size * 0.8, size * 0.05, size * 0.95, size / 2
+        across = (xx >= x0) & (xx <= x1)
+        upper, lower = (yy >= y0) & (yy <= ym), (yy >= ym) & (yy <= y1)
+        bars = {
+            "a": across & (np.abs(yy - y0 - t / 2) <= t / 2),
+            "g": across & (np.abs(yy - ym) <= t / 2),
+            "d": across & (np.abs(yy - y1 + t / 2) <= t / 2),
+            "f": upper & (np.abs(xx - x0 - t / 2) <= t / 2),
+            "b": upper & (np.abs(xx - x1 + t / 2) <= t / 2),
+            "e": lower & (np.abs(xx - x0 - t / 2) <= t / 2),
+            "c": lower & (np.abs(xx - x1 + t / 2) <= t / 2),
+        }
+        mask = np.zeros((size, size), dtype=bool)
+        for segment in _SEGMENTS[digit]:
+            mask |= bars[segment]
+        return mask
+    raise ValueError(f"unknown digit font {font!r}")
 
 
 # What the demo model trained on: a needle's side is this share of the frame's shorter side.
@@ -140,13 +240,15 @@ def random_needle(
     height: int,
     digit_share: float | None = None,
     size_px: tuple[int, int] | None = None,
+    rendering: str = "demo",
 ) -> Needle:
     """A needle of random kind, colour, place and 1-3 s duration, starting at `start_s`.
 
     Kinds are equally likely unless digit_share says how often it is a digit. Its side is
     NEEDLE_SHARE of the frame's shorter side (30-44 px in a 56-px frame), or within size_px
     (pixels, both ends included) where given; the same draws either way, so a seed keeps its
-    kind, colour and time.
+    kind, colour and time. rendering: a RENDERINGS name; its font, stroke and shade are drawn
+    after everything else (none for "demo"), so that they too leave the rest as it was.
     """
     if digit_share is None:
         shape = str(rng.choice((*SHAPES, "digit")))
@@ -159,7 +261,7 @@ def random_needle(
         if not 3 <= lo <= hi <= min(width, height):
             raise ValueError(f"needle size must be 3..{min(width, height)} px and low <= high, got {lo}-{hi}")
         size = lo + round((share - NEEDLE_SHARE[0]) / (NEEDLE_SHARE[1] - NEEDLE_SHARE[0]) * (hi - lo))
-    return Needle(
+    needle = Needle(
         start_s=float(start_s),
         duration_s=float(rng.integers(1, 4)),
         shape=shape,
@@ -169,6 +271,22 @@ def random_needle(
         cy=int(rng.integers(size // 2, height - size // 2 + 1)),
         size=size,
     )
+    return rendered(rng, needle, rendering)
+
+
+def rendered(rng: np.random.Generator, needle: Needle, rendering: str) -> Needle:
+    """The needle in a font, stroke and shade drawn from RENDERINGS[rendering] (no draw for "demo")."""
+    if rendering not in RENDERINGS:
+        raise ValueError(f"rendering must be one of {sorted(RENDERINGS)}, got {rendering!r}")
+    if rendering == "demo":
+        return needle
+    r = RENDERINGS[rendering]
+    font = str(rng.choice(r.fonts))
+    stroke = str(rng.choice(r.strokes))
+    factor = rng.uniform(*r.shades)
+    tint = rng.integers(-r.tint, r.tint + 1, size=3) if r.tint else np.zeros(3, dtype=int)
+    rgb = np.clip(np.array(COLOURS[needle.colour]) * factor + tint, 0, 255).astype(int)
+    return replace(needle, font=font, stroke=stroke, rgb=(int(rgb[0]), int(rgb[1]), int(rgb[2])))
 
 
 @dataclass(frozen=True)
@@ -176,6 +294,30 @@ class NeedleQA:
     kind: QuestionKind
     question: str
     answer: str
+
+
+YES, NO = "yes", "no"
+
+
+def yes_no_question(asked: Needle, kind_only: bool = False) -> str:
+    """A yes/no question whether `asked` appeared: "Did a red circle appear?", "Did the digit 7
+    appear?"; kind_only asks for its kind alone: "Is there a circle?", "Is there a digit?"."""
+    return f"Is there a {asked.noun()}?" if kind_only else f"Did {asked.phrase()} appear?"
+
+
+def other_needle(rng: np.random.Generator, needle: Needle, kind_only: bool = False) -> Needle:
+    """A needle that is not this one by its words (the negatives of a yes/no question): another
+    colour, shape or digit, or a digit for a shape and a shape for a digit; kind_only: another kind."""
+    kinds = [k for k in (*SHAPES, "digit") if k != needle.noun()]
+    way = 0 if kind_only else int(rng.integers(3))
+    if way == 0:  # another kind
+        shape = str(rng.choice(kinds))
+        return replace(needle, shape=shape, digit=str(rng.choice(DIGITS)) if shape == "digit" else "")
+    if needle.shape == "digit":
+        return replace(needle, digit=str(rng.choice([d for d in DIGITS if d != needle.digit])))
+    if way == 1:
+        return replace(needle, colour=str(rng.choice([c for c in COLOURS if c != needle.colour])))
+    return replace(needle, shape=str(rng.choice([s for s in SHAPES if s != needle.shape])))
 
 
 def questions_for(needle: Needle) -> dict[QuestionKind, NeedleQA]:
@@ -191,7 +333,7 @@ def questions_for(needle: Needle) -> dict[QuestionKind, NeedleQA]:
 # The answers `questions_for` trains, as a model card's answer_format (model/answer_format.py):
 # a demo model then never says a broken one ("at  s") about video it was not trained on.
 ANSWER_FORMAT = {
-    "templates": ["a {colour} {shape}", "the digit {digit}", "{colour}", "at {seconds} s"],
+    "templates": ["a {colour} {shape}", "the digit {digit}", "{colour}", "at {seconds} s", YES, NO],
     "slots": {
         "colour": list(COLOURS),
         "shape": list(SHAPES),
@@ -201,9 +343,20 @@ ANSWER_FORMAT = {
 }
 
 
-def judge(kind: QuestionKind, answer: str, needle: Needle, tolerance_s: float = WHEN_TOLERANCE_S) -> bool:
-    """Whether a generated answer is right: the needle's words, its colour, or its time within tolerance."""
+def judge(
+    kind: QuestionKind,
+    answer: str,
+    needle: Needle,
+    tolerance_s: float = WHEN_TOLERANCE_S,
+    expected: str = "",
+) -> bool:
+    """Whether a generated answer is right: the needle's words, its colour, its time within
+    tolerance, or (kind "did") the `expected` yes or no and not the other."""
     words = set(re.findall(r"[a-z]+|\d+", answer.lower()))
+    if kind == "did":
+        if expected not in (YES, NO):
+            raise ValueError(f"a yes/no answer is judged against yes or no, got {expected!r}")
+        return expected in words and ({YES, NO} - {expected}).isdisjoint(words)
     if kind == "what":
         expected = {"digit", needle.digit} if needle.shape == "digit" else {needle.shape}
         wrong = (set(SHAPES) | {"digit"}) - expected

@@ -18,12 +18,14 @@ from tqdm import tqdm
 from longwatch.model.checkpoint import checkpoint_fingerprint
 from longwatch.model.config import ModelConfig
 from longwatch.model.loading import load_model
-from longwatch.model.train.clips import DIGIT_BALANCED_HAYSTACKS_S, ClipSource, NeedleClips
+from longwatch.model.train.clips import DIGIT_BALANCED_HAYSTACKS_S, ClipSource, NeedleClips, corpus
 from longwatch.model.train.datasets import JsonlClips, read_examples
 from longwatch.model.train.distributed import barrier, world_from_env
 from longwatch.model.train.distributed import start as start_world
 from longwatch.model.train.distributed import stop as stop_world
+from longwatch.model.train.needles import ANSWER_FORMAT
 from longwatch.model.train.trainer import StepMetrics, TrainConfig, Trainer, frame_budget, new_base
+from longwatch.model.train.vocab import extend_vocabulary
 
 
 def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
@@ -235,6 +237,16 @@ def start_from(out: Path, phases: list[DemoPhase], lineage: list[dict], model: P
         if (folder / name).exists():
             shutil.rmtree(folder / name)
         shutil.copytree(model / name, folder / name)
+    if isinstance(phases[-1].source, NeedleClips):  # words and answers the needles' questions may now use
+        card_path = folder / "base" / "longwatch.json"
+        card = json.loads(card_path.read_text())
+        if "answer_format" in card:
+            card_path.write_text(
+                json.dumps({**card, "answer_format": ANSWER_FORMAT}, indent=2, sort_keys=True) + "\n"
+            )
+        added = extend_vocabulary(folder / "base", corpus(ModelConfig().system_prompt), folder / "adapter")
+        if added:
+            print(f"{model}: vocabulary extended by {len(added)} words: {' '.join(added)}")
     marker = {"lineage": lineage[: i + 1], "base": f"runs/{phases[i].name}/base"}
     marker |= {"adapter": f"runs/{phases[i].name}/adapter", "from": str(model)}
     (folder / FINISHED).write_text(json.dumps(marker, indent=2) + "\n")
@@ -258,6 +270,9 @@ def run_train(args: argparse.Namespace) -> int:
             width=width,
             height=height,
             needle_px=args.needle_px,
+            needle_px_share=args.needle_px_share,
+            rendering=args.rendering,
+            yes_no_share=args.yes_no_share,
         )
         if args.data == "needles"
         else JsonlClips(read_examples(Path(args.data), args.video_root))
@@ -267,7 +282,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.stage == "summary" and args.base is None:
         raise ValueError("--stage summary needs --base (a VideoLLaMA3 checkpoint folder)")
     shares = ("hard_codec_share", "hard_rollover_share", "hard_stream_start_share", "hard_straddle_share")
-    for flag in (*shares, "polish_straddle_share", "polish_turnover_share"):
+    for flag in (
+        *shares,
+        "polish_straddle_share",
+        "polish_turnover_share",
+        "needle_px_share",
+        "yes_no_share",
+    ):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if args.polish_retrieval_margin < 0:

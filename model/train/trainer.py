@@ -392,9 +392,12 @@ def clip_losses(
         scores = torch.stack([kvs[c].retrieval for c in range(clip.n_chunks)])  # (n_chunks, dim)
         parts = []
         for question, _ in clip.questions_and_answers:
+            if question in clip.unanchored:
+                continue
             q = question_queries(lm, lm.tokenize(question_text(question)), _cache(lm, prefix))
             parts.append(retrieval_loss(scores @ q, evidence, config.retrieval_margin))
-        losses["retrieval"] = _mean(parts)
+        if parts:
+            losses["retrieval"] = _mean(parts)
     return losses
 
 

@@ -1,0 +1,165 @@
+"""The demo model's yes/no question kind (what a watch asks of each chunk) and needle renderings.
+
+Clips that ask "Did a red circle appear?" about the needle, about something else, or about
+footage with no needle at all; fonts, strokes and shades of needles, with renderings kept out of
+training; and a word-level demo model given the words of the new questions without changing what
+it already says.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longwatch.model.config import ModelConfig
+from longwatch.model.eval.clips import answer_clip, evaluate_clips
+from longwatch.model.loading import load_model
+from longwatch.model.train.clips import NeedleClips, corpus
+from longwatch.model.train.needles import (
+    COLOURS,
+    DIGITS,
+    FONTS,
+    NO,
+    RENDERINGS,
+    YES,
+    Needle,
+    judge,
+    needle_mask,
+    random_needle,
+    yes_no_question,
+)
+from longwatch.model.train.vocab import extend_vocabulary, missing_words
+
+DEMO = Path(__file__).resolve().parents[1] / "model" / "demo"
+
+
+def test_yes_no_clips_ask_about_the_needle_about_something_else_or_about_footage_without_one() -> None:
+    plain = NeedleClips(n_chunks=3, all_questions=True)
+    asking = NeedleClips(n_chunks=3, all_questions=True, yes_no_share=1.0)
+    seen = {"yes": 0, "other": 0, "absent": 0}
+    for i in range(60):
+        a, b = plain.clip(np.random.default_rng([3, i])), asking.clip(np.random.default_rng([3, i]))
+        assert b.kind == "did" and b.times == a.times and b.needle == a.needle
+        f, held = a.frames_per_chunk, a.evidence
+        needle_rows = np.zeros(len(a.frames), dtype=bool)
+        for c in held:
+            needle_rows[c * f : (c + 1) * f] = True
+        # Every chunk without the needle is the same footage.
+        assert np.array_equal(a.frames[~needle_rows], b.frames[~needle_rows])
+        if not b.evidence:  # no needle drawn: "no", with nothing to find and nothing else to ask
+            seen["absent"] += 1
+            assert not np.array_equal(a.frames[needle_rows], b.frames[needle_rows])
+            assert (b.answer, b.also_asked, b.unanchored) == (NO, [], (b.question,))
+            continue
+        assert np.array_equal(a.frames, b.frames) and b.evidence == held
+        # The needle's own questions are asked of the same context too.
+        assert set(a.questions_and_answers) <= set(b.also_asked)
+        about_it = b.question in (yes_no_question(a.needle), yes_no_question(a.needle, kind_only=True))
+        if b.answer == YES:
+            seen["yes"] += 1
+            assert about_it and b.unanchored == ()
+        else:
+            seen["other"] += 1
+            assert b.answer == NO and not about_it and b.unanchored == (b.question,)
+    assert all(n >= 6 for n in seen.values()), seen
+
+
+def test_yes_no_questions_are_drawn_last_and_leave_other_clips_as_they_were() -> None:
+    plain, some = NeedleClips(n_chunks=2), NeedleClips(n_chunks=2, yes_no_share=0.5)
+    asked = 0
+    for i in range(24):
+        a, b = plain.clip(np.random.default_rng([5, i])), some.clip(np.random.default_rng([5, i]))
+        if b.kind == "did":
+            asked += 1
+            continue
+        assert (a.question, a.answer, a.evidence, a.needle) == (b.question, b.answer, b.evidence, b.needle)
+        assert np.array_equal(a.frames, b.frames)
+    assert 4 <= asked <= 20
+
+
+def test_yes_no_answers_are_judged_by_the_expected_word_alone() -> None:
+    needle = Needle(10.0, 2.0, "circle", "red")
+    assert judge("did", "yes", needle, expected=YES)
+    assert not judge("did", "no", needle, expected=YES)
+    assert not judge("did", "yes no", needle, expected=NO)
+    assert judge("did", "no", needle, expected=NO)
+    with pytest.raises(ValueError, match="yes or no"):
+        judge("did", "yes", needle)
+    assert yes_no_question(needle) == "Did a red circle appear?"
+    assert yes_no_question(Needle(0.0, 1.0, "digit", "blue", "7"), kind_only=True) == "Is there a digit?"
+
+
+def test_every_font_draws_ten_different_digits_even_at_12_px_and_outlines_lie_inside_the_shape() -> None:
+    for font in FONTS:
+        for size in (12, 16, 40):
+            masks = {d: needle_mask("digit", size, d, font).tobytes() for d in DIGITS}
+            assert len(set(masks.values())) == 10, (font, size)
+            assert all(needle_mask("digit", size, d, font).any() for d in DIGITS)
+    for shape in ("circle", "square", "triangle"):
+        for size in (12, 20, 40):
+            filled, outline = needle_mask(shape, size), needle_mask(shape, size, stroke="outline")
+            assert outline.any() and (outline <= filled).all() and outline.sum() < filled.sum()
+
+
+def test_training_never_draws_the_held_out_renderings_and_a_rendering_changes_only_how_it_looks() -> None:
+    varied, heldout = RENDERINGS["varied"], RENDERINGS["heldout"]
+    assert not set(varied.fonts) & set(heldout.fonts)
+    assert heldout.shades[1] <= varied.shades[0]  # darker than any trained
+    for i in range(200):
+        demo = random_needle(np.random.default_rng(i), 5.0, 56, 56, size_px=(12, 20))
+        drawn = random_needle(np.random.default_rng(i), 5.0, 56, 56, size_px=(12, 20), rendering="varied")
+        assert (drawn.shape, drawn.colour, drawn.digit, drawn.start_s, drawn.cx, drawn.size) == (
+            demo.shape,
+            demo.colour,
+            demo.digit,
+            demo.start_s,
+            demo.cx,
+            demo.size,
+        )
+        assert demo.font == "block" and demo.rgb is None
+        assert drawn.font in varied.fonts and drawn.stroke in varied.strokes and drawn.rgb is not None
+        # A shade of its own colour: nearer its named colour than any other.
+        rgb = np.array(drawn.rgb)
+        nearest = min(
+            COLOURS, key=lambda c: np.abs(rgb / max(rgb.max(), 1) - np.array(COLOURS[c]) / 255).sum()
+        )
+        assert nearest == drawn.colour
+    with pytest.raises(ValueError, match="rendering must be one of"):
+        random_needle(np.random.default_rng(0), 0.0, 56, 56, rendering="fancy")
+
+
+def test_a_demo_model_gains_the_new_words_and_still_says_what_it_said(tmp_path: Path) -> None:
+    for part in ("base", "adapter"):
+        shutil.copytree(DEMO / part, tmp_path / part)
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    texts = corpus(ModelConfig().system_prompt)
+    old_vocab = json.loads((base / "tokenizer.json").read_text())["model"]["vocab"]
+    clips = [NeedleClips(split="eval", n_chunks=3).clip(np.random.default_rng([8, i])) for i in range(4)]
+
+    def answers() -> list[str]:
+        lm = load_model(ModelConfig(path=base, adapter=adapter))
+        return [answer_clip(lm, clip, 16, 4, 4)[0] for clip in clips]
+
+    before = answers()
+    added = extend_vocabulary(base, texts, adapter)
+    assert {"\nDid", "\nIs", "▁there", YES, NO} <= set(added)
+    vocab = json.loads((base / "tokenizer.json").read_text())["model"]["vocab"]
+    assert {w: vocab[w] for w in old_vocab} == old_vocab  # every old token keeps its id
+    assert answers() == before  # and the model says what it said
+    lm = load_model(ModelConfig(path=base, adapter=adapter))  # the adapter fits the extended base
+    assert lm.tokenize("\nDid a red circle appear?") == [
+        vocab[w] for w in ("\nDid", "▁a", "▁red", "▁circle", "▁appear", "?")
+    ]
+    assert missing_words(json.loads((base / "tokenizer.json").read_text()), texts) == []
+    assert extend_vocabulary(base, texts, adapter) == []  # nothing more to add
+
+
+def test_clip_evaluation_scores_yes_and_no_apart_on_held_out_renderings() -> None:
+    lm = load_model(ModelConfig(path=DEMO / "base", adapter=DEMO / "adapter"))
+    result = evaluate_clips(lm, 9, n_chunks=2, kinds=("did",), rendering="heldout", needle_px=(12, 20))
+    counts = {k: len(v) for k, v in result.correct.items()}
+    assert set(counts) == {"did-yes", "did-no"} and sum(counts.values()) == 9
