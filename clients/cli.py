@@ -146,10 +146,19 @@ def add_stream(sub: argparse.ArgumentParser) -> None:
         "--http-server",
         default=os.environ.get("LONGWATCH_HTTP_SERVER", DEFAULT_HTTP_SERVER),
         metavar="HOST:PORT",
-        help=f"the service's HTTP address (LONGWATCH_HTTP_SERVER, default {DEFAULT_HTTP_SERVER})",
+        help=f"the service's HTTP address, or its replicas' separated by commas (LONGWATCH_HTTP_SERVER, "
+        f"default {DEFAULT_HTTP_SERVER})",
     )
     sub.add_argument(
         "--seconds", type=float, metavar="S", help="stop after S seconds (default: end of file or Ctrl-C)"
+    )
+    sub.add_argument(
+        "--reconnect",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="when the server goes away mid-stream, offer again (to each server in turn) for up to S "
+        "seconds (default 60; 0: stop at once)",
     )
     sub.add_argument(
         "--size", type=parse_size, metavar="WxH", help="camera or test pattern size (e.g. 640x480)"
@@ -399,6 +408,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         return fail(f"no such file: {path}")
     if args.seconds is not None and args.seconds <= 0:
         return fail(f"--seconds must be > 0, got {args.seconds:g}", code=2)
+    if args.reconnect < 0:
+        return fail(f"--reconnect must be >= 0, got {args.reconnect:g}", code=2)
     from tqdm import tqdm
 
     from longwatch.clients.webrtc import open_source, send_video  # imports aiortc: only when streaming
@@ -425,6 +436,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             on_progress=progress,
             ice_addresses=addresses,
             credentials=credentials_from(args),
+            reconnect_s=args.reconnect,
         )
     print(format_send_summary(result))
     return 0

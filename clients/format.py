@@ -252,6 +252,8 @@ def format_send_summary(r: SendResult) -> str:
     """The line `longwatch stream` ends with: what was sent, then what the service holds."""
     s = r.stream
     why = "interrupted" if r.interrupted else "done"
+    if r.reconnects:
+        why += f", {r.reconnects} reconnect{'s' * (r.reconnects > 1)}, ending on {r.server}"
     return (
         f"{r.stream_id}: sent {r.frames_sent} frames in {r.seconds:.1f}s ({why}); the service holds "
         f"{format_timestamp(float(s.get('duration_s', 0.0)))} of video in {s.get('chunks', 0)} chunks, "

@@ -12,6 +12,11 @@ the connection and waits until the service reports the stream no longer live, i.
 partial chunk is committed, so an immediate reconnect with the same id continues the stream.
 Files play at their own speed (aiortc's MediaPlayer paces them), as a camera would.
 
+Given several servers (replicas on one Redis) and `reconnect_s`, a sender whose server goes away
+(killed, restarting: its HTTP side stops answering, or the connection fails) offers again, to the
+next server in turn, until one takes the stream (once the dead one's lease has run out) or
+`reconnect_s` passes; the track goes on where it was.
+
 `ice_addresses` keeps the connection on those addresses at both ends (longwatch.clients.ice):
 `("127.0.0.1",)` to a service started with `--webrtc-address 127.0.0.1` never leaves loopback.
 """
@@ -21,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +55,9 @@ VIDEO_CLOCK = 90_000  # RTP's video clock rate
 DRAIN_S = 0.3  # after the source ends, time for the frames in flight to arrive
 ENDED_TIMEOUT_S = 30.0  # how long to wait for the service to commit the last chunk
 _POLL_S = 0.1
+log = logging.getLogger(__name__)
+PROBE_S = 1.0  # with reconnect_s: how often the server is asked whether it is still there
+RECONNECT_PAUSE_S = 0.5  # between offers while no server takes the stream
 
 ProgressCallback = Callable[[int, float], None]  # (frames sent, seconds since the start)
 
@@ -73,6 +82,8 @@ class SendResult:
     seconds: float
     interrupted: bool  # stopped by cancellation (Ctrl-C) rather than by the source or `seconds`
     stream: dict[str, Any]
+    reconnects: int = 0  # times the server went away and the stream went on on one (reconnect_s)
+    server: str = ""  # the server the stream ended on
 
 
 def http_base(server: str, tls: bool = False) -> str:
@@ -201,6 +212,20 @@ class CountingTrack(MediaStreamTrack):
         self.source.stop()
 
 
+class ConnectionTrack(MediaStreamTrack):
+    """What one connection sends: the sender's track, relayed. aiortc stops a connection's track
+    when the connection closes; stopping this one leaves the source to the next connection."""
+
+    kind = "video"
+
+    def __init__(self, track: CountingTrack) -> None:
+        super().__init__()
+        self.track = track
+
+    async def recv(self) -> av.VideoFrame:
+        return await self.track.recv()
+
+
 # --- the sender -----------------------------------------------------------------------------
 
 
@@ -214,20 +239,33 @@ class WebRTCSender:
     video_codec: offer only this codec ("VP8", "H264"), e.g. for a track of packets already
         encoded with it (aiortc sends av.Packets as they are); None offers aiortc's usual list.
     credentials: the API key and TLS settings for the service's HTTP side (HTTPS with TLS).
+    http_server: "host:port", or several ("a:8080,b:8080", or a list): replicas of one service.
+    reconnect_s: > 0: when the server goes away mid-stream, offer again (to each server in turn)
+        for up to this long before giving up; 0: fail at once, as a sender with one server should
+        where nobody will restart it.
     """
 
     def __init__(
         self,
-        http_server: str,
+        http_server: str | Sequence[str],
         track: MediaStreamTrack,
         stream_id: str | None = None,
         on_progress: ProgressCallback | None = None,
         ice_addresses: tuple[str, ...] | None = None,
         video_codec: str | None = None,
         credentials: Credentials = NO_CREDENTIALS,
+        reconnect_s: float = 0.0,
     ) -> None:
         self.credentials = credentials
-        self.base = http_base(http_server, credentials.uses_tls)
+        servers = http_server.split(",") if isinstance(http_server, str) else list(http_server)
+        self.bases = [http_base(s.strip(), credentials.uses_tls) for s in servers if s.strip()]
+        if not self.bases:
+            raise ValueError("no HTTP server given")
+        if reconnect_s < 0:
+            raise ValueError(f"reconnect_s must be >= 0, got {reconnect_s}")
+        self.base = self.bases[0]
+        self.reconnect_s = reconnect_s
+        self.reconnects = 0
         self.track = CountingTrack(track)
         self.stream_id = stream_id
         self.on_progress = on_progress
@@ -236,28 +274,78 @@ class WebRTCSender:
 
     async def run(self, seconds: float | None = None) -> SendResult:
         """Send until the source ends, `seconds` pass or the task is cancelled; then end cleanly."""
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        transceiver = pc.addTransceiver(self.track, direction="sendonly")
-        if self.codecs is not None:
-            transceiver.setCodecPreferences(self.codecs)
-        forward_keyframe_requests(transceiver.sender, self.track.source)
         started = time.monotonic()
         interrupted = False
         connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context() or True)
         async with aiohttp.ClientSession(
             headers=self.credentials.http_headers(), connector=connector
         ) as http:
+            pc: RTCPeerConnection | None = None
             try:
-                await self._connect(http, pc)
-                interrupted = await self._send(pc, started, seconds)
+                pc = await self._connect(http)
+                while True:
+                    try:
+                        interrupted = await self._send(http, pc, started, seconds)
+                        break
+                    except ServerGone as gone:
+                        await pc.close()
+                        if self.reconnect_s <= 0:
+                            raise WebRTCSendError(str(gone)) from None
+                        pc = await self._reconnect(http, gone)
             finally:
-                await pc.close()
+                if pc is not None:
+                    await pc.close()
                 self.track.stop()
             elapsed = time.monotonic() - started
             stream = await self._wait_ended(http)
-        return SendResult(self.stream_id or "", self.track.frames_sent, elapsed, interrupted, stream)
+        return SendResult(
+            self.stream_id or "",
+            self.track.frames_sent,
+            elapsed,
+            interrupted,
+            stream,
+            self.reconnects,
+            self.base,
+        )
 
-    async def _connect(self, http: aiohttp.ClientSession, pc: RTCPeerConnection) -> None:
+    async def _connect(self, http: aiohttp.ClientSession) -> RTCPeerConnection:
+        """A new connection to self.base sending the track (the same track after a reconnect)."""
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        transceiver = pc.addTransceiver(ConnectionTrack(self.track), direction="sendonly")
+        if self.codecs is not None:
+            transceiver.setCodecPreferences(self.codecs)
+        forward_keyframe_requests(transceiver.sender, self.track.source)
+        try:
+            await self._offer(http, pc)
+        except BaseException:
+            await pc.close()
+            raise
+        return pc
+
+    async def _reconnect(self, http: aiohttp.ClientSession, gone: ServerGone) -> RTCPeerConnection:
+        """Offer to the next server, and the next, until one takes the stream or reconnect_s passes.
+
+        A replica answers 503 while the dead one's lease on the stream has not run out; a server
+        that is down refuses the connection: both are tried again. Any other refusal ends it.
+        """
+        log.warning("%s; reconnecting (up to %gs)", gone, self.reconnect_s)
+        deadline = time.monotonic() + self.reconnect_s
+        at = self.bases.index(self.base)
+        while True:
+            await asyncio.sleep(RECONNECT_PAUSE_S)
+            at = (at + 1) % len(self.bases)
+            self.base = self.bases[at]
+            try:
+                pc = await self._connect(http)
+            except WebRTCSendError as e:
+                if e.http_status not in (0, 503) or time.monotonic() >= deadline:
+                    raise WebRTCSendError(f"{gone}; no server took the stream again: {e}") from None
+                continue
+            self.reconnects += 1
+            log.warning("stream %s goes on through %s", self.stream_id, self.base)
+            return pc
+
+    async def _offer(self, http: aiohttp.ClientSession, pc: RTCPeerConnection) -> None:
         await set_local_description(pc, await pc.createOffer(), self.ice_addresses)
         body = {"sdp": pc.localDescription.sdp, "type": "offer", "stream_id": self.stream_id}
         answer = await self._request(http, "POST", "/offer", body)
@@ -276,26 +364,44 @@ class WebRTCSender:
                 "(start the service with --webrtc-address for them, or drop --ice-address)"
             ) from None
 
-    async def _send(self, pc: RTCPeerConnection, started: float, seconds: float | None) -> bool:
-        """Wait for the end; True if it came from cancellation (Ctrl-C)."""
+    async def _send(
+        self, http: aiohttp.ClientSession, pc: RTCPeerConnection, started: float, seconds: float | None
+    ) -> bool:
+        """Wait for the end; True if it came from cancellation (Ctrl-C). ServerGone if the server
+        went away (with reconnect_s, found within PROBE_S by asking it)."""
         deadline = None if seconds is None else started + seconds
+        probed = time.monotonic()
         try:
             while not self.track.ended.is_set():
                 if pc.connectionState == "failed":
-                    raise WebRTCSendError(f"WebRTC connection to {self.base} failed (ICE could not connect)")
+                    raise ServerGone(f"WebRTC connection to {self.base} failed (ICE could not connect)")
                 if pc.connectionState == "closed":
-                    raise WebRTCSendError(f"{self.base} closed the connection (is the service stopping?)")
+                    raise ServerGone(f"{self.base} closed the connection (is the service stopping?)")
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.track.ended.wait(), timeout=0.5)
                 if self.on_progress is not None:
                     self.on_progress(self.track.frames_sent, time.monotonic() - started)
+                if self.reconnect_s > 0 and time.monotonic() - probed >= PROBE_S:
+                    probed = time.monotonic()
+                    await self._probe(http)
             await asyncio.sleep(DRAIN_S)
         except asyncio.CancelledError:
             _uncancel()
             return True
         return False
+
+    async def _probe(self, http: aiohttp.ClientSession) -> None:
+        """ServerGone unless the server answers for the stream (a killed one's socket is closed: at
+        once; ICE alone would take tens of seconds to give up on it)."""
+        try:
+            await asyncio.wait_for(self._request(http, "GET", f"/api/streams/{self.stream_id}"), PROBE_S * 3)
+        except asyncio.TimeoutError:
+            raise ServerGone(f"{self.base} stopped answering") from None
+        except WebRTCSendError as e:
+            if e.http_status in (0, 503):
+                raise ServerGone(str(e)) from None
 
     async def _wait_ended(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         """Poll the stream until it is no longer live: its last chunk is committed then."""
@@ -332,6 +438,10 @@ class WebRTCSender:
         return data
 
 
+class ServerGone(Exception):
+    """The server stopped answering or the connection to it ended while the source had more."""
+
+
 def forward_keyframe_requests(sender: RTCRtpSender, source: MediaStreamTrack) -> None:
     """Let a track of pre-encoded packets answer the receiver's keyframe requests (PLI).
 
@@ -356,7 +466,7 @@ def video_codecs(name: str) -> list[Any]:
 
 
 def send_video(
-    http_server: str,
+    http_server: str | Sequence[str],
     track: MediaStreamTrack,
     stream_id: str | None = None,
     seconds: float | None = None,
@@ -364,12 +474,15 @@ def send_video(
     ice_addresses: tuple[str, ...] | None = None,
     video_codec: str | None = None,
     credentials: Credentials = NO_CREDENTIALS,
+    reconnect_s: float = 0.0,
 ) -> SendResult:
     """Blocking form of `WebRTCSender(...).run(seconds)`, on a fresh event loop.
 
     Ctrl-C (SIGINT) ends the send cleanly, the same as the source ending: the result says so.
     """
-    sender = WebRTCSender(http_server, track, stream_id, on_progress, ice_addresses, video_codec, credentials)
+    sender = WebRTCSender(
+        http_server, track, stream_id, on_progress, ice_addresses, video_codec, credentials, reconnect_s
+    )
     return asyncio.run(sender.run(seconds))
 
 

@@ -5,6 +5,8 @@ replaced by another for its sender. Real servers, real Redis, gRPC on loopback."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -229,6 +231,60 @@ def test_a_live_stream_goes_on_on_another_replica_when_its_replica_is_killed(
         assert record.frames_sampled == in_chunks + record.frames_lost
         assert "live stream porch started" in second.output  # B fed it after A died
         assert record.chunks > at_kill + 3 and "Traceback" not in second.output
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_webrtc_sender_goes_on_through_another_replica_when_its_replica_is_killed(
+    tmp_path: Path, module_redis: EmbeddedRedis
+) -> None:
+    """`longwatch stream`'s sender, given both replicas' HTTP addresses: its replica is killed
+    mid-stream; it notices within a probe, offers to the other (refused with 503 until the dead
+    one's 2-s lease runs out) and the same stream goes on there, its chunks in one run."""
+    from longwatch.clients.webrtc import TestPatternTrack, WebRTCSender
+
+    args = ("--redis-url", module_redis.url, "--lease-ttl", "2", "--fps", "2")
+    first = ServeProcess(tmp_path / "a", *args).start()
+    second = ServeProcess(tmp_path / "b", *args).start()
+    servers = [f"127.0.0.1:{first.http_port}", f"127.0.0.1:{second.http_port}"]
+    sender = WebRTCSender(
+        servers, TestPatternTrack(96, 64, fps=8.0), "gate", ice_addresses=("127.0.0.1",), reconnect_s=60
+    )
+    results: list = []
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            results.append(asyncio.run(sender.run(seconds=40)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        with LongWatchClient(second.target, timeout=60) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not errors:
+                with contextlib.suppress(LongWatchError):
+                    if client.get_stream("gate").chunks >= 2:
+                        break
+                time.sleep(0.2)
+            at_kill = client.get_stream("gate").chunks
+            first.kill()
+            first.wait()
+            thread.join(120)
+            assert not thread.is_alive() and not errors, errors
+            result = results[0]
+            assert result.reconnects == 1 and result.server.endswith(servers[1])
+            record = client.get_stream("gate")
+        assert record.state == "ready" and record.chunks >= at_kill + 4, (at_kill, record)
+        assert result.stream["chunks"] == record.chunks
+        r = redis.Redis.from_url(module_redis.url)
+        indices = sorted(int(i) for i in r.hkeys("lw:{gate}:spans"))
+        r.close()
+        assert indices == list(range(record.chunks))  # no gap, nothing doubled
+        assert "live stream gate started" in second.output and "Traceback" not in second.output
     finally:
         first.stop()
         second.stop()
