@@ -58,6 +58,22 @@ class VideoInfo:
 
 
 @dataclass(frozen=True)
+class SeekPoint:
+    """Where a decode that starts at sampled frame `first` may begin instead of the file's start."""
+
+    keyframe_pts: int  # the keyframe decoding starts from (the last at or before the target)
+    target_pts: int  # sampled frame `first`'s timestamp
+    next_slot: int  # the sampler's slot for it
+    frames_before: int  # frames read before the keyframe in a front-to-back decode
+    origin: float  # the file's first decoded frame's time: sampled times count from it
+    size: tuple[int, int]  # (width, height) of its first frame: the whole stream's frame size
+
+
+class _SeekMissed(Exception):
+    """The decoder did not start where the seek point said: decode from the file's start instead."""
+
+
+@dataclass(frozen=True)
 class SampledFrame:
     """One kept frame: its sample number, its time, its pixels."""
 
@@ -104,6 +120,11 @@ class TimeSampler:
     def reset(self) -> None:
         self._next_slot = 0
 
+    def resume_at(self, slot: int) -> None:
+        """Go on as a sampler that kept its last frame in the slot before `slot` (a decode that
+        starts part way: VideoFileReader's seek)."""
+        self._next_slot = slot
+
 
 # Slots of first timestamps the skipper keeps before forgetting those the output has passed.
 _SKIPPER_SLOTS_KEPT = 256
@@ -124,10 +145,10 @@ class UnsampledFrameSkipper:
     stops for the rest of the file).
     """
 
-    def __init__(self, sampler: TimeSampler, time_base: Fraction | None) -> None:
+    def __init__(self, sampler: TimeSampler, time_base: Fraction | None, origin: float | None = None) -> None:
         self._sampler = sampler
         self._time_base = time_base
-        self._origin: float | None = None
+        self._origin: float | None = origin  # known already where decoding starts part way
         self._unplaced: list[int] = []  # pts read before the origin was known
         self._first_pts: dict[int, int] = {}  # slot -> smallest pts read in it
         self._last_out: float | None = None
@@ -220,35 +241,114 @@ class VideoFileReader:
     def __iter__(self) -> Iterator[SampledFrame]:
         return self.frames()
 
-    def frames(self, first: int = 0) -> Iterator[SampledFrame]:
+    def frames(self, first: int = 0, seek: bool = False) -> Iterator[SampledFrame]:
         """The sampled frames from the one of index `first` on; those before are decoded as far
         as sampling needs (and counted) but neither converted nor yielded: where a resumed ingest
-        or a segment (stream/segments.py) starts."""
+        or a segment (stream/segments.py) starts.
+
+        seek: start decoding at the keyframe before frame `first` (`seek_point`), not at the
+        file's start: the same frames, times and counts, for the decoding of the part before
+        the keyframe. Where the file does not allow it (no timestamps, a packet FFmpeg marks
+        corrupt, a seek that lands elsewhere) it decodes from the start as without.
+        """
+        point = self.seek_point(first) if seek and first > 0 else None
+        if point is not None:
+            container = _open_container(self._source)
+            try:
+                yield from self._decode(container, first, point)
+                return
+            except _SeekMissed:
+                pass
+            finally:
+                container.close()
         container = _open_container(self._source)
         try:
             yield from self._decode(container, first)
         finally:
             container.close()
 
-    def _decode(self, container: av.container.InputContainer, first: int) -> Iterator[SampledFrame]:
+    def seek_point(self, first: int) -> SeekPoint | None:
+        """Where decoding may start for sampled frame `first`, from the file's packets alone (read,
+        not decoded) and its first frame; None where it cannot be known exactly."""
+        container = _open_container(self._source)
+        try:
+            stream = _video_stream(container, self.name)
+            time_base = stream.time_base
+            codec = stream.codec_context
+            head = None  # the first decoded frame: the origin of times, and the size
+            packets: list[tuple[int, bool]] = []  # (pts, keyframe), decode order
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream marker
+                if packet.pts is None or packet.is_corrupt or packet.is_discard:
+                    return None
+                packets.append((packet.pts, packet.is_keyframe))
+                if head is None:
+                    head = next(iter(codec.decode(packet)), None)
+            if time_base is None or head is None or head.pts is None or head.time is None:
+                return None
+        except av.error.FFmpegError:
+            return None
+        finally:
+            container.close()
+        origin = float(head.time)
+        sampler = TimeSampler(self.fps)
+        target: int | None = None
+        kept = 0
+        for pts in sorted(p for p, _ in packets):
+            position = float(pts) * time_base.numerator / time_base.denominator - origin
+            if position < 0:
+                return None  # a frame before the first decoded one: not what decoding would do
+            if sampler.offer(position):
+                if kept == first:
+                    target = pts
+                    break
+                kept += 1
+        if target is None:
+            return None  # the file has no frame `first`: decoding from the start says so
+        keyframes = [i for i, (pts, key) in enumerate(packets) if key and pts <= target]
+        if not keyframes:
+            return None
+        at = keyframes[-1]
+        slot = sampler.slot_of(float(target) * time_base.numerator / time_base.denominator - origin)
+        return SeekPoint(packets[at][0], target, slot, at, origin, (head.width, head.height))
+
+    def _decode(
+        self, container: av.container.InputContainer, first: int, seek: SeekPoint | None = None
+    ) -> Iterator[SampledFrame]:
         stream = _video_stream(container, self.name)
         # Frame threads decode ahead on another core (archive ingest's decode stage: BENCHMARKS.md).
         stream.thread_type = "AUTO"
         codec = stream.codec_context
         sampler = TimeSampler(self.fps)
-        skipper = UnsampledFrameSkipper(sampler, stream.time_base)
+        skipper = UnsampledFrameSkipper(sampler, stream.time_base, None if seek is None else seek.origin)
         self.frames_decoded, self.position_s = 0, 0.0
         origin: float | None = None  # the first frame's own time: pts_s counts from it
         size: tuple[int, int] | None = None  # (width, height) of the first kept frame
         kept = 0
+        if seek is not None:
+            container.seek(seek.keyframe_pts, stream=stream, backward=True, any_frame=False)
+            origin, size, kept = seek.origin, seek.size, first
+            sampler.resume_at(seek.next_slot)
+            self.frames_decoded = seek.frames_before
+        started = seek is None
         try:
             for packet in container.demux(stream):
+                if not started and packet.size > 0:
+                    if packet.pts != seek.keyframe_pts:  # type: ignore[union-attr]
+                        raise _SeekMissed
+                    started = True
                 # Counted as read, decoded or skipped: the same count as decoding every frame.
                 self.frames_decoded += int(packet.size > 0 and not packet.is_discard)
                 # Frame threads copy skip_frame with each packet they take: per-packet is exact.
                 codec.skip_frame = "NONREF" if skipper.may_skip(packet) else "DEFAULT"
                 for frame in codec.decode(packet):
                     skipper.frame_out(frame.time)
+                    if seek is not None and kept == first:
+                        if frame.pts is not None and frame.pts < seek.target_pts:
+                            continue  # before the target: a front-to-back decode's sampler took none
+                        if frame.pts != seek.target_pts:
+                            raise _SeekMissed
                     t = self._frame_time(frame.time, origin)
                     origin = t if origin is None else origin
                     self.position_s = t - origin

@@ -3,10 +3,11 @@
 A long file is split by chunk index into segments; each worker (a Ray actor holding a model:
 stream/ray_ingest.py) makes the chunks of its segment and hands them back, and the server commits
 them in order. A segment starts where an interrupted ingest would resume (stream/archive.py): the
-worker decodes the file from its start, skips the sampled frames of the chunks before its segment
-(only the last of them is converted: it is DiffFP's reference, so the segment's first chunk is
-pruned against the frame before it, exactly as in one front-to-back ingest), and stops once its
-segment is made. What a worker hands back is one safetensors blob (`SegmentResult.to_bytes`):
+worker reads the file's packets (without decoding them) to find the keyframe before its first
+frame and decodes from there (stream/decode.py's seek: the same frames, times and counts as a
+decode from the file's start), takes the last sampled frame before its segment as DiffFP's
+reference (so the segment's first chunk is pruned against the frame before it, exactly as in one
+front-to-back ingest), and stops once its segment is made. What a worker hands back is one safetensors blob (`SegmentResult.to_bytes`):
 each chunk as its float safetensors blob (exact) and its pictures as bytes, the counters in JSON
 metadata; the server parses and checks it like anything else it reads, never unpickles it.
 """
@@ -171,7 +172,7 @@ def ingest_segment(
     stop = first_chunk + n_chunks if n_chunks else None
     result = SegmentResult(first_chunk)
     ended = True
-    for frame in reader.frames(first=max(0, skip - 1)):
+    for frame in reader.frames(first=max(0, skip - 1), seek=True):
         if frame.index < skip:  # the last frame before the segment: DiffFP's reference
             ingestor.continue_after(frame)
             continue

@@ -260,3 +260,35 @@ def test_a_video_whose_frame_size_changes_is_read_at_its_first_size() -> None:
     spliced = _mpeg2_ts(96, 64, 20, 0) + _mpeg2_ts(160, 48, 20, 20)
     shapes = {f.image.shape for f in VideoFileReader(spliced, fps=10)}
     assert shapes == {(64, 96, 3)}
+
+
+@pytest.mark.parametrize("first", [1, 37, 100, 175, 199, 200, 260])
+def test_a_decode_that_seeks_gives_what_decoding_from_the_start_gives(
+    videos: dict[str, Path], first: int
+) -> None:
+    """Sampled frame `first` on, by starting at the keyframe before it: the same frames (index,
+    time, pixels) and the same count of frames read, where there is a keyframe to start from."""
+    path = videos["plain"]
+    whole = VideoFileReader(path, fps=FPS)
+    expected = list(whole)[first:]
+    reader = VideoFileReader(path, fps=FPS)
+    got = list(reader.frames(first=first, seek=True))
+    assert [(f.index, f.pts_s) for f in got] == [(f.index, f.pts_s) for f in expected]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(got, expected, strict=True))
+    assert reader.frames_decoded == whole.frames_decoded
+    point = reader.seek_point(first)
+    if first >= len(list(whole)):
+        assert point is None  # nothing to seek to: decoded from the start, and nothing yielded
+    elif first >= 100:
+        assert point is not None and point.frames_before > 0  # decoding started part way
+
+
+@pytest.mark.parametrize(("name", "first", "fps"), [("bigbuckbunny.mp4", 7, 1.0), ("bikes.mp4", 9, 3.0)])
+def test_a_seeking_decode_of_real_footage_with_b_frames_gives_the_same_frames(
+    name: str, first: int, fps: float
+) -> None:
+    path = real_clip(name)
+    expected = list(VideoFileReader(path, fps=fps))[first:]
+    got = list(VideoFileReader(path, fps=fps).frames(first=first, seek=True))
+    assert [(f.index, f.pts_s) for f in got] == [(f.index, f.pts_s) for f in expected]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(got, expected, strict=True))
