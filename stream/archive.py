@@ -330,9 +330,10 @@ def _run(
 
     committed = 0
     # Closed explicitly, so the decoding thread stops as soon as ingest does, however it ends.
-    # The committed chunks' frames are not converted; the last of them is DiffFP's reference.
+    # Decoding starts at the keyframe before the last committed frame (decode.py's seek); that
+    # frame is DiffFP's reference, and no committed frame before it is converted.
     with closing(
-        decoded_ahead(reader.frames(first=max(0, skip - 1)), config.frames_per_chunk, times)
+        decoded_ahead(reader.frames(first=max(0, skip - 1), seek=True), config.frames_per_chunk, times)
     ) as frames:
         for frame in frames:
             if frame.index < skip:
