@@ -1,12 +1,13 @@
-"""8 archives ingested at once: vision passes shared across streams against one pass per chunk.
+"""8 archives ingested at once: vision (and summary) passes shared across streams, or one a chunk.
 
     python bench/batching.py            # 8 x a 10-minute 320x180 video
     python bench/batching.py --quick    # 8 x 2 minutes
 
 A `LongWatchServer` (the demo model, its embedded Redis) ingests the same video into 8 streams at
-once over gRPC, twice: with the vision tower's passes shared by the chunks waiting together
-(stream/vision_batch.py: up to 64 frames a pass) and with one pass per chunk (the cap set to one
-chunk's 8 frames: what the service did before). Reported: the wall time for all 8, chunks per
+once over gRPC, three times: with one pass per chunk (the cap set to one chunk's 8 frames: what
+the service did before), with the vision tower's passes shared by the chunks waiting together
+(stream/vision_batch.py: up to 64 frames a pass; the default), and with their summary passes
+shared too (`--share-summary-passes`: one padded batch). Reported: the wall time for all 8, chunks per
 second, chunks per vision pass, and what that rate means for live cameras: a camera sampled at
 1 fps makes a chunk every 8 s, so the model keeps up with chunks/s x 8 of them (the model's
 share only: decoding and the network come on top).
@@ -50,11 +51,19 @@ def run(quick: bool = False) -> list[dict]:
             with LongWatchServer(settings) as server:
                 assert server.service is not None
                 vision = server.service.runner.vision
-                for side, cap in (("one pass per chunk (before)", 8), ("shared passes", shared_cap)):
+                for side, cap, summary in (
+                    ("one pass per chunk (before)", 8, False),
+                    ("shared vision passes", shared_cap, False),
+                    ("shared vision and summary passes", shared_cap, True),
+                ):
                     vision_batch.MAX_BATCH_FRAMES = cap
+                    vision.share_summary = summary
                     passes, chunks = vision.passes, vision.chunks
-                    wall = ingest_all(server.port, video, side.split()[0])
+                    summary_passes, summary_chunks = vision.summary_passes, vision.summary_chunks
+                    wall = ingest_all(server.port, video, side.split()[0] + str(summary))
                     passes, chunks = vision.passes - passes, vision.chunks - chunks
+                    summary_passes = vision.summary_passes - summary_passes
+                    summary_chunks = vision.summary_chunks - summary_chunks
                     rows.append(
                         {
                             "bench": "batching",
@@ -64,11 +73,14 @@ def run(quick: bool = False) -> list[dict]:
                             "wall_s": round(wall, 1),
                             "chunks_per_s": round(chunks / wall, 1),
                             "chunks_per_pass": round(chunks / passes, 2),
+                            # chunks whose summary pass was shared, and how many shared one
+                            "summary_shared_chunks": summary_chunks,
+                            "chunks_per_summary_pass": round(summary_chunks / max(1, summary_passes), 2),
                             "cameras_at_1fps_model_keeps_up_with": int(chunks / wall * SECONDS_PER_CHUNK),
                             "load_avg_1m": machine()["load_avg_1m"],
                         }
                     )
-    vision_batch.MAX_BATCH_FRAMES = shared_cap
+    vision_batch.MAX_BATCH_FRAMES = shared_cap  # the server is gone; the module's cap goes back
     return rows
 
 

@@ -130,6 +130,72 @@ def run_chunk(
     )
 
 
+@torch.no_grad()
+def run_chunks(lm: LoadedModel, chunks: list[ChunkFrames], alpha: int) -> list[ChunkKV]:
+    """Summary passes of several chunks (of any streams) as one batch, each after the system prefix.
+
+    The chunks' sequences are padded on the right to the longest; padding is masked out of
+    attention and each chunk's K/V is read from its own row, so it is what `run_chunk` makes of it
+    alone up to float rounding (about 1e-6 here: a batch's sums run in another order), not bit
+    for bit. Summary mode only: keep-raw chunks see their stream's earlier chunks.
+    """
+    if len(chunks) == 1:
+        return [run_chunk(lm, chunks[0], alpha, lm.prefix_cache(), lm.prefix_len)]
+    seqs = [build_chunk_sequence(lm, frames, alpha) for frames in chunks]
+    lengths = [len(seq.ids) for seq in seqs]
+    n, longest, start = len(seqs), max(lengths), lm.prefix_len
+    embeds = torch.zeros(n, longest, lm.text_config.hidden_size, dtype=lm.dtype, device=lm.device)
+    kinds = torch.full((n, longest), -1, device=lm.device)  # -1: padding
+    for i, (seq, frames) in enumerate(zip(seqs, chunks, strict=True)):
+        embeds[i, : lengths[i]] = chunk_embeddings(lm, seq, frames.features)[0]
+        kinds[i, : lengths[i]] = torch.tensor(seq.kinds, device=lm.device)
+    # The prefix's cache, once per row: (n, kv_heads, prefix_len, head_dim) per layer.
+    cache = DynamicCache(
+        ddp_cache_data=[
+            (k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1).contiguous())
+            for k, v in lm.prefix_kv
+        ],
+        config=lm.text_config,
+    )
+    attention = torch.ones(n, start + longest, dtype=torch.long, device=lm.device)
+    for i, length in enumerate(lengths):
+        attention[i, start + length :] = 0
+    positions = torch.arange(start, start + longest, device=lm.device).expand(n, longest)
+    with capture_projections(lm.language_model, "k_proj", lm.retrieval_layers) as keys_pre_rope:
+        lm.language_model(
+            inputs_embeds=embeds,
+            cache=cache,
+            use_cache=True,
+            position_ids=positions,
+            attention_mask=attention,
+            summary_mask=kinds == SUMMARY,
+        )
+    out = []
+    for i, length in enumerate(lengths):
+        row = kinds[i, :length]
+        keep = row == SUMMARY
+        if lm.config.keep_timestamp_tokens:
+            keep |= row == TEXT
+        # cache layers: (n, kv_heads, prefix_len + longest, head_dim); row i's tokens from start.
+        out.append(
+            ChunkKV(
+                keys=torch.stack(
+                    [layer.keys[i, :, start : start + length][:, keep] for layer in cache.layers]
+                ),
+                values=torch.stack(
+                    [layer.values[i, :, start : start + length][:, keep] for layer in cache.layers]
+                ),
+                positions=positions[i, :length][keep],
+                retrieval=key_vector(
+                    {j: keys_pre_rope[j][i : i + 1, :length] for j in lm.retrieval_layers},
+                    lm.retrieval_layers,
+                    row == VISUAL,
+                ),
+            )
+        )
+    return out
+
+
 @dataclass
 class RawStreamContext:
     """Keep-raw mode's running cache of a stream: the prefix plus every earlier chunk."""
@@ -154,10 +220,16 @@ class SummaryCompressor:
         self.raw_contexts.pop(stream_id, None)
 
     @torch.no_grad()
-    def compress(self, stream_id: str, index: int, frames: ChunkFrames) -> ChunkCache:
+    def compress(
+        self, stream_id: str, index: int, frames: ChunkFrames, kv: ChunkKV | None = None
+    ) -> ChunkCache:
+        """The chunk's cache; `kv` is its summary pass when one was already run (`run_chunks`)."""
         lm = self.lm
         raw = lm.config.mode == "raw"
-        if raw and lm.config.raw_context == "chunk":  # every token kept, each chunk on its own
+        if kv is not None:
+            if raw:
+                raise ValueError("a summary pass was run for a keep-raw model")
+        elif raw and lm.config.raw_context == "chunk":  # every token kept, each chunk on its own
             kv = run_chunk(lm, frames, None, lm.prefix_cache(), lm.prefix_len)
         elif raw:
             ctx = self.raw_contexts.get(stream_id)

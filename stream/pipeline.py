@@ -31,7 +31,7 @@ from longwatch.stream.images import check_aspect
 from longwatch.stream.model_lock import ARCHIVE, ASK, LIVE, ModelLock
 from longwatch.stream.pictures import PictureMode, chosen_frames, encode_picture
 from longwatch.stream.settings import IngestConfig
-from longwatch.stream.vision_batch import VisionBatcher
+from longwatch.stream.vision_batch import ChunkLayout, VisionBatcher
 
 
 @dataclass
@@ -46,10 +46,11 @@ class ModelRunner:
     lm: LoadedModel
     compressor: SummaryCompressor
     lock: ModelLock = field(default_factory=ModelLock)
+    share_summary: bool = False  # summary passes shared too (stream/vision_batch.py)
     vision: VisionBatcher = field(init=False)  # vision passes shared by chunks that wait together
 
     def __post_init__(self) -> None:
-        self.vision = VisionBatcher(self.lm)
+        self.vision = VisionBatcher(self.lm, self.share_summary)
 
 
 def forget_stream(stream_id: str, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry) -> int:
@@ -227,15 +228,19 @@ class StreamIngestor:
             keep = pruner.push(pixel_values, grid, n)  # (T * tokens_per_frame,) bool
         if priority is None:
             priority = LIVE if self.source == "live" else ARCHIVE
-        request = self.runner.vision.submit(pixel_values, n, grid.grid_h, grid.grid_w)
+        times_s = [f.pts_s for f in frames]
+        layout = ChunkLayout(times_s, keep, index == 0, times_s[-1] + 1.0 / self.config.fps)
+        request = self.runner.vision.submit(pixel_values, n, grid.grid_h, grid.grid_w, layout)
         with self.runner.lock.hold(priority), torch.no_grad():
             with times.measure("vision"):
                 features = self.runner.vision.features(request)
-            interval = 1.0 / self.config.fps
-            times_s = [f.pts_s for f in frames]
-            encoded = chunk_frames(times_s, features, keep, index == 0, times_s[-1] + interval)
+            shared = self.runner.vision.summary(request)  # made with the chunks beside it
+            encoded, kv = shared or (
+                chunk_frames(times_s, features, keep, layout.first_in_stream, layout.end_s),
+                None,
+            )
             with times.measure("compression"):
-                chunk = self.runner.compressor.compress(self.stream_id, index, encoded)
+                chunk = self.runner.compressor.compress(self.stream_id, index, encoded, kv)
         return chunk, keep
 
     def _pictures(

@@ -150,7 +150,9 @@ class LongWatchServer:
             s.model = lm.config  # as resolved: mode, attention, adapter of the built-in model
             s.ingest = ingest_for_model(s, lm.card)
             s.score_margin = score_margin_for_model(s, lm.card)
-            runner = ModelRunner(lm=lm, compressor=SummaryCompressor(lm))
+            runner = ModelRunner(
+                lm=lm, compressor=SummaryCompressor(lm), share_summary=s.share_summary_passes
+            )
             service = LongWatchService(s, runner, self.store, IndexRegistry(self.store), self.leases, keys)
             self.service = service
             if s.ray_address:

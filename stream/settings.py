@@ -246,6 +246,10 @@ class ServiceSettings:
     # gRPC's threads. A streaming call (Watch, IngestFrames, an upload) holds one while it lasts;
     # model work waits for the model lock whatever the count, so idle threads cost little.
     workers: int = 32
+    # Chunks of several streams that wait for the model together share one vision pass; with this,
+    # their summary passes too, padded into one batch (equal to their own passes up to float
+    # rounding, not bit for bit: stream/vision_batch.py).
+    share_summary_passes: bool = False
     max_message_mb: int = 256
     top_k: int = 4
     # Of the top-k, leave out chunks scoring more than this below the best (0: keep all k). The
@@ -510,6 +514,13 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "the square of the stream) or on its own (chunk); default stream, chunk under --mode auto",
     )
     g.add_argument("--alpha", type=int, default=_env("ALPHA", "16"), choices=[2, 4, 8, 16])
+    g.add_argument(
+        "--share-summary-passes",
+        action="store_true",
+        default=_env("SHARE_SUMMARY_PASSES", "") not in ("", "0"),
+        help="chunks of several streams waiting together share one summary pass (padded batch; "
+        "equal to their own passes up to float rounding); LONGWATCH_SHARE_SUMMARY_PASSES",
+    )
     g = parser.add_argument_group("security (docs/deploying.md)")
     g.add_argument(
         "--keys-file",
@@ -579,6 +590,7 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         lease_ttl_s=args.lease_ttl,
         ray_address=args.ray_address or None,
         ray_workers=args.ray_workers,
+        share_summary_passes=args.share_summary_passes,
         state_dir=Path(args.state_dir),
         top_k=args.top_k,
         score_margin=args.score_margin,

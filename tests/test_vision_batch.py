@@ -1,6 +1,7 @@
 """The vision tower run once over several streams' chunks (stream/vision_batch.py): each chunk's
 features equal its own pass bit for bit, and concurrent ingests make the very chunks one ingest
-alone makes. Real model code (the built-in demo model), real service and Redis."""
+alone makes. Shared summary passes (a choice): each chunk's K/V equal to its own pass up to float
+rounding, and the same answers. Real model code (the built-in demo model), real service and Redis."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from service_settings import loopback_settings
 
 from longwatch.clients.client import LongWatchClient
 from longwatch.memory.redis_server import EmbeddedRedis
+from longwatch.model.compressor import run_chunk
 from longwatch.model.config import ModelConfig
 from longwatch.model.loading import load_model
 from longwatch.model.train.synthetic import write_video
-from longwatch.model.vision import encode_frames
+from longwatch.model.vision import chunk_frames, encode_frames
 from longwatch.stream.server import LongWatchServer
-from longwatch.stream.vision_batch import VisionBatcher
+from longwatch.stream.vision_batch import ChunkLayout, VisionBatcher
 
 
 def test_a_batched_pass_gives_each_chunk_its_own_features(tmp_path: Path) -> None:
@@ -66,3 +68,74 @@ def test_concurrent_ingests_share_vision_passes_and_make_the_same_chunks(
         for n in range(4):
             for a, b in zip(alone, store.get_chunks(f"together-{n}", range(12)), strict=True):
                 assert torch.equal(a.keys, b.keys) and torch.equal(a.retrieval, b.retrieval)
+
+
+def test_a_shared_summary_pass_gives_each_chunk_its_own_pass_up_to_float_rounding(tmp_path: Path) -> None:
+    lm = load_model(ModelConfig(), state_dir=tmp_path)
+    batcher = VisionBatcher(lm, share_summary=True)
+    g = torch.Generator().manual_seed(1)
+    layouts, requests = [], []
+    for n in range(3):  # DiffFP kept different tokens of each: sequences of different lengths
+        keep = torch.rand(8 * 4, generator=g) < 0.4 + 0.2 * n
+        keep[:4] = True  # a chunk's first frame keeps every token
+        layout = ChunkLayout([100.0 * n + i for i in range(8)], keep, n == 0, 100.0 * n + 8)
+        pixels = torch.randn(8 * 4 * 4, 3 * 14 * 14, generator=g)
+        layouts.append(layout)
+        requests.append(batcher.submit(pixels, 8, 4, 4, layout))
+    for request, layout in zip(requests, layouts, strict=True):
+        features = batcher.features(request)
+        shared = batcher.summary(request)
+        assert shared is not None
+        frames, kv = shared
+        with torch.no_grad():
+            alone = run_chunk(
+                lm,
+                chunk_frames(layout.frame_times, features, layout.keep, layout.first_in_stream, layout.end_s),
+                lm.config.alpha,
+                lm.prefix_cache(),
+                lm.prefix_len,
+            )
+        assert frames.tokens_per_frame == layout.keep.view(8, -1).sum(1).tolist()
+        assert kv.keys.shape == alone.keys.shape and torch.equal(kv.positions, alone.positions)
+        for a, b in ((kv.keys, alone.keys), (kv.values, alone.values), (kv.retrieval, alone.retrieval)):
+            assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    assert (batcher.summary_passes, batcher.summary_chunks) == (1, 3)
+    single = batcher.submit(torch.randn(8 * 16, 3 * 14 * 14, generator=g), 8, 4, 4, layouts[0])
+    batcher.features(single)
+    assert batcher.summary(single) is None  # a chunk alone: the compressor runs its pass as before
+
+
+def test_concurrent_ingests_with_shared_summary_passes_answer_as_one_alone(
+    tmp_path: Path, module_redis: EmbeddedRedis, video: Path
+) -> None:
+    settings = loopback_settings(
+        tmp_path / "state", module_redis.url, share_summary_passes=True, kv_storage="float"
+    )
+    with (
+        LongWatchServer(settings) as server,
+        LongWatchClient(f"127.0.0.1:{server.port}", timeout=120) as client,
+    ):
+        list(client.ingest_file("solo", path=video))
+        threads = [
+            threading.Thread(target=lambda n=n: list(client.ingest_file(f"shared-{n}", path=video)))
+            for n in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        vision = server.service.runner.vision  # type: ignore[union-attr]
+        assert vision.summary_chunks > vision.summary_passes > 0  # passes were shared
+        store = server.store
+        assert store is not None
+        alone = store.get_chunks("solo", range(12))
+        for n in range(4):
+            for a, b in zip(alone, store.get_chunks(f"shared-{n}", range(12)), strict=True):
+                assert torch.allclose(a.keys, b.keys, atol=1e-5, rtol=0)
+                assert torch.allclose(a.retrieval, b.retrieval, atol=1e-5, rtol=0)
+        for question in ("What appeared?", "When did it appear?"):
+            expected = client.ask("solo", question)
+            for n in range(4):
+                got = client.ask(f"shared-{n}", question)
+                assert got.answer == expected.answer
+                assert [e.chunk_index for e in got.evidence] == [e.chunk_index for e in expected.evidence]
