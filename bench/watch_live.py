@@ -2,11 +2,12 @@
 
     python bench/watch_live.py            # 10 h of haystack with 10 needles, then 5 min in real time
     python bench/watch_live.py --quick    # 20 min with 2 needles, then 20 s in real time
+    python bench/watch_live.py --yes-no   # each watch asks "Did a red circle appear?" (match "yes")
 
 The real service in a temporary folder (embedded redis-server, gRPC on 127.0.0.1), the demo model
 as served. Needles are the demo model's, each inside one chunk, each with its own phrase; for each,
-one watch on the stream: "What appeared in the video?" with the needle's phrase as the match (the
-demo model knows no yes/no question; a real checkpoint would be asked "Did a red circle appear?").
+one watch on the stream: "What appeared in the video?" with the needle's phrase as the match, or
+with --yes-no the yes/no question a user would ask ("Did a red circle appear?", match "yes").
 
 Accuracy: one stream of synthetic footage fed over gRPC IngestFrames as fast as the service takes
 it (bench/ten_hours.py's sender). An event of a needle's watch on the needle's chunk is a hit; any
@@ -38,12 +39,17 @@ from common import add_json_out, emit_and_save, machine  # noqa: E402
 from ten_hours import FRAMES_PER_CHUNK, Sender  # noqa: E402
 
 from longwatch.clients.client import LiveFrame, LongWatchClient, WatchEvent, WatchEvents  # noqa: E402
-from longwatch.model.train.needles import Needle, random_needle  # noqa: E402
+from longwatch.model.train.needles import Needle, random_needle, yes_no_question  # noqa: E402
 from longwatch.model.train.synthetic import SyntheticFootage  # noqa: E402
 from longwatch.stream.server import LongWatchServer  # noqa: E402
 from longwatch.stream.settings import IngestConfig, LiveConfig, ServiceSettings  # noqa: E402
 
 QUESTION = "What appeared in the video?"
+
+
+def watch_question(needle: Needle, yes_no: bool) -> tuple[str, str]:
+    """(question, match) of the watch waiting for `needle`."""
+    return (yes_no_question(needle), "yes") if yes_no else (QUESTION, needle.phrase())
 
 
 def distinct_needles(seconds: int, count: int, seed: int) -> list[Needle]:
@@ -77,10 +83,11 @@ def collect(events: WatchEvents, into: list[tuple[float, WatchEvent]]) -> None:
     threading.Thread(target=read, daemon=True).start()
 
 
-def watch_all(client: LongWatchClient, stream_id: str, needles: list[Needle]) -> list[str]:
+def watch_all(client: LongWatchClient, stream_id: str, needles: list[Needle], yes_no: bool) -> list[str]:
     ids = []
     for needle in needles:
-        with client.watch(stream_id, QUESTION, match=needle.phrase()) as events:
+        question, match = watch_question(needle, yes_no)
+        with client.watch(stream_id, question, match=match) as events:
             ids.append(events.first().watch_id)
     return ids
 
@@ -91,7 +98,7 @@ def events_of(client: LongWatchClient, watch_id: str) -> list[WatchEvent]:
         return [next(events) for _ in range(count)]
 
 
-def accuracy(server: LongWatchServer, seconds: int, count: int) -> dict:
+def accuracy(server: LongWatchServer, seconds: int, count: int, yes_no: bool = False) -> dict:
     needles = distinct_needles(seconds, count, seed=51)
     footage = SyntheticFootage(seed=52, width=56, height=56, fps=1.0, overlays=needles)
     target = f"127.0.0.1:{server.port}"
@@ -102,7 +109,7 @@ def accuracy(server: LongWatchServer, seconds: int, count: int) -> dict:
         sender.start()
         sender.at_checkpoint.wait()
         sender.at_checkpoint.clear()
-        watch_ids = watch_all(client, "needles", needles)
+        watch_ids = watch_all(client, "needles", needles, yes_no)
         checked_from = client.get_stream("needles").chunks  # each watch checks what comes after it
         sender.go_on.set()
         sender.at_checkpoint.wait()  # the stream's end
@@ -123,6 +130,7 @@ def accuracy(server: LongWatchServer, seconds: int, count: int) -> dict:
     return {
         "bench": "watch_live",
         "part": "accuracy",
+        "question": "yes/no" if yes_no else "what appeared",
         "stream_h": round(haystack_h, 2),
         "needles": count,
         "watches": count,
@@ -136,7 +144,7 @@ def accuracy(server: LongWatchServer, seconds: int, count: int) -> dict:
     }
 
 
-def delay(server: LongWatchServer, seconds: int, needle_times: tuple[int, ...]) -> dict:
+def delay(server: LongWatchServer, seconds: int, needle_times: tuple[int, ...], yes_no: bool = False) -> dict:
     rng = np.random.default_rng(61)
     needles: list[Needle] = []
     for t in needle_times:
@@ -162,7 +170,8 @@ def delay(server: LongWatchServer, seconds: int, needle_times: tuple[int, ...]) 
         started.wait()
         readers = []
         for needle in needles:
-            events = client.watch("realtime", QUESTION, match=needle.phrase())
+            question, match = watch_question(needle, yes_no)
+            events = client.watch("realtime", question, match=match)
             got[events.first().watch_id] = []
             collect(events, got[events.first().watch_id])
             readers.append(events)
@@ -181,6 +190,7 @@ def delay(server: LongWatchServer, seconds: int, needle_times: tuple[int, ...]) 
     return {
         "bench": "watch_live",
         "part": "delay (real time)",
+        "question": "yes/no" if yes_no else "what appeared",
         "stream_h": round(seconds / 3600, 3),
         "needles": len(needles),
         "needles_with_event": len(delays),
@@ -190,7 +200,7 @@ def delay(server: LongWatchServer, seconds: int, needle_times: tuple[int, ...]) 
     }
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, yes_no: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="lw-watch-") as tmp:
         settings = ServiceSettings(
             port=0,
@@ -201,17 +211,20 @@ def run(quick: bool = False) -> list[dict]:
         )
         with LongWatchServer(settings) as server:
             if quick:
-                return [accuracy(server, 1200, 2), delay(server, 20, (11,))]
-            return [accuracy(server, 36000, 10), delay(server, 300, (42, 101, 165, 230))]
+                return [accuracy(server, 1200, 2, yes_no), delay(server, 20, (11,), yes_no)]
+            return [accuracy(server, 36000, 10, yes_no), delay(server, 300, (42, 101, 165, 230), yes_no)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run, not figures")
+    parser.add_argument(
+        "--yes-no", action="store_true", help='watches ask "Did a red circle appear?" and match "yes"'
+    )
     add_json_out(parser)
     args = parser.parse_args()
     print("machine: " + str(machine()), file=sys.stderr)
-    emit_and_save(run(args.quick), args.json_out)
+    emit_and_save(run(args.quick, args.yes_no), args.json_out)
 
 
 if __name__ == "__main__":

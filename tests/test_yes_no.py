@@ -18,7 +18,7 @@ import pytest
 from longwatch.model.config import ModelConfig
 from longwatch.model.eval.clips import answer_clip, evaluate_clips
 from longwatch.model.loading import load_model
-from longwatch.model.train.clips import NeedleClips, corpus
+from longwatch.model.train.clips import NeedleClips, corpus, vision_frames
 from longwatch.model.train.needles import (
     COLOURS,
     DIGITS,
@@ -163,3 +163,16 @@ def test_clip_evaluation_scores_yes_and_no_apart_on_held_out_renderings() -> Non
     result = evaluate_clips(lm, 9, n_chunks=2, kinds=("did",), rendering="heldout", needle_px=(12, 20))
     counts = {k: len(v) for k, v in result.correct.items()}
     assert set(counts) == {"did-yes", "did-no"} and sum(counts.values()) == 9
+
+
+def test_vision_pretraining_draws_needles_as_its_clip_source_does() -> None:
+    plain_frames, plain = vision_frames(np.random.default_rng(3), 40)
+    same_frames, same = vision_frames(np.random.default_rng(3), 40, like=NeedleClips())
+    assert same == plain and np.array_equal(same_frames, plain_frames)  # the demo's draws, unchanged
+    _, small = vision_frames(
+        np.random.default_rng(3), 200, like=NeedleClips(needle_px=(12, 20), rendering="varied")
+    )
+    drawn = [n for n in small if n is not None]
+    assert drawn and all(12 <= n.size <= 20 for n in drawn)
+    assert {n.font for n in drawn if n.shape == "digit"} <= set(RENDERINGS["varied"].fonts)
+    assert {n.stroke for n in drawn} == set(RENDERINGS["varied"].strokes)

@@ -369,17 +369,29 @@ def with_next_chunk(
 
 
 def vision_frames(
-    rng: np.random.Generator, n: int, width: int = 56, height: int = 56, digit_share: float | None = None
+    rng: np.random.Generator,
+    n: int,
+    width: int = 56,
+    height: int = 56,
+    digit_share: float | None = None,
+    like: NeedleClips | None = None,
 ) -> tuple[np.ndarray, list[Needle | None]]:
     """Single frames for vision pretraining: haystack frames, about half with a needle on them.
 
     digit_share: how many of the needles are digits (None: as many as of each shape).
+    like: needles sized and drawn as this clip source draws them (its needle_px, needle_px_share
+        and rendering); None: the demo model's.
     """
     frames, needles = [], []
     for _ in range(n):
         seed = seed_for("train", int(rng.integers(0, 1 << 39)))
         t = float(rng.integers(0, 600))
-        needle = random_needle(rng, t, width, height, digit_share) if rng.random() < 0.5 else None
+        needle = None
+        if rng.random() < 0.5:
+            size_px, rendering = (None, "demo") if like is None else (like.needle_px, like.rendering)
+            if like is not None and like.needle_px_share < 1.0 and rng.random() >= like.needle_px_share:
+                size_px = None
+            needle = random_needle(rng, t, width, height, digit_share, size_px, rendering)
         footage = SyntheticFootage(seed, width, height, 1.0, overlays=[needle] if needle else [])
         frames.append(footage.frame_at(int(t)))
         needles.append(needle)

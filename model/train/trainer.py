@@ -47,7 +47,7 @@ from longwatch.model.loading import (
 )
 from longwatch.model.retrieval import evidence_lead
 from longwatch.model.summary import save_adapter
-from longwatch.model.train.clips import ClipSource, TrainingClip, vision_frames
+from longwatch.model.train.clips import ClipSource, NeedleClips, TrainingClip, vision_frames
 from longwatch.model.train.distributed import World, average_gradients, average_values
 from longwatch.model.train.needles import ANSWER_FORMAT, COLOURS, DIGITS, SHAPES
 from longwatch.model.vision import chunk_frames, encode_frames
@@ -429,9 +429,19 @@ class VisionProbe(nn.Module):
 
 
 def vision_losses(
-    lm: LoadedModel, probe: VisionProbe, rng: np.random.Generator, config: TrainConfig
+    lm: LoadedModel,
+    probe: VisionProbe,
+    rng: np.random.Generator,
+    config: TrainConfig,
+    like: ClipSource | None = None,
 ) -> dict[str, torch.Tensor]:
-    frames, needles = vision_frames(rng, config.vision_batch, digit_share=config.vision_digit_share)
+    """The probe's losses on single frames whose needles are drawn as `like`'s (a needle source)."""
+    frames, needles = vision_frames(
+        rng,
+        config.vision_batch,
+        digit_share=config.vision_digit_share,
+        like=like if isinstance(like, NeedleClips) else None,
+    )
     grid = grid_for(frames.shape[1], frames.shape[2], frame_budget(lm, config))
     pixels = frames_to_pixel_values(frames, grid)
     n = len(frames)
@@ -578,7 +588,9 @@ class Trainer:
                 [1 << 20, self.world.rank] if self.world.size > 1 else []
             )
             with self._autocast():
-                losses = vision_losses(self.lm, self.probe, np.random.default_rng(seeds), self.config)
+                losses = vision_losses(
+                    self.lm, self.probe, np.random.default_rng(seeds), self.config, self.source
+                )
                 total = sum(losses.values())
             total.backward()
         else:
