@@ -37,6 +37,17 @@ def test_a_batched_pass_gives_each_chunk_its_own_features(tmp_path: Path) -> Non
     assert (batcher.passes, batcher.chunks) == (2, 4)  # the three 4x4 chunks in one pass
 
 
+def ingest_at_once(client: LongWatchClient, video: Path, stream_ids: list[str]) -> None:
+    """The video into every one of the streams at the same time, one thread each."""
+    threads = [
+        threading.Thread(target=lambda s=s: list(client.ingest_file(s, path=video))) for s in stream_ids
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+
+
 @pytest.fixture
 def video(tmp_path: Path) -> Path:
     return write_video(tmp_path / "yard.mp4", seconds=96, fps=2, width=160, height=120, seed=8)
@@ -52,14 +63,7 @@ def test_concurrent_ingests_share_vision_passes_and_make_the_same_chunks(
         list(client.ingest_file("alone", path=video))
         vision = server.service.runner.vision  # type: ignore[union-attr]
         before = (vision.passes, vision.chunks)
-        threads = [
-            threading.Thread(target=lambda n=n: list(client.ingest_file(f"together-{n}", path=video)))
-            for n in range(4)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        ingest_at_once(client, video, [f"together-{n}" for n in range(4)])
         passes, chunks = vision.passes - before[0], vision.chunks - before[1]
         assert chunks == 4 * 12 and passes < chunks  # passes were shared
         store = server.store
@@ -116,14 +120,7 @@ def test_concurrent_ingests_with_shared_summary_passes_answer_as_one_alone(
         LongWatchClient(f"127.0.0.1:{server.port}", timeout=120) as client,
     ):
         list(client.ingest_file("solo", path=video))
-        threads = [
-            threading.Thread(target=lambda n=n: list(client.ingest_file(f"shared-{n}", path=video)))
-            for n in range(4)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        ingest_at_once(client, video, [f"shared-{n}" for n in range(4)])
         vision = server.service.runner.vision  # type: ignore[union-attr]
         assert vision.summary_chunks > vision.summary_passes > 0  # passes were shared
         store = server.store
