@@ -7,7 +7,9 @@ A `LongWatchServer` (the demo model, its embedded Redis) ingests 8 archives at o
 a 10-minute 320x180 video again and again, while one client asks about a ready stream, one
 question after another. Two runs, the same server: the model's lock as the service has it
 (stream/model_lock.py: an answer's next step goes before an ingest's next chunk), and a plain
-lock in its place (what the service had before: any waiter may win). Reported: Ask's time to
+lock in its place (what the service had before: any waiter may win), then by priority with the
+ingests' summary passes shared (`--share-summary-passes`: a shared pass holds the model longer).
+Reported: Ask's time to
 first token and total time (p50, p99), and the chunks the ingests committed meanwhile.
 """
 
@@ -48,6 +50,9 @@ class PlainLock:
         with self._lock:
             yield
 
+    def asks_waiting(self) -> bool:
+        return False  # it cannot tell
+
 
 def one_side(server: LongWatchServer, video: Path, seconds: float, side: str) -> dict:
     stop = threading.Event()
@@ -57,7 +62,7 @@ def one_side(server: LongWatchServer, video: Path, seconds: float, side: str) ->
         with LongWatchClient(f"127.0.0.1:{server.port}", timeout=600) as client:
             round_ = 0
             while not stop.is_set():
-                stream_id = f"{side.split()[0]}-{n}-{round_}"
+                stream_id = f"{''.join(w[0] for w in side.split() if w[0].isalpha())}-{n}-{round_}"
                 for progress in client.ingest_file(stream_id, path=video):
                     chunks[n] = chunks[n] + 1 if not progress.done else chunks[n]
                     if stop.is_set():
@@ -118,13 +123,19 @@ def run(quick: bool = False) -> list[dict]:
             with LongWatchServer(settings) as server, LongWatchClient(f"127.0.0.1:{server.port}") as client:
                 list(client.ingest_file("ready", path=video))
                 assert server.service is not None
-                for side, lock in (("plain lock (before)", PlainLock()), ("by priority", ModelLock())):
+                sides = (
+                    ("plain lock (before)", PlainLock(), False),
+                    ("by priority", ModelLock(), False),
+                    ("by priority, summary passes shared", ModelLock(), True),
+                )
+                for side, lock, share_summary in sides:
                     # Swapped only once the last side's ingests ended on the server too (a cancelled
                     # call's ingest stops at its next frame): two locks at once would let two passes
                     # run on the model together.
                     while any(s.state == "ingesting" for s in client.list_streams()):
                         time.sleep(0.1)
                     server.service.runner.lock = lock  # type: ignore[assignment]
+                    server.service.runner.vision.share_summary = share_summary
                     rows.append(one_side(server, video, seconds, side))
     return rows
 

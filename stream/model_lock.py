@@ -27,6 +27,11 @@ class ModelLock:
         self._waiting: list[tuple[int, int]] = []  # heap of (priority, arrival)
         self._arrivals = itertools.count()
 
+    def asks_waiting(self) -> bool:
+        """Whether an answer's step waits for the model (work that could be split should be)."""
+        with self._cond:
+            return any(priority == ASK for priority, _ in self._waiting)
+
     @contextmanager
     def hold(self, priority: int) -> Iterator[None]:
         """Hold the model; among waiters the lowest priority number goes first, then the earliest."""

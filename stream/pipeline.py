@@ -50,7 +50,7 @@ class ModelRunner:
     vision: VisionBatcher = field(init=False)  # vision passes shared by chunks that wait together
 
     def __post_init__(self) -> None:
-        self.vision = VisionBatcher(self.lm, self.share_summary)
+        self.vision = VisionBatcher(self.lm, self.share_summary, lambda: self.lock.asks_waiting())
 
 
 def forget_stream(stream_id: str, runner: ModelRunner, store: ChunkStore, indexes: IndexRegistry) -> int:

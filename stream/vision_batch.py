@@ -10,12 +10,15 @@ one pass per chunk, bit for bit. A chunk alone is encoded alone, as before.
 With `share_summary` (`serve --share-summary-passes`) the same pass goes on to the summary pass
 of every chunk in it whose request carries its layout (times, DiffFP's mask), as one padded
 batch (model/compressor.py's `run_chunks`): each chunk's K/V is then what its own pass makes up
-to float rounding, not bit for bit, so it is a choice, off by default.
+to float rounding, not bit for bit, so it is a choice, off by default. While an answer waits for
+the model the chunks' summary passes are left to each (one short pass at a time, an answer's step
+between them), as a shared pass would make the answer wait for all of them.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -53,9 +56,12 @@ class _Request:
 class VisionBatcher:
     """submit() a chunk's frames, then, holding the model lock, features() for them."""
 
-    def __init__(self, lm: LoadedModel, share_summary: bool = False) -> None:
+    def __init__(
+        self, lm: LoadedModel, share_summary: bool = False, asks_waiting: Callable[[], bool] = lambda: False
+    ) -> None:
         self.lm = lm
         self.share_summary = share_summary and lm.config.mode != "raw"
+        self.asks_waiting = asks_waiting
         self.summary_passes = 0  # shared summary passes run, and the chunks they made
         self.summary_chunks = 0
         self._waiting: list[_Request] = []
@@ -122,7 +128,8 @@ class VisionBatcher:
             ):
                 r.features = part
             laid_out = [r for r in batch if r.layout is not None]
-            if self.share_summary and len(laid_out) > 1:  # alone, the compressor runs it as before
+            # Alone, or with an answer waiting, each chunk's compressor runs its own pass as before.
+            if self.share_summary and len(laid_out) > 1 and not self.asks_waiting():
                 for r in laid_out:
                     lay = r.layout
                     assert lay is not None and r.features is not None

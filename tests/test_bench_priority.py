@@ -11,8 +11,9 @@ import priority  # noqa: E402
 
 
 def test_priority_quick_answers_beside_eight_ingests() -> None:
-    plain, ordered = priority.run(quick=True)
+    plain, ordered, shared = priority.run(quick=True)
     assert (plain["lock"], ordered["lock"]) == ("plain lock (before)", "by priority")
-    for row in (plain, ordered):
+    assert shared["lock"] == "by priority, summary passes shared"
+    for row in (plain, ordered, shared):
         assert row["asks"] > 0 and 0 < row["first_token_p50_ms"] <= row["first_token_p99_ms"]
         assert row["ingest_chunks_per_s"] > 0  # the ingests went on meanwhile

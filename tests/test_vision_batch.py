@@ -136,3 +136,34 @@ def test_concurrent_ingests_with_shared_summary_passes_answer_as_one_alone(
                 got = client.ask(f"shared-{n}", question)
                 assert got.answer == expected.answer
                 assert [e.chunk_index for e in got.evidence] == [e.chunk_index for e in expected.evidence]
+
+
+def test_while_an_answer_waits_each_chunk_runs_its_own_summary_pass(tmp_path: Path) -> None:
+    """A shared summary pass would hold the model for every chunk in it; an answer waiting for the
+    model gets its step between single passes instead (the model lock's asks_waiting)."""
+    from longwatch.stream.model_lock import ASK, ModelLock
+
+    lm = load_model(ModelConfig(), state_dir=tmp_path)
+    lock = ModelLock()
+    batcher = VisionBatcher(lm, share_summary=True, asks_waiting=lock.asks_waiting)
+    g = torch.Generator().manual_seed(2)
+    layout = ChunkLayout([float(i) for i in range(8)], torch.ones(8 * 4, dtype=torch.bool), True, 8.0)
+    requests = [
+        batcher.submit(torch.randn(8 * 16, 3 * 14 * 14, generator=g), 8, 4, 4, layout) for _ in range(3)
+    ]
+    asking = threading.Event()
+
+    def ask() -> None:
+        with lock.hold(ASK):
+            asking.set()
+
+    with lock.hold(ASK + 1):  # an ingest holds the model; an answer's step queues behind it
+        waiter = threading.Thread(target=ask)
+        waiter.start()
+        while not lock.asks_waiting():
+            threading.Event().wait(0.01)
+        batcher.features(requests[0])
+        assert [batcher.summary(r) for r in requests] == [None, None, None]
+        assert batcher.passes == 1 and batcher.summary_passes == 0  # the vision pass was still shared
+    waiter.join(10)
+    assert asking.is_set() and not lock.asks_waiting()
