@@ -36,7 +36,7 @@ import redis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import add_json_out, emit_and_save, machine, percentile  # noqa: E402
+from common import bench_main, machine, percentile  # noqa: E402
 from service_process import ServeProcess  # noqa: E402
 from soak import rss_mb  # noqa: E402
 
@@ -229,17 +229,16 @@ def checkpoint_row(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 minutes of stream, not figures")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hot-window", type=float, default=60.0, help="wall-clock seconds chunks stay in Redis"
     )
     parser.add_argument("--streams", type=int, default=STREAMS, help="10-hour streams, one needle each")
-    add_json_out(parser)
-    args = parser.parse_args()
+
+
+def main() -> None:
     print("machine: " + str(machine()), file=sys.stderr)
-    emit_and_save(run(args.quick, args.hot_window, args.streams), args.json_out)
+    bench_main(run, __doc__.splitlines()[0], add_arguments)  # --quick: 4 minutes of stream
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import add_json_out, emit_and_save, machine  # noqa: E402
+from common import bench_main, machine  # noqa: E402
 from ten_hours import FRAMES_PER_CHUNK, Sender  # noqa: E402
 
 from longwatch.clients.client import LiveFrame, LongWatchClient, WatchEvent, WatchEvents  # noqa: E402
@@ -215,16 +215,15 @@ def run(quick: bool = False, yes_no: bool = False) -> list[dict]:
             return [accuracy(server, 36000, 10, yes_no), delay(server, 300, (42, 101, 165, 230), yes_no)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run, not figures")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--yes-no", action="store_true", help='watches ask "Did a red circle appear?" and match "yes"'
     )
-    add_json_out(parser)
-    args = parser.parse_args()
+
+
+def main() -> None:
     print("machine: " + str(machine()), file=sys.stderr)
-    emit_and_save(run(args.quick, args.yes_no), args.json_out)
+    bench_main(run, __doc__.splitlines()[0], add_arguments)
 
 
 if __name__ == "__main__":

@@ -115,12 +115,7 @@ def run_chunk(
             position_ids=positions.unsqueeze(0),
             summary_mask=(kinds == SUMMARY).unsqueeze(0),
         )
-    if alpha is None:
-        keep = torch.ones_like(kinds, dtype=torch.bool)
-    else:
-        keep = kinds == SUMMARY
-        if lm.config.keep_timestamp_tokens:
-            keep |= kinds == TEXT
+    keep = torch.ones_like(kinds, dtype=torch.bool) if alpha is None else kept_tokens(lm, kinds)
     # cache layers: (1, kv_heads, past + L, head_dim); this chunk's tokens are the last L.
     return ChunkKV(
         keys=torch.stack([layer.keys[0, :, past:][:, keep] for layer in cache.layers]),
@@ -128,6 +123,15 @@ def run_chunk(
         positions=positions[keep],
         retrieval=key_vector(keys_pre_rope, lm.retrieval_layers, kinds == VISUAL),
     )
+
+
+def kept_tokens(lm: LoadedModel, kinds: torch.Tensor) -> torch.Tensor:
+    """Which tokens of a chunk's sequence keep their K/V with summary tokens: the summaries, and the
+    labels when the model was loaded with `keep_timestamp_tokens`."""
+    keep = kinds == SUMMARY
+    if lm.config.keep_timestamp_tokens:
+        keep |= kinds == TEXT
+    return keep
 
 
 @torch.no_grad()
@@ -173,9 +177,7 @@ def run_chunks(lm: LoadedModel, chunks: list[ChunkFrames], alpha: int) -> list[C
     out = []
     for i, length in enumerate(lengths):
         row = kinds[i, :length]
-        keep = row == SUMMARY
-        if lm.config.keep_timestamp_tokens:
-            keep |= row == TEXT
+        keep = kept_tokens(lm, row)
         # cache layers: (n, kv_heads, prefix_len + longest, head_dim); row i's tokens from start.
         out.append(
             ChunkKV(
