@@ -58,13 +58,22 @@ def test_yes_no_clips_ask_about_the_needle_about_something_else_or_about_footage
         assert np.array_equal(a.frames, b.frames) and b.evidence == held
         # The needle's own questions are asked of the same context too.
         assert set(a.questions_and_answers) <= set(b.also_asked)
-        about_it = b.question in (yes_no_question(a.needle), yes_no_question(a.needle, kind_only=True))
+        about_needle = (yes_no_question(a.needle), yes_no_question(a.needle, kind_only=True))
+        about_it = b.question in about_needle
+        # The other answer is asked of the same context: "yes" about the needle beside "no" about
+        # something it is not.
+        yes_no_also = [(q, w) for q, w in b.also_asked if w in (YES, NO)]
+        assert len(yes_no_also) == 1
+        (other_question, other_answer) = yes_no_also[0]
         if b.answer == YES:
             seen["yes"] += 1
-            assert about_it and b.unanchored == ()
+            assert about_it
+            assert other_answer == NO and other_question not in about_needle
+            assert b.unanchored == (other_question,)  # no chunk holds what a "no" asks about
         else:
             seen["other"] += 1
             assert b.answer == NO and not about_it and b.unanchored == (b.question,)
+            assert other_answer == YES and other_question in about_needle
     assert all(n >= 6 for n in seen.values()), seen
 
 

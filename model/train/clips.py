@@ -175,8 +175,9 @@ class NeedleClips:
     # Share of clips that ask a yes/no question ("Did a red circle appear?", "Is there a digit?"),
     # the kind a watch asks of every chunk. Of them, absent_share have no needle drawn at all (so
     # "no" whatever is asked, as a watch hears from almost every chunk), and of the rest half ask
-    # about the needle ("yes") and half about something else ("no"); kind_only_share ask for a
-    # kind alone. Drawn after everything else, and only when asked for.
+    # about the needle ("yes") and half about something else ("no"), each with the other question
+    # among its `also`; kind_only_share ask for a kind alone. Drawn after everything else, and
+    # only when asked for.
     yes_no_share: float = 0.0
     absent_share: float = 0.4
     kind_only_share: float = 0.3
@@ -263,12 +264,16 @@ class NeedleClips:
                     [],
                 )
             else:
-                also = [(question, answer), *also]  # the needle's own questions, of the same context
                 asked_other = draw >= self.absent_share + (1 - self.absent_share) / 2
-                asked = other_needle(rng, needle, kind_only) if asked_other else needle
-                question, answer = yes_no_question(asked, kind_only), NO if asked_other else YES
-            if answer == NO:
-                unanchored = (question,)
+                about_it = yes_no_question(needle, kind_only), YES
+                about_other = yes_no_question(other_needle(rng, needle, kind_only), kind_only), NO
+                # Both are asked of the same context, the other one among `also`: "yes" and "no"
+                # then differ in the words asked alone, not in the footage.
+                (question, answer), counterpart = (
+                    (about_other, about_it) if asked_other else (about_it, about_other)
+                )
+                also = [(qa.question, qa.answer), counterpart, *also]  # and the needle's own questions
+            unanchored = tuple(q for q, a in [(question, answer), *also] if a == NO)
         footage = SyntheticFootage(seed, self.width, self.height, self.fps, overlays=overlays)
         times = [float(s + i / self.fps) for s in starts for i in range(f)]
         frames = np.stack([footage.frame_at(round(t * self.fps)) for t in times])
