@@ -10,26 +10,31 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from longwatch.model.answer_format import AnswerFormat
 from longwatch.model.config import ModelConfig
 from longwatch.model.eval.clips import answer_clip, evaluate_clips
 from longwatch.model.loading import load_model
 from longwatch.model.train.clips import NeedleClips, corpus, vision_frames
 from longwatch.model.train.needles import (
+    ANSWER_FORMAT,
     COLOURS,
     DIGITS,
     FONTS,
     NO,
+    NOTHING,
     RENDERINGS,
     YES,
     Needle,
     judge,
     needle_mask,
     random_needle,
+    verdict_of,
     yes_no_question,
 )
 from longwatch.model.train.vocab import extend_vocabulary, missing_words
@@ -75,6 +80,28 @@ def test_yes_no_clips_ask_about_the_needle_about_something_else_or_about_footage
             assert b.answer == NO and not about_it and b.unanchored == (b.question,)
             assert other_answer == YES and other_question in about_needle
     assert all(n >= 6 for n in seen.values()), seen
+
+
+def test_described_yes_no_answers_say_what_was_seen_then_the_verdict_in_the_answer_format() -> None:
+    plain = NeedleClips(n_chunks=2, all_questions=True, yes_no_share=1.0)
+    described = replace(plain, yes_no_described=True)
+    answers = set()
+    for i in range(40):
+        a, b = plain.clip(np.random.default_rng([5, i])), described.clip(np.random.default_rng([5, i]))
+        # The same clip and questions; only the yes/no answers are longer.
+        assert (a.question, a.evidence, a.unanchored) == (b.question, b.evidence, b.unanchored)
+        assert verdict_of(b.answer) == a.answer
+        seen = a.needle.phrase() if a.evidence else NOTHING
+        assert b.answer == f"{seen}, {a.answer}"
+        for (q, plain_answer), (q2, said) in zip(a.also_asked, b.also_asked, strict=True):
+            assert q == q2 and (said == plain_answer or said == f"{seen}, {plain_answer}")
+        answers.add(b.answer)
+    assert {"nothing, no"} < answers and any(x.endswith(", yes") for x in answers)
+    fmt = AnswerFormat.from_card({"answer_format": ANSWER_FORMAT})
+    assert fmt is not None
+    for text in answers | {"yes", "no", "the digit 7, no"}:
+        assert fmt.complete(text), text
+    assert not fmt.complete("nothing, yes")  # nothing seen is never a yes
 
 
 def test_yes_no_questions_are_drawn_last_and_leave_other_clips_as_they_were() -> None:

@@ -20,6 +20,7 @@ from longwatch.model.train.needles import (
     Needle,
     QuestionKind,
     Split,
+    described_answer,
     other_needle,
     questions_for,
     random_needle,
@@ -181,6 +182,9 @@ class NeedleClips:
     yes_no_share: float = 0.0
     absent_share: float = 0.4
     kind_only_share: float = 0.3
+    # Yes/no answers say what was seen first ("a red circle, yes", "nothing, no"; needles.
+    # described_answer) instead of the verdict alone.
+    yes_no_described: bool = False
 
     def __post_init__(self) -> None:
         for rate in self.footage_rates:
@@ -255,25 +259,25 @@ class NeedleClips:
             kind_only = rng.random() < self.kind_only_share
             draw = rng.random()
             kind = "did"
-            if draw < self.absent_share:  # no needle at all: no evidence, and nothing else to ask
-                question, answer, overlays, evidence_chunks, also = (
-                    yes_no_question(needle, kind_only),
-                    NO,
-                    [],
-                    [],
-                    [],
-                )
+            seen = needle if draw >= self.absent_share else None
+
+            def said(verdict: str) -> str:
+                return described_answer(seen, verdict) if self.yes_no_described else verdict
+
+            if seen is None:  # no needle at all: no evidence, and nothing else to ask
+                question, answer = yes_no_question(needle, kind_only), said(NO)
+                overlays, evidence_chunks, also, unanchored = [], [], [], (question,)
             else:
                 asked_other = draw >= self.absent_share + (1 - self.absent_share) / 2
-                about_it = yes_no_question(needle, kind_only), YES
-                about_other = yes_no_question(other_needle(rng, needle, kind_only), kind_only), NO
+                about_it = yes_no_question(needle, kind_only), said(YES)
+                about_other = yes_no_question(other_needle(rng, needle, kind_only), kind_only), said(NO)
                 # Both are asked of the same context, the other one among `also`: "yes" and "no"
                 # then differ in the words asked alone, not in the footage.
                 (question, answer), counterpart = (
                     (about_other, about_it) if asked_other else (about_it, about_other)
                 )
                 also = [(qa.question, qa.answer), counterpart, *also]  # and the needle's own questions
-            unanchored = tuple(q for q, a in [(question, answer), *also] if a == NO)
+                unanchored = (about_other[0],)  # no chunk holds what a "no" asks about
         footage = SyntheticFootage(seed, self.width, self.height, self.fps, overlays=overlays)
         times = [float(s + i / self.fps) for s in starts for i in range(f)]
         frames = np.stack([footage.frame_at(round(t * self.fps)) for t in times])
@@ -415,6 +419,6 @@ def corpus(system_prompt: str) -> list[str]:
             for qa in questions_for(n).values():
                 texts += [question_suffix(qa.question), qa.answer]
             texts += [question_suffix(yes_no_question(n, kind_only)) for kind_only in (False, True)]
-    texts += [YES, NO]
+    texts += [YES, NO, described_answer(None, NO), described_answer(Needle(0.0, 1.0, "circle", "red"), YES)]
     texts += [f"the digit {d}" for d in DIGITS]
     return texts

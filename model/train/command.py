@@ -206,6 +206,11 @@ def add_train(sub: argparse.ArgumentParser) -> None:
         "a watch's kind; a demo model's vocabulary gains its words where it lacks them",
     )
     sub.add_argument(
+        "--yes-no-described",
+        action="store_true",
+        help="--data needles: yes/no answers say what was seen first ('a red circle, yes', 'nothing, no')",
+    )
+    sub.add_argument(
         "--max-tokens-per-frame",
         type=int,
         metavar="N",

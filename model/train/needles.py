@@ -297,6 +297,20 @@ class NeedleQA:
 
 
 YES, NO = "yes", "no"
+NOTHING = "nothing"  # what a described yes/no answer says it saw in footage without a needle
+
+
+def described_answer(seen: Needle | None, verdict: str) -> str:
+    """A yes/no answer that says what was seen before the verdict: "a red circle, yes", "a blue
+    square, no", "nothing, no". A 4-layer demo decoder that had to answer "yes" or "no" at once
+    learnt only how often each comes (docs/experiments.md); saying what it saw first, which it
+    can, leaves it to compare its own words with the question's."""
+    return f"{seen.phrase() if seen else NOTHING}, {verdict}"
+
+
+def verdict_of(answer: str) -> str:
+    """The yes or no of a yes/no answer, plain ("yes") or described ("a red circle, yes")."""
+    return answer.rsplit(" ", 1)[-1]
 
 
 def yes_no_question(asked: Needle, kind_only: bool = False) -> str:
@@ -333,8 +347,19 @@ def questions_for(needle: Needle) -> dict[QuestionKind, NeedleQA]:
 # The answers `questions_for` trains, as a model card's answer_format (model/answer_format.py):
 # a demo model then never says a broken one ("at  s") about video it was not trained on.
 ANSWER_FORMAT = {
-    "templates": ["a {colour} {shape}", "the digit {digit}", "{colour}", "at {seconds} s", YES, NO],
+    "templates": [
+        "a {colour} {shape}",
+        "the digit {digit}",
+        "{colour}",
+        "at {seconds} s",
+        YES,
+        NO,
+        "a {colour} {shape}, {verdict}",
+        "the digit {digit}, {verdict}",
+        f"{NOTHING}, {NO}",
+    ],
     "slots": {
+        "verdict": [YES, NO],
         "colour": list(COLOURS),
         "shape": list(SHAPES),
         "digit": list(DIGITS),

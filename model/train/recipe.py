@@ -273,6 +273,7 @@ def run_train(args: argparse.Namespace) -> int:
             needle_px_share=args.needle_px_share,
             rendering=args.rendering,
             yes_no_share=args.yes_no_share,
+            yes_no_described=args.yes_no_described,
         )
         if args.data == "needles"
         else JsonlClips(read_examples(Path(args.data), args.video_root))
