@@ -308,11 +308,6 @@ def described_answer(seen: Needle | None, verdict: str) -> str:
     return f"{seen.phrase() if seen else NOTHING}, {verdict}"
 
 
-def verdict_of(answer: str) -> str:
-    """The yes or no of a yes/no answer, plain ("yes") or described ("a red circle, yes")."""
-    return answer.rsplit(" ", 1)[-1]
-
-
 def yes_no_question(asked: Needle, kind_only: bool = False) -> str:
     """A yes/no question whether `asked` appeared: "Did a red circle appear?", "Did the digit 7
     appear?"; kind_only asks for its kind alone: "Is there a circle?", "Is there a digit?"."""
@@ -344,8 +339,9 @@ def questions_for(needle: Needle) -> dict[QuestionKind, NeedleQA]:
     }
 
 
-# The answers `questions_for` trains, as a model card's answer_format (model/answer_format.py):
-# a demo model then never says a broken one ("at  s") about video it was not trained on.
+# The answers needle clips train (`questions_for`'s; yes/no, plain or described), as a model card's
+# answer_format (model/answer_format.py): a demo model then never says a broken one ("at  s")
+# about video it was not trained on.
 ANSWER_FORMAT = {
     "templates": [
         "a {colour} {shape}",
