@@ -329,6 +329,33 @@ def other_needle(rng: np.random.Generator, needle: Needle, kind_only: bool = Fal
     return replace(needle, shape=str(rng.choice([s for s in SHAPES if s != needle.shape])))
 
 
+YesNoCase = Literal["yes", "no-nothing", "no-kind", "no-digit", "no-colour"]
+YES_NO_CASES: tuple[YesNoCase, ...] = ("yes", "no-nothing", "no-kind", "no-digit", "no-colour")
+
+
+def yes_no_on_words(rng: np.random.Generator) -> tuple[str, str, YesNoCase]:
+    """A yes/no question and its described answer with no footage: (question, answer, case).
+
+    What was seen is given in the answer, so the verdict follows from the words alone (the
+    trainer's --verdict-words). A quarter saw nothing; of the rest half are asked about what was
+    seen and half about another needle: another kind or shape ("no-kind"), another digit
+    ("no-digit") or the same shape in another colour ("no-colour").
+    """
+    shape = str(rng.choice([*SHAPES, "digit"]))
+    digit = str(rng.choice(DIGITS)) if shape == "digit" else ""
+    seen = Needle(0.0, 1.0, shape, str(rng.choice(list(COLOURS))), digit=digit)
+    kind_only = bool(rng.random() < 0.3)
+    draw = rng.random()
+    if draw < 0.25:
+        return yes_no_question(seen, kind_only), described_answer(None, NO), "no-nothing"
+    if draw < 0.625:
+        return yes_no_question(seen, kind_only), described_answer(seen, YES), "yes"
+    asked = other_needle(rng, seen, kind_only)
+    same_kind = asked.noun() == seen.noun()  # then another digit, or the same shape in another colour
+    case: YesNoCase = "no-kind" if not same_kind else ("no-digit" if seen.shape == "digit" else "no-colour")
+    return yes_no_question(asked, kind_only), described_answer(seen, NO), case
+
+
 def questions_for(needle: Needle) -> dict[QuestionKind, NeedleQA]:
     """The three questions about a needle, with the answers the demo model is trained to give."""
     noun = needle.noun()
