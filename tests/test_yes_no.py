@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.nn import functional as F
 
+from longwatch.model.answer import continue_logits
 from longwatch.model.answer_format import AnswerFormat
 from longwatch.model.config import ModelConfig
 from longwatch.model.eval.clips import answer_clip, evaluate_clips
@@ -34,8 +37,10 @@ from longwatch.model.train.needles import (
     judge,
     needle_mask,
     random_needle,
+    yes_no_on_words,
     yes_no_question,
 )
+from longwatch.model.train.trainer import TrainConfig, Trainer, answer_ids, new_base, verdict_words_loss
 from longwatch.model.train.vocab import extend_vocabulary, missing_words
 
 DEMO = Path(__file__).resolve().parents[1] / "model" / "demo"
@@ -210,3 +215,50 @@ def test_vision_pretraining_draws_needles_as_its_clip_source_does() -> None:
     assert drawn and all(12 <= n.size <= 20 for n in drawn)
     assert {n.font for n in drawn if n.shape == "digit"} <= set(RENDERINGS["varied"].fonts)
     assert {n.stroke for n in drawn} == set(RENDERINGS["varied"].strokes)
+
+
+def test_verdicts_on_words_train_beside_the_clips_and_leave_the_clips_as_they_were(tmp_path: Path) -> None:
+    folder = new_base(tmp_path / "init", seed=0, system_prompt=ModelConfig().system_prompt)
+    clips = NeedleClips(n_chunks=2, yes_no_share=1.0, yes_no_described=True)
+    steps = {}
+    for words in (0, 6):
+        config = TrainConfig(stage="base", steps=1, raw_share=0.0, checkpoint_every=100, verdict_words=words)
+        trainer = Trainer(load_model(ModelConfig(path=folder)), clips, config, tmp_path / f"run{words}")
+        steps[words] = trainer.train_step()
+    assert "verdict_words" not in steps[0].parts and steps[6].parts["verdict_words"] > 0
+    assert steps[6].parts["lm"] == pytest.approx(
+        steps[0].parts["lm"], rel=1e-6
+    )  # the same clip, asked the same
+    assert steps[6].loss == pytest.approx(steps[0].loss + steps[6].parts["verdict_words"], rel=1e-5)
+
+
+def test_the_verdict_loss_is_each_described_answers_verdict_token_alone(tmp_path: Path) -> None:
+    lm = load_model(
+        ModelConfig(path=new_base(tmp_path / "init", seed=1, system_prompt=ModelConfig().system_prompt))
+    )
+    rng = np.random.default_rng(3)
+    examples = [yes_no_on_words(rng) for _ in range(12)]
+    assert {case for _, _, case in examples} >= {"yes", "no-nothing", "no-kind"}
+    one_by_one = []
+    with torch.no_grad():
+        for question, answer, case in examples:
+            ids, start = answer_ids(lm, question, answer)
+            verdict = lm.tokenize(answer)[-1]
+            assert ids[-2] == verdict and lm.tokenizer.decode([verdict]).strip() == (
+                "yes" if case == "yes" else "no"
+            )
+            logits = continue_logits(lm, lm.prefix_cache(), ids)  # (1, len(ids), vocab)
+            one_by_one.append(
+                F.cross_entropy(logits[0, len(ids) - 3 : len(ids) - 2], torch.tensor([verdict]))
+            )
+        batched = verdict_words_loss(lm, [(q, a) for q, a, _ in examples])
+    assert float(batched) == pytest.approx(float(torch.stack(one_by_one).mean()), rel=1e-4)
+
+
+def test_verdicts_on_words_are_refused_without_described_answers(tmp_path: Path) -> None:
+    from longwatch.clients import main
+
+    args = ["train", "--stage", "base", "--out", str(tmp_path / "run"), "--size", "tiny", "--steps", "1"]
+    assert main.main([*args, "--verdict-words", "4"]) == 2
+    assert main.main([*args, "--verdict-words", "-1", "--yes-no-described"]) == 2
+    assert not (tmp_path / "run").exists()

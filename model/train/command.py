@@ -211,6 +211,14 @@ def add_train(sub: argparse.ArgumentParser) -> None:
         help="--data needles: yes/no answers say what was seen first ('a red circle, yes', 'nothing, no')",
     )
     sub.add_argument(
+        "--verdict-words",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stage base (and demo's later stages): N yes/no verdicts on words alone beside each step's clips "
+        "(a question and a described answer, no footage; the loss on the verdict); needs --yes-no-described",
+    )
+    sub.add_argument(
         "--max-tokens-per-frame",
         type=int,
         metavar="N",

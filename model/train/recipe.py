@@ -46,6 +46,7 @@ def train_config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
         max_tokens_per_frame=args.max_tokens_per_frame,
         autocast=args.autocast,
         checkpointing=args.checkpointing,
+        verdict_words=args.verdict_words if base else 0,
     )
 
 
@@ -292,6 +293,12 @@ def run_train(args: argparse.Namespace) -> int:
     ):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
+    if args.verdict_words < 0 or (
+        args.verdict_words and not (args.data == "needles" and args.yes_no_described)
+    ):
+        raise ValueError(
+            f"--verdict-words needs --yes-no-described and a count >= 0, got {args.verdict_words}"
+        )
     if args.polish_retrieval_margin < 0:
         raise ValueError(f"--polish-retrieval-margin must be >= 0, got {args.polish_retrieval_margin}")
     if args.hard_distractor_pool < 0:

@@ -49,10 +49,11 @@ from longwatch.model.retrieval import evidence_lead
 from longwatch.model.summary import save_adapter
 from longwatch.model.train.clips import ClipSource, NeedleClips, TrainingClip, vision_frames
 from longwatch.model.train.distributed import World, average_gradients, average_values
-from longwatch.model.train.needles import ANSWER_FORMAT, COLOURS, DIGITS, SHAPES
+from longwatch.model.train.needles import ANSWER_FORMAT, COLOURS, DIGITS, SHAPES, yes_no_on_words
 from longwatch.model.vision import chunk_frames, encode_frames
 
 STAGES = ("summary", "base")
+VERDICT_WORDS_STREAM = 1 << 21  # the random stream verdicts on words are drawn from (clips: 0..)
 
 
 @dataclass
@@ -96,6 +97,11 @@ class TrainConfig:
         reads them). The cross-entropy is zero to the third decimal once the evidence leads by
         a few units, so it stops ranking the rest; Ask reads every chunk within its margin of
         the best, so a lead under the margin puts a distractor beside the needle.
+    verdict_words: stage "base": yes/no verdicts on words alone added to each step's clips
+        (needles.yes_no_on_words: a question and a described answer, no footage), the loss on the
+        verdict token alone, as `verdict_words` beside `lm`. A clip gives two verdicts; comparing
+        a description with the question took the demo decoder some 100,000 examples on words
+        (bench/verdict_on_words.py), which clips alone would give in 50,000 steps.
     """
 
     stage: str = "summary"
@@ -114,6 +120,7 @@ class TrainConfig:
     distill_weight: float = 1.0
     retrieval_weight: float = 0.5
     retrieval_margin: float = 0.0
+    verdict_words: int = 0
     vision_steps: int = 0
     vision_batch: int = 32
     vision_digit_share: float | None = 0.4
@@ -298,6 +305,20 @@ def _mean(losses: list[torch.Tensor]) -> torch.Tensor:
 def answers_loss(logits: list[torch.Tensor], qas: list[tuple[list[int], int]]) -> torch.Tensor:
     """Next-token loss on the answers, averaged over the clip's questions."""
     return _mean([answer_loss(x, ids, start) for x, (ids, start) in zip(logits, qas, strict=True)])
+
+
+def verdict_words_loss(lm: LoadedModel, examples: list[tuple[str, str]]) -> torch.Tensor:
+    """Next-token loss on each described answer's verdict alone, after the system prefix, the
+    question and the description; no footage (the examples run as one right-padded batch)."""
+    end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    seqs = [list(lm.prefix_ids) + answer_ids(lm, q, a)[0] for q, a in examples]  # ..., verdict, <|im_end|>
+    longest = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [end] * (longest - len(s)) for s in seqs], device=lm.device)  # (B, L)
+    verdict = torch.tensor([len(s) - 2 for s in seqs], device=lm.device)  # (B,)
+    hidden = lm.language_model(input_ids=ids).last_hidden_state  # (B, L, hidden)
+    rows = torch.arange(len(seqs), device=lm.device)
+    logits = lm.model.lm_head(hidden[rows, verdict - 1])  # (B, vocab): predicting the verdict
+    return F.cross_entropy(logits.float(), ids[rows, verdict])
 
 
 def checkpointed_chunk(
@@ -639,6 +660,15 @@ class Trainer:
             total = total + loss.detach().float().cpu()
             for k, v in losses.items():
                 sums[k] = sums[k] + v.detach().float().cpu() / c.clips_per_step
+        if "verdict_words" in self._loss_names(source, keep_raw):
+            # Drawn from a stream of their own: the step's clips are what they were without them.
+            rng = np.random.default_rng([c.seed, self.step, VERDICT_WORDS_STREAM, self.world.rank])
+            examples = [yes_no_on_words(rng)[:2] for _ in range(c.verdict_words)]
+            with self._autocast():
+                loss = c.lm_weight * verdict_words_loss(self.lm, examples)
+            loss.backward()
+            total = total + loss.detach().float().cpu()
+            sums["verdict_words"] = loss.detach().float().cpu()
         return total, {k: v for k, v in sums.items() if k in self._loss_names(source, keep_raw)}
 
     def _loss_names(self, source: ClipSource, keep_raw: bool) -> set[str]:
@@ -652,6 +682,7 @@ class Trainer:
         if c.stage == "base":
             names |= {"lm_raw"} if c.raw_share > 0 else set()
             names |= {"retrieval"} if c.retrieval_weight > 0 else set()
+            names |= {"verdict_words"} if c.verdict_words > 0 else set()
         return names
 
     def _source_at(self, step: int) -> tuple[ClipSource, bool]:
