@@ -76,6 +76,12 @@ class LoadedModel:
         return self.model.model.language_model
 
     @property
+    def verdict_last(self) -> bool:
+        """Whether its yes/no answers say what was seen before the verdict ("a red circle, yes"): a
+        card's `"yes_no_answers": "described"` (a demo model trained with --yes-no-described)."""
+        return self.card.get("yes_no_answers") == "described"
+
+    @property
     def text_config(self):  # noqa: ANN201 - a transformers config object
         return self.model.config.text_config
 

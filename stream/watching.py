@@ -5,7 +5,8 @@ Redis, renewed each round, taken over when it lapses). Each round (every WATCH_I
 reads the watches and the streams, and for each watch it holds and each of its streams asks the
 question of the chunks past the watch's cursor, one chunk at a time, from that chunk alone, as
 an Ask retrieving just it would. An answer that starts with the watch's `match` ("yes" by
-default) is an event. The check is recorded in Redis in one transaction that moves the cursor
+default) is an event; from a model whose yes/no answers end in the verdict ("a red circle, yes":
+LoadedModel.verdict_last), one that ends with it. The check is recorded in Redis in one transaction that moves the cursor
 (memory/watches.py): checks survive restarts, and even two replicas that checked the same chunk
 (one whose claim lapsed mid-round) record it once. Nothing depends on which replica ingested the
 chunk or on anyone being connected. The live streams fed through this replica are also checked
@@ -41,7 +42,7 @@ from longwatch.stream.pipeline import ModelRunner
 
 log = logging.getLogger(__name__)
 
-MATCH_TOKENS = 8  # an answer's first words are enough to tell yes from no
+MATCH_TOKENS = 8  # an answer's first words tell yes from no; a described one ends within 8 too
 MAX_WATCHES_PER_TENANT = 100
 MAX_MATCH_CHARS = 64
 CHECKER_CLAIM_MS = 5000  # a replica that stops checking a watch hands it on after this
@@ -53,16 +54,22 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
-def answer_matches(answer: str, match: str) -> bool:
+def answer_matches(answer: str, match: str, verdict_last: bool = False) -> bool:
     """Whether the answer starts with the match's words, case and punctuation aside:
-    "Yes." and "yes, a red circle" match "yes"; "no" and "yesterday" do not."""
-    expected = words(match)
-    return bool(expected) and words(answer)[: len(expected)] == expected
+    "Yes." and "yes, a red circle" match "yes"; "no" and "yesterday" do not. verdict_last: whether
+    it ends with them instead ("a red circle, yes" matches "yes"; "yes, a red circle" does not)."""
+    expected, said = words(match), words(answer)
+    if verdict_last:
+        return bool(expected) and said[max(0, len(said) - len(expected)) :] == expected
+    return bool(expected) and said[: len(expected)] == expected
 
 
-def cannot_match(partial: str, match: str) -> bool:
+def cannot_match(partial: str, match: str, verdict_last: bool = False) -> bool:
     """Whether an answer that begins `partial` can no longer start with the match's words: one of
-    its finished words (all but the last, unless it ends in a space or mark) differs."""
+    its finished words (all but the last, unless it ends in a space or mark) differs. An answer
+    that ends in its verdict (verdict_last) can match until it ends."""
+    if verdict_last:
+        return False
     said = words(partial)
     if said and partial[-1].isalnum():
         said = said[:-1]  # the last word may go on
@@ -260,7 +267,7 @@ class WatchChecker:
                 continue
             for watch in wanted:
                 answer = self._answer(watch.question, chunk, watch.match)
-                if not answer_matches(answer, watch.match):
+                if not answer_matches(answer, watch.match, self.runner.lm.verdict_last):
                     continue
                 event = self._event(watch, record, chunk, answer, pending=True)
                 event_id = self.watches.record_pending_event(
@@ -331,7 +338,7 @@ class WatchChecker:
         event = None
         if chunk is not None:
             answer = self._answer(watch.question, chunk, watch.match)
-            if answer_matches(answer, watch.match):
+            if answer_matches(answer, watch.match, self.runner.lm.verdict_last):
                 event = self._event(watch, record, chunk, answer, pending=False)
         event_id = self.watches.record_check(
             watch.watch_id, record.stream_id, record.created_unix, item.index, item.start_at, event
@@ -340,8 +347,8 @@ class WatchChecker:
 
     def _answer(self, question: str, chunk: ChunkCache, match: str) -> str:
         """The answer from this chunk alone, up to MATCH_TOKENS tokens, or only as far as it takes
-        to see that it does not start with `match` (most chunks: "no" is one token). The model is
-        held step by step, as Ask holds it."""
+        to see that it does not start with `match` (most chunks: "no" is one token; an answer that
+        ends in its verdict runs to its end). The model is held step by step, as Ask holds it."""
         stream = AnswerStream(self.runner.lm, [chunk], question, MATCH_TOKENS)
         steps = iter(stream)
         try:
@@ -349,7 +356,7 @@ class WatchChecker:
                 with self.runner.lock.hold(LIVE):
                     if next(steps, None) is None:
                         break
-                if cannot_match(stream.text, match):
+                if cannot_match(stream.text, match, self.runner.lm.verdict_last):
                     break
         finally:
             steps.close()

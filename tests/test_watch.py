@@ -106,6 +106,16 @@ def test_answers_match_by_their_first_words() -> None:
     assert cannot_match("a blue ", "a red circle") and not cannot_match("a red ci", "a red circle")
 
 
+def test_a_model_that_says_what_it_saw_first_is_matched_by_its_answers_last_words() -> None:
+    assert answer_matches("a red circle, yes", "yes", verdict_last=True)
+    assert answer_matches("The digit 7, YES.", "yes", verdict_last=True)
+    assert not answer_matches("a red circle, no", "yes", verdict_last=True)
+    assert not answer_matches("yes, a red circle", "yes", verdict_last=True)
+    assert not answer_matches("nothing, no", "yes", verdict_last=True) and not answer_matches("", "yes", True)
+    # The verdict comes last: no answer is given up on before it ends.
+    assert not cannot_match("a blue square,", "yes", verdict_last=True)
+
+
 def test_an_event_for_the_chunk_that_answers_and_none_for_the_rest(
     server: LongWatchServer, needles: list[tuple[NeedleVideo, Path]], haystack: Path
 ) -> None:

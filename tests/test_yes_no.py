@@ -230,6 +230,10 @@ def test_verdicts_on_words_train_beside_the_clips_and_leave_the_clips_as_they_we
         steps[0].parts["lm"], rel=1e-6
     )  # the same clip, asked the same
     assert steps[6].loss == pytest.approx(steps[0].loss + steps[6].parts["verdict_words"], rel=1e-5)
+    # A base trained on described answers says so on its card, and a watch reads their verdict last.
+    described = load_model(ModelConfig(path=trainer.save_base(tmp_path / "described")))
+    assert described.card["yes_no_answers"] == "described" and described.verdict_last
+    assert not load_model(ModelConfig(path=DEMO / "base", adapter=DEMO / "adapter")).verdict_last
 
 
 def test_the_verdict_loss_is_each_described_answers_verdict_token_alone(tmp_path: Path) -> None:

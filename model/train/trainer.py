@@ -795,6 +795,8 @@ class Trainer:
         if "trained" in self.lm.card:  # trained on from a trained base: the card keeps the whole lineage
             trained["after"] = self.lm.card["trained"]
         card = {**self.lm.card, "trained": trained}
+        if isinstance(self.source, NeedleClips) and self.source.yes_no_share and self.source.yes_no_described:
+            card["yes_no_answers"] = "described"  # a watch then reads the verdict at the answer's end
         (folder / "longwatch.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         return folder
 
