@@ -6,11 +6,11 @@ reads the watches and the streams, and for each watch it holds and each of its s
 question of the chunks past the watch's cursor, one chunk at a time, from that chunk alone, as
 an Ask retrieving just it would. An answer that starts with the watch's `match` ("yes" by
 default) is an event; from a model whose yes/no answers end in the verdict ("a red circle, yes":
-LoadedModel.verdict_last), one that ends with it. The check is recorded in Redis in one transaction that moves the cursor
-(memory/watches.py): checks survive restarts, and even two replicas that checked the same chunk
-(one whose claim lapsed mid-round) record it once. Nothing depends on which replica ingested the
-chunk or on anyone being connected. The live streams fed through this replica are also checked
-before their chunk is full (`_check_pending`).
+LoadedModel.verdict_last), one that ends with it. The check is recorded in Redis in one
+transaction that moves the cursor (memory/watches.py): checks survive restarts, and even two
+replicas that checked the same chunk (one whose claim lapsed mid-round) record it once. Nothing
+depends on which replica ingested the chunk or on anyone being connected. The live streams fed
+through this replica are also checked before their chunk is full (`_check_pending`).
 """
 
 from __future__ import annotations

@@ -100,8 +100,8 @@ class TrainConfig:
     verdict_words: stage "base": yes/no verdicts on words alone added to each step's clips
         (needles.yes_no_on_words: a question and a described answer, no footage), the loss on the
         verdict token alone, as `verdict_words` beside `lm`. A clip gives two verdicts; comparing
-        a description with the question took the demo decoder some 100,000 examples on words
-        (bench/verdict_on_words.py), which clips alone would give in 50,000 steps.
+        kind, shape and digit took the demo decoder 64,000 examples on words, the colour more
+        (bench/verdict_on_words.py): clips alone would give those in 32,000 steps.
     """
 
     stage: str = "summary"
