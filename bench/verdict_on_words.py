@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_main  # noqa: E402
 
 from longwatch.model.config import ModelConfig  # noqa: E402
-from longwatch.model.loading import DEMO_MODEL_DIR, load_model, question_suffix  # noqa: E402
+from longwatch.model.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
 from longwatch.model.train.needles import (  # noqa: E402
     NO,
     YES,
@@ -41,6 +41,7 @@ from longwatch.model.train.needles import (  # noqa: E402
     described_answer,
     yes_no_on_words,
 )
+from longwatch.model.train.trainer import verdict_batch  # noqa: E402
 
 EVAL_EXAMPLES = 512
 
@@ -53,14 +54,13 @@ class WordsDecoder:
         folder = model_dir or DEMO_MODEL_DIR
         adapter = folder / "adapter"
         lm = load_model(ModelConfig(path=folder / "base", adapter=adapter if adapter.is_dir() else None))
-        self.tokenizer = lm.tokenizer
+        self.lm = lm  # its words (a fresh decoder's too) and the batches' layout
         circle = Needle(0.0, 1.0, "circle", "red")
         answers = (described_answer(None, NO), described_answer(circle, YES), described_answer(circle, NO))
-        if any(lm.tokenizer.unk_token_id in self.tokenize(a) for a in answers):
+        if any(lm.tokenizer.unk_token_id in lm.tokenize(a) for a in answers):
             raise SystemExit(
                 f"{folder} lacks the words of {answers}: give --model one trained with --yes-no-described"
             )
-        self.end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
         if fresh:
             from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -88,19 +88,10 @@ class WordsDecoder:
             self.prefix = list(lm.prefix_ids)
             self._logits = lambda ids: lm.model.lm_head(lm.language_model(input_ids=ids).last_hidden_state)
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def verdict_logits(self, examples: list[tuple[str, str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits that predict each example's verdict (batch, vocab), and the verdicts' ids (batch,)."""
-        seqs = []
-        for question, answer, _ in examples:
-            ids = self.prefix + self.tokenize(question_suffix(question)) + self.tokenize(answer) + [self.end]
-            seqs.append(ids)  # ... verdict, <|im_end|>
-        longest = max(len(s) for s in seqs)
-        ids = torch.tensor([s + [self.end] * (longest - len(s)) for s in seqs])  # right padding: causal
-        verdict = torch.tensor([len(s) - 2 for s in seqs])
-        rows = torch.arange(len(seqs))
+        ids, verdict = verdict_batch(self.lm, [(q, a) for q, a, _ in examples], self.prefix)
+        rows = torch.arange(len(examples))
         return self._logits(ids)[rows, verdict - 1].float(), ids[rows, verdict]
 
 

@@ -307,16 +307,24 @@ def answers_loss(logits: list[torch.Tensor], qas: list[tuple[list[int], int]]) -
     return _mean([answer_loss(x, ids, start) for x, (ids, start) in zip(logits, qas, strict=True)])
 
 
+def verdict_batch(
+    lm: LoadedModel, examples: list[tuple[str, str]], prefix: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids (B, L) of `prefix`, each question and its described answer, right-padded (attention is
+    causal: padding after a sequence changes nothing in it), and where each verdict is (B,)."""
+    end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    seqs = [list(prefix) + answer_ids(lm, q, a)[0] for q, a in examples]  # ..., verdict, <|im_end|>
+    longest = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [end] * (longest - len(s)) for s in seqs], device=lm.device)
+    return ids, torch.tensor([len(s) - 2 for s in seqs], device=lm.device)
+
+
 def verdict_words_loss(lm: LoadedModel, examples: list[tuple[str, str]]) -> torch.Tensor:
     """Next-token loss on each described answer's verdict alone, after the system prefix, the
-    question and the description; no footage (the examples run as one right-padded batch)."""
-    end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    seqs = [list(lm.prefix_ids) + answer_ids(lm, q, a)[0] for q, a in examples]  # ..., verdict, <|im_end|>
-    longest = max(len(s) for s in seqs)
-    ids = torch.tensor([s + [end] * (longest - len(s)) for s in seqs], device=lm.device)  # (B, L)
-    verdict = torch.tensor([len(s) - 2 for s in seqs], device=lm.device)  # (B,)
+    question and the description; no footage (the examples run as one batch)."""
+    ids, verdict = verdict_batch(lm, examples, lm.prefix_ids)  # (B, L), (B,)
     hidden = lm.language_model(input_ids=ids).last_hidden_state  # (B, L, hidden)
-    rows = torch.arange(len(seqs), device=lm.device)
+    rows = torch.arange(len(examples), device=lm.device)
     logits = lm.model.lm_head(hidden[rows, verdict - 1])  # (B, vocab): predicting the verdict
     return F.cross_entropy(logits.float(), ids[rows, verdict])
 
