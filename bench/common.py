@@ -153,3 +153,13 @@ def cached_file(name: str, write: Callable[[Path], None], cache_dir: Path | None
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def load_model_folder(model: str | None):  # noqa: ANN201 - a LoadedModel (imported when called)
+    """A demo-layout model folder (base/, and adapter/ where it has one) loaded; None: the built-in model."""
+    from longwatch.model.config import ModelConfig
+    from longwatch.model.loading import DEMO_MODEL_DIR, load_model
+
+    folder = Path(model) if model else DEMO_MODEL_DIR
+    adapter = folder / "adapter"
+    return load_model(ModelConfig(path=folder / "base", adapter=adapter if adapter.is_dir() else None))

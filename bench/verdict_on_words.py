@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_main  # noqa: E402
+from common import bench_main, load_model_folder  # noqa: E402
 
-from longwatch.model.config import ModelConfig  # noqa: E402
-from longwatch.model.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
+from longwatch.model.loading import DEMO_MODEL_DIR  # noqa: E402
 from longwatch.model.train.needles import (  # noqa: E402
     NO,
     YES,
@@ -52,8 +51,7 @@ class WordsDecoder:
     def __init__(self, model_dir: Path | None, fresh: str | None, kv_heads: int, seed: int) -> None:
         torch.manual_seed(seed)
         folder = model_dir or DEMO_MODEL_DIR
-        adapter = folder / "adapter"
-        lm = load_model(ModelConfig(path=folder / "base", adapter=adapter if adapter.is_dir() else None))
+        lm = load_model_folder(str(folder))
         self.lm = lm  # its words (a fresh decoder's too) and the batches' layout
         circle = Needle(0.0, 1.0, "circle", "red")
         answers = (described_answer(None, NO), described_answer(circle, YES), described_answer(circle, NO))

@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_main  # noqa: E402
+from common import bench_main, load_model_folder  # noqa: E402
 
 from longwatch.model.answer import question_vector  # noqa: E402
-from longwatch.model.config import ModelConfig  # noqa: E402
 from longwatch.model.eval.clips import compress_clip  # noqa: E402
-from longwatch.model.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
+from longwatch.model.loading import DEMO_MODEL_DIR  # noqa: E402
 from longwatch.model.train.clips import NeedleClips  # noqa: E402
 from longwatch.model.train.needles import YES  # noqa: E402
 
@@ -39,8 +38,7 @@ def auc(positives: list[float], negatives: list[float]) -> float:
 
 def run(quick: bool, model: str | None, small: bool, clips: int) -> list[dict]:
     folder = Path(model) if model else DEMO_MODEL_DIR
-    adapter = folder / "adapter"
-    lm = load_model(ModelConfig(path=folder / "base", adapter=adapter if adapter.is_dir() else None))
+    lm = load_model_folder(model)
     needles = {"needle_px": (12, 20), "rendering": "varied"} if small else {}
     source = NeedleClips(
         n_chunks=1, split="eval", haystack_s=3600, yes_no_share=1.0, absent_share=1 / 3, **needles
